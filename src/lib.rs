@@ -1,0 +1,2 @@
+//! aib facade.
+pub use aib_core::*;
