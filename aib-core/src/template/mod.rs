@@ -89,6 +89,14 @@ impl ImageTemplate {
         Ok(ParsedTemplate { template, api_version, warnings: doc.diagnostics })
     }
 
+    /// Runs the semantic checks against `types` (a backend's registry may know plugin
+    /// types that AIB does not).
+    pub fn validate(&self, types: &TypeNames) -> Diagnostics {
+        let mut out = Vec::new();
+        validate::check(self, "", types, &mut out);
+        Diagnostics(out)
+    }
+
     /// The template as a JSON resource object.
     pub fn to_json_value(&self) -> Value {
         serde_json::to_value(self).unwrap_or(Value::Null)

@@ -1,0 +1,192 @@
+//! What a backend call gets besides its arguments: the run's ledger, its events and its
+//! cancellation.
+
+use crate::events::{Event, OutputSink, OutputStream};
+use crate::ledger::{Ledger, RunLedger};
+use crate::{Error, Result};
+use std::collections::VecDeque;
+use std::fmt;
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Lines of the customization log kept in memory for the report.
+pub(crate) const LOG_TAIL: usize = 200;
+
+#[derive(Default)]
+pub(crate) struct CustomizationLog {
+    pub(crate) tail: VecDeque<String>,
+    pub(crate) file: Option<(PathBuf, File)>,
+}
+
+impl CustomizationLog {
+    fn push(&mut self, line: String) {
+        if let Some((_, f)) = &mut self.file {
+            let _ = writeln!(f, "{line}");
+        }
+        if self.tail.len() == LOG_TAIL {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(line);
+    }
+}
+
+/// Sends events, masks secrets and keeps the customization log.
+#[derive(Clone, Default)]
+pub(crate) struct Emitter {
+    tx: Option<mpsc::UnboundedSender<Event>>,
+    secrets: Arc<Vec<String>>,
+    pub(crate) log: Arc<Mutex<CustomizationLog>>,
+}
+
+impl Emitter {
+    pub(crate) fn new(tx: Option<mpsc::UnboundedSender<Event>>, secrets: Arc<Vec<String>>, log_file: Option<PathBuf>) -> Result<Self> {
+        let mut log = CustomizationLog::default();
+        if let Some(p) = log_file {
+            if let Some(dir) = p.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            }
+            let f = File::create(&p).map_err(|e| Error::io(&p, e))?;
+            log.file = Some((p, f));
+        }
+        Ok(Emitter { tx, secrets, log: Arc::new(Mutex::new(log)) })
+    }
+
+    pub(crate) fn mask(&self, s: &str) -> String {
+        let mut out = s.to_string();
+        for secret in self.secrets.iter().filter(|s| !s.is_empty()) {
+            if out.contains(secret.as_str()) {
+                out = out.replace(secret.as_str(), "***");
+            }
+        }
+        out
+    }
+
+    pub(crate) fn send(&self, e: Event) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(e);
+        }
+    }
+
+    pub(crate) fn log(&self, line: String) {
+        if let Ok(mut l) = self.log.lock() {
+            l.push(line);
+        }
+    }
+}
+
+/// The context of one run, handed to every backend call.
+#[derive(Clone)]
+pub struct RunContext {
+    run_id: String,
+    ledger: RunLedger,
+    emitter: Emitter,
+    cancel: CancellationToken,
+}
+
+impl fmt::Debug for RunContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunContext").field("run_id", &self.run_id).field("cancelled", &self.cancel.is_cancelled()).finish_non_exhaustive()
+    }
+}
+
+impl RunContext {
+    pub(crate) fn new(run_id: String, ledger: RunLedger, emitter: Emitter, cancel: CancellationToken) -> Self {
+        let hook_emitter = emitter.clone();
+        ledger.set_hook(Arc::new(move |e| hook_emitter.send(e)));
+        RunContext { run_id, ledger, emitter, cancel }
+    }
+
+    /// A context outside any pipeline (calling a backend directly, conformance tests): an
+    /// in-memory ledger, no events.
+    pub fn detached(run_id: &str) -> Result<Self> {
+        let ledger = Ledger::in_memory().begin(run_id)?;
+        Ok(RunContext { run_id: run_id.to_string(), ledger, emitter: Emitter::default(), cancel: CancellationToken::new() })
+    }
+
+    /// A detached context over a given ledger.
+    pub fn with_ledger(ledger: RunLedger) -> Self {
+        RunContext { run_id: ledger.run_id().to_string(), ledger, emitter: Emitter::default(), cancel: CancellationToken::new() }
+    }
+
+    /// The run id (also the prefix of resource names and tags).
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    /// The run's ledger: record before creating, release after deleting.
+    pub fn ledger(&self) -> &RunLedger {
+        &self.ledger
+    }
+
+    /// Cancelled by the user (or the pipeline). Long operations should check it or select
+    /// on [`RunContext::cancellation`].
+    pub fn cancellation(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// A notice for the user.
+    pub fn notice(&self, message: impl Into<String>) {
+        let message = self.emitter.mask(&message.into());
+        self.emitter.log(format!("[aib] {message}"));
+        self.emitter.send(Event::Notice { message });
+    }
+
+    /// The output sink of step `step`: lines go to events and the customization log.
+    pub fn output(&self, step: &str) -> Arc<dyn OutputSink> {
+        Arc::new(StepOutput { step: step.to_string(), emitter: self.emitter.clone() })
+    }
+
+    pub(crate) fn emitter(&self) -> &Emitter {
+        &self.emitter
+    }
+
+    /// A step context for `step`.
+    pub fn step(&self, step: &str) -> StepContext {
+        StepContext { run: self.clone(), name: step.to_string(), output: self.output(step) }
+    }
+}
+
+struct StepOutput {
+    step: String,
+    emitter: Emitter,
+}
+
+impl OutputSink for StepOutput {
+    fn line(&self, stream: OutputStream, line: &str) {
+        let line = self.emitter.mask(line);
+        self.emitter.log(format!("[{}] {line}", self.step));
+        self.emitter.send(Event::Output { step: self.step.clone(), stream, line });
+    }
+
+    fn progress(&self, done: u64, total: Option<u64>, unit: &str) {
+        self.emitter.send(Event::Progress { step: self.step.clone(), done, total, unit: unit.to_string() });
+    }
+}
+
+/// The context of one step: the run's context, the step's name and its output sink.
+#[derive(Clone)]
+pub struct StepContext {
+    /// The run.
+    pub run: RunContext,
+    /// Step name (`customize[2] install`).
+    pub name: String,
+    /// Where the step's output lines go.
+    pub output: Arc<dyn OutputSink>,
+}
+
+impl fmt::Debug for StepContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StepContext").field("run", &self.run).field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl StepContext {
+    /// A detached step context (see [`RunContext::detached`]).
+    pub fn detached(step: &str) -> Result<Self> {
+        Ok(RunContext::detached("detached")?.step(step))
+    }
+}

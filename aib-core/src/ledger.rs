@@ -1,0 +1,442 @@
+//! The ledger: every resource a run creates is written here *before* it is created and
+//! released *after* it is deleted. Cleanup on every path, and `gc` after a crash, work
+//! from it alone.
+//!
+//! A directory ledger keeps one append-only JSON-lines file per run, synced to disk on
+//! every write and locked (`flock`) while the run lives, so a sweep never touches the
+//! resources of a live run — in this process or another.
+
+use crate::events::Event;
+use crate::traits::Provisioner;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+/// What happens to a resource when a step fails under `errorHandling: abort`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Scope {
+    /// Part of the build VM (its process, disk, network): kept under `abort`.
+    BuildVm,
+    /// Anything else the run made: always cleaned up.
+    Run,
+}
+
+/// One resource in the ledger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct ResourceRecord {
+    /// Ledger id, unique within the run (assigned by [`RunLedger::record`]).
+    pub id: String,
+    /// The backend that can delete it ([`Provisioner::backend`]).
+    pub backend: String,
+    /// Kind (`vm`, `disk`, `process`, `port`, `file`).
+    pub kind: String,
+    /// Backend name of the resource (a path, an ARM id, a pid).
+    pub name: String,
+    /// Kept under `abort` or not.
+    pub scope: Scope,
+    /// What the backend needs to delete it.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub attributes: Map<String, Value>,
+    /// When it was recorded.
+    #[serde(with = "crate::report::rfc3339")]
+    pub created_at: SystemTime,
+}
+
+impl ResourceRecord {
+    /// A record of `kind` named `name`, deletable by `backend`.
+    pub fn new(backend: impl Into<String>, kind: impl Into<String>, name: impl Into<String>, scope: Scope) -> Self {
+        ResourceRecord { id: String::new(), backend: backend.into(), kind: kind.into(), name: name.into(), scope, attributes: Map::new(), created_at: SystemTime::now() }
+    }
+
+    /// Adds an attribute.
+    #[must_use]
+    pub fn with_attribute(mut self, k: impl Into<String>, v: impl Into<Value>) -> Self {
+        self.attributes.insert(k.into(), v.into());
+        self
+    }
+}
+
+impl fmt::Display for ResourceRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} `{}`", self.backend, self.kind, self.name)
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase")]
+enum Entry {
+    Add { resource: ResourceRecord },
+    Release { id: String },
+    Keep { id: String },
+}
+
+#[derive(Debug)]
+enum Store {
+    Memory(Mutex<HashMap<String, Vec<ResourceRecord>>>),
+    Dir(PathBuf),
+}
+
+/// The ledger of all runs: in memory (tests, benchmarks) or in a directory (durable).
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    store: Arc<Store>,
+}
+
+impl Default for Ledger {
+    fn default() -> Self {
+        Ledger::in_memory()
+    }
+}
+
+type Hook = Arc<dyn Fn(Event) + Send + Sync>;
+
+/// The ledger of one run. Cheap to clone; the run's file stays locked until the last clone
+/// is dropped.
+#[derive(Clone)]
+pub struct RunLedger {
+    inner: Arc<RunInner>,
+}
+
+struct RunInner {
+    run_id: String,
+    store: Arc<Store>,
+    file: Option<Mutex<File>>,
+    path: Option<PathBuf>,
+    live: Mutex<Vec<ResourceRecord>>,
+    seq: AtomicU64,
+    hook: Mutex<Option<Hook>>,
+}
+
+impl fmt::Debug for RunLedger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunLedger").field("run_id", &self.inner.run_id).field("path", &self.inner.path).finish_non_exhaustive()
+    }
+}
+
+impl Drop for RunInner {
+    fn drop(&mut self) {
+        let outstanding = self.live.get_mut().map(std::mem::take).unwrap_or_default();
+        match &*self.store {
+            Store::Memory(m) => {
+                if !outstanding.is_empty() {
+                    if let Ok(mut m) = m.lock() {
+                        m.insert(self.run_id.clone(), outstanding);
+                    }
+                }
+            }
+            Store::Dir(_) => {
+                if outstanding.is_empty() {
+                    if let Some(p) = &self.path {
+                        let _ = std::fs::remove_file(p);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn append(file: &Mutex<File>, path: &Path, entry: &Entry) -> Result<()> {
+    let mut line = serde_json::to_vec(entry).map_err(|e| Error::generic("ledger", e))?;
+    line.push(b'\n');
+    let mut f = file.lock().map_err(|_| Error::generic("ledger", "ledger lock poisoned"))?;
+    f.write_all(&line).and_then(|_| f.sync_data()).map_err(|e| Error::io(path, e))
+}
+
+fn replay(path: &Path) -> Result<Vec<ResourceRecord>> {
+    let f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut live: Vec<ResourceRecord> = Vec::new();
+    for line in BufReader::new(f).lines() {
+        let line = line.map_err(|e| Error::io(path, e))?;
+        // A torn last line (crash mid-write) is skipped: its resource was not created yet.
+        let Ok(entry) = serde_json::from_str::<Entry>(&line) else { continue };
+        match entry {
+            Entry::Add { resource } => live.push(resource),
+            Entry::Release { id } | Entry::Keep { id } => live.retain(|r| r.id != id),
+        }
+    }
+    Ok(live)
+}
+
+impl Ledger {
+    /// A ledger in memory: leftovers of finished runs stay until [`Ledger::gc`] in this process.
+    pub fn in_memory() -> Self {
+        Ledger { store: Arc::new(Store::Memory(Mutex::new(HashMap::new()))) }
+    }
+
+    /// A durable ledger under `dir` (created if missing).
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        Ok(Ledger { store: Arc::new(Store::Dir(dir)) })
+    }
+
+    /// The directory, for a durable ledger.
+    pub fn dir(&self) -> Option<&Path> {
+        match &*self.store {
+            Store::Dir(d) => Some(d),
+            Store::Memory(_) => None,
+        }
+    }
+
+    /// Opens the ledger of run `run_id`.
+    pub fn begin(&self, run_id: &str) -> Result<RunLedger> {
+        if run_id.is_empty() || !run_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(Error::InvalidConfig { backend: "ledger", key: "run_id".into(), message: format!("`{run_id}` must be letters, digits, `-` and `_`") });
+        }
+        let (file, path) = match &*self.store {
+            Store::Memory(_) => (None, None),
+            Store::Dir(dir) => {
+                let path = dir.join(format!("{run_id}.jsonl"));
+                let f = OpenOptions::new().create_new(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
+                f.try_lock().map_err(|e| Error::generic("ledger", format!("cannot lock {}: {e}", path.display())))?;
+                (Some(Mutex::new(f)), Some(path))
+            }
+        };
+        Ok(RunLedger {
+            inner: Arc::new(RunInner { run_id: run_id.to_string(), store: self.store.clone(), file, path, live: Mutex::new(Vec::new()), seq: AtomicU64::new(0), hook: Mutex::new(None) }),
+        })
+    }
+
+    /// Runs whose process is gone and that left resources behind: `(run id, resources)`.
+    pub fn abandoned(&self) -> Result<Vec<(String, Vec<ResourceRecord>)>> {
+        match &*self.store {
+            Store::Memory(m) => Ok(m.lock().map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default()),
+            Store::Dir(dir) => {
+                let mut out = Vec::new();
+                for (run, path) in ledger_files(dir)? {
+                    let Ok(f) = File::open(&path) else { continue };
+                    if f.try_lock().is_err() {
+                        continue; // a live run holds it
+                    }
+                    out.push((run, replay(&path)?));
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Deletes what crashed, killed or aborted runs left, through the backend that recorded
+    /// each resource, newest first. Live runs are never touched; runs younger than
+    /// `min_age` are left alone.
+    pub async fn gc(&self, backends: &[&dyn Provisioner], min_age: Duration) -> Result<GcReport> {
+        let mut report = GcReport::default();
+        let runs: Vec<(String, Option<PathBuf>)> = match &*self.store {
+            Store::Memory(m) => m.lock().map(|m| m.keys().map(|k| (k.clone(), None)).collect()).unwrap_or_default(),
+            Store::Dir(dir) => ledger_files(dir)?.into_iter().map(|(r, p)| (r, Some(p))).collect(),
+        };
+        for (run, path) in runs {
+            let (records, lock) = match &path {
+                None => {
+                    let recs = match &*self.store {
+                        Store::Memory(m) => m.lock().ok().and_then(|m| m.get(&run).cloned()).unwrap_or_default(),
+                        Store::Dir(_) => Vec::new(),
+                    };
+                    (recs, None)
+                }
+                Some(p) => {
+                    let Ok(f) = OpenOptions::new().append(true).read(true).open(p) else { continue };
+                    if f.try_lock().is_err() {
+                        report.live_runs += 1;
+                        continue;
+                    }
+                    (replay(p)?, Some(Mutex::new(f)))
+                }
+            };
+            if records.iter().any(|r| r.created_at.elapsed().unwrap_or_default() < min_age) {
+                report.too_young += 1;
+                continue;
+            }
+            let mut left = Vec::new();
+            for r in records.iter().rev() {
+                let Some(b) = backends.iter().find(|b| b.backend() == r.backend) else {
+                    report.failed.push((r.clone(), format!("no backend `{}` given to gc", r.backend)));
+                    left.push(r.clone());
+                    continue;
+                };
+                match b.delete(r).await {
+                    Ok(()) => {
+                        if let (Some(l), Some(p)) = (&lock, &path) {
+                            append(l, p, &Entry::Release { id: r.id.clone() })?;
+                        }
+                        report.deleted.push(r.clone());
+                    }
+                    Err(e) => {
+                        report.failed.push((r.clone(), e.to_string()));
+                        left.push(r.clone());
+                    }
+                }
+            }
+            match (&*self.store, &path) {
+                (Store::Memory(m), _) => {
+                    if let Ok(mut m) = m.lock() {
+                        if left.is_empty() {
+                            m.remove(&run);
+                        } else {
+                            m.insert(run.clone(), left.clone());
+                        }
+                    }
+                }
+                (Store::Dir(_), Some(p)) if left.is_empty() => {
+                    let _ = std::fs::remove_file(p);
+                }
+                _ => {}
+            }
+            report.runs += 1;
+        }
+        Ok(report)
+    }
+}
+
+fn ledger_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let e = e.map_err(|e| Error::io(dir, e))?;
+        let p = e.path();
+        if let Some(run) = p.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".jsonl")) {
+            out.push((run.to_string(), p.clone()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// What [`Ledger::gc`] did.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct GcReport {
+    /// Runs swept.
+    pub runs: usize,
+    /// Runs skipped because they are alive.
+    pub live_runs: usize,
+    /// Runs skipped because they are younger than `min_age`.
+    pub too_young: usize,
+    /// Resources deleted.
+    pub deleted: Vec<ResourceRecord>,
+    /// Resources that could not be deleted, and why (they stay in the ledger).
+    pub failed: Vec<(ResourceRecord, String)>,
+}
+
+impl RunLedger {
+    /// The run id.
+    pub fn run_id(&self) -> &str {
+        &self.inner.run_id
+    }
+
+    pub(crate) fn set_hook(&self, hook: Hook) {
+        if let Ok(mut h) = self.inner.hook.lock() {
+            *h = Some(hook);
+        }
+    }
+
+    fn emit(&self, e: Event) {
+        let hook = self.inner.hook.lock().ok().and_then(|h| h.clone());
+        if let Some(h) = hook {
+            h(e);
+        }
+    }
+
+    fn write(&self, entry: &Entry) -> Result<()> {
+        match (&self.inner.file, &self.inner.path) {
+            (Some(f), Some(p)) => append(f, p, entry),
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes `record` durably and returns its ledger id. Call it *before* creating the
+    /// resource: if the process dies in between, `gc` finds a record of something that may
+    /// not exist, and deleting what does not exist must succeed.
+    pub fn record(&self, mut record: ResourceRecord) -> Result<String> {
+        let n = self.inner.seq.fetch_add(1, Ordering::Relaxed);
+        record.id = format!("{}-{n}", self.inner.run_id);
+        self.write(&Entry::Add { resource: record.clone() })?;
+        let id = record.id.clone();
+        if let Ok(mut l) = self.inner.live.lock() {
+            l.push(record.clone());
+        }
+        self.emit(Event::ResourceCreated { resource: record });
+        Ok(id)
+    }
+
+    fn remove(&self, id: &str) -> Option<ResourceRecord> {
+        let mut l = self.inner.live.lock().ok()?;
+        let i = l.iter().position(|r| r.id == id)?;
+        Some(l.remove(i))
+    }
+
+    /// Releases `id` after the resource was deleted.
+    pub fn release(&self, id: &str) -> Result<()> {
+        self.write(&Entry::Release { id: id.to_string() })?;
+        if let Some(r) = self.remove(id) {
+            self.emit(Event::ResourceDeleted { resource: r });
+        }
+        Ok(())
+    }
+
+    /// Releases `id` without deleting it: the resource became an output of the run (a
+    /// published image) and is the user's now.
+    pub fn keep(&self, id: &str) -> Result<()> {
+        self.write(&Entry::Keep { id: id.to_string() })?;
+        self.remove(id);
+        Ok(())
+    }
+
+    /// Resources recorded and not yet released, oldest first.
+    pub fn outstanding(&self) -> Vec<ResourceRecord> {
+        self.inner.live.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// The ledger file, for a durable ledger.
+    pub fn path(&self) -> Option<&Path> {
+        self.inner.path.as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directory_ledger_replays_and_locks() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let run = ledger.begin("run1").unwrap();
+        let a = run.record(ResourceRecord::new("fake", "vm", "vm-1", Scope::BuildVm)).unwrap();
+        let b = run.record(ResourceRecord::new("fake", "disk", "d-1", Scope::Run)).unwrap();
+        run.release(&b).unwrap();
+        // Alive: not abandoned.
+        assert!(ledger.abandoned().unwrap().is_empty());
+        let path = run.path().unwrap().to_path_buf();
+        drop(run);
+        let left = ledger.abandoned().unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].1.len(), 1);
+        assert_eq!(left[0].1[0].id, a);
+        // A torn last line is ignored.
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"op\":\"add\",\"reso").unwrap();
+        assert_eq!(ledger.abandoned().unwrap()[0].1.len(), 1);
+    }
+
+    #[test]
+    fn empty_run_removes_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let run = ledger.begin("r2").unwrap();
+        let id = run.record(ResourceRecord::new("fake", "vm", "x", Scope::Run)).unwrap();
+        run.release(&id).unwrap();
+        let p = run.path().unwrap().to_path_buf();
+        drop(run);
+        assert!(!p.exists());
+        assert!(ledger.begin("bad/id").is_err());
+    }
+}

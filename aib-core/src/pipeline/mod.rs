@@ -1,0 +1,168 @@
+//! The pipeline: a builder that validates in `build()`, and runs that follow AIB's states.
+//!
+//! ```
+//! # tokio_test_block_on(async {
+//! use aib_core::pipeline::Pipeline;
+//! use aib_core::template::ImageTemplate;
+//! use aib_testkit::FakeBackend;
+//!
+//! let json = r#"{"location": "westus", "properties": {
+//!   "source": {"type": "PlatformImage", "publisher": "Debian", "offer": "debian-12", "sku": "12-gen2", "version": "latest"},
+//!   "customize": [{"type": "Shell", "name": "hello", "inline": ["echo hello"]}],
+//!   "distribute": [{"type": "VHD", "runOutputName": "disk"}]}}"#;
+//! let template = ImageTemplate::from_json(json).unwrap().template;
+//! let fakes = FakeBackend::new();
+//! let pipeline = Pipeline::from_template(&template, &fakes.backend()).unwrap().build().unwrap();
+//! let report = pipeline.run().await;
+//! assert!(report.succeeded(), "{}", report.message);
+//! assert!(report.output("disk").unwrap().artifact_uri.is_some());
+//! # });
+//! # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+//! #     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+//! # }
+//! ```
+
+mod builder;
+mod run;
+
+pub use builder::{PipelineBuilder, StepOptions};
+pub use run::RunHandle;
+
+use crate::events::EventStream;
+use crate::ledger::Ledger;
+use crate::report::RunReport;
+use crate::template::{ErrorAction, ImageSource, StringMap, VmProfile};
+use crate::traits::{Customizer, Distributor, Provisioner, Source};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Step {
+    pub(crate) name: String,
+    pub(crate) customizer: Arc<dyn Customizer>,
+    pub(crate) options: StepOptions,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub(crate) run_output_name: String,
+    pub(crate) type_name: String,
+    pub(crate) distributor: Arc<dyn Distributor>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) name: String,
+    pub(crate) source: Arc<dyn Source>,
+    pub(crate) source_spec: ImageSource,
+    pub(crate) provisioner: Arc<dyn Provisioner>,
+    pub(crate) cleaners: Vec<Arc<dyn Provisioner>>,
+    pub(crate) customizers: Vec<Step>,
+    pub(crate) validators: Vec<Step>,
+    pub(crate) targets: Vec<Target>,
+    pub(crate) vm_profile: VmProfile,
+    pub(crate) data_disks_gb: Vec<u32>,
+    pub(crate) tags: StringMap,
+    pub(crate) timeout: Duration,
+    pub(crate) cleanup_timeout: Duration,
+    pub(crate) on_customizer_error: ErrorAction,
+    pub(crate) on_validation_error: ErrorAction,
+    pub(crate) continue_distribute_on_failure: bool,
+    pub(crate) source_validation_only: bool,
+    pub(crate) ledger: Ledger,
+    pub(crate) log_dir: Option<PathBuf>,
+    pub(crate) secrets: Arc<Vec<String>>,
+}
+
+/// A validated pipeline, ready to run any number of times (each run gets its own id,
+/// ledger and events). Cheap to clone.
+#[derive(Clone)]
+pub struct Pipeline {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("name", &self.inner.name)
+            .field("source", &self.inner.source_spec.type_name())
+            .field("customizers", &self.inner.customizers.len())
+            .field("validators", &self.inner.validators.len())
+            .field("targets", &self.inner.targets.iter().map(|t| &t.run_output_name).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Options of one run.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct RunOptions {
+    /// The run id (letters, digits, `-`, `_`); a random one by default.
+    pub run_id: Option<String>,
+    /// Cancels the run when cancelled.
+    pub cancel: Option<CancellationToken>,
+}
+
+impl RunOptions {
+    /// Uses `id` as the run id.
+    #[must_use]
+    pub fn with_run_id(mut self, id: impl Into<String>) -> Self {
+        self.run_id = Some(id.into());
+        self
+    }
+
+    /// Cancels the run with `token`.
+    #[must_use]
+    pub fn with_cancel(mut self, token: CancellationToken) -> Self {
+        self.cancel = Some(token);
+        self
+    }
+}
+
+impl Pipeline {
+    /// A builder.
+    pub fn builder() -> PipelineBuilder {
+        PipelineBuilder::new()
+    }
+
+    /// Runs to the end in the current task and returns the report (events are dropped).
+    pub async fn run(&self) -> RunReport {
+        self.run_with(RunOptions::default()).await
+    }
+
+    /// [`Pipeline::run`] with options.
+    pub async fn run_with(&self, opts: RunOptions) -> RunReport {
+        let run_id = opts.run_id.unwrap_or_else(new_run_id);
+        let cancel = opts.cancel.unwrap_or_default();
+        run::execute(self.inner.clone(), run_id, cancel, None).await
+    }
+
+    /// Starts a run on the current tokio runtime; the handle streams events, cancels, and
+    /// yields the report.
+    pub fn start(&self) -> RunHandle {
+        self.start_with(RunOptions::default())
+    }
+
+    /// [`Pipeline::start`] with options.
+    pub fn start_with(&self, opts: RunOptions) -> RunHandle {
+        let run_id = opts.run_id.unwrap_or_else(new_run_id);
+        let cancel = opts.cancel.unwrap_or_default();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let join = tokio::spawn(run::execute(self.inner.clone(), run_id.clone(), cancel.clone(), Some(tx)));
+        RunHandle::new(run_id, EventStream::new(rx), cancel, join)
+    }
+
+    /// The pipeline's ledger.
+    pub fn ledger(&self) -> &Ledger {
+        &self.inner.ledger
+    }
+}
+
+/// A fresh run id: `aib-` and 12 hex digits of a random UUID.
+pub fn new_run_id() -> String {
+    let u = uuid::Uuid::new_v4().simple().to_string();
+    format!("aib-{}", &u[..12])
+}

@@ -1,0 +1,203 @@
+//! The five backend traits. Each is small, object-safe and `#[async_trait]`; convenience
+//! lives on `*Ext` traits.
+
+use crate::context::{RunContext, StepContext};
+use crate::events::OutputSink;
+use crate::ledger::ResourceRecord;
+use crate::template::ImageSource;
+use crate::types::*;
+use crate::{Error, Result};
+use async_trait::async_trait;
+use std::fmt::{Debug, Display};
+use std::sync::Arc;
+
+/// Resolves a template `source` to one exact image.
+///
+/// # Contract
+/// - `resolve` does not create resources; it may download or build a base image into a
+///   cache the backend owns.
+/// - `latest` versions resolve to the newest version at call time, and the result says which
+///   ([`ResolvedImage::exact_version`]).
+/// - A source that does not exist is [`Error::NotFound`]; one of the wrong kind
+///   (specialized, another region) is [`Error::InvalidConfig`].
+#[async_trait]
+pub trait Source: Debug + Display + Send + Sync + 'static {
+    /// Resolves `spec`.
+    async fn resolve(&self, spec: &ImageSource, ctx: &RunContext) -> Result<ResolvedImage>;
+}
+
+/// Starts, generalizes, captures and deletes build VMs.
+///
+/// # Contract
+/// - Every resource is written to `ctx.ledger()` **before** it is created, with
+///   [`crate::ledger::Scope::BuildVm`] for what makes up the VM, and released after it is
+///   deleted. The pipeline deletes whatever remains through [`Provisioner::delete`], newest
+///   first; `provision` need not clean up after itself on failure.
+/// - `connect` waits for the VM to accept connections (a booting VM is normal) until its
+///   own deadline, and verifies the VM's host key or certificate.
+/// - `generalize` runs the deprovisioning (or the user's override script) and stops the VM.
+/// - `capture` turns the stopped VM's disk into a [`CapturedImage`]; resources it creates
+///   are in the ledger like any other.
+/// - `delete` is idempotent: deleting what is already gone succeeds. `gc` calls it for
+///   records of crashed runs, possibly from another process.
+#[async_trait]
+pub trait Provisioner: Debug + Display + Send + Sync + 'static {
+    /// The name in [`ResourceRecord::backend`] of the records this provisioner writes.
+    fn backend(&self) -> &'static str;
+    /// Starts a build VM.
+    async fn provision(&self, req: &ProvisionRequest, ctx: &RunContext) -> Result<BuildVm>;
+    /// Connects to it.
+    async fn connect(&self, vm: &BuildVm, ctx: &RunContext) -> Result<Arc<dyn Communicator>>;
+    /// Generalizes it and stops it.
+    async fn generalize(&self, vm: &BuildVm, comm: &dyn Communicator, ctx: &StepContext) -> Result<()>;
+    /// Captures its disk.
+    async fn capture(&self, vm: &BuildVm, ctx: &StepContext) -> Result<CapturedImage>;
+    /// Deletes one recorded resource.
+    async fn delete(&self, record: &ResourceRecord) -> Result<()>;
+}
+
+/// A connection to a build VM.
+///
+/// # Contract
+/// - `execute` streams every output line to `out` as it arrives and returns the exit
+///   status; a non-zero exit is **not** an error (the caller decides). Transport failures
+///   are errors: [`Error::Disconnected`] when the connection dropped (unless
+///   [`ExecRequest::expect_disconnect`], which yields `ExitStatus { disconnected: true }`),
+///   [`Error::Timeout`] past [`ExecRequest::timeout`].
+/// - `upload` writes the whole file or fails, and returns the bytes written.
+/// - `reconnect` waits for the VM to come back after an expected disconnect.
+/// - Secrets (passwords, keys) never appear in `Debug`, `Display` or errors.
+#[async_trait]
+pub trait Communicator: Debug + Display + Send + Sync + 'static {
+    /// The guest OS on the other end.
+    fn platform(&self) -> Platform;
+    /// Runs a command.
+    async fn execute(&self, req: &ExecRequest, out: &dyn OutputSink) -> Result<ExitStatus>;
+    /// Uploads a file.
+    async fn upload(&self, req: &UploadRequest) -> Result<u64>;
+    /// Reconnects after an expected disconnect.
+    async fn reconnect(&self, opts: &ReconnectOptions) -> Result<()>;
+}
+
+/// One customization (or validation) step.
+///
+/// # Contract
+/// - `run` does its work over `comm` only, writes its output to `ctx.output`, and fails with
+///   [`Error::StepFailed`] (naming `ctx.name`) when the step fails on the VM.
+/// - Downloads are verified against their checksum before anything is uploaded or run.
+/// - A step is not retried by the pipeline unless its [`crate::pipeline::StepOptions`] say so.
+#[async_trait]
+pub trait Customizer: Debug + Display + Send + Sync + 'static {
+    /// Runs the step.
+    async fn run(&self, comm: &dyn Communicator, ctx: &StepContext) -> Result<()>;
+}
+
+/// Publishes a captured image to one target.
+///
+/// # Contract
+/// - What it creates is written to the ledger first; once the artifact is published and is
+///   the user's, its record is released with [`crate::ledger::RunLedger::keep`]. A failed or
+///   cancelled publish leaves only records the pipeline will delete.
+/// - Distributors of one run run concurrently; they must not share mutable state without
+///   synchronization.
+/// - Progress goes to `ctx.output.progress`.
+#[async_trait]
+pub trait Distributor: Debug + Display + Send + Sync + 'static {
+    /// Publishes `image`.
+    async fn distribute(&self, image: &CapturedImage, ctx: &StepContext) -> Result<Artifact>;
+}
+
+macro_rules! forward {
+    ($($ptr:ident),*) => { $(
+        #[async_trait]
+        impl<T: Source + ?Sized> Source for $ptr<T> {
+            async fn resolve(&self, spec: &ImageSource, ctx: &RunContext) -> Result<ResolvedImage> {
+                (**self).resolve(spec, ctx).await
+            }
+        }
+
+        #[async_trait]
+        impl<T: Provisioner + ?Sized> Provisioner for $ptr<T> {
+            fn backend(&self) -> &'static str {
+                (**self).backend()
+            }
+            async fn provision(&self, req: &ProvisionRequest, ctx: &RunContext) -> Result<BuildVm> {
+                (**self).provision(req, ctx).await
+            }
+            async fn connect(&self, vm: &BuildVm, ctx: &RunContext) -> Result<Arc<dyn Communicator>> {
+                (**self).connect(vm, ctx).await
+            }
+            async fn generalize(&self, vm: &BuildVm, comm: &dyn Communicator, ctx: &StepContext) -> Result<()> {
+                (**self).generalize(vm, comm, ctx).await
+            }
+            async fn capture(&self, vm: &BuildVm, ctx: &StepContext) -> Result<CapturedImage> {
+                (**self).capture(vm, ctx).await
+            }
+            async fn delete(&self, record: &ResourceRecord) -> Result<()> {
+                (**self).delete(record).await
+            }
+        }
+
+        #[async_trait]
+        impl<T: Communicator + ?Sized> Communicator for $ptr<T> {
+            fn platform(&self) -> Platform {
+                (**self).platform()
+            }
+            async fn execute(&self, req: &ExecRequest, out: &dyn OutputSink) -> Result<ExitStatus> {
+                (**self).execute(req, out).await
+            }
+            async fn upload(&self, req: &UploadRequest) -> Result<u64> {
+                (**self).upload(req).await
+            }
+            async fn reconnect(&self, opts: &ReconnectOptions) -> Result<()> {
+                (**self).reconnect(opts).await
+            }
+        }
+
+        #[async_trait]
+        impl<T: Customizer + ?Sized> Customizer for $ptr<T> {
+            async fn run(&self, comm: &dyn Communicator, ctx: &StepContext) -> Result<()> {
+                (**self).run(comm, ctx).await
+            }
+        }
+
+        #[async_trait]
+        impl<T: Distributor + ?Sized> Distributor for $ptr<T> {
+            async fn distribute(&self, image: &CapturedImage, ctx: &StepContext) -> Result<Artifact> {
+                (**self).distribute(image, ctx).await
+            }
+        }
+    )* };
+}
+forward!(Arc, Box);
+
+/// `dyn Source`.
+pub type DynSource = dyn Source;
+/// `dyn Provisioner`.
+pub type DynProvisioner = dyn Provisioner;
+/// `dyn Communicator`.
+pub type DynCommunicator = dyn Communicator;
+/// `dyn Customizer`.
+pub type DynCustomizer = dyn Customizer;
+/// `dyn Distributor`.
+pub type DynDistributor = dyn Distributor;
+
+/// Conveniences over any [`Communicator`]. Do not implement this trait yourself.
+pub trait CommunicatorExt: Communicator {
+    /// Runs `req`; a non-zero exit is [`Error::StepFailed`] for `step`, with the exit code.
+    fn run_checked(&self, step: &str, req: &ExecRequest, out: &dyn OutputSink) -> impl Future<Output = Result<()>> + Send {
+        async move {
+            let status = self.execute(req, out).await?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(Error::StepFailed { step: step.to_string(), exit_code: status.code, message: format!("`{}` ended with {status}", req.command) })
+            }
+        }
+    }
+}
+
+impl<T: Communicator + ?Sized> CommunicatorExt for T {}
+
+#[cfg(test)]
+fn _obj_safe(_: &dyn Source, _: &dyn Provisioner, _: &dyn Communicator, _: &dyn Customizer, _: &dyn Distributor) {}

@@ -1,0 +1,361 @@
+//! The values that pass between the pipeline and the backends.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The guest operating system family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+pub enum Platform {
+    /// Linux: SSH, Shell, `waagent` deprovisioning.
+    #[default]
+    Linux,
+    /// Windows: WinRM, PowerShell, Sysprep.
+    Windows,
+}
+
+/// A source resolved to one exact image.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct ResolvedImage {
+    /// The source `type` (`PlatformImage`, …).
+    pub source_type: String,
+    /// What the template asked for (a URN, an id).
+    pub requested: String,
+    /// The exact image used: a URN with its version, an image version id.
+    pub exact: String,
+    /// The exact version (AIB's `exactVersion`), when the source has versions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exact_version: Option<String>,
+    /// The guest OS.
+    pub platform: Platform,
+    /// Backend-specific facts (a file path, a digest, a generation).
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    pub attributes: Map<String, Value>,
+}
+
+impl ResolvedImage {
+    /// A resolved image.
+    pub fn new(source_type: impl Into<String>, requested: impl Into<String>, exact: impl Into<String>) -> Self {
+        ResolvedImage { source_type: source_type.into(), requested: requested.into(), exact: exact.into(), ..Default::default() }
+    }
+
+    /// Sets the exact version.
+    #[must_use]
+    pub fn with_exact_version(mut self, v: impl Into<String>) -> Self {
+        self.exact_version = Some(v.into());
+        self
+    }
+
+    /// Sets the platform.
+    #[must_use]
+    pub fn with_platform(mut self, p: Platform) -> Self {
+        self.platform = p;
+        self
+    }
+
+    /// Adds a backend-specific attribute.
+    #[must_use]
+    pub fn with_attribute(mut self, k: impl Into<String>, v: impl Into<Value>) -> Self {
+        self.attributes.insert(k.into(), v.into());
+        self
+    }
+}
+
+/// How a person reaches a build VM (for `abort`, and for logs).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct AccessInfo {
+    /// `ssh` or `winrm`.
+    pub protocol: String,
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// User name.
+    pub user: String,
+    /// Private key file, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// A command that connects, ready to paste.
+    pub command: String,
+}
+
+impl AccessInfo {
+    /// Access over `protocol` to `user@host:port`, with a ready-to-paste command.
+    pub fn new(protocol: impl Into<String>, host: impl Into<String>, port: u16, user: impl Into<String>, command: impl Into<String>) -> Self {
+        AccessInfo { protocol: protocol.into(), host: host.into(), port, user: user.into(), key_file: None, command: command.into() }
+    }
+}
+
+/// A running build VM, as a provisioner hands it back.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct BuildVm {
+    /// Backend id of the VM (an ARM id, a process id).
+    pub id: String,
+    /// Ledger id of the VM's main resource.
+    pub resource: String,
+    /// Guest OS.
+    pub platform: Platform,
+    /// How to reach it.
+    pub access: AccessInfo,
+    /// Backend-specific facts.
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    pub attributes: Map<String, Value>,
+}
+
+impl BuildVm {
+    /// A VM known by `id` whose ledger record is `resource`.
+    pub fn new(id: impl Into<String>, resource: impl Into<String>, platform: Platform, access: AccessInfo) -> Self {
+        BuildVm { id: id.into(), resource: resource.into(), platform, access, attributes: Map::new() }
+    }
+}
+
+/// The disk a provisioner captured from a generalized build VM.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct CapturedImage {
+    /// Backend id (a disk id, a file path).
+    pub id: String,
+    /// Disk format (`qcow2`, `vhd`, `managedDisk`).
+    pub format: String,
+    /// Where it is (a path or URI).
+    pub location: String,
+    /// Size in bytes, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+    /// SHA-256 of the content, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Guest OS.
+    pub platform: Platform,
+    /// The image the build started from.
+    pub source: ResolvedImage,
+    /// Backend-specific facts.
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    pub attributes: Map<String, Value>,
+}
+
+impl CapturedImage {
+    /// A captured image.
+    pub fn new(id: impl Into<String>, format: impl Into<String>, location: impl Into<String>, source: ResolvedImage) -> Self {
+        CapturedImage { id: id.into(), format: format.into(), location: location.into(), platform: source.platform, source, ..Default::default() }
+    }
+}
+
+/// What a distributor produced: AIB's RunOutput properties.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct Artifact {
+    /// A managed image or gallery image version id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifact_id: Option<String>,
+    /// A VHD or file URI.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifact_uri: Option<String>,
+}
+
+impl Artifact {
+    /// An artifact known by id.
+    pub fn with_id(id: impl Into<String>) -> Self {
+        Artifact { artifact_id: Some(id.into()), artifact_uri: None }
+    }
+
+    /// An artifact known by URI.
+    pub fn with_uri(uri: impl Into<String>) -> Self {
+        Artifact { artifact_id: None, artifact_uri: Some(uri.into()) }
+    }
+}
+
+/// A command to run on the build VM.
+#[derive(Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ExecRequest {
+    /// The command line (a shell command on Linux, PowerShell on Windows).
+    pub command: String,
+    /// Environment variables.
+    pub env: Vec<(String, String)>,
+    /// Run as root (Linux) or elevated (Windows).
+    pub elevated: bool,
+    /// Give up after this long.
+    pub timeout: Option<Duration>,
+    /// The command will drop the connection (a reboot): a disconnect is success.
+    pub expect_disconnect: bool,
+}
+
+impl fmt::Debug for ExecRequest {
+    // Values of environment variables may be secrets: only names are shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExecRequest")
+            .field("command", &self.command)
+            .field("env", &self.env.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())
+            .field("elevated", &self.elevated)
+            .field("timeout", &self.timeout)
+            .field("expect_disconnect", &self.expect_disconnect)
+            .finish()
+    }
+}
+
+impl ExecRequest {
+    /// Runs `command`.
+    pub fn new(command: impl Into<String>) -> Self {
+        ExecRequest { command: command.into(), ..Default::default() }
+    }
+
+    /// Adds an environment variable.
+    #[must_use]
+    pub fn with_env(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    /// Runs elevated.
+    #[must_use]
+    pub fn elevated(mut self) -> Self {
+        self.elevated = true;
+        self
+    }
+
+    /// Sets a timeout.
+    #[must_use]
+    pub fn with_timeout(mut self, t: Duration) -> Self {
+        self.timeout = Some(t);
+        self
+    }
+
+    /// Marks the command as one that drops the connection.
+    #[must_use]
+    pub fn expecting_disconnect(mut self) -> Self {
+        self.expect_disconnect = true;
+        self
+    }
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExitStatus {
+    /// The exit code, when the command exited.
+    pub code: Option<i32>,
+    /// The signal, when it was killed.
+    pub signal: Option<String>,
+    /// True when the connection dropped as [`ExecRequest::expect_disconnect`] announced.
+    pub disconnected: bool,
+}
+
+impl ExitStatus {
+    /// Exited with `code`.
+    pub fn code(code: i32) -> Self {
+        ExitStatus { code: Some(code), signal: None, disconnected: false }
+    }
+
+    /// True for exit code 0, or an expected disconnect.
+    pub fn success(&self) -> bool {
+        self.code == Some(0) || self.disconnected
+    }
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.code, &self.signal) {
+            (Some(c), _) => write!(f, "exit code {c}"),
+            (None, Some(s)) => write!(f, "signal {s}"),
+            _ if self.disconnected => f.write_str("disconnected"),
+            _ => f.write_str("no exit status"),
+        }
+    }
+}
+
+/// What to upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UploadContent {
+    /// Bytes in memory.
+    Bytes(Arc<[u8]>),
+    /// A local file.
+    File(PathBuf),
+}
+
+/// A file to put on the build VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UploadRequest {
+    /// The content.
+    pub content: UploadContent,
+    /// Full destination path on the VM.
+    pub destination: String,
+    /// Unix permission bits, when they matter.
+    pub mode: Option<u32>,
+}
+
+impl UploadRequest {
+    /// Uploads `content` to `destination`.
+    pub fn new(content: UploadContent, destination: impl Into<String>) -> Self {
+        UploadRequest { content, destination: destination.into(), mode: None }
+    }
+
+    /// Uploads bytes.
+    pub fn bytes(bytes: impl Into<Arc<[u8]>>, destination: impl Into<String>) -> Self {
+        Self::new(UploadContent::Bytes(bytes.into()), destination)
+    }
+
+    /// Sets the permission bits.
+    #[must_use]
+    pub fn with_mode(mut self, mode: u32) -> Self {
+        self.mode = Some(mode);
+        self
+    }
+}
+
+/// How long to wait for a VM to come back after an expected disconnect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReconnectOptions {
+    /// Give up after this long.
+    pub timeout: Duration,
+}
+
+impl Default for ReconnectOptions {
+    fn default() -> Self {
+        ReconnectOptions { timeout: Duration::from_secs(5 * 60) }
+    }
+}
+
+impl ReconnectOptions {
+    /// Waits up to `timeout`.
+    pub fn with_timeout(timeout: Duration) -> Self {
+        ReconnectOptions { timeout }
+    }
+}
+
+/// What the provisioner is asked to start.
+#[derive(Debug, Clone, PartialEq, Default)]
+#[non_exhaustive]
+pub struct ProvisionRequest {
+    /// The image to boot.
+    pub image: ResolvedImage,
+    /// The template's `vmProfile`.
+    pub vm_profile: crate::template::VmProfile,
+    /// Sizes of extra data disks, in GB.
+    pub data_disks_gb: Vec<u32>,
+    /// Tags for everything created (`managedResourceTags` plus aib's own).
+    pub tags: crate::template::StringMap,
+    /// The template name, for resource names.
+    pub template_name: String,
+}
+
+impl ProvisionRequest {
+    /// Boots `image` with defaults.
+    pub fn new(image: ResolvedImage) -> Self {
+        ProvisionRequest { image, ..Default::default() }
+    }
+}
