@@ -49,7 +49,7 @@ pub trait Provisioner: Debug + Display + Send + Sync + 'static {
     /// Connects to it.
     async fn connect(&self, vm: &BuildVm, ctx: &RunContext) -> Result<Arc<dyn Communicator>>;
     /// Generalizes it and stops it.
-    async fn generalize(&self, vm: &BuildVm, comm: &dyn Communicator, ctx: &StepContext) -> Result<()>;
+    async fn generalize(&self, vm: &BuildVm, comm: &(dyn Communicator + 'static), ctx: &StepContext) -> Result<()>;
     /// Captures its disk.
     async fn capture(&self, vm: &BuildVm, ctx: &StepContext) -> Result<CapturedImage>;
     /// Deletes one recorded resource.
@@ -72,7 +72,7 @@ pub trait Communicator: Debug + Display + Send + Sync + 'static {
     /// The guest OS on the other end.
     fn platform(&self) -> Platform;
     /// Runs a command.
-    async fn execute(&self, req: &ExecRequest, out: &dyn OutputSink) -> Result<ExitStatus>;
+    async fn execute(&self, req: &ExecRequest, out: &(dyn OutputSink + 'static)) -> Result<ExitStatus>;
     /// Uploads a file.
     async fn upload(&self, req: &UploadRequest) -> Result<u64>;
     /// Reconnects after an expected disconnect.
@@ -89,7 +89,7 @@ pub trait Communicator: Debug + Display + Send + Sync + 'static {
 #[async_trait]
 pub trait Customizer: Debug + Display + Send + Sync + 'static {
     /// Runs the step.
-    async fn run(&self, comm: &dyn Communicator, ctx: &StepContext) -> Result<()>;
+    async fn run(&self, comm: &(dyn Communicator + 'static), ctx: &StepContext) -> Result<()>;
 }
 
 /// Publishes a captured image to one target.
@@ -127,7 +127,7 @@ macro_rules! forward {
             async fn connect(&self, vm: &BuildVm, ctx: &RunContext) -> Result<Arc<dyn Communicator>> {
                 (**self).connect(vm, ctx).await
             }
-            async fn generalize(&self, vm: &BuildVm, comm: &dyn Communicator, ctx: &StepContext) -> Result<()> {
+            async fn generalize(&self, vm: &BuildVm, comm: &(dyn Communicator + 'static), ctx: &StepContext) -> Result<()> {
                 (**self).generalize(vm, comm, ctx).await
             }
             async fn capture(&self, vm: &BuildVm, ctx: &StepContext) -> Result<CapturedImage> {
@@ -143,7 +143,7 @@ macro_rules! forward {
             fn platform(&self) -> Platform {
                 (**self).platform()
             }
-            async fn execute(&self, req: &ExecRequest, out: &dyn OutputSink) -> Result<ExitStatus> {
+            async fn execute(&self, req: &ExecRequest, out: &(dyn OutputSink + 'static)) -> Result<ExitStatus> {
                 (**self).execute(req, out).await
             }
             async fn upload(&self, req: &UploadRequest) -> Result<u64> {
@@ -156,7 +156,7 @@ macro_rules! forward {
 
         #[async_trait]
         impl<T: Customizer + ?Sized> Customizer for $ptr<T> {
-            async fn run(&self, comm: &dyn Communicator, ctx: &StepContext) -> Result<()> {
+            async fn run(&self, comm: &(dyn Communicator + 'static), ctx: &StepContext) -> Result<()> {
                 (**self).run(comm, ctx).await
             }
         }
@@ -185,7 +185,7 @@ pub type DynDistributor = dyn Distributor;
 /// Conveniences over any [`Communicator`]. Do not implement this trait yourself.
 pub trait CommunicatorExt: Communicator {
     /// Runs `req`; a non-zero exit is [`Error::StepFailed`] for `step`, with the exit code.
-    fn run_checked(&self, step: &str, req: &ExecRequest, out: &dyn OutputSink) -> impl Future<Output = Result<()>> + Send {
+    fn run_checked(&self, step: &str, req: &ExecRequest, out: &(dyn OutputSink + 'static)) -> impl Future<Output = Result<()>> + Send {
         async move {
             let status = self.execute(req, out).await?;
             if status.success() {

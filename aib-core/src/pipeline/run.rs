@@ -86,7 +86,8 @@ struct Record {
     history: Vec<StateChange>,
     sub_state: Option<RunSubState>,
     steps: Vec<StepReport>,
-    current: Option<String>,
+    /// Steps running now (distributions run together).
+    current: Vec<String>,
     source: Option<ResolvedImage>,
     vm: Option<BuildVm>,
     outputs: Vec<RunOutput>,
@@ -132,7 +133,7 @@ where
     let started = SystemTime::now();
     let t0 = Instant::now();
     if let Ok(mut r) = rec.lock() {
-        r.current = Some(name.to_string());
+        r.current.push(name.to_string());
     }
     ctx.emitter().log(format!("[aib] starting step {name}"));
     ctx.emitter().send(Event::StepStarted { step: name.to_string() });
@@ -162,10 +163,20 @@ where
     ctx.emitter().log(format!("[aib] ending step {name} after {}{}", humantime::format_duration(round(duration)), error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()));
     ctx.emitter().send(Event::StepFinished { step: name.to_string(), duration, error: error.clone() });
     if let Ok(mut r) = rec.lock() {
-        r.current = None;
+        r.current.retain(|c| c != name);
         r.steps.push(StepReport { name: name.to_string(), phase, started, duration, attempts, error: error.clone() });
     }
     result.map_err(|_| format!("step `{name}` failed: {}", error.unwrap_or_default()))
+}
+
+/// "step `a`" or "steps `a`, `b`": what was running, for timeout and cancel messages.
+fn running(rec: &Shared) -> Option<String> {
+    let r = rec.lock().ok()?;
+    match r.current.as_slice() {
+        [] => None,
+        [one] => Some(format!("step `{one}`")),
+        many => Some(format!("steps {}", many.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", "))),
+    }
 }
 
 fn round(d: Duration) -> Duration {
@@ -368,16 +379,15 @@ pub(crate) async fn execute(inner: Arc<Inner>, run_id: String, cancel: Cancellat
         biased;
         _ = cancel.cancelled() => None,
         r = tokio::time::timeout_at(deadline, work(&inner, &ctx, &rec)) => Some(r.unwrap_or_else(|_| {
-            let step = rec.lock().ok().and_then(|r| r.current.clone()).unwrap_or_else(|| "between steps".into());
-            Outcome::failed(format!("the build timed out after {} (buildTimeoutInMinutes) during step `{step}`", humantime::format_duration(inner.timeout)))
+            let at = running(&rec).unwrap_or_else(|| "between steps".into());
+            Outcome::failed(format!("the build timed out after {} (buildTimeoutInMinutes) during {at}", humantime::format_duration(inner.timeout)))
         })),
     };
     let outcome = match outcome {
         Some(o) => o,
         None => {
             set_state(&rec, &emitter, RunState::Canceling, None);
-            let step = rec.lock().ok().and_then(|r| r.current.clone());
-            let at = step.map(|s| format!(" during step `{s}`")).unwrap_or_default();
+            let at = running(&rec).map(|s| format!(" during {s}")).unwrap_or_default();
             Outcome { state: RunState::Canceled, message: format!("the run was cancelled{at}"), keep_vm: false }
         }
     };
