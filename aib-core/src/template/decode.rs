@@ -180,7 +180,7 @@ impl<'v> Obj<'v> {
                 found = Some((i, v, false));
                 break;
             }
-            if !cx.strict && found.is_none() && k.eq_ignore_ascii_case(key) {
+            if found.is_none() && k.eq_ignore_ascii_case(key) {
                 found = Some((i, v, true));
             }
         }
@@ -188,12 +188,13 @@ impl<'v> Obj<'v> {
         self.used[i] = true;
         if case {
             let actual = self.map.keys().nth(i).cloned().unwrap_or_default();
-            cx.warn(
-                &join(&self.path, &actual),
-                Code::FieldCase,
-                format!("field `{actual}` should be spelled `{key}`"),
-                "API versions from 2024-02-01 on reject it; fix the case",
-            );
+            let at = join(&self.path, &actual);
+            if cx.strict {
+                // Reported once, here; the value is still read so nothing else cascades.
+                cx.error(&at, Code::FieldCase, format!("field `{actual}` is spelled `{key}`; field names are case-sensitive"), format!("rename `{actual}` to `{key}`"));
+            } else {
+                cx.warn(&at, Code::FieldCase, format!("field `{actual}` should be spelled `{key}`"), "API versions from 2024-02-01 on reject it; fix the case");
+            }
         }
         if v.is_null() { None } else { Some((v, path)) }
     }

@@ -225,7 +225,9 @@ impl Document {
             ItemKind::Template => {
                 template = parse::template(&mut cx, v, path);
                 if let Some(t) = &template {
-                    check(t, path, &opts.types, &mut cx.diags);
+                    let mut semantic = Vec::new();
+                    check(t, path, &opts.types, &mut semantic);
+                    cx.diags.extend(suppress_cascades(&cx.diags, semantic));
                 }
             }
             ItemKind::TemplateUpdate => {
@@ -252,6 +254,26 @@ impl Document {
         self.diagnostics.0.extend(cx.diags);
         self.items.push(Item { kind, path: path.to_string(), response, api_version: api, template });
     }
+}
+
+/// True when `path` is `base` or lies under it.
+fn under(path: &str, base: &str) -> bool {
+    path.strip_prefix(base).is_some_and(|rest| rest.is_empty() || rest.starts_with('.') || rest.starts_with('['))
+}
+
+/// Drops semantic findings that only follow from a parse error: those on the broken value,
+/// inside it, or on an object that contains it. A broken `type` discriminator invalidates
+/// its whole object.
+fn suppress_cascades(parse: &[Diagnostic], semantic: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    let broken: Vec<&str> = parse
+        .iter()
+        .filter(|d| d.is_error())
+        .map(|d| match d.path.strip_suffix(".type") {
+            Some(object) => object,
+            None => d.path.as_str(),
+        })
+        .collect();
+    semantic.into_iter().filter(|s| !broken.iter().any(|b| under(&s.path, b) || under(b, &s.path))).collect()
 }
 
 /// What a body object is, judged by its content.

@@ -158,7 +158,8 @@ impl Checker<'_> {
         match f.destination.as_deref() {
             None | Some("") => self.error(&join(path, "destination"), Code::MissingField, "`destination` is required", "set the full path of the file on the VM, such as /tmp/app.tar.gz"),
             Some(d) if !is_arm_expression(d) && placeholder(d).is_none() => {
-                let windows = d.len() >= 3 && d.as_bytes()[0].is_ascii_alphabetic() && &d[1..2] == ":" && (d[2..].starts_with('\\') || d[2..].starts_with('/'));
+                let b = d.as_bytes();
+                let windows = b.len() >= 3 && b[0].is_ascii_alphabetic() && b[1] == b':' && (b[2] == b'\\' || b[2] == b'/');
                 if !d.starts_with('/') && !windows {
                     self.error(&join(path, "destination"), Code::InvalidValue, format!("`{d}` is not an absolute path"), "use a full path such as /tmp/file or C:\\file");
                 } else if d.split(['/', '\\']).any(|seg| seg == "..") {
