@@ -169,6 +169,45 @@ fn base_template_is_valid() {
     assert!(!doc.diagnostics.has_errors(), "{}", doc.diagnostics);
 }
 
+/// Every field aib models, set at once: it must serialize back to the same JSON.
+#[test]
+fn full_template_round_trips_exactly() {
+    let full = patch(base(), &[
+        set("/tags", json!({"team": "images"})),
+        set("/properties/source/planInfo", json!({"planName": "n", "planProduct": "p", "planPublisher": "q"})),
+        set("/properties/customize/0", json!({"type": "Shell", "name": "sh", "scriptUri": "https://example.com/s.sh", "sha256Checksum": SHA})),
+        set("/properties/customize/1/runAsSystem", json!(true)),
+        set("/properties/customize/1/validExitCodes", json!([0, 3010])),
+        set("/properties/customize/3", json!({"type": "WindowsRestart", "restartCommand": "shutdown /r", "restartCheckCommand": "echo ok", "restartTimeout": "10m"})),
+        set("/properties/customize/4", json!({"type": "WindowsUpdate", "searchCriteria": "IsInstalled=0", "filters": ["exclude:$_.Title -like '*Preview*'"], "updateLimit": 20})),
+        set("/properties/optimize", json!({"vmBoot": {"state": "Enabled"}, "workload": {"state": "Disabled", "scriptUri": "https://example.com/w.ps1", "sha256Checksum": SHA}})),
+        set("/properties/validate", json!({"continueDistributeOnFailure": true, "sourceValidationOnly": false, "inVMValidations": [
+            {"type": "Shell", "name": "a", "inline": ["true"]},
+            {"type": "PowerShell", "name": "b", "inline": ["exit 0"], "validExitCodes": [0]},
+            {"type": "File", "name": "c", "sourceUri": "https://example.com/x", "destination": "/tmp/x"}]})),
+        set("/properties/distribute/0/uri", json!("https://acct.blob.core.windows.net/vhds/x.vhd")),
+        set("/properties/distribute/0/artifactTags", json!({"k": "v"})),
+        set("/properties/distribute/1", json!({"type": "SharedImage", "runOutputName": "sig", "galleryImageId": GALLERY,
+            "targetRegions": [{"name": "westus", "replicaCount": 2, "storageAccountType": "Standard_ZRS"}],
+            "excludeFromLatest": true, "versioning": {"scheme": "Latest", "major": 2}, "replicationMode": "Shallow"})),
+        set("/properties/errorHandling", json!({"onCustomizerError": "abort", "onValidationError": "cleanup"})),
+        set("/properties/buildTimeoutInMinutes", json!(90)),
+        set("/properties/vmProfile/userAssignedIdentities", json!([ID])),
+        set("/properties/vmProfile/vnetConfig/proxyVmSize", json!("Standard_A1_v2")),
+        set("/properties/additionalDataDisks", json!([{"sizeGB": 32}])),
+        set("/properties/stagingResourceGroup", json!("/subscriptions/s/resourceGroups/staging")),
+        set("/properties/autoRun", json!({"state": "Disabled"})),
+        set("/properties/managedResourceTags", json!({"owner": "me"})),
+    ]);
+    let parsed = aib_core::ImageTemplate::from_json(&full.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    let mut expected = full.clone();
+    // Envelope fields are read but not part of the model.
+    let m = expected.as_object_mut().unwrap();
+    m.remove("type");
+    m.remove("apiVersion");
+    assert_eq!(parsed.template.to_json_value(), expected);
+}
+
 #[test]
 fn every_invalid_template_is_reported_at_its_path_with_its_code() {
     let cases = cases();

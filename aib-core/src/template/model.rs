@@ -597,7 +597,7 @@ pub struct Validate {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source_validation_only: Option<Expr<bool>>,
     /// Validators, in order.
-    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    #[serde(rename = "inVMValidations", skip_serializing_if = "Vec::is_empty", default)]
     pub in_vm_validations: Vec<ValidatorSpec>,
 }
 

@@ -1,0 +1,200 @@
+//! Pipeline behaviour on the fakes: states in AIB's order, events, logs, secrets, step
+//! options, validation policies, builder checks.
+
+use aib_core::template::{ErrorAction, ImageTemplate};
+use aib_core::{Event, Ledger, OutputState, Pipeline, RunState, RunSubState, StepOptions};
+use aib_testkit::{FakeBackend, Fault, Reply};
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn template(extra: serde_json::Value) -> ImageTemplate {
+    let mut v = serde_json::json!({
+        "location": "westus",
+        "name": "web",
+        "properties": {
+            "source": {"type": "PlatformImage", "publisher": "Debian", "offer": "debian-12", "sku": "12-gen2", "version": "latest"},
+            "customize": [{"type": "Shell", "name": "hello", "inline": ["echo hello world", "echo oops >&2"]}],
+            "validate": {"inVMValidations": [{"type": "Shell", "name": "check", "inline": ["echo checked"]}]},
+            "distribute": [{"type": "VHD", "runOutputName": "disk"}, {"type": "ManagedImage", "runOutputName": "mi",
+                "imageId": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/images/web", "location": "westus"}]
+        }
+    });
+    if let serde_json::Value::Object(m) = extra {
+        for (k, val) in m {
+            v["properties"][k] = val;
+        }
+    }
+    ImageTemplate::from_json(&v.to_string()).unwrap().template
+}
+
+#[tokio::test]
+async fn a_successful_run_follows_aib_states_and_streams_everything() {
+    let fakes = FakeBackend::new();
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = Pipeline::from_template(&template(serde_json::json!({})), &fakes.backend())
+        .unwrap()
+        .ledger(Ledger::open(dir.path().join("ledger")).unwrap())
+        .log_dir(dir.path().join("runs"))
+        .build()
+        .unwrap();
+    let mut run = pipeline.start();
+    let events: Vec<Event> = run.events().collect().await;
+    let report = run.wait().await;
+    assert_eq!(report.run_state, RunState::Succeeded, "{}", report.message);
+
+    let subs: Vec<_> = report.history.iter().map(|h| (h.run_state, h.run_sub_state)).collect();
+    use RunState::*;
+    use RunSubState::*;
+    assert_eq!(subs, vec![(Running, Some(Queued)), (Running, Some(Building)), (Running, Some(Customizing)), (Running, Some(Validating)), (Running, Some(Distributing)), (Succeeded, Some(Distributing))]);
+
+    let steps: Vec<_> = report.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(&steps[..7], &["resolve", "provision", "connect", "customize[0] hello", "validate[0] check", "generalize", "capture"]);
+    assert_eq!(steps.len(), 9);
+    assert_eq!(report.source.as_ref().unwrap().exact_version.as_deref(), Some("12.20250101.0"));
+    assert_eq!(report.output("disk").unwrap().provisioning_state, OutputState::Succeeded);
+    assert_eq!(report.output("mi").unwrap().artifact_id.as_deref(), Some("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/images/web"));
+
+    let lines: Vec<(String, String)> = events.iter().filter_map(|e| match e {
+        Event::Output { step, line, .. } => Some((step.clone(), line.clone())),
+        _ => None,
+    }).collect();
+    assert!(lines.contains(&("customize[0] hello".into(), "hello world".into())), "{lines:?}");
+    assert!(lines.contains(&("customize[0] hello".into(), "oops".into())));
+    let created = events.iter().filter(|e| matches!(e, Event::ResourceCreated { .. })).count();
+    let deleted = events.iter().filter(|e| matches!(e, Event::ResourceDeleted { .. })).count();
+    assert_eq!(created, 5, "vm, disk, image, two artifacts");
+    assert_eq!(deleted, 3, "artifacts are kept, the rest deleted");
+    assert!(events.iter().any(|e| matches!(e, Event::Progress { unit, .. } if unit == "bytes")));
+    // Every StepStarted has its StepFinished.
+    let started = events.iter().filter(|e| matches!(e, Event::StepStarted { .. })).count();
+    let finished = events.iter().filter(|e| matches!(e, Event::StepFinished { .. })).count();
+    assert_eq!(started, finished);
+
+    let log = std::fs::read_to_string(report.customization_log.as_ref().unwrap()).unwrap();
+    assert!(log.contains("[customize[0] hello] hello world"));
+    assert!(log.contains("starting step generalize"));
+    assert!(report.log_tail.iter().any(|l| l.contains("hello world")));
+    assert!(fakes.live_resources().is_empty());
+    assert_eq!(std::fs::read_dir(dir.path().join("ledger")).unwrap().count(), 0);
+    // The fakes were asked in order; the generalization ran on the build VM.
+    let j = fakes.journal();
+    let pos = |p: &str| j.iter().position(|e| e.starts_with(p)).unwrap_or_else(|| panic!("{p} in {j:?}"));
+    assert!(pos("resolve") < pos("provision") && pos("provision") < pos("connect") && pos("step customize") < pos("step validate") && pos("step validate") < pos("generalize") && pos("generalize") < pos("capture") && pos("capture") < pos("distribute"));
+    assert!(j.iter().any(|e| e.contains("waagent -force -deprovision+user")));
+    // The report serializes as JSON with AIB's names.
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["runState"], "Succeeded");
+    assert_eq!(json["runOutputs"][0]["provisioningState"], "Succeeded");
+}
+
+#[tokio::test]
+async fn secrets_are_masked_in_events_logs_and_errors() {
+    let fakes = FakeBackend::new();
+    let t = template(serde_json::json!({"customize": [{"type": "Shell", "name": "s", "inline": ["echo token=hunter2", "exit 4"]}]}));
+    let p = Pipeline::from_template(&t, &fakes.backend()).unwrap().secret("hunter2").build().unwrap();
+    let mut run = p.start();
+    let events: Vec<Event> = run.events().collect().await;
+    let report = run.wait().await;
+    let all = format!("{events:?} {report:?}");
+    assert!(!all.contains("hunter2"), "secret leaked");
+    assert!(all.contains("token=***"));
+    assert_eq!(report.run_state, RunState::Failed);
+    assert!(report.message.contains("exit code 4"), "{}", report.message);
+}
+
+#[tokio::test]
+async fn validation_failure_policies() {
+    // Default: no distribution, Failed.
+    let fakes = FakeBackend::new();
+    fakes.faults().inject("validate[0] check", Fault::Fail);
+    let r = Pipeline::from_template(&template(serde_json::json!({})), &fakes.backend()).unwrap().build().unwrap().run().await;
+    assert_eq!(r.run_state, RunState::Failed);
+    assert!(r.message.starts_with("validation failed"));
+    assert!(r.run_outputs.is_empty() && fakes.artifacts().is_empty());
+
+    // continueDistributeOnFailure: distributed, still Failed.
+    let fakes = FakeBackend::new();
+    fakes.faults().inject("validate[0] check", Fault::Fail);
+    let t = template(serde_json::json!({"validate": {"continueDistributeOnFailure": true, "inVMValidations": [{"type": "Shell", "name": "check", "inline": ["x"]}]}}));
+    let r = Pipeline::from_template(&t, &fakes.backend()).unwrap().build().unwrap().run().await;
+    assert_eq!(r.run_state, RunState::Failed);
+    assert_eq!(fakes.artifacts().len(), 2);
+    assert!(r.message.contains("distributed anyway"));
+
+    // sourceValidationOnly: no customizers run.
+    let fakes = FakeBackend::new();
+    let t = template(serde_json::json!({"customize": [], "validate": {"sourceValidationOnly": true, "inVMValidations": [{"type": "Shell", "name": "check", "inline": ["x"]}]}}));
+    let r = Pipeline::from_template(&t, &fakes.backend()).unwrap().build().unwrap().run().await;
+    assert_eq!(r.run_state, RunState::Succeeded, "{}", r.message);
+    assert!(!fakes.journal().iter().any(|e| e.starts_with("step customize")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn step_options_retry_and_time_out() {
+    let fakes = FakeBackend::new();
+    fakes.faults().inject_times("customize[0] flaky", Fault::FailRetryable, 2);
+    let p = Pipeline::builder()
+        .source(Arc::new(fakes.source()), aib_testkit::conformance::debian_spec())
+        .provisioner(Arc::new(fakes.provisioner()))
+        .customizer_named("customize[0] flaky", Arc::new(fakes.customizer(&["echo hi"])), StepOptions::default().with_retries(2, Duration::from_secs(1)))
+        .customizer_named("customize[1] slow", Arc::new(fakes.customizer(&["echo hi"])), StepOptions::default().with_timeout(Duration::from_secs(10)).with_pause_before(Duration::from_secs(1)))
+        .target("disk", "VHD", Arc::new(fakes.distributor("VHD", "disk")))
+        .build()
+        .unwrap();
+    let r = p.run().await;
+    assert_eq!(r.run_state, RunState::Succeeded, "{}", r.message);
+    assert_eq!(r.step("customize[0] flaky").unwrap().attempts, 3);
+
+    fakes.faults().inject("customize[1] slow", Fault::Slow(Duration::from_secs(60)));
+    let r = p.run().await;
+    assert_eq!(r.run_state, RunState::Failed);
+    assert!(r.message.contains("customize[1] slow") && r.message.contains("timed out after 10s"), "{}", r.message);
+    assert!(fakes.live_resources().is_empty());
+}
+
+#[tokio::test]
+async fn scripted_replies_drive_a_step() {
+    let fakes = FakeBackend::new();
+    let p = Pipeline::from_template(&template(serde_json::json!({})), &fakes.backend()).unwrap().on_customizer_error(ErrorAction::Cleanup).build().unwrap();
+    // A communicator only exists once connected: script the reply through the fault table.
+    fakes.faults().inject_at("exec", 0, Fault::ExitCode(100));
+    let r = p.run().await;
+    assert_eq!(r.run_state, RunState::Failed);
+    assert!(r.message.contains("exit code 100"));
+    let c = aib_testkit::FakeCommunicator::default();
+    c.reply("apt-get", Reply { stdout: vec!["installed".into()], stderr: vec![], code: 0 });
+    let sink = aib_core::MemorySink::new();
+    use aib_core::Communicator;
+    c.execute(&aib_core::ExecRequest::new("apt-get install -y nginx"), &sink).await.unwrap();
+    assert_eq!(sink.lines()[0].1, "installed");
+}
+
+#[test]
+fn builder_checks_everything_in_build() {
+    let fakes = FakeBackend::new();
+    let e = Pipeline::builder().build().unwrap_err();
+    assert!(e.to_string().contains("source"), "{e}");
+    let base = || Pipeline::builder().source(Arc::new(fakes.source()), aib_testkit::conformance::debian_spec()).provisioner(Arc::new(fakes.provisioner()));
+    assert!(base().build().unwrap_err().to_string().contains("distribute"));
+    let d = || Arc::new(fakes.distributor("VHD", "x"));
+    assert!(base().target("a b", "VHD", d()).build().unwrap_err().to_string().contains("runOutputName"));
+    assert!(base().target("a", "VHD", d()).target("a", "VHD", d()).build().unwrap_err().to_string().contains("twice"));
+    assert!(base().target("a", "VHD", d()).timeout(Duration::ZERO).build().is_err());
+    assert!(base().target("a", "VHD", d()).secret("").build().is_err());
+    assert!(base().target("a", "VHD", d()).build().is_ok());
+}
+
+#[test]
+fn templates_with_unresolved_expressions_do_not_build() {
+    let fakes = FakeBackend::new();
+    let mut t = template(serde_json::json!({}));
+    t.properties.build_timeout_in_minutes = Some(aib_core::template::Expr::Expression("[parameters('t')]".into()));
+    let e = Pipeline::from_template(&t, &fakes.backend()).unwrap_err();
+    assert!(e.to_string().contains("properties.buildTimeoutInMinutes"), "{e}");
+    // A plugin type unknown to the backend is rejected with AIB's code.
+    let mut t = template(serde_json::json!({}));
+    t.properties.customize.push(aib_core::template::CustomizerSpec::Custom(aib_core::template::CustomSpec { type_name: "Ansible".into(), ..Default::default() }));
+    let e = Pipeline::from_template(&t, &fakes.backend()).unwrap_err();
+    assert!(e.to_string().contains("BadCustomizerType"), "{e}");
+}
