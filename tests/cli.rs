@@ -103,7 +103,8 @@ fn schema_is_a_json_schema_of_the_template() {
     assert!(v["$schema"].as_str().unwrap().contains("2020-12"));
     assert!(v["properties"]["properties"].is_object());
     let text = String::from_utf8_lossy(&out.stdout);
-    for name in ["runOutputName", "galleryImageId", "inVMValidations", "restartTimeout", "osDiskSizeGB", "replicationMode", "WindowsUpdate"] {
+    for name in ["runOutputName", "galleryImageId", "inVMValidations", "restartTimeout", "osDiskSizeGB", "replicationMode", "WindowsUpdate"]
+    {
         assert!(text.contains(name), "schema mentions {name}");
     }
 }

@@ -150,10 +150,9 @@ impl Error {
         match self {
             Error::Disconnected { .. } | Error::Throttled { .. } => true,
             Error::Generic { retryable, .. } => *retryable,
-            Error::Io { source, .. } => matches!(
-                source.kind(),
-                std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
-            ),
+            Error::Io { source, .. } => {
+                matches!(source.kind(), std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock)
+            }
             _ => false,
         }
     }

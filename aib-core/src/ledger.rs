@@ -56,7 +56,15 @@ pub struct ResourceRecord {
 impl ResourceRecord {
     /// A record of `kind` named `name`, deletable by `backend`.
     pub fn new(backend: impl Into<String>, kind: impl Into<String>, name: impl Into<String>, scope: Scope) -> Self {
-        ResourceRecord { id: String::new(), backend: backend.into(), kind: kind.into(), name: name.into(), scope, attributes: Map::new(), created_at: SystemTime::now() }
+        ResourceRecord {
+            id: String::new(),
+            backend: backend.into(),
+            kind: kind.into(),
+            name: name.into(),
+            scope,
+            attributes: Map::new(),
+            created_at: SystemTime::now(),
+        }
     }
 
     /// Adds an attribute.
@@ -192,7 +200,11 @@ impl Ledger {
     /// Opens the ledger of run `run_id`.
     pub fn begin(&self, run_id: &str) -> Result<RunLedger> {
         if run_id.is_empty() || !run_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-            return Err(Error::InvalidConfig { backend: "ledger", key: "run_id".into(), message: format!("`{run_id}` must be letters, digits, `-` and `_`") });
+            return Err(Error::InvalidConfig {
+                backend: "ledger",
+                key: "run_id".into(),
+                message: format!("`{run_id}` must be letters, digits, `-` and `_`"),
+            });
         }
         let (file, path) = match &*self.store {
             Store::Memory(_) => (None, None),
@@ -204,7 +216,15 @@ impl Ledger {
             }
         };
         Ok(RunLedger {
-            inner: Arc::new(RunInner { run_id: run_id.to_string(), store: self.store.clone(), file, path, live: Mutex::new(Vec::new()), seq: AtomicU64::new(0), hook: Mutex::new(None) }),
+            inner: Arc::new(RunInner {
+                run_id: run_id.to_string(),
+                store: self.store.clone(),
+                file,
+                path,
+                live: Mutex::new(Vec::new()),
+                seq: AtomicU64::new(0),
+                hook: Mutex::new(None),
+            }),
         })
     }
 

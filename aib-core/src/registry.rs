@@ -50,21 +50,33 @@ impl Registry {
 
     /// Registers a customizer type (not usable as a validator).
     #[must_use]
-    pub fn with_customizer(mut self, type_name: &str, f: impl Fn(&CustomizerSpec) -> Result<Arc<dyn Customizer>> + Send + Sync + 'static) -> Self {
+    pub fn with_customizer(
+        mut self,
+        type_name: &str,
+        f: impl Fn(&CustomizerSpec) -> Result<Arc<dyn Customizer>> + Send + Sync + 'static,
+    ) -> Self {
         self.customizers.insert(type_name.to_string(), Arc::new(f));
         self
     }
 
     /// Registers a type usable both as a customizer and as a validator.
     #[must_use]
-    pub fn with_customizer_and_validator(mut self, type_name: &str, f: impl Fn(&CustomizerSpec) -> Result<Arc<dyn Customizer>> + Send + Sync + 'static) -> Self {
+    pub fn with_customizer_and_validator(
+        mut self,
+        type_name: &str,
+        f: impl Fn(&CustomizerSpec) -> Result<Arc<dyn Customizer>> + Send + Sync + 'static,
+    ) -> Self {
         self.validators.insert(type_name.to_string());
         self.with_customizer(type_name, f)
     }
 
     /// Registers a distributor type.
     #[must_use]
-    pub fn with_distributor(mut self, type_name: &str, f: impl Fn(&DistributorSpec) -> Result<Arc<dyn Distributor>> + Send + Sync + 'static) -> Self {
+    pub fn with_distributor(
+        mut self,
+        type_name: &str,
+        f: impl Fn(&DistributorSpec) -> Result<Arc<dyn Distributor>> + Send + Sync + 'static,
+    ) -> Self {
         self.distributors.insert(type_name.to_string(), Arc::new(f));
         self
     }

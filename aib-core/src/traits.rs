@@ -191,7 +191,11 @@ pub trait CommunicatorExt: Communicator {
             if status.success() {
                 Ok(())
             } else {
-                Err(Error::StepFailed { step: step.to_string(), exit_code: status.code, message: format!("`{}` ended with {status}", req.command) })
+                Err(Error::StepFailed {
+                    step: step.to_string(),
+                    exit_code: status.code,
+                    message: format!("`{}` ended with {status}", req.command),
+                })
             }
         }
     }

@@ -88,7 +88,13 @@ pub struct AccessInfo {
 
 impl AccessInfo {
     /// Access over `protocol` to `user@host:port`, with a ready-to-paste command.
-    pub fn new(protocol: impl Into<String>, host: impl Into<String>, port: u16, user: impl Into<String>, command: impl Into<String>) -> Self {
+    pub fn new(
+        protocol: impl Into<String>,
+        host: impl Into<String>,
+        port: u16,
+        user: impl Into<String>,
+        command: impl Into<String>,
+    ) -> Self {
         AccessInfo { protocol: protocol.into(), host: host.into(), port, user: user.into(), key_file: None, command: command.into() }
     }
 }
@@ -147,7 +153,14 @@ pub struct CapturedImage {
 impl CapturedImage {
     /// A captured image.
     pub fn new(id: impl Into<String>, format: impl Into<String>, location: impl Into<String>, source: ResolvedImage) -> Self {
-        CapturedImage { id: id.into(), format: format.into(), location: location.into(), platform: source.platform, source, ..Default::default() }
+        CapturedImage {
+            id: id.into(),
+            format: format.into(),
+            location: location.into(),
+            platform: source.platform,
+            source,
+            ..Default::default()
+        }
     }
 }
 

@@ -20,7 +20,11 @@ fn check(rel: &str) {
             opts = opts.with_api_version(v);
         }
         let again = Document::parse_with(&json, &opts);
-        let back = again.items.iter().find_map(|i| i.template.clone()).unwrap_or_else(|| panic!("{rel} {}: re-parse found no template:\n{json}", item.path));
+        let back = again
+            .items
+            .iter()
+            .find_map(|i| i.template.clone())
+            .unwrap_or_else(|| panic!("{rel} {}: re-parse found no template:\n{json}", item.path));
         // Example responses may hold what a request may not (their findings are warnings).
         if !item.response {
             assert!(!again.diagnostics.has_errors(), "{rel} {}: re-parse errors: {}", item.path, again.diagnostics);

@@ -143,7 +143,11 @@ async fn abort_keeps_exactly_the_vm_and_gc_removes_it() {
         let kept = report.kept_vm.as_ref().unwrap_or_else(|| panic!("{step}: the report must say how to reach the VM"));
         assert!(report.message.contains(&kept.command) && report.message.contains("aib gc"), "{}", report.message);
         assert!(!report.leftover_resources.is_empty());
-        assert!(report.leftover_resources.iter().all(|r| r.scope == Scope::BuildVm), "{step}: only the VM stays: {:?}", report.leftover_resources);
+        assert!(
+            report.leftover_resources.iter().all(|r| r.scope == Scope::BuildVm),
+            "{step}: only the VM stays: {:?}",
+            report.leftover_resources
+        );
         let mut live = fakes.live_resources();
         live.sort();
         assert_eq!(live.len(), 2, "{step}: vm and its disk: {live:?}");

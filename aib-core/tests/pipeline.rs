@@ -46,19 +46,35 @@ async fn a_successful_run_follows_aib_states_and_streams_everything() {
     let subs: Vec<_> = report.history.iter().map(|h| (h.run_state, h.run_sub_state)).collect();
     use RunState::*;
     use RunSubState::*;
-    assert_eq!(subs, vec![(Running, Some(Queued)), (Running, Some(Building)), (Running, Some(Customizing)), (Running, Some(Validating)), (Running, Some(Distributing)), (Succeeded, Some(Distributing))]);
+    assert_eq!(
+        subs,
+        vec![
+            (Running, Some(Queued)),
+            (Running, Some(Building)),
+            (Running, Some(Customizing)),
+            (Running, Some(Validating)),
+            (Running, Some(Distributing)),
+            (Succeeded, Some(Distributing))
+        ]
+    );
 
     let steps: Vec<_> = report.steps.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(&steps[..7], &["resolve", "provision", "connect", "customize[0] hello", "validate[0] check", "generalize", "capture"]);
     assert_eq!(steps.len(), 9);
     assert_eq!(report.source.as_ref().unwrap().exact_version.as_deref(), Some("12.20250101.0"));
     assert_eq!(report.output("disk").unwrap().provisioning_state, OutputState::Succeeded);
-    assert_eq!(report.output("mi").unwrap().artifact_id.as_deref(), Some("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/images/web"));
+    assert_eq!(
+        report.output("mi").unwrap().artifact_id.as_deref(),
+        Some("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/images/web")
+    );
 
-    let lines: Vec<(String, String)> = events.iter().filter_map(|e| match e {
-        Event::Output { step, line, .. } => Some((step.clone(), line.clone())),
-        _ => None,
-    }).collect();
+    let lines: Vec<(String, String)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Output { step, line, .. } => Some((step.clone(), line.clone())),
+            _ => None,
+        })
+        .collect();
     assert!(lines.contains(&("customize[0] hello".into(), "hello world".into())), "{lines:?}");
     assert!(lines.contains(&("customize[0] hello".into(), "oops".into())));
     let created = events.iter().filter(|e| matches!(e, Event::ResourceCreated { .. })).count();
@@ -80,7 +96,14 @@ async fn a_successful_run_follows_aib_states_and_streams_everything() {
     // The fakes were asked in order; the generalization ran on the build VM.
     let j = fakes.journal();
     let pos = |p: &str| j.iter().position(|e| e.starts_with(p)).unwrap_or_else(|| panic!("{p} in {j:?}"));
-    assert!(pos("resolve") < pos("provision") && pos("provision") < pos("connect") && pos("step customize") < pos("step validate") && pos("step validate") < pos("generalize") && pos("generalize") < pos("capture") && pos("capture") < pos("distribute"));
+    assert!(
+        pos("resolve") < pos("provision")
+            && pos("provision") < pos("connect")
+            && pos("step customize") < pos("step validate")
+            && pos("step validate") < pos("generalize")
+            && pos("generalize") < pos("capture")
+            && pos("capture") < pos("distribute")
+    );
     assert!(j.iter().any(|e| e.contains("waagent -force -deprovision+user")));
     // The report serializes as JSON with AIB's names.
     let json = serde_json::to_value(&report).unwrap();
@@ -116,7 +139,9 @@ async fn validation_failure_policies() {
     // continueDistributeOnFailure: distributed, still Failed.
     let fakes = FakeBackend::new();
     fakes.faults().inject("validate[0] check", Fault::Fail);
-    let t = template(serde_json::json!({"validate": {"continueDistributeOnFailure": true, "inVMValidations": [{"type": "Shell", "name": "check", "inline": ["x"]}]}}));
+    let t = template(
+        serde_json::json!({"validate": {"continueDistributeOnFailure": true, "inVMValidations": [{"type": "Shell", "name": "check", "inline": ["x"]}]}}),
+    );
     let r = Pipeline::from_template(&t, &fakes.backend()).unwrap().build().unwrap().run().await;
     assert_eq!(r.run_state, RunState::Failed);
     assert_eq!(fakes.artifacts().len(), 2);
@@ -124,7 +149,9 @@ async fn validation_failure_policies() {
 
     // sourceValidationOnly: no customizers run.
     let fakes = FakeBackend::new();
-    let t = template(serde_json::json!({"customize": [], "validate": {"sourceValidationOnly": true, "inVMValidations": [{"type": "Shell", "name": "check", "inline": ["x"]}]}}));
+    let t = template(
+        serde_json::json!({"customize": [], "validate": {"sourceValidationOnly": true, "inVMValidations": [{"type": "Shell", "name": "check", "inline": ["x"]}]}}),
+    );
     let r = Pipeline::from_template(&t, &fakes.backend()).unwrap().build().unwrap().run().await;
     assert_eq!(r.run_state, RunState::Succeeded, "{}", r.message);
     assert!(!fakes.journal().iter().any(|e| e.starts_with("step customize")));
@@ -137,8 +164,16 @@ async fn step_options_retry_and_time_out() {
     let p = Pipeline::builder()
         .source(Arc::new(fakes.source()), aib_testkit::conformance::debian_spec())
         .provisioner(Arc::new(fakes.provisioner()))
-        .customizer_named("customize[0] flaky", Arc::new(fakes.customizer(&["echo hi"])), StepOptions::default().with_retries(2, Duration::from_secs(1)))
-        .customizer_named("customize[1] slow", Arc::new(fakes.customizer(&["echo hi"])), StepOptions::default().with_timeout(Duration::from_secs(10)).with_pause_before(Duration::from_secs(1)))
+        .customizer_named(
+            "customize[0] flaky",
+            Arc::new(fakes.customizer(&["echo hi"])),
+            StepOptions::default().with_retries(2, Duration::from_secs(1)),
+        )
+        .customizer_named(
+            "customize[1] slow",
+            Arc::new(fakes.customizer(&["echo hi"])),
+            StepOptions::default().with_timeout(Duration::from_secs(10)).with_pause_before(Duration::from_secs(1)),
+        )
         .target("disk", "VHD", Arc::new(fakes.distributor("VHD", "disk")))
         .build()
         .unwrap();
@@ -156,7 +191,11 @@ async fn step_options_retry_and_time_out() {
 #[tokio::test]
 async fn scripted_replies_drive_a_step() {
     let fakes = FakeBackend::new();
-    let p = Pipeline::from_template(&template(serde_json::json!({})), &fakes.backend()).unwrap().on_customizer_error(ErrorAction::Cleanup).build().unwrap();
+    let p = Pipeline::from_template(&template(serde_json::json!({})), &fakes.backend())
+        .unwrap()
+        .on_customizer_error(ErrorAction::Cleanup)
+        .build()
+        .unwrap();
     // A communicator only exists once connected: script the reply through the fault table.
     fakes.faults().inject_at("exec", 0, Fault::ExitCode(100));
     let r = p.run().await;
@@ -175,7 +214,11 @@ fn builder_checks_everything_in_build() {
     let fakes = FakeBackend::new();
     let e = Pipeline::builder().build().unwrap_err();
     assert!(e.to_string().contains("source"), "{e}");
-    let base = || Pipeline::builder().source(Arc::new(fakes.source()), aib_testkit::conformance::debian_spec()).provisioner(Arc::new(fakes.provisioner()));
+    let base = || {
+        Pipeline::builder()
+            .source(Arc::new(fakes.source()), aib_testkit::conformance::debian_spec())
+            .provisioner(Arc::new(fakes.provisioner()))
+    };
     assert!(base().build().unwrap_err().to_string().contains("distribute"));
     let d = || Arc::new(fakes.distributor("VHD", "x"));
     assert!(base().target("a b", "VHD", d()).build().unwrap_err().to_string().contains("runOutputName"));
@@ -194,7 +237,10 @@ fn templates_with_unresolved_expressions_do_not_build() {
     assert!(e.to_string().contains("properties.buildTimeoutInMinutes"), "{e}");
     // A plugin type unknown to the backend is rejected with AIB's code.
     let mut t = template(serde_json::json!({}));
-    t.properties.customize.push(aib_core::template::CustomizerSpec::Custom(aib_core::template::CustomSpec { type_name: "Ansible".into(), ..Default::default() }));
+    t.properties.customize.push(aib_core::template::CustomizerSpec::Custom(aib_core::template::CustomSpec {
+        type_name: "Ansible".into(),
+        ..Default::default()
+    }));
     let e = Pipeline::from_template(&t, &fakes.backend()).unwrap_err();
     assert!(e.to_string().contains("BadCustomizerType"), "{e}");
 }

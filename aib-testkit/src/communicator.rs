@@ -1,8 +1,11 @@
 //! `FakeCommunicator`: a build VM in memory that understands a few shell words.
 
-use crate::faults::{Fault, Faults, fire};
 use crate::Journal;
-use aib_core::{Communicator, Error, ExecRequest, ExitStatus, OutputSink, OutputStream, Platform, ReconnectOptions, Result, UploadContent, UploadRequest};
+use crate::faults::{Fault, Faults, fire};
+use aib_core::{
+    Communicator, Error, ExecRequest, ExitStatus, OutputSink, OutputStream, Platform, ReconnectOptions, Result, UploadContent,
+    UploadRequest,
+};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::fmt;
@@ -134,13 +137,16 @@ impl Communicator for FakeCommunicator {
                 let timeout = req.timeout;
                 let fut = fire("exec", f);
                 match timeout {
-                    Some(t) => tokio::time::timeout(t, fut).await.map_err(|_| Error::Timeout { operation: req.command.clone(), after: t })??,
+                    Some(t) => {
+                        tokio::time::timeout(t, fut).await.map_err(|_| Error::Timeout { operation: req.command.clone(), after: t })??
+                    }
                     None => fut.await?,
                 }
             }
             None => {}
         }
-        let reply = self.state.lock().ok().and_then(|s| s.replies.iter().find(|(p, _)| req.command.contains(p.as_str())).map(|(_, r)| r.clone()));
+        let reply =
+            self.state.lock().ok().and_then(|s| s.replies.iter().find(|(p, _)| req.command.contains(p.as_str())).map(|(_, r)| r.clone()));
         if let Some(r) = reply {
             r.stdout.iter().for_each(|l| out.line(OutputStream::Stdout, l));
             r.stderr.iter().for_each(|l| out.line(OutputStream::Stderr, l));

@@ -13,8 +13,8 @@
 
 use aib_core::template::{ImageSource, PlatformImageSource};
 use aib_core::{
-    Communicator, Distributor, ExecRequest, MemorySink, OutputStream, Platform, ProvisionRequest, Provisioner, ResolvedImage, RunContext, Scope,
-    Source, UploadRequest,
+    Communicator, Distributor, ExecRequest, MemorySink, OutputStream, Platform, ProvisionRequest, Provisioner, ResolvedImage, RunContext,
+    Scope, Source, UploadRequest,
 };
 
 /// What a backend can do; checks that need a capability are skipped without it.
@@ -41,7 +41,8 @@ impl Capabilities {
 
 /// An image the fakes can boot.
 pub fn fake_image() -> ResolvedImage {
-    ResolvedImage::new("PlatformImage", "Debian:debian-12:12-gen2:latest", "Debian:debian-12:12-gen2:12.20250101.0").with_platform(Platform::Linux)
+    ResolvedImage::new("PlatformImage", "Debian:debian-12:12-gen2:latest", "Debian:debian-12:12-gen2:12.20250101.0")
+        .with_platform(Platform::Linux)
 }
 
 fn stdout(sink: &MemorySink) -> Vec<String> {
@@ -52,10 +53,14 @@ fn stdout(sink: &MemorySink) -> Vec<String> {
 /// not errors, uploads land whole, environment variables arrive.
 pub async fn communicator(c: &dyn Communicator, caps: &Capabilities) {
     let sink = MemorySink::new();
-    let st = c.execute(&ExecRequest::new("echo conformance-one; echo conformance-two"), &sink).await.expect("execute must run a simple command");
+    let st =
+        c.execute(&ExecRequest::new("echo conformance-one; echo conformance-two"), &sink).await.expect("execute must run a simple command");
     assert!(st.success(), "`echo` must exit 0, got {st}");
     let out = stdout(&sink);
-    assert!(out.contains(&"conformance-one".to_string()) && out.contains(&"conformance-two".to_string()), "each line must be streamed separately, got {out:?}");
+    assert!(
+        out.contains(&"conformance-one".to_string()) && out.contains(&"conformance-two".to_string()),
+        "each line must be streamed separately, got {out:?}"
+    );
     if !caps.posix_shell {
         return;
     }
@@ -64,7 +69,11 @@ pub async fn communicator(c: &dyn Communicator, caps: &Capabilities) {
     assert!(!st.success());
     let sink = MemorySink::new();
     c.execute(&ExecRequest::new("echo to-stderr >&2"), &sink).await.expect("execute");
-    assert!(sink.lines().iter().any(|(s, l)| *s == OutputStream::Stderr && l == "to-stderr"), "stderr must be told apart: {:?}", sink.lines());
+    assert!(
+        sink.lines().iter().any(|(s, l)| *s == OutputStream::Stderr && l == "to-stderr"),
+        "stderr must be told apart: {:?}",
+        sink.lines()
+    );
     let payload: Vec<u8> = b"line one\nline two\n".to_vec();
     let n = c.upload(&UploadRequest::bytes(payload.clone(), "/tmp/aib-conformance.txt")).await.expect("upload");
     assert_eq!(n, payload.len() as u64, "upload must report the bytes written");

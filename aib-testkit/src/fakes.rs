@@ -1,14 +1,14 @@
 //! Fake Source, Provisioner, Customizer and Distributor: `Clone` handles over one shared
 //! in-memory "cloud" that records what they were asked and obeys the fault table.
 
+use crate::Journal;
 use crate::communicator::FakeCommunicator;
 use crate::faults::Faults;
-use crate::Journal;
 use aib_core::template::{CustomizerSpec, DistributorSpec, Expr, ImageSource};
 use aib_core::{
-    AccessInfo, Artifact, Backend, BuildVm, CapturedImage, Communicator, CommunicatorExt, Customizer, Distributor, Error, ExecRequest, Platform,
-    ProvisionRequest, Provisioner, ReconnectOptions, Registry, ResolvedImage, ResourceRecord, Result, RunContext, Scope, Source, StepContext,
-    UploadRequest,
+    AccessInfo, Artifact, Backend, BuildVm, CapturedImage, Communicator, CommunicatorExt, Customizer, Distributor, Error, ExecRequest,
+    Platform, ProvisionRequest, Provisioner, ReconnectOptions, Registry, ResolvedImage, ResourceRecord, Result, RunContext, Scope, Source,
+    StepContext, UploadRequest,
 };
 use async_trait::async_trait;
 use std::collections::BTreeMap;
@@ -98,7 +98,8 @@ impl FakeBackend {
         }
         for t in ["Shell", "PowerShell", "File"] {
             let m = me.clone();
-            reg = reg.with_customizer_and_validator(t, move |spec| Ok(Arc::new(FakeCustomizer::from_spec(&m, spec)) as Arc<dyn Customizer>));
+            reg =
+                reg.with_customizer_and_validator(t, move |spec| Ok(Arc::new(FakeCustomizer::from_spec(&m, spec)) as Arc<dyn Customizer>));
         }
         for t in ["WindowsRestart", "WindowsUpdate"] {
             let m = me.clone();
@@ -160,7 +161,9 @@ impl Source for FakeSource {
                 let exact = s.image_version_id.replace("/versions/latest", "/versions/1.0.0");
                 (s.image_version_id.clone(), exact, Some("1.0.0".into()), Platform::Linux)
             }
-            ImageSource::Custom(c) => return Err(Error::Unsupported { operation: format!("source type `{}`", c.type_name), backend: BACKEND }),
+            ImageSource::Custom(c) => {
+                return Err(Error::Unsupported { operation: format!("source type `{}`", c.type_name), backend: BACKEND });
+            }
         };
         let mut r = ResolvedImage::new(spec.type_name(), requested, exact).with_platform(platform);
         r.exact_version = version;
@@ -260,7 +263,11 @@ impl FakeCustomizer {
     fn from_spec(fakes: &FakeBackend, spec: &CustomizerSpec) -> Self {
         let script = |inline: &Option<Expr<Vec<String>>>, uri: &Option<String>, shell: &str| match (inline, uri) {
             (Some(Expr::Value(lines)), _) => Plan::Exec(lines.join("\n")),
-            (_, Some(u)) => Plan::Upload { content: format!("# script from {u}\n"), destination: "/tmp/aib-script".into(), then: Some(format!("{shell} /tmp/aib-script")) },
+            (_, Some(u)) => Plan::Upload {
+                content: format!("# script from {u}\n"),
+                destination: "/tmp/aib-script".into(),
+                then: Some(format!("{shell} /tmp/aib-script")),
+            },
             _ => Plan::Exec(String::new()),
         };
         let plan = match spec {
@@ -345,7 +352,11 @@ impl Distributor for FakeDistributor {
         self.fakes.faults.apply(&ctx.name).await?;
         ctx.output.progress(image.size_bytes.unwrap_or(0), image.size_bytes, "bytes");
         let artifact = match self.type_name.as_str() {
-            "VHD" => Artifact::with_uri(if self.target.is_empty() { format!("fake://vhds/{}/{}.vhd", ctx.run.run_id(), self.run_output_name) } else { self.target.clone() }),
+            "VHD" => Artifact::with_uri(if self.target.is_empty() {
+                format!("fake://vhds/{}/{}.vhd", ctx.run.run_id(), self.run_output_name)
+            } else {
+                self.target.clone()
+            }),
             "SharedImage" => Artifact::with_id(format!("{}/versions/0.0.1", self.target)),
             _ => Artifact::with_id(self.target.clone()),
         };

@@ -105,7 +105,9 @@ impl Faults {
 pub async fn fire(step: &str, fault: Fault) -> Result<()> {
     match fault {
         Fault::Fail => Err(Error::generic("fake", format!("injected failure at `{step}`"))),
-        Fault::FailRetryable => Err(Error::Generic { backend: "fake", retryable: true, source: format!("injected transient failure at `{step}`").into() }),
+        Fault::FailRetryable => {
+            Err(Error::Generic { backend: "fake", retryable: true, source: format!("injected transient failure at `{step}`").into() })
+        }
         Fault::Hang => std::future::pending().await,
         Fault::Disconnect => Err(Error::Disconnected { backend: "fake", source: format!("injected disconnect at `{step}`").into() }),
         Fault::Slow(d) => {

@@ -14,7 +14,9 @@ async fn fake_communicator() {
 async fn fake_source() {
     let fakes = FakeBackend::new();
     conformance::source(&fakes.source(), &conformance::debian_spec()).await;
-    let managed = ImageSource::ManagedImage(ManagedImageSource { image_id: "/subscriptions/s/resourceGroups/r/providers/Microsoft.Compute/images/i".into() });
+    let managed = ImageSource::ManagedImage(ManagedImageSource {
+        image_id: "/subscriptions/s/resourceGroups/r/providers/Microsoft.Compute/images/i".into(),
+    });
     conformance::source(&fakes.source(), &managed).await;
 }
 
@@ -60,6 +62,12 @@ async fn communicator_faults() {
     assert_eq!(c.reboots(), 1);
     assert!(c.execute(&ExecRequest::new("echo x"), &NullSink).await.unwrap().success());
     c.faults().inject("exec", Fault::Hang);
-    let err = tokio::time::timeout(std::time::Duration::from_secs(5), c.execute(&ExecRequest::new("x").with_timeout(std::time::Duration::from_millis(20)), &NullSink)).await.unwrap().unwrap_err();
+    let err = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        c.execute(&ExecRequest::new("x").with_timeout(std::time::Duration::from_millis(20)), &NullSink),
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }), "{err}");
 }

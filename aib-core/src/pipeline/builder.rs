@@ -78,7 +78,11 @@ pub struct PipelineBuilder {
 
 impl fmt::Debug for PipelineBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PipelineBuilder").field("name", &self.name).field("steps", &self.customizers.len()).field("targets", &self.targets.len()).finish_non_exhaustive()
+        f.debug_struct("PipelineBuilder")
+            .field("name", &self.name)
+            .field("steps", &self.customizers.len())
+            .field("targets", &self.targets.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -131,7 +135,10 @@ impl PipelineBuilder {
     pub fn from_template(t: &ImageTemplate, backend: &Backend) -> Result<Self> {
         let mut diags = t.validate(&backend.registry.type_names());
         for path in t.expressions() {
-            diags.push(Diagnostic::error(path, Code::ArmExpression, "unresolved ARM expression").with_hint("deploy through ARM, or put the value itself in the template"));
+            diags.push(
+                Diagnostic::error(path, Code::ArmExpression, "unresolved ARM expression")
+                    .with_hint("deploy through ARM, or put the value itself in the template"),
+            );
         }
         if diags.has_errors() {
             return Err(Error::InvalidTemplate { diagnostics: Diagnostics(diags.0.into_iter().filter(Diagnostic::is_error).collect()) });
@@ -149,7 +156,11 @@ impl PipelineBuilder {
         if let Some(v) = &p.validate {
             for (i, c) in v.in_vm_validations.iter().enumerate() {
                 let spec = c.as_customizer();
-                b = b.validator_named(step_name("validate", i, spec.name(), spec.type_name()), reg.customizer(&spec)?, StepOptions::default());
+                b = b.validator_named(
+                    step_name("validate", i, spec.name(), spec.type_name()),
+                    reg.customizer(&spec)?,
+                    StepOptions::default(),
+                );
             }
             b.continue_distribute_on_failure = lit(&v.continue_distribute_on_failure).unwrap_or(false);
             b.source_validation_only = lit(&v.source_validation_only).unwrap_or(false);

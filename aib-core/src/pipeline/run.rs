@@ -122,7 +122,14 @@ fn set_state(rec: &Shared, emitter: &Emitter, state: RunState, sub: Option<RunSu
 }
 
 /// Runs one step with its options, recording it; the error message names the step.
-async fn step<T, F, Fut>(rec: &Shared, ctx: &RunContext, name: &str, phase: RunSubState, options: &crate::pipeline::StepOptions, mut f: F) -> Result<T, String>
+async fn step<T, F, Fut>(
+    rec: &Shared,
+    ctx: &RunContext,
+    name: &str,
+    phase: RunSubState,
+    options: &crate::pipeline::StepOptions,
+    mut f: F,
+) -> Result<T, String>
 where
     F: FnMut(StepContext) -> Fut,
     Fut: Future<Output = Result<T>>,
@@ -160,7 +167,11 @@ where
     };
     let duration = t0.elapsed();
     let error = result.as_ref().err().map(|e| ctx.emitter().mask(&error_chain(e)));
-    ctx.emitter().log(format!("[aib] ending step {name} after {}{}", humantime::format_duration(round(duration)), error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()));
+    ctx.emitter().log(format!(
+        "[aib] ending step {name} after {}{}",
+        humantime::format_duration(round(duration)),
+        error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+    ));
     ctx.emitter().send(Event::StepFinished { step: name.to_string(), duration, error: error.clone() });
     if let Ok(mut r) = rec.lock() {
         r.current.retain(|c| c != name);
@@ -215,10 +226,20 @@ async fn work(inner: &Inner, ctx: &RunContext, rec: &Shared) -> Outcome {
     let none = &crate::pipeline::StepOptions::default();
     let em = ctx.emitter();
     set_state(rec, em, RunState::Running, Some(RunSubState::Building));
-    let image = match step(rec, ctx, "resolve", RunSubState::Building, none, |sc| async move { inner.source.resolve(&inner.source_spec, &sc.run).await }).await {
-        Ok(i) => i,
-        Err(m) => return Outcome::failed(m),
-    };
+    let image =
+        match step(
+            rec,
+            ctx,
+            "resolve",
+            RunSubState::Building,
+            none,
+            |sc| async move { inner.source.resolve(&inner.source_spec, &sc.run).await },
+        )
+        .await
+        {
+            Ok(i) => i,
+            Err(m) => return Outcome::failed(m),
+        };
     ctx.notice(format!("source resolved to {}", image.exact));
     if let Ok(mut r) = rec.lock() {
         r.source = Some(image.clone());
@@ -230,15 +251,27 @@ async fn work(inner: &Inner, ctx: &RunContext, rec: &Shared) -> Outcome {
     req.tags.insert("aibRunId".into(), ctx.run_id().to_string());
     req.template_name = inner.name.clone();
     let req = &req;
-    let vm = match step(rec, ctx, "provision", RunSubState::Building, none, |sc| async move { inner.provisioner.provision(req, &sc.run).await }).await {
-        Ok(vm) => vm,
-        Err(m) => return Outcome::failed(m),
-    };
+    let vm =
+        match step(rec, ctx, "provision", RunSubState::Building, none, |sc| async move { inner.provisioner.provision(req, &sc.run).await })
+            .await
+        {
+            Ok(vm) => vm,
+            Err(m) => return Outcome::failed(m),
+        };
     if let Ok(mut r) = rec.lock() {
         r.vm = Some(vm.clone());
     }
     let vm = &vm;
-    let comm = match step(rec, ctx, "connect", RunSubState::Building, none, |sc| async move { inner.provisioner.connect(vm, &sc.run).await }).await {
+    let comm = match step(
+        rec,
+        ctx,
+        "connect",
+        RunSubState::Building,
+        none,
+        |sc| async move { inner.provisioner.connect(vm, &sc.run).await },
+    )
+    .await
+    {
         Ok(c) => c,
         Err(m) => return Outcome::failed(m),
     };
@@ -265,7 +298,9 @@ async fn work(inner: &Inner, ctx: &RunContext, rec: &Shared) -> Outcome {
 
     let phase = rec.lock().ok().and_then(|r| r.sub_state).unwrap_or(RunSubState::Customizing);
     let comm_ref = &comm;
-    if let Err(m) = step(rec, ctx, "generalize", phase, none, |sc| async move { inner.provisioner.generalize(vm, &**comm_ref, &sc).await }).await {
+    if let Err(m) =
+        step(rec, ctx, "generalize", phase, none, |sc| async move { inner.provisioner.generalize(vm, &**comm_ref, &sc).await }).await
+    {
         return Outcome::failed(m);
     }
     let captured = match step(rec, ctx, "capture", phase, none, |sc| async move { inner.provisioner.capture(vm, &sc).await }).await {
@@ -278,7 +313,8 @@ async fn work(inner: &Inner, ctx: &RunContext, rec: &Shared) -> Outcome {
     let captured = &captured;
     let jobs = inner.targets.iter().map(|t| async move {
         let name = format!("distribute {}", t.run_output_name);
-        let r = step(rec, ctx, &name, RunSubState::Distributing, none, |sc| async move { t.distributor.distribute(captured, &sc).await }).await;
+        let r =
+            step(rec, ctx, &name, RunSubState::Distributing, none, |sc| async move { t.distributor.distribute(captured, &sc).await }).await;
         let (artifact, error) = match r {
             Ok(a) => (a, None),
             Err(m) => (Default::default(), Some(m)),
@@ -302,7 +338,17 @@ async fn work(inner: &Inner, ctx: &RunContext, rec: &Shared) -> Outcome {
         Outcome::failed(failed.iter().filter_map(|o| o.error.clone()).collect::<Vec<_>>().join("; "))
     } else {
         let names: Vec<&str> = failed.iter().map(|o| o.name.as_str()).collect();
-        Outcome { state: RunState::PartiallySucceeded, message: format!("{} of {} targets failed ({}): {}", failed.len(), outputs.len(), names.join(", "), failed.iter().filter_map(|o| o.error.clone()).collect::<Vec<_>>().join("; ")), keep_vm: false }
+        Outcome {
+            state: RunState::PartiallySucceeded,
+            message: format!(
+                "{} of {} targets failed ({}): {}",
+                failed.len(),
+                outputs.len(),
+                names.join(", "),
+                failed.iter().filter_map(|o| o.error.clone()).collect::<Vec<_>>().join("; ")
+            ),
+            keep_vm: false,
+        }
     };
     if let Ok(mut r) = rec.lock() {
         r.outputs = outputs;
@@ -334,7 +380,12 @@ async fn cleanup(inner: &Inner, ctx: &RunContext, keep_vm: bool) -> Vec<String> 
     errors
 }
 
-pub(crate) async fn execute(inner: Arc<Inner>, run_id: String, cancel: CancellationToken, tx: Option<tokio::sync::mpsc::UnboundedSender<Event>>) -> RunReport {
+pub(crate) async fn execute(
+    inner: Arc<Inner>,
+    run_id: String,
+    cancel: CancellationToken,
+    tx: Option<tokio::sync::mpsc::UnboundedSender<Event>>,
+) -> RunReport {
     let start_time = SystemTime::now();
     let rec: Shared = Arc::new(Mutex::new(Record::default()));
     let log_path = inner.log_dir.as_ref().map(|d| d.join(&run_id).join("customization.log"));
@@ -402,7 +453,10 @@ pub(crate) async fn execute(inner: Arc<Inner>, run_id: String, cancel: Cancellat
     let r = rec.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default();
     if outcome.keep_vm {
         if let Some(vm) = &r.vm {
-            message.push_str(&format!("; the build VM was kept for debugging (errorHandling: abort): {}; remove it with `aib gc`", vm.access.command));
+            message.push_str(&format!(
+                "; the build VM was kept for debugging (errorHandling: abort): {}; remove it with `aib gc`",
+                vm.access.command
+            ));
             report.kept_vm = Some(vm.access.clone());
         }
     }

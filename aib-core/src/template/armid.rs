@@ -88,12 +88,22 @@ pub(crate) fn parse(s: &str) -> Result<ArmId<'_>, String> {
 pub(crate) fn check(s: &str, shape: &IdShape) -> Result<(), String> {
     let id = parse(s)?;
     if !id.namespace.eq_ignore_ascii_case(shape.namespace) {
-        return Err(format!("expected a `{}` resource, found provider `{}`", shape.namespace, if id.namespace.is_empty() { "(none)" } else { id.namespace }));
+        return Err(format!(
+            "expected a `{}` resource, found provider `{}`",
+            shape.namespace,
+            if id.namespace.is_empty() { "(none)" } else { id.namespace }
+        ));
     }
     let types: Vec<&str> = id.segments.iter().map(|s| s.0).collect();
     let matches = types.len() == shape.types.len() && types.iter().zip(shape.types).all(|(a, b)| a.eq_ignore_ascii_case(b));
     if !matches {
-        return Err(format!("expected resource type `{}/{}`, found `{}/{}`", shape.namespace, shape.types.join("/"), id.namespace, types.join("/")));
+        return Err(format!(
+            "expected resource type `{}/{}`, found `{}/{}`",
+            shape.namespace,
+            shape.types.join("/"),
+            id.namespace,
+            types.join("/")
+        ));
     }
     Ok(())
 }

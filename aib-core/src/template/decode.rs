@@ -73,10 +73,7 @@ pub fn placeholder(s: &str) -> Option<&str> {
             let after = &rest[i + 1..];
             let Some(j) = after.find(close) else { break };
             let inner = &after[..j];
-            if !inner.is_empty()
-                && inner.len() <= 64
-                && inner.chars().all(|c| c.is_ascii_alphanumeric() || "-_ .".contains(c))
-            {
+            if !inner.is_empty() && inner.len() <= 64 && inner.chars().all(|c| c.is_ascii_alphanumeric() || "-_ .".contains(c)) {
                 return Some(&rest[i..i + j + 2]);
             }
             rest = after;
@@ -116,12 +113,7 @@ impl Cx {
     }
 
     fn wrong_type(&mut self, path: &str, want: &str, got: &Value) {
-        self.error(
-            path,
-            Code::WrongType,
-            format!("expected {want}, found {}", json_type(got)),
-            format!("write {want} here"),
-        );
+        self.error(path, Code::WrongType, format!("expected {want}, found {}", json_type(got)), format!("write {want} here"));
     }
 }
 
@@ -191,9 +183,19 @@ impl<'v> Obj<'v> {
             let at = join(&self.path, &actual);
             if cx.strict {
                 // Reported once, here; the value is still read so nothing else cascades.
-                cx.error(&at, Code::FieldCase, format!("field `{actual}` is spelled `{key}`; field names are case-sensitive"), format!("rename `{actual}` to `{key}`"));
+                cx.error(
+                    &at,
+                    Code::FieldCase,
+                    format!("field `{actual}` is spelled `{key}`; field names are case-sensitive"),
+                    format!("rename `{actual}` to `{key}`"),
+                );
             } else {
-                cx.warn(&at, Code::FieldCase, format!("field `{actual}` should be spelled `{key}`"), "API versions from 2024-02-01 on reject it; fix the case");
+                cx.warn(
+                    &at,
+                    Code::FieldCase,
+                    format!("field `{actual}` should be spelled `{key}`"),
+                    "API versions from 2024-02-01 on reject it; fix the case",
+                );
             }
         }
         if v.is_null() { None } else { Some((v, path)) }
@@ -339,9 +341,19 @@ pub(crate) fn string(cx: &mut Cx, v: &Value, path: &str) -> Option<String> {
     match v {
         Value::String(s) => {
             if is_arm_expression(s) {
-                cx.warn(path, Code::ArmExpression, format!("ARM expression `{s}` kept unevaluated"), "deploy through ARM, or put the value itself here before a build");
+                cx.warn(
+                    path,
+                    Code::ArmExpression,
+                    format!("ARM expression `{s}` kept unevaluated"),
+                    "deploy through ARM, or put the value itself here before a build",
+                );
             } else if let Some(p) = placeholder(s) {
-                cx.warn(path, Code::Placeholder, format!("placeholder `{p}` must be replaced before a build"), "substitute the real value (for example with sed) before building");
+                cx.warn(
+                    path,
+                    Code::Placeholder,
+                    format!("placeholder `{p}` must be replaced before a build"),
+                    "substitute the real value (for example with sed) before building",
+                );
             }
             Some(s.clone())
         }
@@ -353,16 +365,15 @@ pub(crate) fn string(cx: &mut Cx, v: &Value, path: &str) -> Option<String> {
 }
 
 /// A value of type T, or an ARM expression in its place.
-pub(crate) fn expr<T>(
-    cx: &mut Cx,
-    v: &Value,
-    path: &str,
-    want: &str,
-    f: impl FnOnce(&mut Cx, &Value) -> Option<T>,
-) -> Option<Expr<T>> {
+pub(crate) fn expr<T>(cx: &mut Cx, v: &Value, path: &str, want: &str, f: impl FnOnce(&mut Cx, &Value) -> Option<T>) -> Option<Expr<T>> {
     if let Value::String(s) = v {
         if is_arm_expression(s) {
-            cx.warn(path, Code::ArmExpression, format!("ARM expression `{s}` stands for {want}; kept unevaluated"), "deploy through ARM, or put the value itself here before a build");
+            cx.warn(
+                path,
+                Code::ArmExpression,
+                format!("ARM expression `{s}` stands for {want}; kept unevaluated"),
+                "deploy through ARM, or put the value itself here before a build",
+            );
             return Some(Expr::Expression(s.clone()));
         }
     }
@@ -383,7 +394,12 @@ pub(crate) fn int(cx: &mut Cx, v: &Value, path: &str) -> Option<Expr<i32>> {
         match i32::try_from(n) {
             Ok(n) => Some(n),
             Err(_) => {
-                cx.error(path, Code::OutOfRange, format!("{n} does not fit in an int32"), "use a number between -2147483648 and 2147483647");
+                cx.error(
+                    path,
+                    Code::OutOfRange,
+                    format!("{n} does not fit in an int32"),
+                    "use a number between -2147483648 and 2147483647",
+                );
                 None
             }
         }
@@ -429,7 +445,12 @@ pub(crate) fn array<'v, T>(
     match v {
         Value::Array(items) => Some(items.iter().enumerate().filter_map(|(i, item)| f(cx, item, &index(path, i))).collect()),
         Value::String(s) if is_arm_expression(s) => {
-            cx.error(path, Code::ArmExpression, format!("ARM expression `{s}` cannot stand for this array of objects"), "write the array itself");
+            cx.error(
+                path,
+                Code::ArmExpression,
+                format!("ARM expression `{s}` cannot stand for this array of objects"),
+                "write the array itself",
+            );
             None
         }
         other => {

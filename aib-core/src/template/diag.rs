@@ -142,21 +142,12 @@ pub struct Diagnostic {
 impl Diagnostic {
     /// An error at `path`.
     pub fn error(path: impl Into<String>, code: Code, message: impl Into<String>) -> Self {
-        Diagnostic {
-            severity: Severity::Error,
-            path: path.into(),
-            code,
-            message: message.into(),
-            hint: None,
-        }
+        Diagnostic { severity: Severity::Error, path: path.into(), code, message: message.into(), hint: None }
     }
 
     /// A warning at `path`.
     pub fn warning(path: impl Into<String>, code: Code, message: impl Into<String>) -> Self {
-        Diagnostic {
-            severity: Severity::Warning,
-            ..Diagnostic::error(path, code, message)
-        }
+        Diagnostic { severity: Severity::Warning, ..Diagnostic::error(path, code, message) }
     }
 
     /// Adds a hint.

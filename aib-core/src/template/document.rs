@@ -105,13 +105,23 @@ impl Document {
     pub fn parse_with(text: &str, opts: &ParseOptions) -> Document {
         let mut doc = Document { shape: None, items: Vec::new(), diagnostics: Diagnostics::default() };
         if text.len() > MAX_DOCUMENT_BYTES {
-            doc.diagnostics.push(Diagnostic::error("", Code::InvalidJson, format!("document is {} bytes, above the {MAX_DOCUMENT_BYTES}-byte limit", text.len())).with_hint("templates are small; check that this is the right file"));
+            doc.diagnostics.push(
+                Diagnostic::error(
+                    "",
+                    Code::InvalidJson,
+                    format!("document is {} bytes, above the {MAX_DOCUMENT_BYTES}-byte limit", text.len()),
+                )
+                .with_hint("templates are small; check that this is the right file"),
+            );
             return doc;
         }
         let value: Value = match serde_json::from_str(text) {
             Ok(v) => v,
             Err(e) => {
-                doc.diagnostics.push(Diagnostic::error("", Code::InvalidJson, format!("not valid JSON: {e}")).with_hint("fix the JSON syntax at the line and column given"));
+                doc.diagnostics.push(
+                    Diagnostic::error("", Code::InvalidJson, format!("not valid JSON: {e}"))
+                        .with_hint("fix the JSON syntax at the line and column given"),
+                );
                 return doc;
             }
         };
@@ -135,7 +145,10 @@ impl Document {
 
     fn parse_value(&mut self, value: &Value, opts: &ParseOptions) {
         let Some(root) = value.as_object() else {
-            self.diagnostics.push(Diagnostic::error("", Code::InvalidJson, format!("expected a JSON object, found {}", super::decode::json_type(value))).with_hint("an image template is a JSON object"));
+            self.diagnostics.push(
+                Diagnostic::error("", Code::InvalidJson, format!("expected a JSON object, found {}", super::decode::json_type(value)))
+                    .with_hint("an image template is a JSON object"),
+            );
             return;
         };
         if let Some(resources) = root.get("resources").and_then(Value::as_array) {
@@ -143,7 +156,10 @@ impl Document {
             let params = root.get("parameters").and_then(Value::as_object);
             let mut found = false;
             for (i, r) in resources.iter().enumerate() {
-                let is_template = r.get("type").and_then(Value::as_str).is_some_and(|t| t.eq_ignore_ascii_case("Microsoft.VirtualMachineImages/imageTemplates"));
+                let is_template = r
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .is_some_and(|t| t.eq_ignore_ascii_case("Microsoft.VirtualMachineImages/imageTemplates"));
                 if is_template {
                     found = true;
                     let api = deployment_api_version(r, params);
@@ -151,7 +167,14 @@ impl Document {
                 }
             }
             if !found {
-                self.diagnostics.push(Diagnostic::error("resources", Code::UnknownDocument, "the deployment template has no Microsoft.VirtualMachineImages/imageTemplates resource").with_hint("add an imageTemplates resource, or validate the template file itself"));
+                self.diagnostics.push(
+                    Diagnostic::error(
+                        "resources",
+                        Code::UnknownDocument,
+                        "the deployment template has no Microsoft.VirtualMachineImages/imageTemplates resource",
+                    )
+                    .with_hint("add an imageTemplates resource, or validate the template file itself"),
+                );
             }
         } else if root.contains_key("parameters") && root.contains_key("responses") {
             self.shape = Some(Shape::RestExample);
@@ -163,7 +186,10 @@ impl Document {
             self.item(value, "", kind, false, api, opts);
         } else if ["source", "distribute", "customize"].iter().any(|k| root.contains_key(*k)) {
             self.shape = Some(Shape::BareProperties);
-            let wrapped = Value::Object(Map::from_iter([("location".to_string(), Value::String(String::new())), ("properties".to_string(), value.clone())]));
+            let wrapped = Value::Object(Map::from_iter([
+                ("location".to_string(), Value::String(String::new())),
+                ("properties".to_string(), value.clone()),
+            ]));
             let api = opts.api_version;
             let mut cx = Cx::new(api, api.is_none_or(|a| a.is_strict()));
             if let Some(t) = parse::template(&mut cx, &wrapped, "") {
@@ -175,10 +201,23 @@ impl Document {
                         self.diagnostics.push(d);
                     }
                 }
-                self.items.push(Item { kind: ItemKind::Template, path: String::new(), response: false, api_version: api, template: Some(t) });
+                self.items.push(Item {
+                    kind: ItemKind::Template,
+                    path: String::new(),
+                    response: false,
+                    api_version: api,
+                    template: Some(t),
+                });
             }
         } else {
-            self.diagnostics.push(Diagnostic::error("", Code::UnknownDocument, "no image template found: expected `properties`, `resources`, or a REST example").with_hint("give an imageTemplates resource ({location, identity, properties: {source, customize, distribute}})"));
+            self.diagnostics.push(
+                Diagnostic::error(
+                    "",
+                    Code::UnknownDocument,
+                    "no image template found: expected `properties`, `resources`, or a REST example",
+                )
+                .with_hint("give an imageTemplates resource ({location, identity, properties: {source, customize, distribute}})"),
+            );
         }
     }
 
@@ -309,4 +348,3 @@ fn deployment_api_version(r: &Value, params: Option<&Map<String, Value>>) -> Opt
     let default = params?.get(name)?.get("defaultValue")?.as_str()?;
     ApiVersion::parse(default)
 }
-

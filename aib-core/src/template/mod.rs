@@ -79,11 +79,13 @@ impl ImageTemplate {
         let mut requests = doc.items.iter().filter(|i| !i.response).filter_map(|i| i.template.clone().map(|t| (t, i.api_version)));
         let first = requests.next().or_else(|| doc.templates().find_map(|i| i.template.clone().map(|t| (t, i.api_version))));
         let Some((template, api_version)) = first else {
-            let d = Diagnostic::error("", Code::UnknownDocument, "the document holds no image template").with_hint("give an imageTemplates resource or a REST example with a request body");
+            let d = Diagnostic::error("", Code::UnknownDocument, "the document holds no image template")
+                .with_hint("give an imageTemplates resource or a REST example with a request body");
             return Err(Error::InvalidTemplate { diagnostics: Diagnostics(vec![d]) });
         };
         if requests.next().is_some() {
-            let d = Diagnostic::error("", Code::UnknownDocument, "the document holds more than one image template").with_hint("keep one imageTemplates resource per file");
+            let d = Diagnostic::error("", Code::UnknownDocument, "the document holds more than one image template")
+                .with_hint("keep one imageTemplates resource per file");
             return Err(Error::InvalidTemplate { diagnostics: Diagnostics(vec![d]) });
         }
         Ok(ParsedTemplate { template, api_version, warnings: doc.diagnostics })

@@ -434,11 +434,7 @@ impl DistributorSpec {
             DistributorSpec::ManagedImage(t) => &t.run_output_name,
             DistributorSpec::SharedImage(t) => &t.run_output_name,
             DistributorSpec::Vhd(t) => &t.run_output_name,
-            DistributorSpec::Custom(c) => c
-                .fields
-                .get("runOutputName")
-                .and_then(Value::as_str)
-                .unwrap_or_default(),
+            DistributorSpec::Custom(c) => c.fields.get("runOutputName").and_then(Value::as_str).unwrap_or_default(),
         }
     }
 }

@@ -26,7 +26,12 @@ pub(crate) fn template(cx: &mut Cx, v: &Value, path: &str) -> Option<ImageTempla
     let properties = match o.take(cx, "properties") {
         Some((v, p)) => properties(cx, v, &p),
         None => {
-            cx.error(&super::decode::join(path, "properties"), Code::MissingField, "`properties` is required", "add `properties` with `source` and `distribute`");
+            cx.error(
+                &super::decode::join(path, "properties"),
+                Code::MissingField,
+                "`properties` is required",
+                "add `properties` with `source` and `distribute`",
+            );
             None
         }
     };
@@ -42,11 +47,21 @@ fn identity(cx: &mut Cx, v: &Value, path: &str) -> Option<Identity> {
         Some("UserAssigned") => IdentityType::UserAssigned,
         Some("None") => IdentityType::None,
         Some(other) => {
-            cx.error(&super::decode::join(path, "type"), Code::BadIdentity, format!("identity type `{other}` is not supported"), "use `UserAssigned` (one identity) or `None`");
+            cx.error(
+                &super::decode::join(path, "type"),
+                Code::BadIdentity,
+                format!("identity type `{other}` is not supported"),
+                "use `UserAssigned` (one identity) or `None`",
+            );
             IdentityType::None
         }
         None => {
-            cx.error(&super::decode::join(path, "type"), Code::BadIdentity, "identity `type` is required", "use `UserAssigned` with one identity in `userAssignedIdentities`");
+            cx.error(
+                &super::decode::join(path, "type"),
+                Code::BadIdentity,
+                "identity `type` is required",
+                "use `UserAssigned` with one identity in `userAssignedIdentities`",
+            );
             IdentityType::None
         }
     };
@@ -62,13 +77,28 @@ fn identity(cx: &mut Cx, v: &Value, path: &str) -> Option<Identity> {
                         out.insert(k.clone(), m.clone());
                     }
                     other => {
-                        cx.error(&ip, Code::WrongType, format!("expected an object, found {}", super::decode::json_type(other)), "write `{}` for each identity");
+                        cx.error(
+                            &ip,
+                            Code::WrongType,
+                            format!("expected an object, found {}", super::decode::json_type(other)),
+                            "write `{}` for each identity",
+                        );
                     }
                 }
                 if super::decode::is_arm_expression(k) {
-                    cx.warn(&ip, Code::ArmExpression, format!("ARM expression `{k}` kept unevaluated"), "deploy through ARM, or write the identity id");
+                    cx.warn(
+                        &ip,
+                        Code::ArmExpression,
+                        format!("ARM expression `{k}` kept unevaluated"),
+                        "deploy through ARM, or write the identity id",
+                    );
                 } else if let Some(ph) = super::decode::placeholder(k) {
-                    cx.warn(&ip, Code::Placeholder, format!("placeholder `{ph}` must be replaced before a build"), "substitute the identity's resource id");
+                    cx.warn(
+                        &ip,
+                        Code::Placeholder,
+                        format!("placeholder `{ph}` must be replaced before a build"),
+                        "substitute the identity's resource id",
+                    );
                 }
             }
             Some(out)
@@ -86,7 +116,12 @@ fn properties(cx: &mut Cx, v: &Value, path: &str) -> Option<ImageTemplatePropert
     let source = match o.take(cx, "source") {
         Some((v, p)) => source(cx, v, &p),
         None => {
-            cx.error(&super::decode::join(path, "source"), Code::BadSourceType, "`source` is required", "add a source, for example {\"type\": \"PlatformImage\", \"publisher\": …}");
+            cx.error(
+                &super::decode::join(path, "source"),
+                Code::BadSourceType,
+                "`source` is required",
+                "add a source, for example {\"type\": \"PlatformImage\", \"publisher\": …}",
+            );
             None
         }
     };
@@ -96,7 +131,12 @@ fn properties(cx: &mut Cx, v: &Value, path: &str) -> Option<ImageTemplatePropert
     let distribute = match o.take(cx, "distribute") {
         Some((v, p)) => array(cx, v, &p, |cx, v, p| distributor(cx, v, p)).unwrap_or_default(),
         None => {
-            cx.error(&super::decode::join(path, "distribute"), Code::NoDistributeTarget, "`distribute` is required", "add at least one target: ManagedImage, SharedImage or VHD");
+            cx.error(
+                &super::decode::join(path, "distribute"),
+                Code::NoDistributeTarget,
+                "`distribute` is required",
+                "add at least one target: ManagedImage, SharedImage or VHD",
+            );
             Vec::new()
         }
     };
@@ -136,7 +176,12 @@ fn discriminator(cx: &mut Cx, o: &mut Obj<'_>, key: &'static str, code: Code, wh
     match o.take(cx, key) {
         Some((v, p)) => string(cx, v, &p),
         None => {
-            cx.error(&super::decode::join(o.path(), key), code, format!("{what} `{key}` is required"), format!("set `{key}` to one of the {what} types"));
+            cx.error(
+                &super::decode::join(o.path(), key),
+                code,
+                format!("{what} `{key}` is required"),
+                format!("set `{key}` to one of the {what} types"),
+            );
             None
         }
     }
@@ -175,7 +220,12 @@ fn source(cx: &mut Cx, v: &Value, path: &str) -> Option<ImageSource> {
             ImageSource::ManagedImage(ManagedImageSource { image_id })
         }
         "SharedImageVersion" => {
-            let image_version_id = o.req_str(cx, "imageVersionId", Code::BadSharedImageVersionSource, "set `imageVersionId` to …/galleries/G/images/D/versions/V (V may be `latest`)");
+            let image_version_id = o.req_str(
+                cx,
+                "imageVersionId",
+                Code::BadSharedImageVersionSource,
+                "set `imageVersionId` to …/galleries/G/images/D/versions/V (V may be `latest`)",
+            );
             ImageSource::SharedImageVersion(SharedImageVersionSource { image_version_id })
         }
         _ => return Some(ImageSource::Custom(custom(v, ty))),
@@ -190,12 +240,7 @@ fn step<T>(cx: &mut Cx, o: &mut Obj<'_>, f: impl FnOnce(&mut Cx, &mut Obj<'_>, O
 }
 
 fn shell(cx: &mut Cx, o: &mut Obj<'_>, name: Option<String>) -> ShellStep {
-    ShellStep {
-        name,
-        script_uri: o.str(cx, "scriptUri"),
-        sha256_checksum: o.str(cx, "sha256Checksum"),
-        inline: o.str_array(cx, "inline"),
-    }
+    ShellStep { name, script_uri: o.str(cx, "scriptUri"), sha256_checksum: o.str(cx, "sha256Checksum"), inline: o.str_array(cx, "inline") }
 }
 
 fn powershell(cx: &mut Cx, o: &mut Obj<'_>, name: Option<String>) -> PowerShellStep {
@@ -209,7 +254,13 @@ fn powershell(cx: &mut Cx, o: &mut Obj<'_>, name: Option<String>) -> PowerShellS
         valid_exit_codes: o.take(cx, "validExitCodes").and_then(|(v, p)| {
             super::decode::expr(cx, v, &p, "an array of int32 exit codes", |cx, v| {
                 let items = v.as_array()?;
-                Some(items.iter().enumerate().filter_map(|(i, x)| int(cx, x, &super::decode::index(&p, i)).and_then(|e| e.value().copied())).collect())
+                Some(
+                    items
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, x)| int(cx, x, &super::decode::index(&p, i)).and_then(|e| e.value().copied()))
+                        .collect(),
+                )
             })
         }),
     }
@@ -257,7 +308,12 @@ fn validator(cx: &mut Cx, v: &Value, path: &str) -> Option<ValidatorSpec> {
         "PowerShell" => ValidatorSpec::PowerShell(step(cx, &mut o, powershell)),
         "File" => {
             if cx.api.is_some_and(|a| a < V2022_07) {
-                cx.strict_or_warn(&super::decode::join(path, "type"), Code::FieldTooNew, "the File validator needs apiVersion 2022-07-01 or newer".into(), "raise apiVersion".into());
+                cx.strict_or_warn(
+                    &super::decode::join(path, "type"),
+                    Code::FieldTooNew,
+                    "the File validator needs apiVersion 2022-07-01 or newer".into(),
+                    "raise apiVersion".into(),
+                );
             }
             ValidatorSpec::File(step(cx, &mut o, file))
         }
@@ -322,7 +378,12 @@ fn error_handling(cx: &mut Cx, v: &Value, path: &str) -> Option<ErrorHandling> {
             "cleanup" => Some(ErrorAction::Cleanup),
             "abort" => Some(ErrorAction::Abort),
             other => {
-                cx.error(&p, Code::InvalidValue, format!("`{other}` is not an error-handling action"), "use `cleanup` (delete the build VM) or `abort` (keep it for debugging)");
+                cx.error(
+                    &p,
+                    Code::InvalidValue,
+                    format!("`{other}` is not an error-handling action"),
+                    "use `cleanup` (delete the build VM) or `abort` (keep it for debugging)",
+                );
                 None
             }
         }
@@ -339,7 +400,8 @@ fn vm_profile(cx: &mut Cx, v: &Value, path: &str) -> Option<VmProfile> {
     let mut o = Obj::new(cx, v, path)?;
     let vm_size = o.str(cx, "vmSize");
     let os_disk_size_gb = o.int(cx, "osDiskSizeGB");
-    let user_assigned_identities = o.take_since(cx, "userAssignedIdentities", V2021_10).and_then(|(v, p)| super::decode::str_array(cx, v, &p));
+    let user_assigned_identities =
+        o.take_since(cx, "userAssignedIdentities", V2021_10).and_then(|(v, p)| super::decode::str_array(cx, v, &p));
     let vnet_config = o.take(cx, "vnetConfig").and_then(|(v, p)| {
         let mut n = Obj::new(cx, v, &p)?;
         let out = VnetConfig {
@@ -357,7 +419,9 @@ fn vm_profile(cx: &mut Cx, v: &Value, path: &str) -> Option<VmProfile> {
 fn distributor(cx: &mut Cx, v: &Value, path: &str) -> Option<DistributorSpec> {
     let mut o = Obj::new(cx, v, path)?;
     let ty = discriminator(cx, &mut o, "type", Code::BadDistributeType, "distributor")?;
-    let run_output = |cx: &mut Cx, o: &mut Obj<'_>| o.req_str(cx, "runOutputName", Code::BadRunOutputName, "name the run output, unique in this template: ^[A-Za-z0-9-_.]{1,64}$");
+    let run_output = |cx: &mut Cx, o: &mut Obj<'_>| {
+        o.req_str(cx, "runOutputName", Code::BadRunOutputName, "name the run output, unique in this template: ^[A-Za-z0-9-_.]{1,64}$")
+    };
     let d = match ty.as_str() {
         "ManagedImage" => {
             let run_output_name = run_output(cx, &mut o);
@@ -369,7 +433,8 @@ fn distributor(cx: &mut Cx, v: &Value, path: &str) -> Option<DistributorSpec> {
         "SharedImage" => {
             let run_output_name = run_output(cx, &mut o);
             let artifact_tags = o.str_map(cx, "artifactTags");
-            let gallery_image_id = o.req_str(cx, "galleryImageId", Code::BadSharedImageDistribute, "set `galleryImageId` to …/galleries/G/images/D");
+            let gallery_image_id =
+                o.req_str(cx, "galleryImageId", Code::BadSharedImageDistribute, "set `galleryImageId` to …/galleries/G/images/D");
             let target_regions = o.take_since(cx, "targetRegions", V2022_07).and_then(|(v, p)| {
                 super::decode::expr(cx, v, &p, "an array of target regions", |cx, v| {
                     v.as_array()?;
@@ -428,7 +493,12 @@ fn versioning(cx: &mut Cx, v: &Value, path: &str) -> Option<Versioning> {
         "Latest" => Some(Versioning::Latest { major: o.int(cx, "major") }),
         "Source" => Some(Versioning::Source),
         other => {
-            cx.error(&super::decode::join(path, "scheme"), Code::BadSharedImageDistribute, format!("`{other}` is not a versioning scheme"), "use `Latest` or `Source`");
+            cx.error(
+                &super::decode::join(path, "scheme"),
+                Code::BadSharedImageDistribute,
+                format!("`{other}` is not a versioning scheme"),
+                "use `Latest` or `Source`",
+            );
             None
         }
     };
@@ -466,8 +536,15 @@ pub(crate) fn trigger(cx: &mut Cx, v: &Value, path: &str) -> Option<()> {
         props.read_only(cx, "imageTemplateName");
         match props.str(cx, "kind").as_deref() {
             Some("SourceImage") => {}
-            Some(other) => cx.error(&super::decode::join(&p, "kind"), Code::InvalidValue, format!("trigger kind `{other}` is not supported"), "use `SourceImage`"),
-            None => cx.error(&super::decode::join(&p, "kind"), Code::MissingField, "trigger `kind` is required", "set `kind` to `SourceImage`"),
+            Some(other) => cx.error(
+                &super::decode::join(&p, "kind"),
+                Code::InvalidValue,
+                format!("trigger kind `{other}` is not supported"),
+                "use `SourceImage`",
+            ),
+            None => {
+                cx.error(&super::decode::join(&p, "kind"), Code::MissingField, "trigger `kind` is required", "set `kind` to `SourceImage`")
+            }
         }
         props.finish(cx);
     }

@@ -125,28 +125,36 @@ macro_rules! union_schema {
     };
 }
 
-union_schema!(ImageSource, "ImageTemplateSource", "The image to start from (discriminator `type`).", [
-    ("PlatformImage", PlatformImageSource),
-    ("ManagedImage", ManagedImageSource),
-    ("SharedImageVersion", SharedImageVersionSource),
-]);
-union_schema!(CustomizerSpec, "ImageTemplateCustomizer", "A customization step (discriminator `type`).", [
-    ("Shell", ShellStep),
-    ("PowerShell", PowerShellStep),
-    ("File", FileStep),
-    ("WindowsRestart", WindowsRestartStep),
-    ("WindowsUpdate", WindowsUpdateStep),
-]);
-union_schema!(ValidatorSpec, "ImageTemplateInVMValidator", "A validation step (discriminator `type`).", [
-    ("Shell", ShellStep),
-    ("PowerShell", PowerShellStep),
-    ("File", FileStep),
-]);
-union_schema!(DistributorSpec, "ImageTemplateDistributor", "A distribution target (discriminator `type`).", [
-    ("ManagedImage", ManagedImageTarget),
-    ("SharedImage", SharedImageTarget),
-    ("VHD", VhdTarget),
-]);
+union_schema!(
+    ImageSource,
+    "ImageTemplateSource",
+    "The image to start from (discriminator `type`).",
+    [("PlatformImage", PlatformImageSource), ("ManagedImage", ManagedImageSource), ("SharedImageVersion", SharedImageVersionSource),]
+);
+union_schema!(
+    CustomizerSpec,
+    "ImageTemplateCustomizer",
+    "A customization step (discriminator `type`).",
+    [
+        ("Shell", ShellStep),
+        ("PowerShell", PowerShellStep),
+        ("File", FileStep),
+        ("WindowsRestart", WindowsRestartStep),
+        ("WindowsUpdate", WindowsUpdateStep),
+    ]
+);
+union_schema!(
+    ValidatorSpec,
+    "ImageTemplateInVMValidator",
+    "A validation step (discriminator `type`).",
+    [("Shell", ShellStep), ("PowerShell", PowerShellStep), ("File", FileStep),]
+);
+union_schema!(
+    DistributorSpec,
+    "ImageTemplateDistributor",
+    "A distribution target (discriminator `type`).",
+    [("ManagedImage", ManagedImageTarget), ("SharedImage", SharedImageTarget), ("VHD", VhdTarget),]
+);
 
 impl JsonSchema for Versioning {
     fn schema_name() -> Cow<'static, str> {
@@ -165,12 +173,7 @@ impl JsonSchema for Versioning {
 
 /// The JSON Schema of an image template resource (draft 2020-12).
 pub fn template_schema() -> Schema {
-    let mut schema = schemars::generate::SchemaSettings::draft2020_12()
-        .into_generator()
-        .into_root_schema_for::<ImageTemplate>();
-    schema.insert(
-        "description".into(),
-        "Microsoft.VirtualMachineImages/imageTemplates (API 2025-10-01), as aib reads it".into(),
-    );
+    let mut schema = schemars::generate::SchemaSettings::draft2020_12().into_generator().into_root_schema_for::<ImageTemplate>();
+    schema.insert("description".into(), "Microsoft.VirtualMachineImages/imageTemplates (API 2025-10-01), as aib reads it".into());
     schema
 }
