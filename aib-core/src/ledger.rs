@@ -137,17 +137,17 @@ impl Drop for RunInner {
         let outstanding = self.live.get_mut().map(std::mem::take).unwrap_or_default();
         match &*self.store {
             Store::Memory(m) => {
-                if !outstanding.is_empty() {
-                    if let Ok(mut m) = m.lock() {
-                        m.insert(self.run_id.clone(), outstanding);
-                    }
+                if !outstanding.is_empty()
+                    && let Ok(mut m) = m.lock()
+                {
+                    m.insert(self.run_id.clone(), outstanding);
                 }
             }
             Store::Dir(_) => {
-                if outstanding.is_empty() {
-                    if let Some(p) = &self.path {
-                        let _ = std::fs::remove_file(p);
-                    }
+                if outstanding.is_empty()
+                    && let Some(p) = &self.path
+                {
+                    let _ = std::fs::remove_file(p);
                 }
             }
         }

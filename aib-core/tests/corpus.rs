@@ -1,7 +1,7 @@
 //! Every published Microsoft template in `tests/corpus/` parses without errors, and every
 //! template in it survives a round trip through serialization.
 
-use aib_core::template::{Document, ImageTemplate, ItemKind, ParseOptions};
+use aib_core::template::{Document, ParseOptions};
 use std::path::Path;
 
 fn check(rel: &str) {

@@ -121,14 +121,13 @@ proptest! {
         let v = mutate(corpus[file % corpus.len()].clone(), &ops);
         let text = v.to_string();
         let doc = Document::parse(&text);
-        if !doc.diagnostics.has_errors() {
-            if let Ok(parsed) = ImageTemplate::from_document(doc) {
+        if !doc.diagnostics.has_errors()
+            && let Ok(parsed) = ImageTemplate::from_document(doc) {
                 let again = Document::parse(&parsed.template.to_json_pretty());
                 let _ = again.diagnostics.has_errors();
                 let _ = parsed.template.normalized();
                 let _ = parsed.template.expressions();
             }
-        }
     }
 
     #[test]

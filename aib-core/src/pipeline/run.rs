@@ -451,14 +451,14 @@ pub(crate) async fn execute(
 
     let mut message = outcome.message;
     let r = rec.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default();
-    if outcome.keep_vm {
-        if let Some(vm) = &r.vm {
-            message.push_str(&format!(
-                "; the build VM was kept for debugging (errorHandling: abort): {}; remove it with `aib gc`",
-                vm.access.command
-            ));
-            report.kept_vm = Some(vm.access.clone());
-        }
+    if outcome.keep_vm
+        && let Some(vm) = &r.vm
+    {
+        message.push_str(&format!(
+            "; the build VM was kept for debugging (errorHandling: abort): {}; remove it with `aib gc`",
+            vm.access.command
+        ));
+        report.kept_vm = Some(vm.access.clone());
     }
     if !cleanup_errors.is_empty() {
         message.push_str(&format!("; cleanup left {} resource(s), `aib gc` will retry", cleanup_errors.len()));

@@ -204,15 +204,15 @@ impl<'v> Obj<'v> {
     /// Like [`Obj::take`], for a field added in API version `since`.
     pub(crate) fn take_since(&mut self, cx: &mut Cx, key: &'static str, since: ApiVersion) -> Option<(&'v Value, String)> {
         let (v, path) = self.take(cx, key)?;
-        if let Some(api) = cx.api {
-            if api < since {
-                cx.strict_or_warn(
-                    &path,
-                    Code::FieldTooNew,
-                    format!("`{key}` needs apiVersion {since} or newer; the document declares {api}"),
-                    format!("set apiVersion to {since} or newer, or remove `{key}`"),
-                );
-            }
+        if let Some(api) = cx.api
+            && api < since
+        {
+            cx.strict_or_warn(
+                &path,
+                Code::FieldTooNew,
+                format!("`{key}` needs apiVersion {since} or newer; the document declares {api}"),
+                format!("set apiVersion to {since} or newer, or remove `{key}`"),
+            );
         }
         Some((v, path))
     }
@@ -366,16 +366,16 @@ pub(crate) fn string(cx: &mut Cx, v: &Value, path: &str) -> Option<String> {
 
 /// A value of type T, or an ARM expression in its place.
 pub(crate) fn expr<T>(cx: &mut Cx, v: &Value, path: &str, want: &str, f: impl FnOnce(&mut Cx, &Value) -> Option<T>) -> Option<Expr<T>> {
-    if let Value::String(s) = v {
-        if is_arm_expression(s) {
-            cx.warn(
-                path,
-                Code::ArmExpression,
-                format!("ARM expression `{s}` stands for {want}; kept unevaluated"),
-                "deploy through ARM, or put the value itself here before a build",
-            );
-            return Some(Expr::Expression(s.clone()));
-        }
+    if let Value::String(s) = v
+        && is_arm_expression(s)
+    {
+        cx.warn(
+            path,
+            Code::ArmExpression,
+            format!("ARM expression `{s}` stands for {want}; kept unevaluated"),
+            "deploy through ARM, or put the value itself here before a build",
+        );
+        return Some(Expr::Expression(s.clone()));
     }
     match f(cx, v) {
         Some(t) => Some(Expr::Value(t)),

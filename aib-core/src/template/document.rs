@@ -197,7 +197,7 @@ impl Document {
                 check(&t, "", &opts.types, &mut diags);
                 for mut d in diags {
                     d.path = d.path.strip_prefix("properties.").or(d.path.strip_prefix("properties")).unwrap_or(&d.path).to_string();
-                    if !(d.code == Code::BadIdentity && !d.is_error()) {
+                    if d.code != Code::BadIdentity || d.is_error() {
                         self.diagnostics.push(d);
                     }
                 }

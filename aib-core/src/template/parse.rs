@@ -125,11 +125,11 @@ fn properties(cx: &mut Cx, v: &Value, path: &str) -> Option<ImageTemplatePropert
             None
         }
     };
-    let customize = o.array(cx, "customize", |cx, v, p| customizer(cx, v, p)).unwrap_or_default();
+    let customize = o.array(cx, "customize", customizer).unwrap_or_default();
     let optimize = o.take_since(cx, "optimize", V2022_07).and_then(|(v, p)| optimize(cx, v, &p));
     let validate = o.take_since(cx, "validate", V2022_02).and_then(|(v, p)| validate(cx, v, &p));
     let distribute = match o.take(cx, "distribute") {
-        Some((v, p)) => array(cx, v, &p, |cx, v, p| distributor(cx, v, p)).unwrap_or_default(),
+        Some((v, p)) => array(cx, v, &p, distributor).unwrap_or_default(),
         None => {
             cx.error(
                 &super::decode::join(path, "distribute"),

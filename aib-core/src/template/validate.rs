@@ -232,15 +232,15 @@ impl Checker<'_> {
                 "set `runElevated: true` as well, or drop `runAsSystem`",
             );
         }
-        if let Some(Expr::Value(codes)) = &p.valid_exit_codes {
-            if codes.is_empty() {
-                self.warn(
-                    &join(path, "validExitCodes"),
-                    Code::Discouraged,
-                    "an empty `validExitCodes` means the default `[0]`",
-                    "list the exit codes that mean success",
-                );
-            }
+        if let Some(Expr::Value(codes)) = &p.valid_exit_codes
+            && codes.is_empty()
+        {
+            self.warn(
+                &join(path, "validExitCodes"),
+                Code::Discouraged,
+                "an empty `validExitCodes` means the default `[0]`",
+                "list the exit codes that mean success",
+            );
         }
     }
 
@@ -250,27 +250,28 @@ impl Checker<'_> {
             CustomizerSpec::PowerShell(p) => self.powershell(path, p, false),
             CustomizerSpec::File(f) => self.file(path, f),
             CustomizerSpec::WindowsRestart(r) => {
-                if let Some(t) = &r.restart_timeout {
-                    if !is_arm_expression(t) && parse_go_duration(t).is_none() {
-                        self.error(
-                            &join(path, "restartTimeout"),
-                            Code::BadRestartTimeout,
-                            format!("`{t}` is not a duration"),
-                            "write a number and a unit: `5m`, `90s`, `1h30m`",
-                        );
-                    }
+                if let Some(t) = &r.restart_timeout
+                    && !is_arm_expression(t)
+                    && parse_go_duration(t).is_none()
+                {
+                    self.error(
+                        &join(path, "restartTimeout"),
+                        Code::BadRestartTimeout,
+                        format!("`{t}` is not a duration"),
+                        "write a number and a unit: `5m`, `90s`, `1h30m`",
+                    );
                 }
             }
             CustomizerSpec::WindowsUpdate(u) => {
-                if let Some(n) = lit(&u.update_limit) {
-                    if n < 0 {
-                        self.error(
-                            &join(path, "updateLimit"),
-                            Code::OutOfRange,
-                            format!("`updateLimit` is {n}"),
-                            "use 0 (= 1000) or a positive number",
-                        );
-                    }
+                if let Some(n) = lit(&u.update_limit)
+                    && n < 0
+                {
+                    self.error(
+                        &join(path, "updateLimit"),
+                        Code::OutOfRange,
+                        format!("`updateLimit` is {n}"),
+                        "use 0 (= 1000) or a positive number",
+                    );
                 }
                 if let Some(Expr::Value(filters)) = &u.filters {
                     for (i, f) in filters.iter().enumerate() {
@@ -407,10 +408,10 @@ impl Checker<'_> {
                 "set `storageAccountType` per entry of `targetRegions` instead",
             );
         }
-        if let Some(Expr::Value(regions)) = &t.replication_regions {
-            if regions.is_empty() {
-                self.error(&join(path, "replicationRegions"), code, "`replicationRegions` is empty", "list at least the gallery's region");
-            }
+        if let Some(Expr::Value(regions)) = &t.replication_regions
+            && regions.is_empty()
+        {
+            self.error(&join(path, "replicationRegions"), code, "`replicationRegions` is empty", "list at least the gallery's region");
         }
         if let Some(Expr::Value(regions)) = &t.target_regions {
             let mut seen = HashMap::new();
@@ -424,37 +425,38 @@ impl Checker<'_> {
                         "list each region once",
                     );
                 }
-                if let Some(n) = lit(&r.replica_count) {
-                    if !(1..=100).contains(&n) {
-                        self.error(
-                            &join(&rp, "replicaCount"),
-                            Code::OutOfRange,
-                            format!("replicaCount {n} is out of range"),
-                            "use 1 to 100 replicas",
-                        );
-                    }
+                if let Some(n) = lit(&r.replica_count)
+                    && !(1..=100).contains(&n)
+                {
+                    self.error(
+                        &join(&rp, "replicaCount"),
+                        Code::OutOfRange,
+                        format!("replicaCount {n} is out of range"),
+                        "use 1 to 100 replicas",
+                    );
                 }
-                if let Some(s) = &r.storage_account_type {
-                    if !["Standard_LRS", "Standard_ZRS", "Premium_LRS"].contains(&s.as_str()) && !is_arm_expression(s) {
-                        self.warn(
-                            &join(&rp, "storageAccountType"),
-                            Code::InvalidValue,
-                            format!("unknown storage account type `{s}`"),
-                            "Standard_LRS, Standard_ZRS or Premium_LRS",
-                        );
-                    }
+                if let Some(s) = &r.storage_account_type
+                    && !["Standard_LRS", "Standard_ZRS", "Premium_LRS"].contains(&s.as_str())
+                    && !is_arm_expression(s)
+                {
+                    self.warn(
+                        &join(&rp, "storageAccountType"),
+                        Code::InvalidValue,
+                        format!("unknown storage account type `{s}`"),
+                        "Standard_LRS, Standard_ZRS or Premium_LRS",
+                    );
                 }
             }
         }
-        if let Some(Versioning::Latest { major: Some(Expr::Value(m)) }) = &t.versioning {
-            if *m < -1 {
-                self.error(
-                    &join(path, "versioning.major"),
-                    Code::OutOfRange,
-                    format!("major {m} is below -1"),
-                    "use -1 (any) or a major version ≥ 0",
-                );
-            }
+        if let Some(Versioning::Latest { major: Some(Expr::Value(m)) }) = &t.versioning
+            && *m < -1
+        {
+            self.error(
+                &join(path, "versioning.major"),
+                Code::OutOfRange,
+                format!("major {m} is below -1"),
+                "use -1 (any) or a major version ≥ 0",
+            );
         }
     }
 
@@ -487,15 +489,17 @@ pub(crate) fn check(t: &ImageTemplate, prefix: &str, types: &TypeNames, out: &mu
     let mut c = Checker { out, types };
     let props = join(prefix, "properties");
     let p = &t.properties;
-    if let Some(name) = &t.name {
-        if !is_valid_name(name) && !is_arm_expression(name) && placeholder(name).is_none() {
-            c.error(
-                &join(prefix, "name"),
-                Code::InvalidValue,
-                format!("template name `{name}` does not match ^[A-Za-z0-9-_.]{{1,64}}$"),
-                "use letters, digits, `-`, `_` and `.`, at most 64",
-            );
-        }
+    if let Some(name) = &t.name
+        && !is_valid_name(name)
+        && !is_arm_expression(name)
+        && placeholder(name).is_none()
+    {
+        c.error(
+            &join(prefix, "name"),
+            Code::InvalidValue,
+            format!("template name `{name}` does not match ^[A-Za-z0-9-_.]{{1,64}}$"),
+            "use letters, digits, `-`, `_` and `.`, at most 64",
+        );
     }
     match &t.identity {
         None => c.warn(
@@ -530,7 +534,7 @@ pub(crate) fn check(t: &ImageTemplate, prefix: &str, types: &TypeNames, out: &mu
             }
             for key in ids.into_iter().flat_map(|m| m.keys()) {
                 c.id(
-                    &format!("{prefix}.identity.userAssignedIdentities.{key}").trim_start_matches('.').to_string(),
+                    format!("{prefix}.identity.userAssignedIdentities.{key}").trim_start_matches('.'),
                     key,
                     Code::BadIdentity,
                     &armid::USER_IDENTITY,
@@ -624,15 +628,15 @@ pub(crate) fn check(t: &ImageTemplate, prefix: &str, types: &TypeNames, out: &mu
     }
     if let Some(vm) = &p.vm_profile {
         let vp = join(&props, "vmProfile");
-        if let Some(n) = lit(&vm.os_disk_size_gb) {
-            if n < 0 {
-                c.error(
-                    &join(&vp, "osDiskSizeGB"),
-                    Code::OutOfRange,
-                    format!("osDiskSizeGB {n} is negative"),
-                    "use 0 to keep the source size, or the size in GB",
-                );
-            }
+        if let Some(n) = lit(&vm.os_disk_size_gb)
+            && n < 0
+        {
+            c.error(
+                &join(&vp, "osDiskSizeGB"),
+                Code::OutOfRange,
+                format!("osDiskSizeGB {n} is negative"),
+                "use 0 to keep the source size, or the size in GB",
+            );
         }
         if let Some(Expr::Value(ids)) = &vm.user_assigned_identities {
             for (i, id) in ids.iter().enumerate() {
