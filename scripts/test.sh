@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs every check of the workspace, in the order CI runs them:
+#   1. cargo fmt --check          formatting
+#   2. cargo clippy -D warnings   lints, every target and feature
+#   3. cargo test                 unit, integration, property and doc tests (fakes, no cloud)
+#   4. cargo doc                  documentation builds without warnings
+# Needs only the Rust toolchain (cargo, rustfmt, clippy); nothing else is installed yet.
+# Build output goes to $CARGO_TARGET_DIR (default: ~/.cache/aib/target), shared with CI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/aib/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+need() {
+  if ! "$@" >/dev/null 2>&1; then
+    echo "missing: \`$*\` failed. Install the Rust toolchain with rustfmt and clippy:" >&2
+    echo "  rustup component add rustfmt clippy" >&2
+    exit 1
+  fi
+}
+need cargo --version
+need cargo fmt --version
+need cargo clippy --version
+
+step() { echo; echo "==> $*"; }
+
+step "cargo fmt --all --check"
+cargo fmt --all --check
+
+step "cargo clippy --workspace --all-targets --all-features -- -D warnings"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+step "cargo test --workspace --all-targets --all-features"
+cargo test --workspace --all-targets --all-features
+
+step "cargo test --workspace --doc --all-features"
+cargo test --workspace --doc --all-features
+
+step "cargo doc --workspace --no-deps --all-features (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features
+
+echo
+echo "all checks passed"
