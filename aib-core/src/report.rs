@@ -109,6 +109,29 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// A `Failed` report with nothing in it yet, starting now.
+    pub(crate) fn failed(run_id: String, template_name: String) -> Self {
+        let now = SystemTime::now();
+        RunReport {
+            run_id,
+            template_name,
+            run_state: RunState::Failed,
+            run_sub_state: None,
+            message: String::new(),
+            start_time: now,
+            end_time: now,
+            history: Vec::new(),
+            steps: Vec::new(),
+            source: None,
+            run_outputs: Vec::new(),
+            kept_vm: None,
+            cleanup_errors: Vec::new(),
+            leftover_resources: Vec::new(),
+            customization_log: None,
+            log_tail: Vec::new(),
+        }
+    }
+
     /// True for `Succeeded`.
     pub fn succeeded(&self) -> bool {
         self.run_state == RunState::Succeeded

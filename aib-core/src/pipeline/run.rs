@@ -55,25 +55,9 @@ impl RunHandle {
         match self.join.await {
             Ok(r) => r,
             Err(e) => {
-                let now = SystemTime::now();
-                RunReport {
-                    run_id,
-                    template_name: String::new(),
-                    run_state: RunState::Failed,
-                    run_sub_state: None,
-                    message: format!("the run task ended abnormally: {e}; run `gc` to remove what it left"),
-                    start_time: now,
-                    end_time: now,
-                    history: Vec::new(),
-                    steps: Vec::new(),
-                    source: None,
-                    run_outputs: Vec::new(),
-                    kept_vm: None,
-                    cleanup_errors: Vec::new(),
-                    leftover_resources: Vec::new(),
-                    customization_log: None,
-                    log_tail: Vec::new(),
-                }
+                let mut r = RunReport::failed(run_id, String::new());
+                r.message = format!("the run task ended abnormally: {e}; run `gc` to remove what it left");
+                r
             }
         }
     }
@@ -386,27 +370,11 @@ pub(crate) async fn execute(
     cancel: CancellationToken,
     tx: Option<tokio::sync::mpsc::UnboundedSender<Event>>,
 ) -> RunReport {
-    let start_time = SystemTime::now();
     let rec: Shared = Arc::new(Mutex::new(Record::default()));
     let log_path = inner.log_dir.as_ref().map(|d| d.join(&run_id).join("customization.log"));
-    let mut report = RunReport {
-        run_id: run_id.clone(),
-        template_name: inner.name.clone(),
-        run_state: RunState::Failed,
-        run_sub_state: Some(RunSubState::Queued),
-        message: String::new(),
-        start_time,
-        end_time: start_time,
-        history: Vec::new(),
-        steps: Vec::new(),
-        source: None,
-        run_outputs: Vec::new(),
-        kept_vm: None,
-        cleanup_errors: Vec::new(),
-        leftover_resources: Vec::new(),
-        customization_log: log_path.clone(),
-        log_tail: Vec::new(),
-    };
+    let mut report = RunReport::failed(run_id.clone(), inner.name.clone());
+    report.run_sub_state = Some(RunSubState::Queued);
+    report.customization_log = log_path.clone();
     let emitter = match Emitter::new(tx, inner.secrets.clone(), log_path) {
         Ok(e) => e,
         Err(e) => {
