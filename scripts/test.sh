@@ -4,7 +4,9 @@
 #   2. cargo clippy -D warnings   lints, every target and feature
 #   3. cargo test                 unit, integration, property and doc tests (fakes, no cloud)
 #   4. cargo doc                  documentation builds without warnings
-# Needs only the Rust toolchain (cargo, rustfmt, clippy); nothing else is installed yet.
+# Needs the Rust toolchain (cargo, rustfmt, clippy). The SSH tests start a real OpenSSH sshd
+# on 127.0.0.1 and use sudo: when they are missing and this runs as root, it installs Debian's
+# openssh-server, openssh-client and sudo; otherwise it says what to install.
 # Build output goes to $CARGO_TARGET_DIR (default: ~/.cache/aib/target), shared with CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +23,21 @@ need() {
 need cargo --version
 need cargo fmt --version
 need cargo clippy --version
+
+missing=()
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+command -v ssh-keygen >/dev/null || missing+=(openssh-client)
+command -v sudo >/dev/null || missing+=(sudo)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "==> installing ${missing[*]} (apt-get, for the SSH tests)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  else
+    echo "missing: ${missing[*]}. Install them with: sudo apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+fi
 
 step() { echo; echo "==> $*"; }
 

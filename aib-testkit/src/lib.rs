@@ -31,6 +31,7 @@ mod communicator;
 pub mod conformance;
 mod fakes;
 mod faults;
+pub mod sshd;
 #[cfg(feature = "mock")]
 pub mod mock;
 
