@@ -9,7 +9,10 @@ pub fn sh_quote(s: &str) -> String {
 /// Quotes `s` as a PowerShell single-quoted string: `'it''s'`.
 pub fn ps_quote(s: &str) -> String {
     // PowerShell also treats the typographic single quotes as quote characters.
-    let escaped: String = s.chars().flat_map(|c| if matches!(c, '\'' | '\u{2018}' | '\u{2019}' | '\u{201A}' | '\u{201B}') { vec![c, c] } else { vec![c] }).collect();
+    let escaped: String = s
+        .chars()
+        .flat_map(|c| if matches!(c, '\'' | '\u{2018}' | '\u{2019}' | '\u{201A}' | '\u{201B}') { vec![c, c] } else { vec![c] })
+        .collect();
     format!("'{escaped}'")
 }
 

@@ -4,7 +4,10 @@
 
 use crate::lines::LineSplitter;
 use crate::quote::{is_env_name, sh_quote};
-use aib_core::{Communicator, Error, ExecRequest, ExitStatus, OutputSink, OutputStream, Platform, ReconnectOptions, Result, UploadContent, UploadRequest};
+use aib_core::{
+    Communicator, Error, ExecRequest, ExitStatus, OutputSink, OutputStream, Platform, ReconnectOptions, Result, UploadContent,
+    UploadRequest,
+};
 use async_trait::async_trait;
 use russh::keys::{Algorithm, HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use russh::{ChannelMsg, Disconnect, client};
@@ -155,15 +158,18 @@ impl SshConfigBuilder {
         let user = self.user.filter(|u| !u.is_empty()).ok_or_else(|| invalid("user", "set the user to log in as"))?;
         let key = self.key.ok_or_else(|| invalid("key", "set a private key (aib_customizers::ssh::ephemeral_key() makes one)"))?;
         let host_key = self.host_key.ok_or_else(|| {
-            invalid("host_key", "say how to verify the host key: HostKeyCheck::Fingerprint/PublicKey, or the explicit InsecureAcceptAnyHostKey")
+            invalid(
+                "host_key",
+                "say how to verify the host key: HostKeyCheck::Fingerprint/PublicKey, or the explicit InsecureAcceptAnyHostKey",
+            )
         })?;
         if let HostKeyCheck::PublicKey(k) = &host_key {
             PublicKey::from_openssh(k).map_err(|e| invalid("host_key", &format!("not an OpenSSH public key: {e}")))?;
         }
-        if let HostKeyCheck::Fingerprint(fp) = &host_key {
-            if !fp.starts_with("SHA256:") {
-                return Err(invalid("host_key", "fingerprints are SHA-256, written `SHA256:…` as `ssh-keygen -lf` prints them"));
-            }
+        if let HostKeyCheck::Fingerprint(fp) = &host_key
+            && !fp.starts_with("SHA256:")
+        {
+            return Err(invalid("host_key", "fingerprints are SHA-256, written `SHA256:…` as `ssh-keygen -lf` prints them"));
         }
         let (retry_initial, retry_max) = self.retry.unwrap_or((Duration::from_millis(250), Duration::from_secs(5)));
         let (keepalive_interval, keepalive_max) = self.keepalive.unwrap_or((Duration::from_secs(10), 3));
@@ -226,10 +232,8 @@ impl client::Handler for Verifier {
             HostKeyCheck::Fingerprint(fp) => *fp == seen,
             HostKeyCheck::PublicKey(line) => PublicKey::from_openssh(line).is_ok_and(|k| k.key_data() == key.key_data()),
         };
-        if !ok {
-            if let Ok(mut m) = self.mismatch.lock() {
-                *m = Some(seen);
-            }
+        if !ok && let Ok(mut m) = self.mismatch.lock() {
+            *m = Some(seen);
         }
         Ok(ok)
     }
@@ -321,7 +325,11 @@ impl SshCommunicator {
             if let Some(seen) = mismatch.lock().ok().and_then(|m| m.clone()) {
                 return Err(Error::PermissionDenied {
                     backend: BACKEND,
-                    source: format!("host key of {}:{} is {seen}, not the expected {:?}; refusing to connect", self.cfg.host, self.cfg.port, self.cfg.host_key).into(),
+                    source: format!(
+                        "host key of {}:{} is {seen}, not the expected {:?}; refusing to connect",
+                        self.cfg.host, self.cfg.port, self.cfg.host_key
+                    )
+                    .into(),
                 });
             }
             if start.elapsed() + wait >= deadline {
@@ -397,8 +405,7 @@ impl SshCommunicator {
         let n = copy_content(&req.content, &mut f).await?;
         f.shutdown().await.map_err(|e| e.to_string())?;
         if let Some(mode) = req.mode {
-            let mut attrs = russh_sftp::protocol::FileAttributes::default();
-            attrs.permissions = Some(mode);
+            let attrs = russh_sftp::protocol::FileAttributes { permissions: Some(mode), ..Default::default() };
             sftp.set_metadata(&req.destination, attrs).await.map_err(|e| e.to_string())?;
         }
         let _ = sftp.close().await;
@@ -429,7 +436,11 @@ impl SshCommunicator {
         }
         match code {
             Some(0) => Ok(n),
-            Some(c) => Err(Error::StepFailed { step: format!("upload {}", req.destination), exit_code: Some(c as i32), message: stderr.join(" | ") }),
+            Some(c) => Err(Error::StepFailed {
+                step: format!("upload {}", req.destination),
+                exit_code: Some(c as i32),
+                message: stderr.join(" | "),
+            }),
             None => Err(disconnected("the connection dropped during the upload")),
         }
     }
@@ -443,7 +454,11 @@ impl SshCommunicator {
 
 fn short(cmd: &str) -> String {
     let first = cmd.lines().next().unwrap_or_default();
-    if first.len() > 80 || cmd.lines().nth(1).is_some() { format!("{}…", &first[..first.floor_char_boundary(80)]) } else { first.to_string() }
+    if first.len() > 80 || cmd.lines().nth(1).is_some() {
+        format!("{}…", &first[..first.floor_char_boundary(80)])
+    } else {
+        first.to_string()
+    }
 }
 
 async fn copy_content<W: tokio::io::AsyncWrite + Unpin>(content: &UploadContent, w: &mut W) -> std::result::Result<u64, String> {
@@ -478,7 +493,9 @@ impl Communicator for SshCommunicator {
 
     async fn execute(&self, req: &ExecRequest, out: &(dyn OutputSink + 'static)) -> Result<ExitStatus> {
         match req.timeout {
-            Some(t) => tokio::time::timeout(t, self.run(req, out)).await.map_err(|_| Error::Timeout { operation: short(&req.command), after: t })?,
+            Some(t) => tokio::time::timeout(t, self.run(req, out))
+                .await
+                .map_err(|_| Error::Timeout { operation: short(&req.command), after: t })?,
             None => self.run(req, out).await,
         }
     }

@@ -129,7 +129,10 @@ async fn sshd_killed_mid_command_is_a_clean_disconnect() {
     let err = r.unwrap_err();
     assert!(matches!(err, Error::Disconnected { .. }) && err.is_retryable(), "{err}");
     // Later commands fail fast too.
-    let err = tokio::time::timeout(Duration::from_secs(40), c.execute(&ExecRequest::new("true"), &MemorySink::new())).await.expect("no hang").unwrap_err();
+    let err = tokio::time::timeout(Duration::from_secs(40), c.execute(&ExecRequest::new("true"), &MemorySink::new()))
+        .await
+        .expect("no hang")
+        .unwrap_err();
     assert!(matches!(err, Error::Disconnected { .. }), "{err}");
 }
 

@@ -31,9 +31,10 @@ mod communicator;
 pub mod conformance;
 mod fakes;
 mod faults;
-pub mod sshd;
+pub mod http;
 #[cfg(feature = "mock")]
 pub mod mock;
+pub mod sshd;
 
 pub use communicator::{FakeCommunicator, Reply};
 pub use fakes::{BACKEND, FakeBackend, FakeCustomizer, FakeDistributor, FakeProvisioner, FakeSource};

@@ -152,7 +152,8 @@ impl Sshd {
 
     /// Also accepts this public key line for the user.
     pub fn authorize(&self, public_key_line: &str) -> Result<(), HarnessError> {
-        let mut f = std::fs::OpenOptions::new().append(true).open(self.dir.path().join("authorized_keys")).map_err(|e| err(e.to_string()))?;
+        let mut f =
+            std::fs::OpenOptions::new().append(true).open(self.dir.path().join("authorized_keys")).map_err(|e| err(e.to_string()))?;
         writeln!(f, "{public_key_line}").map_err(|e| err(e.to_string()))
     }
 
