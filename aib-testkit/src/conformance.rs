@@ -23,6 +23,8 @@ use aib_core::{
 pub struct Capabilities {
     /// Commands run in a POSIX shell (`echo`, `exit N`, `>&2`, `cat`).
     pub posix_shell: bool,
+    /// Commands run in PowerShell (`Write-Output`, `exit N`, `[Console]::Error`, `Get-Content`).
+    pub powershell: bool,
     /// The VM can restart and be reconnected to.
     pub restart: bool,
 }
@@ -30,12 +32,17 @@ pub struct Capabilities {
 impl Capabilities {
     /// What the fakes can do.
     pub fn fake() -> Self {
-        Capabilities { posix_shell: true, restart: true }
+        Capabilities { posix_shell: true, powershell: false, restart: true }
     }
 
     /// A Linux build VM over SSH.
     pub fn linux_ssh() -> Self {
-        Capabilities { posix_shell: true, restart: true }
+        Capabilities { posix_shell: true, powershell: false, restart: true }
+    }
+
+    /// A Windows build VM over WinRM.
+    pub fn windows_winrm() -> Self {
+        Capabilities { posix_shell: false, powershell: true, restart: true }
     }
 }
 
@@ -52,33 +59,53 @@ fn stdout(sink: &MemorySink) -> Vec<String> {
 /// `Communicator`: output streams line by line, exit codes come back, non-zero exits are
 /// not errors, uploads land whole, environment variables arrive.
 pub async fn communicator(c: &dyn Communicator, caps: &Capabilities) {
+    struct Words {
+        two_lines: &'static str,
+        to_stderr: &'static str,
+        path: &'static str,
+        read: &'static str,
+    }
+    let w = if caps.powershell {
+        Words {
+            two_lines: "Write-Output 'conformance-one'; Write-Output 'conformance-two'",
+            to_stderr: "[Console]::Error.WriteLine('to-stderr')",
+            path: r"C:\Windows\Temp\aib-conformance.txt",
+            read: r"Get-Content -LiteralPath 'C:\Windows\Temp\aib-conformance.txt'",
+        }
+    } else {
+        Words {
+            two_lines: "echo conformance-one; echo conformance-two",
+            to_stderr: "echo to-stderr >&2",
+            path: "/tmp/aib-conformance.txt",
+            read: "cat /tmp/aib-conformance.txt",
+        }
+    };
     let sink = MemorySink::new();
-    let st =
-        c.execute(&ExecRequest::new("echo conformance-one; echo conformance-two"), &sink).await.expect("execute must run a simple command");
-    assert!(st.success(), "`echo` must exit 0, got {st}");
+    let st = c.execute(&ExecRequest::new(w.two_lines), &sink).await.expect("execute must run a simple command");
+    assert!(st.success(), "printing must exit 0, got {st}");
     let out = stdout(&sink);
     assert!(
         out.contains(&"conformance-one".to_string()) && out.contains(&"conformance-two".to_string()),
         "each line must be streamed separately, got {out:?}"
     );
-    if !caps.posix_shell {
+    if !caps.posix_shell && !caps.powershell {
         return;
     }
     let st = c.execute(&ExecRequest::new("exit 3"), &MemorySink::new()).await.expect("a non-zero exit is a status, not an error");
     assert_eq!(st.code, Some(3), "exit code must come back");
     assert!(!st.success());
     let sink = MemorySink::new();
-    c.execute(&ExecRequest::new("echo to-stderr >&2"), &sink).await.expect("execute");
+    c.execute(&ExecRequest::new(w.to_stderr), &sink).await.expect("execute");
     assert!(
         sink.lines().iter().any(|(s, l)| *s == OutputStream::Stderr && l == "to-stderr"),
         "stderr must be told apart: {:?}",
         sink.lines()
     );
     let payload: Vec<u8> = b"line one\nline two\n".to_vec();
-    let n = c.upload(&UploadRequest::bytes(payload.clone(), "/tmp/aib-conformance.txt")).await.expect("upload");
+    let n = c.upload(&UploadRequest::bytes(payload.clone(), w.path)).await.expect("upload");
     assert_eq!(n, payload.len() as u64, "upload must report the bytes written");
     let sink = MemorySink::new();
-    let st = c.execute(&ExecRequest::new("cat /tmp/aib-conformance.txt"), &sink).await.expect("cat");
+    let st = c.execute(&ExecRequest::new(w.read), &sink).await.expect("read back");
     assert!(st.success());
     assert_eq!(stdout(&sink), vec!["line one".to_string(), "line two".to_string()], "uploaded content must read back");
 }

@@ -35,6 +35,7 @@ pub mod http;
 #[cfg(feature = "mock")]
 pub mod mock;
 pub mod sshd;
+pub mod winrm;
 
 pub use communicator::{FakeCommunicator, Reply};
 pub use fakes::{BACKEND, FakeBackend, FakeCustomizer, FakeDistributor, FakeProvisioner, FakeSource};

@@ -1,0 +1,367 @@
+//! The WinRM communicator (winrm-rs): PowerShell with streamed output and exit codes, chunked
+//! uploads verified by SHA-256, elevation through a scheduled task, reconnection after a
+//! restart.
+
+use crate::fetch::sha256_hex;
+use crate::lines::LineSplitter;
+use crate::quote::{is_env_name, ps_quote};
+use crate::windows::{TaskPrincipal, scheduled_task_script};
+use aib_core::{
+    Communicator, Error, ExecRequest, ExitStatus, OutputSink, OutputStream, Platform, ReconnectOptions, Result, UploadContent,
+    UploadRequest,
+};
+use async_trait::async_trait;
+use base64::Engine;
+use std::fmt;
+use std::time::{Duration, Instant};
+use winrm_rs::{AuthMethod, EncryptionMode, WinrmClient, WinrmConfig, WinrmCredentials, WinrmError};
+
+const BACKEND: &str = "winrm";
+
+/// How the connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WinRmTransport {
+    /// HTTPS (port 5986), the certificate checked against the public CA roots.
+    Https,
+    /// HTTPS accepting any certificate: the explicit opt-in for the self-signed listener of a
+    /// throwaway build VM. winrm-rs 1.1 cannot pin a certificate, so this is the only way
+    /// to reach such a listener.
+    HttpsInsecureAcceptAnyCertificate,
+    /// Plain HTTP (port 5985): opt-in, for test servers and isolated networks.
+    Http,
+}
+
+/// How to authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WinRmAuth {
+    /// NTLMv2 (messages sealed over HTTP).
+    Ntlm,
+    /// Basic (only over HTTPS, or for tests).
+    Basic,
+}
+
+/// WinRM settings, built with [`WinRmConfig::builder`].
+#[derive(Clone)]
+pub struct WinRmConfig {
+    host: String,
+    port: u16,
+    user: String,
+    password: String,
+    transport: WinRmTransport,
+    auth: WinRmAuth,
+    operation_timeout: Duration,
+    connect_timeout: Duration,
+    chunk: usize,
+}
+
+impl fmt::Debug for WinRmConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WinRmConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &"***")
+            .field("transport", &self.transport)
+            .field("auth", &self.auth)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`WinRmConfig`].
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct WinRmConfigBuilder {
+    host: Option<String>,
+    port: Option<u16>,
+    user: Option<String>,
+    password: Option<String>,
+    transport: Option<WinRmTransport>,
+    auth: Option<WinRmAuth>,
+    operation_timeout: Option<Duration>,
+    connect_timeout: Option<Duration>,
+    chunk: Option<usize>,
+}
+
+fn invalid(key: &str, message: &str) -> Error {
+    Error::InvalidConfig { backend: BACKEND, key: key.into(), message: message.into() }
+}
+
+impl WinRmConfig {
+    /// A builder: HTTPS on 5986 with NTLM, 60 s operations, a 10-minute connect deadline.
+    pub fn builder() -> WinRmConfigBuilder {
+        WinRmConfigBuilder::default()
+    }
+}
+
+impl WinRmConfigBuilder {
+    /// Host.
+    pub fn host(mut self, h: impl Into<String>) -> Self {
+        self.host = Some(h.into());
+        self
+    }
+    /// Port (default 5986, or 5985 for HTTP).
+    pub fn port(mut self, p: u16) -> Self {
+        self.port = Some(p);
+        self
+    }
+    /// User and password.
+    pub fn credentials(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.user = Some(user.into());
+        self.password = Some(password.into());
+        self
+    }
+    /// Transport.
+    pub fn transport(mut self, t: WinRmTransport) -> Self {
+        self.transport = Some(t);
+        self
+    }
+    /// Authentication.
+    pub fn auth(mut self, a: WinRmAuth) -> Self {
+        self.auth = Some(a);
+        self
+    }
+    /// Timeout of one WS-Management operation.
+    pub fn operation_timeout(mut self, t: Duration) -> Self {
+        self.operation_timeout = Some(t);
+        self
+    }
+    /// How long to keep trying to reach a (re)starting machine.
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = Some(t);
+        self
+    }
+    /// Upload chunk size in bytes (default 32 KiB; each chunk is one command).
+    pub fn upload_chunk(mut self, n: usize) -> Self {
+        self.chunk = Some(n);
+        self
+    }
+
+    /// Checks and builds.
+    pub fn build(self) -> Result<WinRmConfig> {
+        let host = self.host.filter(|h| !h.is_empty()).ok_or_else(|| invalid("host", "set the host"))?;
+        let user = self.user.filter(|u| !u.is_empty()).ok_or_else(|| invalid("user", "set credentials"))?;
+        let password = self.password.unwrap_or_default();
+        let transport = self.transport.unwrap_or(WinRmTransport::Https);
+        let auth = self.auth.unwrap_or(WinRmAuth::Ntlm);
+        let chunk = self.chunk.unwrap_or(32 * 1024);
+        if !(512..=48 * 1024).contains(&chunk) {
+            return Err(invalid("upload_chunk", "use 512 bytes to 48 KiB (a chunk must fit one WS-Management envelope)"));
+        }
+        Ok(WinRmConfig {
+            host,
+            port: self.port.unwrap_or(if transport == WinRmTransport::Http { 5985 } else { 5986 }),
+            user,
+            password,
+            transport,
+            auth,
+            operation_timeout: self.operation_timeout.unwrap_or(Duration::from_secs(60)),
+            connect_timeout: self.connect_timeout.unwrap_or(Duration::from_secs(600)),
+            chunk,
+        })
+    }
+}
+
+/// A connection to a Windows build VM over WinRM.
+pub struct WinRmCommunicator {
+    cfg: WinRmConfig,
+    client: WinrmClient,
+}
+
+impl fmt::Debug for WinRmCommunicator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WinRmCommunicator").field("config", &self.cfg).finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for WinRmCommunicator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.cfg.transport == WinRmTransport::Http { "http" } else { "https" };
+        write!(f, "winrm+{scheme}://{}@{}:{}", self.cfg.user, self.cfg.host, self.cfg.port)
+    }
+}
+
+fn map_err(e: WinrmError) -> Error {
+    match e {
+        WinrmError::Http(e) => Error::Disconnected { backend: BACKEND, source: Box::new(e) },
+        WinrmError::AuthFailed(m) => Error::Unauthenticated { backend: BACKEND, source: m.into() },
+        WinrmError::Timeout(s) => Error::Timeout { operation: "WinRM operation".into(), after: Duration::from_secs(s) },
+        WinrmError::Cancelled => Error::Cancelled,
+        other => Error::generic(BACKEND, other),
+    }
+}
+
+/// `powershell.exe` arguments running `script`.
+fn powershell_args(script: &str) -> Vec<String> {
+    let utf16: Vec<u8> = script.encode_utf16().flat_map(|u| u.to_le_bytes()).collect();
+    let enc = base64::engine::general_purpose::STANDARD.encode(utf16);
+    ["-NoProfile", "-NonInteractive", "-ExecutionPolicy", "Bypass", "-EncodedCommand"].iter().map(|s| s.to_string()).chain([enc]).collect()
+}
+
+impl WinRmCommunicator {
+    /// Connects: waits (until the connect deadline) for the machine to run a command.
+    pub async fn connect(cfg: WinRmConfig) -> Result<Self> {
+        let config = WinrmConfig {
+            port: cfg.port,
+            use_tls: cfg.transport != WinRmTransport::Http,
+            accept_invalid_certs: cfg.transport == WinRmTransport::HttpsInsecureAcceptAnyCertificate,
+            auth_method: match cfg.auth {
+                WinRmAuth::Ntlm => AuthMethod::Ntlm,
+                WinRmAuth::Basic => AuthMethod::Basic,
+            },
+            operation_timeout_secs: cfg.operation_timeout.as_secs().max(1),
+            connect_timeout_secs: 30,
+            encryption: EncryptionMode::Auto,
+            ..Default::default()
+        };
+        let client = WinrmClient::new(config, WinrmCredentials::new(cfg.user.clone(), cfg.password.clone(), "")).map_err(map_err)?;
+        let c = WinRmCommunicator { cfg, client };
+        c.wait_until_up(c.cfg.connect_timeout).await?;
+        Ok(c)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &WinRmConfig {
+        &self.cfg
+    }
+
+    async fn wait_until_up(&self, deadline: Duration) -> Result<()> {
+        let start = Instant::now();
+        let mut wait = Duration::from_millis(200);
+        loop {
+            let probe = ExecRequest::new("Write-Output 'aib-ready'").with_timeout(self.cfg.operation_timeout);
+            let err = match self.run(&probe, &aib_core::NullSink).await {
+                Ok(st) if st.success() => return Ok(()),
+                Ok(st) => format!("probe ended with {st}"),
+                Err(e @ Error::Unauthenticated { .. }) => return Err(e),
+                Err(e) => e.to_string(),
+            };
+            if start.elapsed() + wait >= deadline {
+                return Err(Error::Timeout {
+                    operation: format!("WinRM connect to {}:{} (last: {err})", self.cfg.host, self.cfg.port),
+                    after: deadline,
+                });
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    fn script(&self, req: &ExecRequest) -> Result<String> {
+        let mut s = String::new();
+        for (k, v) in &req.env {
+            if !is_env_name(k) {
+                return Err(invalid("env", &format!("`{k}` is not a valid environment variable name")));
+            }
+            s.push_str(&format!("$env:{k} = {}\n", ps_quote(v)));
+        }
+        s.push_str(&req.command);
+        if req.elevated {
+            let principal = TaskPrincipal::User { user: self.cfg.user.clone(), password: self.cfg.password.clone() };
+            return Ok(scheduled_task_script(&s, &principal));
+        }
+        Ok(s)
+    }
+
+    async fn run(&self, req: &ExecRequest, out: &(dyn OutputSink + 'static)) -> Result<ExitStatus> {
+        let script = self.script(req)?;
+        let args = powershell_args(&script);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let shell = self.client.open_shell(&self.cfg.host).await.map_err(map_err)?;
+        let cmd_id = match shell.start_command("powershell.exe", &args).await {
+            Ok(id) => id,
+            Err(e) => {
+                let _ = shell.close().await;
+                return Err(map_err(e));
+            }
+        };
+        let (mut so, mut se) = (LineSplitter::default(), LineSplitter::default());
+        let result = loop {
+            match shell.receive_next(&cmd_id).await {
+                Ok(r) => {
+                    so.push(&r.stdout, |l| out.line(OutputStream::Stdout, l));
+                    se.push(&r.stderr, |l| out.line(OutputStream::Stderr, l));
+                    if r.done {
+                        break Ok(ExitStatus { code: r.exit_code, signal: None, disconnected: false });
+                    }
+                }
+                Err(e) => {
+                    let e = map_err(e);
+                    break if req.expect_disconnect && matches!(e, Error::Disconnected { .. }) {
+                        Ok(ExitStatus { code: None, signal: None, disconnected: true })
+                    } else {
+                        Err(e)
+                    };
+                }
+            }
+        };
+        so.finish(|l| out.line(OutputStream::Stdout, l));
+        se.finish(|l| out.line(OutputStream::Stderr, l));
+        if result.as_ref().is_ok_and(|s| !s.disconnected) {
+            let _ = self.client.signal_terminate(&self.cfg.host, shell.shell_id(), &cmd_id).await;
+            let _ = shell.close().await;
+        }
+        result
+    }
+
+    async fn checked(&self, script: String) -> Result<String> {
+        let sink = aib_core::MemorySink::new();
+        let st = self.execute(&ExecRequest::new(script).with_timeout(self.cfg.operation_timeout * 2), &sink).await?;
+        let text = sink.lines().into_iter().map(|(_, l)| l).collect::<Vec<_>>().join("\n");
+        if !st.success() {
+            return Err(Error::StepFailed { step: "upload".into(), exit_code: st.code, message: text });
+        }
+        Ok(text)
+    }
+}
+
+#[async_trait]
+impl Communicator for WinRmCommunicator {
+    fn platform(&self) -> Platform {
+        Platform::Windows
+    }
+
+    async fn execute(&self, req: &ExecRequest, out: &(dyn OutputSink + 'static)) -> Result<ExitStatus> {
+        match req.timeout {
+            Some(t) => tokio::time::timeout(t, self.run(req, out))
+                .await
+                .map_err(|_| Error::Timeout { operation: req.command.lines().next().unwrap_or_default().to_string(), after: t })?,
+            None => self.run(req, out).await,
+        }
+    }
+
+    async fn upload(&self, req: &UploadRequest) -> Result<u64> {
+        let data = match &req.content {
+            UploadContent::Bytes(b) => b.to_vec(),
+            UploadContent::File(p) => tokio::fs::read(p).await.map_err(|e| Error::io(p, e))?,
+            _ => return Err(Error::Unsupported { operation: "this upload content".into(), backend: BACKEND }),
+        };
+        let dest = ps_quote(&req.destination);
+        let part = ps_quote(&format!("{}.aib-part", req.destination));
+        self.checked(format!("$ErrorActionPreference = 'Stop'; [IO.File]::WriteAllBytes({part}, [byte[]]@())")).await?;
+        for chunk in data.chunks(self.cfg.chunk) {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(chunk);
+            self.checked(format!(
+                "$ErrorActionPreference = 'Stop'; $b = [Convert]::FromBase64String('{b64}'); $f = [IO.File]::Open({part}, 'Append'); $f.Write($b, 0, $b.Length); $f.Close()"
+            ))
+            .await?;
+        }
+        // The whole file or nothing: check the checksum, then move it into place.
+        let want = sha256_hex(&data);
+        let got = self
+            .checked(format!(
+                "$ErrorActionPreference = 'Stop'; $h = (Get-FileHash -Algorithm SHA256 -LiteralPath {part}).Hash.ToLower(); if ($h -ne '{want}') {{ Remove-Item -Force -LiteralPath {part}; Write-Output \"mismatch $h\"; exit 1 }}; Move-Item -Force -LiteralPath {part} -Destination {dest}; Write-Output $h"
+            ))
+            .await
+            .map_err(|e| Error::StepFailed { step: format!("upload {}", req.destination), exit_code: None, message: format!("checksum check failed (expected {want}): {e}") })?;
+        if !got.contains(&want) {
+            return Err(Error::ChecksumMismatch { what: req.destination.clone(), expected: want, actual: got });
+        }
+        Ok(data.len() as u64)
+    }
+
+    async fn reconnect(&self, opts: &ReconnectOptions) -> Result<()> {
+        self.wait_until_up(opts.timeout).await
+    }
+}
