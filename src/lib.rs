@@ -18,6 +18,10 @@
 
 pub use aib_core::*;
 
+/// Customizers and communicators (feature `customizers`, on by default).
+#[cfg(feature = "customizers")]
+pub use aib_customizers as customizers;
+
 /// The README's examples, compiled as doc tests.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

@@ -108,3 +108,13 @@ fn schema_is_a_json_schema_of_the_template() {
         assert!(text.contains(name), "schema mentions {name}");
     }
 }
+
+#[test]
+fn the_plugin_example_builds_with_its_own_type() {
+    let exe = aib().with_file_name(format!("plugin_customizer{}", std::env::consts::EXE_SUFFIX));
+    let out = Command::new(&exe).output().unwrap_or_else(|e| panic!("{}: {e}", exe.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.starts_with("Succeeded"), "{stdout}");
+    assert!(stdout.contains("apt-get install -y --no-install-recommends 'nginx' 'curl'"), "{stdout}");
+}
