@@ -22,6 +22,10 @@ pub use aib_core::*;
 #[cfg(feature = "customizers")]
 pub use aib_customizers as customizers;
 
+/// The local backend (feature `local`, on by default).
+#[cfg(feature = "local")]
+pub use aib_local as local;
+
 /// The README's examples, compiled as doc tests.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

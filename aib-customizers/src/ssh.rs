@@ -9,7 +9,8 @@ use aib_core::{
     UploadRequest,
 };
 use async_trait::async_trait;
-use russh::keys::{Algorithm, HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+pub use russh::keys::PrivateKey;
+use russh::keys::{Algorithm, HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use russh::{ChannelMsg, Disconnect, client};
 use std::fmt;
 use std::sync::Arc;
@@ -205,6 +206,11 @@ pub fn public_key_line(key: &PrivateKey, comment: &str) -> Result<String> {
     let mut public = key.public_key().clone();
     public.set_comment(comment);
     public.to_openssh().map_err(|e| Error::generic(BACKEND, e))
+}
+
+/// `key` in OpenSSH private-key format (PEM text), for files and cloud-init.
+pub fn private_key_openssh(key: &PrivateKey) -> Result<String> {
+    key.to_openssh(russh::keys::ssh_key::LineEnding::LF).map(|z| z.to_string()).map_err(|e| Error::generic(BACKEND, e))
 }
 
 /// The SHA-256 fingerprint of an OpenSSH public-key line (`SHA256:…`).

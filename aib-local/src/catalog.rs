@@ -1,0 +1,337 @@
+//! The local image catalog: marketplace URNs (`publisher:offer:sku:version`) resolved to
+//! image files under the state directory. `Debian:debian-12:12-gen2` is built from Debian's
+//! mirror when missing; other images are imported with a required SHA-256.
+
+use crate::tools::{BACKEND, image_info, run, sha256_file};
+use aib_core::{Error, OutputSink, OutputStream, Platform, ResolvedImage, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// What the catalog knows about one image version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CatalogEntry {
+    /// `publisher:offer:sku:version`.
+    pub urn: String,
+    /// The exact version.
+    pub version: String,
+    /// SHA-256 of the disk file.
+    pub sha256: String,
+    /// Bytes on disk.
+    pub size: u64,
+    /// Virtual disk size.
+    pub virtual_size: u64,
+    /// Where it came from (`debian-recipe:KEY`, `import:URI`).
+    pub origin: String,
+    /// When it was added (RFC 3339).
+    pub created: String,
+    /// Guest OS.
+    pub windows: bool,
+    /// The disk (qcow2), relative to the entry's directory.
+    pub disk: String,
+}
+
+/// The catalog under `<state>/catalog`.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    root: PathBuf,
+}
+
+/// Orders dotted versions numerically (`12.20261129.0` < `12.20261130.0`); non-numeric
+/// parts compare as text.
+pub fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    let parts = |s: &str| s.split('.').map(|p| p.parse::<u64>().map_err(|_| p.to_string())).collect::<Vec<_>>();
+    let (pa, pb) = (parts(a), parts(b));
+    for (x, y) in pa.iter().zip(&pb) {
+        let o = match (x, y) {
+            (Ok(x), Ok(y)) => x.cmp(y),
+            (Err(x), Err(y)) => x.cmp(y),
+            (Ok(_), Err(_)) => std::cmp::Ordering::Greater,
+            (Err(_), Ok(_)) => std::cmp::Ordering::Less,
+        };
+        if o.is_ne() {
+            return o;
+        }
+    }
+    pa.len().cmp(&pb.len())
+}
+
+fn segment_ok(s: &str) -> bool {
+    !s.is_empty() && s != "." && s != ".." && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+fn today() -> String {
+    humantime::format_rfc3339(std::time::SystemTime::now()).to_string()[..10].replace('-', "")
+}
+
+impl Catalog {
+    /// The catalog at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Catalog { root: root.into() }
+    }
+
+    fn sku_dir(&self, publisher: &str, offer: &str, sku: &str) -> Result<PathBuf> {
+        for (k, v) in [("publisher", publisher), ("offer", offer), ("sku", sku)] {
+            if !segment_ok(v) {
+                return Err(Error::InvalidConfig {
+                    backend: BACKEND,
+                    key: k.into(),
+                    message: format!("`{v}` must be letters, digits, `-`, `_`, `.`"),
+                });
+            }
+        }
+        Ok(self.root.join(publisher.to_ascii_lowercase()).join(offer.to_ascii_lowercase()).join(sku.to_ascii_lowercase()))
+    }
+
+    /// Every version of a SKU, oldest first.
+    pub async fn versions(&self, publisher: &str, offer: &str, sku: &str) -> Result<Vec<(CatalogEntry, PathBuf)>> {
+        let dir = self.sku_dir(publisher, offer, sku)?;
+        let mut out = Vec::new();
+        let Ok(mut rd) = tokio::fs::read_dir(&dir).await else { return Ok(out) };
+        while let Some(e) = rd.next_entry().await.map_err(|e| Error::io(&dir, e))? {
+            let m = e.path().join("manifest.json");
+            if let Ok(text) = tokio::fs::read_to_string(&m).await
+                && let Ok(entry) = serde_json::from_str::<CatalogEntry>(&text)
+            {
+                out.push((entry, e.path()));
+            }
+        }
+        out.sort_by(|a, b| version_cmp(&a.0.version, &b.0.version));
+        Ok(out)
+    }
+
+    /// Every entry.
+    pub async fn list(&self) -> Result<Vec<CatalogEntry>> {
+        let mut out = Vec::new();
+        for p in dirs(&self.root).await {
+            for o in dirs(&p).await {
+                for s in dirs(&o).await {
+                    for v in dirs(&s).await {
+                        if let Ok(t) = tokio::fs::read_to_string(v.join("manifest.json")).await
+                            && let Ok(e) = serde_json::from_str(&t)
+                        {
+                            out.push(e);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Resolves `publisher:offer:sku:version` (`latest` allowed), building the Debian base
+    /// when it is asked for and missing.
+    pub async fn resolve(&self, publisher: &str, offer: &str, sku: &str, version: &str, out: &dyn OutputSink) -> Result<ResolvedImage> {
+        let requested = format!("{publisher}:{offer}:{sku}:{version}");
+        let debian = publisher.eq_ignore_ascii_case("Debian") && offer.eq_ignore_ascii_case("debian-12");
+        let mut versions = self.versions(publisher, offer, sku).await?;
+        if debian && version.eq_ignore_ascii_case("latest") {
+            let key = crate::debian::recipe_key();
+            if !versions.iter().any(|(e, _)| e.origin == format!("debian-recipe:{key}")) {
+                if !sku.eq_ignore_ascii_case("12-gen2") {
+                    return Err(Error::Unsupported {
+                        operation: format!("building `{requested}` (only the UEFI `12-gen2` SKU is built locally; import other images)"),
+                        backend: BACKEND,
+                    });
+                }
+                self.build_debian(sku, out).await?;
+                versions = self.versions(publisher, offer, sku).await?;
+            }
+        }
+        let found =
+            if version.eq_ignore_ascii_case("latest") { versions.last() } else { versions.iter().find(|(e, _)| e.version == version) };
+        let Some((entry, dir)) = found else {
+            return Err(Error::NotFound {
+                backend: BACKEND,
+                what: format!(
+                    "image `{requested}` in the local catalog {}; import it with `aib images import {publisher}:{offer}:{sku}:VERSION FILE --sha256 SUM`",
+                    self.root.display()
+                ),
+            });
+        };
+        Ok(resolved(&requested, entry, &dir.join(&entry.disk)))
+    }
+
+    async fn build_debian(&self, sku: &str, out: &dyn OutputSink) -> Result<()> {
+        let dir = self.sku_dir("Debian", "debian-12", sku)?;
+        tokio::fs::create_dir_all(&dir).await.map_err(|e| Error::io(&dir, e))?;
+        // One builder at a time; a second waits and then finds the image.
+        let lock_path = dir.join(".build.lock");
+        let lock =
+            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
+        let lock = tokio::task::spawn_blocking(move || lock.lock().map(|_| lock))
+            .await
+            .map_err(|e| Error::generic(BACKEND, e))?
+            .map_err(|e| Error::io(&lock_path, e))?;
+        let key = crate::debian::recipe_key();
+        let existing = self.versions("Debian", "debian-12", sku).await?;
+        if existing.iter().any(|(e, _)| e.origin == format!("debian-recipe:{key}")) {
+            return Ok(());
+        }
+        out.line(OutputStream::Stdout, &format!("building the Debian 12 base image (recipe {key}); it is cached for later builds"));
+        let mut n = 0;
+        let version = loop {
+            let v = format!("12.{}.{n}", today());
+            if !existing.iter().any(|(e, _)| e.version == v) {
+                break v;
+            }
+            n += 1;
+        };
+        let tmp = dir.join(format!(".tmp-{version}"));
+        let _ = tokio::fs::remove_dir_all(&tmp).await;
+        tokio::fs::create_dir_all(&tmp).await.map_err(|e| Error::io(&tmp, e))?;
+        let disk = tmp.join("disk.qcow2");
+        let work = self.root.join(".work").join(&key);
+        crate::debian::build(&work, &disk, out).await?;
+        let entry =
+            self.entry_for(&format!("Debian:debian-12:{sku}:{version}"), &version, &disk, format!("debian-recipe:{key}"), false).await?;
+        self.commit(&tmp, &dir.join(&version), &entry).await?;
+        drop(lock);
+        Ok(())
+    }
+
+    async fn entry_for(&self, urn: &str, version: &str, disk: &Path, origin: String, windows: bool) -> Result<CatalogEntry> {
+        let info = image_info(disk, Some("qcow2")).await?;
+        Ok(CatalogEntry {
+            urn: urn.to_string(),
+            version: version.to_string(),
+            sha256: sha256_file(disk).await?,
+            size: tokio::fs::metadata(disk).await.map_err(|e| Error::io(disk, e))?.len(),
+            virtual_size: info.virtual_size,
+            origin,
+            created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            windows,
+            disk: "disk.qcow2".into(),
+        })
+    }
+
+    /// Writes the manifest and moves the entry into place: visible whole or not at all.
+    async fn commit(&self, tmp: &Path, dest: &Path, entry: &CatalogEntry) -> Result<()> {
+        let m = tmp.join("manifest.json");
+        tokio::fs::write(&m, serde_json::to_vec_pretty(entry).unwrap_or_default()).await.map_err(|e| Error::io(&m, e))?;
+        if dest.exists() {
+            let _ = tokio::fs::remove_dir_all(tmp).await;
+            return Err(Error::AlreadyExists { backend: BACKEND, what: format!("catalog entry {}", entry.urn) });
+        }
+        tokio::fs::rename(tmp, dest).await.map_err(|e| Error::io(dest, e))
+    }
+
+    /// Imports a disk (`qcow2`, `raw` or `vhd`; a path or an `http(s)` URL) as
+    /// `publisher:offer:sku:version`, verifying `sha256` first.
+    pub async fn import(&self, urn: &str, source: &str, sha256: &str, windows: bool) -> Result<CatalogEntry> {
+        let parts: Vec<&str> = urn.split(':').collect();
+        let [publisher, offer, sku, version] = parts.as_slice() else {
+            return Err(Error::InvalidConfig {
+                backend: BACKEND,
+                key: "urn".into(),
+                message: format!("`{urn}` is not publisher:offer:sku:version"),
+            });
+        };
+        if version.eq_ignore_ascii_case("latest") || !segment_ok(version) {
+            return Err(Error::InvalidConfig {
+                backend: BACKEND,
+                key: "urn".into(),
+                message: "give an exact version, not `latest`".into(),
+            });
+        }
+        if !aib_core::template::is_sha256_hex(sha256) {
+            return Err(Error::InvalidConfig {
+                backend: BACKEND,
+                key: "sha256".into(),
+                message: "a 64-hex-digit SHA-256 of the file is required".into(),
+            });
+        }
+        let dir = self.sku_dir(publisher, offer, sku)?;
+        let tmp = dir.join(format!(".tmp-import-{}", uuid::Uuid::new_v4().simple()));
+        tokio::fs::create_dir_all(&tmp).await.map_err(|e| Error::io(&tmp, e))?;
+        let result = async {
+            let local = if source.starts_with("http://") || source.starts_with("https://") {
+                let data = aib_customizers::fetch::Fetcher::new().with_max_bytes(64 << 30).fetch(source, Some(sha256)).await?;
+                let p = tmp.join("download");
+                tokio::fs::write(&p, data).await.map_err(|e| Error::io(&p, e))?;
+                p
+            } else {
+                let p = PathBuf::from(source.strip_prefix("file://").unwrap_or(source));
+                let got = sha256_file(&p).await?;
+                if !got.eq_ignore_ascii_case(sha256) {
+                    return Err(Error::ChecksumMismatch { what: source.to_string(), expected: sha256.to_ascii_lowercase(), actual: got });
+                }
+                p
+            };
+            let lower = source.to_ascii_lowercase();
+            let format = if lower.ends_with(".vhd") {
+                "vpc"
+            } else if lower.ends_with(".qcow2") {
+                "qcow2"
+            } else {
+                "raw"
+            };
+            let disk = tmp.join("disk.qcow2");
+            run(
+                "qemu-img",
+                [
+                    "convert",
+                    "-f",
+                    format,
+                    "-O",
+                    "qcow2",
+                    "-c",
+                    "-o",
+                    "compression_type=zstd",
+                    &local.display().to_string(),
+                    &disk.display().to_string(),
+                ],
+            )
+            .await?;
+            let _ = tokio::fs::remove_file(tmp.join("download")).await;
+            let entry = self.entry_for(urn, version, &disk, format!("import:{source}"), windows).await?;
+            self.commit(&tmp, &dir.join(version), &entry).await?;
+            Ok(entry)
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_dir_all(&tmp).await;
+        }
+        result
+    }
+}
+
+pub(crate) fn resolved(requested: &str, entry: &CatalogEntry, disk: &Path) -> ResolvedImage {
+    let mut r = ResolvedImage::new("PlatformImage", requested, entry.urn.clone())
+        .with_exact_version(entry.version.clone())
+        .with_platform(if entry.windows { Platform::Windows } else { Platform::Linux })
+        .with_attribute("disk", disk.display().to_string())
+        .with_attribute("diskFormat", "qcow2")
+        .with_attribute("sha256", entry.sha256.clone())
+        .with_attribute("virtualSize", entry.virtual_size);
+    r.attributes.insert("origin".into(), entry.origin.clone().into());
+    r
+}
+
+async fn dirs(p: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(mut rd) = tokio::fs::read_dir(p).await {
+        while let Ok(Some(e)) = rd.next_entry().await {
+            let name = e.file_name();
+            if e.path().is_dir() && !name.to_string_lossy().starts_with('.') {
+                out.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_order_numerically() {
+        use std::cmp::Ordering::*;
+        assert_eq!(version_cmp("12.20261129.0", "12.20261130.0"), Less);
+        assert_eq!(version_cmp("1.10.0", "1.9.0"), Greater);
+        assert_eq!(version_cmp("1.0", "1.0.0"), Less);
+        assert!(!segment_ok("..") && !segment_ok("a/b") && segment_ok("12-gen2"));
+    }
+}

@@ -1,0 +1,27 @@
+//! # aib-local
+//!
+//! The embedded default backend: real image builds on one machine.
+//! - [`Catalog`]: marketplace URNs resolved locally; `Debian:debian-12:12-gen2` is built from
+//!   Debian's mirror (mmdebstrap, no loop devices or mounts) and cached under a recipe hash;
+//!   other images are imported with a SHA-256.
+//! - [`QemuProvisioner`]: QEMU with KVM when it really works and TCG otherwise, a
+//!   copy-on-write overlay, a cloud-init seed with an ephemeral key and a pre-generated host
+//!   key, user networking on 127.0.0.1, the serial console in the run log, QMP power-down.
+//! - Outputs: fixed VHD (Azure's rules), qcow2 (zstd/zlib), raw, and a versioned local
+//!   [`Gallery`] that `SharedImage` and `ManagedImage` targets map onto.
+#![deny(missing_docs, rustdoc::broken_intra_doc_links)]
+
+mod backend;
+pub mod catalog;
+pub mod debian;
+pub mod gallery;
+pub mod outputs;
+mod qemu;
+mod qmp;
+pub mod tools;
+
+pub use backend::{LocalBackend, LocalBackendBuilder, LocalSource, default_state_dir};
+pub use catalog::Catalog;
+pub use gallery::Gallery;
+pub use qemu::{BUILD_USER, QemuProvisioner, vm_shape};
+pub use tools::Accelerator;

@@ -1,0 +1,175 @@
+//! The host programs local builds use, and how to run them: every argument is passed as its
+//! own argv entry (no shell), and a missing program is an error naming the install command.
+
+use aib_core::{Error, Result};
+use std::ffi::OsStr;
+use std::path::Path;
+use std::process::Stdio;
+use tokio::process::Command;
+
+pub(crate) const BACKEND: &str = "local";
+
+/// What to run when a tool is missing.
+pub const SETUP_HINT: &str = "run scripts/setup-local.sh as root (it installs qemu-system-x86 and qemu-utils from one suite, ovmf, mmdebstrap, genisoimage, mtools, fdisk, e2fsprogs)";
+
+/// UEFI firmware (code, read-only) from Debian's `ovmf`.
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+/// UEFI variable store template.
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// Runs `program args…`, returning stdout; a failure carries the command and its stderr.
+pub(crate) async fn run<I, S>(program: &str, args: I) -> Result<String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().to_os_string()).collect();
+    let out = Command::new(program).args(&args).stdin(Stdio::null()).output().await.map_err(|e| missing(program, e))?;
+    if !out.status.success() {
+        let shown: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+        return Err(Error::generic(BACKEND, format!("`{program} {}` failed ({}): {}", shown.join(" "), out.status, tail.join(" | "))));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub(crate) fn missing(program: &str, e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Error::NotFound { backend: BACKEND, what: format!("the program `{program}`: {SETUP_HINT}") }
+    } else {
+        Error::generic(BACKEND, format!("cannot run `{program}`: {e}"))
+    }
+}
+
+/// Checks the programs and files a local build needs; the error lists every missing one.
+pub fn check() -> Result<()> {
+    let mut missing = Vec::new();
+    for p in [
+        "qemu-system-x86_64",
+        "qemu-img",
+        "mmdebstrap",
+        "genisoimage",
+        "mcopy",
+        "mformat",
+        "mmd",
+        "sfdisk",
+        "mkfs.ext4",
+        "dpkg-deb",
+        "apt-get",
+    ] {
+        if which(p).is_none() {
+            missing.push(p.to_string());
+        }
+    }
+    for f in [OVMF_CODE, OVMF_VARS] {
+        if !Path::new(f).exists() {
+            missing.push(f.to_string());
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::NotFound { backend: BACKEND, what: format!("{}: {SETUP_HINT}", missing.join(", ")) })
+    }
+}
+
+/// The full path of `program` on `PATH` (and the sbin directories Debian puts tools in).
+pub fn which(program: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin"].iter().map(std::path::PathBuf::from))
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+/// SHA-256 of a file, streamed.
+pub(crate) async fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    use tokio::io::AsyncReadExt;
+    let mut f = tokio::fs::File::open(path).await.map_err(|e| Error::io(path, e))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).await.map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// `qemu-img info` facts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ImageInfo {
+    pub(crate) virtual_size: u64,
+    pub(crate) actual_size: u64,
+}
+
+pub(crate) async fn image_info(path: &Path, format: Option<&str>) -> Result<ImageInfo> {
+    let mut args: Vec<String> = vec!["info".into(), "--output=json".into(), "-U".into()];
+    if let Some(f) = format {
+        args.push("-f".into());
+        args.push(f.into());
+    }
+    args.push(path.display().to_string());
+    let out = run("qemu-img", &args).await?;
+    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| Error::generic(BACKEND, format!("qemu-img info: {e}")))?;
+    Ok(ImageInfo { virtual_size: v["virtual-size"].as_u64().unwrap_or(0), actual_size: v["actual-size"].as_u64().unwrap_or(0) })
+}
+
+/// Whether the host can run KVM guests for real.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accelerator {
+    /// Hardware virtualization.
+    Kvm,
+    /// Software emulation (always works, 5–10× slower).
+    Tcg,
+}
+
+impl Accelerator {
+    /// Picks KVM only when it can run stock guests: `/dev/kvm` must be usable and backed by
+    /// `kvm_intel`/`kvm_amd`. A paravirtualised `kvm_pvm` device starts QEMU but cannot run
+    /// unmodified guest code, so it means TCG. `AIB_ACCEL=kvm|tcg` overrides.
+    pub fn probe() -> Accelerator {
+        match std::env::var("AIB_ACCEL").ok().as_deref() {
+            Some("kvm") => return Accelerator::Kvm,
+            Some("tcg") => return Accelerator::Tcg,
+            _ => {}
+        }
+        let module = |m: &str| Path::new("/sys/module").join(m).exists();
+        let usable = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+        if usable && !module("kvm_pvm") && (module("kvm_intel") || module("kvm_amd")) { Accelerator::Kvm } else { Accelerator::Tcg }
+    }
+
+    /// QEMU's `-accel` and `-cpu` values.
+    pub(crate) fn qemu_args(self) -> [&'static str; 4] {
+        match self {
+            Accelerator::Kvm => ["-accel", "kvm", "-cpu", "host"],
+            Accelerator::Tcg => ["-accel", "tcg", "-cpu", "max"],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_machine_kind_gets_tcg_unless_told() {
+        // On a kvm_pvm host the probe must not pick KVM.
+        if Path::new("/sys/module/kvm_pvm").exists() && std::env::var("AIB_ACCEL").is_err() {
+            assert_eq!(Accelerator::probe(), Accelerator::Tcg);
+        }
+        assert_eq!(Accelerator::Tcg.qemu_args(), ["-accel", "tcg", "-cpu", "max"]);
+    }
+
+    #[tokio::test]
+    async fn missing_programs_name_the_setup() {
+        let e = run("aib-no-such-program", ["x"]).await.unwrap_err();
+        assert!(e.to_string().contains("setup-local.sh"), "{e}");
+        let e = run("false", Vec::<String>::new()).await.unwrap_err();
+        assert!(e.to_string().contains("`false ` failed"), "{e}");
+    }
+}

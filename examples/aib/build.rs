@@ -1,0 +1,232 @@
+//! `aib build`, `aib gc`, `aib images`: the local backend from the command line, with a
+//! live progress display on a terminal and plain lines otherwise.
+
+use crate::validate::{line, read};
+use aib::local::LocalBackend;
+use aib::template::{ImageTemplate, ParseOptions};
+use aib::{Event, OutputStream, Pipeline, Provisioner, RunReport, RunState};
+use futures::StreamExt;
+use sha2::Digest;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
+
+pub(crate) fn runtime(f: impl std::future::Future<Output = CliResult>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("aib: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(f) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("aib: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn backend(state_dir: Option<PathBuf>, digest: Option<String>) -> Result<LocalBackend, aib::Error> {
+    let mut b = LocalBackend::builder();
+    if let Some(d) = state_dir {
+        b = b.state_dir(d);
+    }
+    if let Some(d) = digest {
+        b = b.template_digest(d);
+    }
+    b.build()
+}
+
+/// Shows a run: a spinner line on a terminal, plain lines otherwise.
+struct Display {
+    bar: Option<indicatif::ProgressBar>,
+    start: Instant,
+    phase: String,
+    step: String,
+    bytes: Option<(u64, Option<u64>)>,
+}
+
+impl Display {
+    fn new(quiet: bool) -> Self {
+        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+            let b = indicatif::ProgressBar::new_spinner();
+            b.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            b.enable_steady_tick(Duration::from_millis(200));
+            b
+        });
+        Display { bar, start: Instant::now(), phase: "Queued".into(), step: String::new(), bytes: None }
+    }
+
+    fn print(&self, quiet: bool, s: String) {
+        if quiet {
+            return;
+        }
+        match &self.bar {
+            Some(b) => b.println(s),
+            None => eprintln!("[{:>6.1}s] {s}", self.start.elapsed().as_secs_f64()),
+        }
+    }
+
+    fn refresh(&self) {
+        if let Some(b) = &self.bar {
+            let bytes = match self.bytes {
+                Some((d, Some(t))) if t > 0 => format!(" {} / {} MiB", d >> 20, t >> 20),
+                _ => String::new(),
+            };
+            b.set_message(format!("{} | {}{bytes}", self.phase, self.step));
+        }
+    }
+
+    fn event(&mut self, e: &Event, quiet: bool) {
+        match e {
+            Event::State { state, sub_state, .. } => {
+                self.phase = sub_state.map(|s| format!("{state}/{s}")).unwrap_or_else(|| state.to_string());
+                self.print(quiet, format!("state: {}", self.phase));
+            }
+            Event::StepStarted { step } => {
+                self.step = step.clone();
+                self.bytes = None;
+                self.print(quiet, format!("▶ {step}"));
+            }
+            Event::StepFinished { step, duration, error } => match error {
+                None => self.print(quiet, format!("✔ {step} ({:.1}s)", duration.as_secs_f64())),
+                Some(e) => self.print(quiet, format!("✘ {step} ({:.1}s): {e}", duration.as_secs_f64())),
+            },
+            Event::Output { step, stream, line } if step != "console" => {
+                let mark = if *stream == OutputStream::Stderr { "!" } else { " " };
+                self.print(quiet, format!("  {mark}[{step}] {line}"));
+            }
+            Event::Progress { done, total, .. } => self.bytes = Some((*done, *total)),
+            Event::Notice { message } => self.print(quiet, format!("• {message}")),
+            _ => {}
+        }
+        self.refresh();
+    }
+}
+
+pub(crate) async fn build(template: PathBuf, state_dir: Option<PathBuf>, json: bool) -> CliResult {
+    let text = read(&template).map_err(|e| format!("{}: {e}", template.display()))?;
+    let digest = hex::encode(sha2::Sha256::digest(text.as_bytes()));
+    let local = backend(state_dir, Some(digest))?;
+    let backend = local.backend();
+    let parsed = match ImageTemplate::from_json_with(&text, &ParseOptions::default().with_types(backend.registry.type_names())) {
+        Ok(p) => p,
+        Err(aib::Error::InvalidTemplate { diagnostics }) => {
+            for d in diagnostics.iter() {
+                eprintln!("{}: {}", template.display(), line(d));
+            }
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    for w in parsed.warnings.iter() {
+        if !json {
+            eprintln!("{}: {}", template.display(), line(w));
+        }
+    }
+    aib::local::tools::check()?;
+    let pipeline = Pipeline::from_template(&parsed.template, &backend)?.ledger(local.ledger()?).log_dir(local.log_dir()).build()?;
+    let mut run = pipeline.start();
+    let cancel = run.cancellation();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\naib: cancelling (cleaning up; press Ctrl-C again to stop waiting)");
+            cancel.cancel();
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+    let mut display = Display::new(json);
+    let mut events = run.events();
+    while let Some(e) = events.next().await {
+        display.event(&e, json);
+    }
+    if let Some(b) = &display.bar {
+        b.finish_and_clear();
+    }
+    let report = run.wait().await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    } else {
+        summary(&report);
+    }
+    Ok(match report.run_state {
+        RunState::Succeeded => ExitCode::SUCCESS,
+        RunState::PartiallySucceeded => ExitCode::from(3),
+        _ => ExitCode::from(1),
+    })
+}
+
+fn summary(r: &RunReport) {
+    println!("{}: {}", r.run_state, r.message);
+    if let Some(s) = &r.source {
+        println!("source: {}", s.exact);
+    }
+    for o in &r.run_outputs {
+        let what = o.artifact_uri.as_deref().or(o.artifact_id.as_deref()).unwrap_or("-");
+        match &o.error {
+            None => println!("output {} ({}): {what}", o.name, o.kind),
+            Some(e) => println!("output {} ({}): FAILED: {e}", o.name, o.kind),
+        }
+        if let (Some(id), Some(uri)) = (&o.artifact_id, &o.artifact_uri) {
+            println!("    id {id}\n    at {uri}");
+        }
+    }
+    if let Some(vm) = &r.kept_vm {
+        println!("build VM kept: {}", vm.command);
+    }
+    if let Some(log) = &r.customization_log {
+        println!("customization log: {}", log.display());
+    }
+    let total: Duration = r.steps.iter().map(|s| s.duration).sum();
+    println!("steps: {} in {:.1}s", r.steps.len(), total.as_secs_f64());
+}
+
+pub(crate) async fn gc(state_dir: Option<PathBuf>, min_age: u64) -> CliResult {
+    let local = backend(state_dir, None)?;
+    let provisioner = local.provisioner();
+    let p: &dyn Provisioner = &*provisioner;
+    let report = local.ledger()?.gc(&[p], Duration::from_secs(min_age)).await?;
+    for r in &report.deleted {
+        println!("deleted {r}");
+    }
+    for (r, e) in &report.failed {
+        println!("FAILED {r}: {e}");
+    }
+    println!(
+        "gc: {} run(s) swept, {} resource(s) deleted, {} failed, {} live run(s) left alone",
+        report.runs,
+        report.deleted.len(),
+        report.failed.len(),
+        report.live_runs
+    );
+    Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+pub(crate) async fn images(state_dir: Option<PathBuf>, import: Option<(String, String, String, bool)>) -> CliResult {
+    let local = backend(state_dir, None)?;
+    if let Some((urn, source, sha, windows)) = import {
+        let e = local.catalog().import(&urn, &source, &sha, windows).await?;
+        println!("imported {} ({} MiB, sha256 {})", e.urn, e.size >> 20, e.sha256);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("catalog ({}):", local.state_dir().join("catalog").display());
+    for e in local.catalog().list().await? {
+        println!("  {}  {} MiB  {}  {}", e.urn, e.size >> 20, e.origin, e.created);
+    }
+    println!("gallery ({}):", local.state_dir().join("gallery").display());
+    for m in local.gallery().list().await {
+        let latest = if m.exclude_from_latest { " (excluded from latest)" } else { "" };
+        println!("  {}  {} MiB  from {}  {}{latest}", m.id, m.size >> 20, m.source_image, m.created);
+    }
+    Ok(ExitCode::SUCCESS)
+}

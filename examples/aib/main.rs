@@ -1,0 +1,124 @@
+//! The `aib` command line.
+//!
+//! ```text
+//! aib validate [--format json] FILE…     check templates (exit 0 valid, 1 invalid, 2 usage/I/O)
+//! aib schema                             the template's JSON Schema
+//! aib build TEMPLATE [--backend local] [--state-dir DIR] [--output json]
+//!                                        build an image (exit 0 Succeeded, 1 Failed/Canceled, 3 PartiallySucceeded)
+//! aib gc [--state-dir DIR]               remove what killed or aborted builds left
+//! aib images [--state-dir DIR]           list the local catalog and gallery
+//! aib images import URN FILE --sha256 SUM
+//! ```
+
+mod build;
+mod validate;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "aib", version, about = "Azure VM Image Builder templates, built anywhere")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BackendKind {
+    Local,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check templates: one line per diagnostic, `FILE: PATH: CODE: message (hint)`.
+    Validate {
+        /// Template files (`-` reads standard input).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Print the JSON Schema of an image template.
+    Schema,
+    /// Build the image a template describes.
+    Build {
+        /// The template.
+        template: PathBuf,
+        /// Where to build.
+        #[arg(long, value_enum, default_value_t = BackendKind::Local)]
+        backend: BackendKind,
+        /// State directory (catalog, gallery, runs, outputs, ledger, logs).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// `json` prints the run report.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        output: Format,
+    },
+    /// Delete what killed builds, or builds kept under `errorHandling: abort`, left behind.
+    Gc {
+        /// State directory.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Leave runs younger than this many seconds alone.
+        #[arg(long, default_value_t = 0)]
+        min_age_secs: u64,
+    },
+    /// List (or import) images.
+    Images {
+        /// State directory.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        action: Option<ImagesAction>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImagesAction {
+    /// Import a disk (qcow2, raw or vhd; a path or an http(s) URL) into the catalog.
+    Import {
+        /// `publisher:offer:sku:version`.
+        urn: String,
+        /// The file or URL.
+        source: String,
+        /// Its SHA-256 (required: nothing unverified enters the catalog).
+        #[arg(long)]
+        sha256: String,
+        /// The image is Windows.
+        #[arg(long)]
+        windows: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    match cli.command {
+        Command::Validate { files, format } => validate::validate(&files, format == Format::Json),
+        Command::Schema => {
+            println!("{}", serde_json::to_string_pretty(&aib::template::template_schema()).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Command::Build { template, backend: BackendKind::Local, state_dir, output } => {
+            build::runtime(build::build(template, state_dir, output == Format::Json))
+        }
+        Command::Gc { state_dir, min_age_secs } => build::runtime(build::gc(state_dir, min_age_secs)),
+        Command::Images { state_dir, action } => build::runtime(build::images(
+            state_dir,
+            action.map(|ImagesAction::Import { urn, source, sha256, windows }| (urn, source, sha256, windows)),
+        )),
+    }
+}
