@@ -4,6 +4,9 @@
 #   2. cargo clippy -D warnings   lints, every target and feature
 #   3. cargo test                 unit, integration, property and doc tests (fakes, no cloud)
 #   4. cargo doc                  documentation builds without warnings
+#   5. end to end (own step)      real QEMU builds of the example template: boot the image
+#                                 produced, check customization and generalization; failure
+#                                 under cleanup and abort. Minutes under TCG. Skip with --quick.
 # Needs the Rust toolchain (cargo, rustfmt, clippy). The SSH tests start a real OpenSSH sshd
 # on 127.0.0.1 and use sudo: when they are missing and this runs as root, it installs Debian's
 # openssh-server, openssh-client and sudo; otherwise it says what to install.
@@ -55,6 +58,13 @@ cargo test --workspace --doc --all-features
 
 step "cargo doc --workspace --no-deps --all-features (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features
+
+if [ "${1:-}" = "--quick" ]; then
+  echo; echo "quick run: end-to-end VM tests skipped (--quick)"; exit 0
+fi
+step "end to end: local QEMU builds (scripts/setup-local.sh installs the tools as root)"
+./scripts/setup-local.sh
+cargo test -p aib-local --test e2e -- --ignored --test-threads=1
 
 echo
 echo "all checks passed"

@@ -29,6 +29,7 @@ pub fn default_state_dir() -> PathBuf {
 #[derive(Debug, Clone)]
 pub struct LocalBackend {
     state: PathBuf,
+    catalog: PathBuf,
     provisioner: Arc<QemuProvisioner>,
     template_digest: Option<String>,
 }
@@ -38,6 +39,7 @@ pub struct LocalBackend {
 #[must_use]
 pub struct LocalBackendBuilder {
     state: Option<PathBuf>,
+    catalog: Option<PathBuf>,
     accel: Option<Accelerator>,
     template_digest: Option<String>,
 }
@@ -46,6 +48,12 @@ impl LocalBackendBuilder {
     /// The state directory (default: [`default_state_dir`]).
     pub fn state_dir(mut self, d: impl Into<PathBuf>) -> Self {
         self.state = Some(d.into());
+        self
+    }
+
+    /// Keeps the image catalog elsewhere (to share base images between state directories).
+    pub fn catalog_dir(mut self, d: impl Into<PathBuf>) -> Self {
+        self.catalog = Some(d.into());
         self
     }
 
@@ -72,7 +80,9 @@ impl LocalBackendBuilder {
         if let Some(a) = self.accel {
             p = p.with_accelerator(a);
         }
-        Ok(LocalBackend { state, provisioner: Arc::new(p), template_digest: self.template_digest })
+        let catalog = self.catalog.unwrap_or_else(|| state.join("catalog"));
+        std::fs::create_dir_all(&catalog).map_err(|e| Error::io(&catalog, e))?;
+        Ok(LocalBackend { state, catalog, provisioner: Arc::new(p), template_digest: self.template_digest })
     }
 }
 
@@ -89,7 +99,7 @@ impl LocalBackend {
 
     /// The image catalog.
     pub fn catalog(&self) -> Catalog {
-        Catalog::new(self.state.join("catalog"))
+        Catalog::new(self.catalog.clone())
     }
 
     /// The local gallery.

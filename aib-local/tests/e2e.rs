@@ -1,0 +1,205 @@
+//! End to end on this machine: build the example template with QEMU, boot the image it
+//! produced and check the customizations and the generalization; a failing customizer under
+//! `cleanup` leaves nothing; under `abort` the VM stays, reachable, until `gc`.
+//!
+//! These boot real VMs (minutes under TCG), so they are `#[ignore]`d in the quick test run and
+//! run by their own step of `scripts/test.sh`:
+//! `cargo test -p aib-local --test e2e -- --ignored --test-threads=1`.
+
+use aib_core::template::ImageTemplate;
+use aib_core::{CommunicatorExt, ExecRequest, MemorySink, Pipeline, Provisioner, RunContext, RunReport, RunState, Source};
+use aib_local::LocalBackend;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Base images are shared between tests (and runs): they are keyed by their recipe.
+fn shared_catalog() -> PathBuf {
+    std::env::var_os("AIB_E2E_CATALOG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/aib/catalog"))
+}
+
+fn backend(state: &Path) -> LocalBackend {
+    aib_local::tools::check().unwrap_or_else(|e| panic!("{e}"));
+    LocalBackend::builder().state_dir(state).catalog_dir(shared_catalog()).build().unwrap()
+}
+
+fn example_template(patch: impl FnOnce(&mut serde_json::Value)) -> ImageTemplate {
+    let text = std::fs::read_to_string(repo().join("examples/templates/debian-local.json"))
+        .unwrap()
+        .replace("<repoRoot>", &repo().display().to_string());
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    patch(&mut v);
+    ImageTemplate::from_json(&v.to_string()).unwrap().template
+}
+
+async fn build(local: &LocalBackend, t: &ImageTemplate) -> RunReport {
+    let p = Pipeline::from_template(t, &local.backend()).unwrap().ledger(local.ledger().unwrap()).log_dir(local.log_dir()).build().unwrap();
+    p.run().await
+}
+
+/// QEMU processes started for this state directory.
+fn qemu_processes(state: &Path) -> usize {
+    let needle = state.display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()))
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|c| {
+            let c = String::from_utf8_lossy(c);
+            c.starts_with("qemu-system") && c.contains(&needle)
+        })
+        .count()
+}
+
+/// Kills this test's VMs even when an assertion fails midway.
+struct KillOnDrop(PathBuf);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("pkill").arg("-f").arg(format!("qemu-system.*{}", self.0.display())).status();
+    }
+}
+
+fn empty(dir: &Path) -> bool {
+    std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(true)
+}
+
+async fn sh(comm: &dyn aib_core::Communicator, cmd: &str) -> String {
+    let sink = MemorySink::new();
+    comm.run_checked("check", &ExecRequest::new(cmd), &sink).await.unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    sink.lines().into_iter().map(|(_, l)| l).collect::<Vec<_>>().join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "boots QEMU VMs for minutes; run by the e2e step of scripts/test.sh"]
+async fn builds_the_example_and_the_image_boots_customized_and_generalized() {
+    let state = tempfile::tempdir().unwrap();
+    let _guard = KillOnDrop(state.path().to_path_buf());
+    let local = backend(state.path());
+    let report = build(&local, &example_template(|_| {})).await;
+    assert_eq!(report.run_state, RunState::Succeeded, "{}\n{:#?}", report.message, report.log_tail);
+    assert!(report.source.as_ref().unwrap().exact_version.as_deref().unwrap().starts_with("12."));
+
+    // The VHD: Azure's rules.
+    let vhd = report.output("debian-web-vhd").unwrap().artifact_uri.clone().unwrap();
+    let vhd = PathBuf::from(vhd.strip_prefix("file://").unwrap());
+    let size = aib_local::outputs::check_vhd(&vhd).unwrap();
+    assert_eq!(size % (1 << 20), 0);
+
+    // The gallery version, with its replicas and manifest.
+    let gallery_id = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/images/providers/Microsoft.Compute/galleries/local/images/debian-web";
+    let out = report.output("debian-web-gallery").unwrap();
+    assert_eq!(out.artifact_id.as_deref(), Some(format!("{gallery_id}/versions/1.0.0").as_str()));
+    let versions = local.gallery().versions(gallery_id).await.unwrap();
+    assert_eq!(versions.len(), 1);
+    let m = &versions[0];
+    assert_eq!(m.regions.get("northeurope"), Some(&2));
+    assert_eq!(m.source_version, report.source.as_ref().unwrap().exact_version);
+    assert!(m.template_digest.is_none(), "no digest given through the API");
+
+    // Nothing of the build is left.
+    assert_eq!(qemu_processes(state.path()), 0);
+    assert!(empty(&state.path().join("runs")) && empty(&state.path().join("ledger")));
+
+    // Boot the produced image, as a user of the gallery would.
+    let image = local.gallery().resolve_version(&format!("{gallery_id}/versions/latest")).await.unwrap();
+    assert_eq!(image.exact_version.as_deref(), Some("1.0.0"));
+    let prov = local.provisioner();
+    let ctx = RunContext::detached("e2e-boot").unwrap();
+    let vm = prov.provision(&aib_core::ProvisionRequest::new(image), &ctx).await.unwrap();
+    let comm = prov.connect(&vm, &ctx).await.unwrap();
+    assert_eq!(sh(&*comm, "cat /etc/aib-release").await, "built by aib");
+    assert!(sh(&*comm, "cat /opt/web/setup.log").await.contains("setup-web.sh ran"));
+    assert!(sh(&*comm, "cat /opt/web/index.html").await.contains("File customizer"));
+    let machine_id = sh(&*comm, "cat /etc/machine-id").await;
+    let build_machine_id = sh(&*comm, "cat /var/lib/aib-build-machine-id").await;
+    assert_eq!(machine_id.len(), 32);
+    assert_ne!(machine_id, build_machine_id, "a fresh machine-id");
+    let host_key = sh(&*comm, "sudo cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub").await;
+    let build_host_key = sh(&*comm, "sudo cut -d' ' -f2 /var/lib/aib-build-hostkey.pub").await;
+    assert!(host_key.len() > 40 && build_host_key.len() > 40, "{host_key} / {build_host_key}");
+    assert_ne!(host_key, build_host_key, "fresh host keys");
+    assert_eq!(sh(&*comm, "wc -l < ~/.ssh/authorized_keys").await, "1", "the build's key is gone; only this boot's key is there");
+    drop(comm);
+    for r in ctx.ledger().outstanding().iter().rev() {
+        prov.delete(r).await.unwrap();
+        ctx.ledger().release(&r.id).unwrap();
+    }
+    assert_eq!(qemu_processes(state.path()), 0);
+}
+
+fn failing(v: &mut serde_json::Value, action: Option<&str>) {
+    let p = &mut v["properties"];
+    p["customize"] = serde_json::json!([{"type": "Shell", "name": "breaks", "inline": ["echo about to fail", "exit 7"]}]);
+    p.as_object_mut().unwrap().remove("validate");
+    if let Some(a) = action {
+        p["errorHandling"] = serde_json::json!({"onCustomizerError": a});
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "boots QEMU VMs for minutes; run by the e2e step of scripts/test.sh"]
+async fn a_failing_customizer_under_cleanup_leaves_nothing() {
+    let state = tempfile::tempdir().unwrap();
+    let _guard = KillOnDrop(state.path().to_path_buf());
+    let local = backend(state.path());
+    let report = build(&local, &example_template(|v| failing(v, None))).await;
+    assert_eq!(report.run_state, RunState::Failed);
+    assert!(report.message.contains("customize[0] breaks") && report.message.contains("exit code 7"), "{}", report.message);
+    assert!(report.kept_vm.is_none() && report.leftover_resources.is_empty() && report.cleanup_errors.is_empty(), "{report:#?}");
+    assert_eq!(qemu_processes(state.path()), 0, "no process left");
+    assert!(empty(&state.path().join("runs")), "no overlay left");
+    assert!(empty(&state.path().join("ledger")), "nothing for gc");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "boots QEMU VMs for minutes; run by the e2e step of scripts/test.sh"]
+async fn abort_keeps_the_vm_reachable_until_gc() {
+    let state = tempfile::tempdir().unwrap();
+    let _guard = KillOnDrop(state.path().to_path_buf());
+    let local = backend(state.path());
+    let report = build(&local, &example_template(|v| failing(v, Some("abort")))).await;
+    assert_eq!(report.run_state, RunState::Failed);
+    let kept = report.kept_vm.clone().expect("the report says how to reach the VM");
+    assert!(report.message.contains(&kept.command), "{}", report.message);
+    assert_eq!(qemu_processes(state.path()), 1, "the VM runs");
+    // The command in the report works, host key checked.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{} -o BatchMode=yes -o ConnectTimeout=20 cat /etc/hostname", kept.command))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // A second process's gc finds and removes it.
+    let again = backend(state.path());
+    let provisioner = again.provisioner();
+    let p: &dyn Provisioner = &*provisioner;
+    let gc = again.ledger().unwrap().gc(&[p], Duration::ZERO).await.unwrap();
+    assert!(gc.failed.is_empty(), "{gc:?}");
+    assert!(gc.deleted.iter().any(|r| r.kind == "process"));
+    assert_eq!(qemu_processes(state.path()), 0);
+    assert!(empty(&state.path().join("runs")) && empty(&state.path().join("ledger")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "boots QEMU VMs for minutes; run by the e2e step of scripts/test.sh"]
+async fn the_local_source_and_qemu_provisioner_pass_the_conformance_suite() {
+    let state = tempfile::tempdir().unwrap();
+    let _guard = KillOnDrop(state.path().to_path_buf());
+    let local = backend(state.path());
+    let spec = aib_testkit::conformance::debian_spec();
+    let source = local.backend().registry.source(&spec).unwrap();
+    aib_testkit::conformance::source(&*source, &spec).await;
+    let image = source.resolve(&spec, &RunContext::detached("conformance").unwrap()).await.unwrap();
+    let prov = local.provisioner();
+    aib_testkit::conformance::provisioner(&*prov, image, &aib_testkit::conformance::Capabilities::linux_ssh()).await;
+    assert_eq!(qemu_processes(state.path()), 0);
+    assert!(empty(&state.path().join("runs")));
+}
