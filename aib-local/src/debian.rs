@@ -20,6 +20,7 @@ pub const PACKAGES: &[&str] = &[
     "sudo",
     "ca-certificates",
     "cloud-init",
+    "cloud-guest-utils",
 ];
 
 const SUITE: &str = "bookworm";

@@ -96,7 +96,7 @@ async fn kill(pid: u32, signal: &str) {
 fn user_data(user_key_line: &str, host_private: &str, host_public: &str) -> String {
     let indent = |s: &str| s.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n");
     format!(
-        "#cloud-config\nmanage_etc_hosts: true\nlocale: false\nresize_rootfs: false\nssh_pwauth: false\ndisable_root: true\n\
+        "#cloud-config\nmanage_etc_hosts: true\nlocale: false\ngrowpart: {{mode: auto, devices: ['/']}}\nresize_rootfs: true\nssh_pwauth: false\ndisable_root: true\n\
          ssh_deletekeys: true\nssh_genkeytypes: []\nssh_keys:\n  ed25519_private: |\n{}\n  ed25519_public: {host_public}\n\
          users:\n  - name: {BUILD_USER}\n    sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n    shell: /bin/bash\n    lock_passwd: true\n    ssh_authorized_keys:\n      - {user_key_line}\n",
         indent(host_private)

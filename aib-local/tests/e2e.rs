@@ -90,7 +90,7 @@ async fn builds_the_example_and_the_image_boots_customized_and_generalized() {
     let vhd = report.output("debian-web-vhd").unwrap().artifact_uri.clone().unwrap();
     let vhd = PathBuf::from(vhd.strip_prefix("file://").unwrap());
     let size = aib_local::outputs::check_vhd(&vhd).unwrap();
-    assert_eq!(size % (1 << 20), 0);
+    assert_eq!(size, 4 << 30, "osDiskSizeGB: 4");
 
     // The gallery version, with its replicas and manifest.
     let gallery_id = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/images/providers/Microsoft.Compute/galleries/local/images/debian-web";
@@ -115,6 +115,8 @@ async fn builds_the_example_and_the_image_boots_customized_and_generalized() {
     let vm = prov.provision(&aib_core::ProvisionRequest::new(image), &ctx).await.unwrap();
     let comm = prov.connect(&vm, &ctx).await.unwrap();
     assert_eq!(sh(&*comm, "cat /etc/aib-release").await, "built by aib");
+    let root_gib: u64 = sh(&*comm, "df --output=size -B1G / | tail -1").await.trim().parse().unwrap();
+    assert!(root_gib >= 3, "osDiskSizeGB 4 grew the root file system: {root_gib} GiB");
     assert!(sh(&*comm, "cat /opt/web/setup.log").await.contains("setup-web.sh ran"));
     assert!(sh(&*comm, "cat /opt/web/index.html").await.contains("File customizer"));
     let machine_id = sh(&*comm, "cat /etc/machine-id").await;

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Side by side on this machine: aib's local backend and Packer's qemu builder (Debian's
+# `packer` package) doing the same job on the same cached Debian 12 base image:
+#   cloud-init wait, a marker written with sudo, a 19 MB file copied (sha256 verified) and
+#   installed, generalize (host keys, machine-id, cloud-init clean, fstrim), power off, and a
+#   standalone uncompressed qcow2 as the output.
+# Prints each run's wall time, the medians and the ratio. Run as root (installs packer and the
+# local build tools); RUNS=3 by default.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-3}
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/aib/target}"
+./scripts/setup-local.sh >/dev/null
+command -v packer >/dev/null || { echo "installing packer (apt)"; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends packer >/dev/null; }
+cargo build --quiet --example aib
+AIB="$CARGO_TARGET_DIR/debug/examples/aib"
+W=$(mktemp -d /tmp/aib-vs-packer.XXXX)
+trap 'rm -rf "$W"' EXIT
+STATE="$W/state"
+head -c 19000000 /dev/urandom > "$W/payload.bin"
+SUM=$(sha256sum "$W/payload.bin" | cut -d' ' -f1)
+
+cat > "$W/aib.json" <<JSON
+{"location": "local", "apiVersion": "2025-10-01", "properties": {
+  "vmProfile": {"vmSize": "Standard_D2s_v3"},
+  "source": {"type": "PlatformImage", "publisher": "Debian", "offer": "debian-12", "sku": "12-gen2", "version": "latest"},
+  "customize": [
+    {"type": "Shell", "name": "marker", "inline": ["uname -r", "echo hello | sudo tee /etc/customized-by-builder >/dev/null"]},
+    {"type": "File", "name": "payload", "sourceUri": "file://$W/payload.bin", "destination": "/tmp/payload.bin", "sha256Checksum": "$SUM"},
+    {"type": "Shell", "name": "install", "inline": ["echo '$SUM  /tmp/payload.bin' | sha256sum -c -", "sudo install -m644 /tmp/payload.bin /opt/payload.bin", "rm -f /tmp/payload.bin"]}
+  ],
+  "distribute": [{"type": "LocalFile", "runOutputName": "image", "format": "qcow2", "compression": "none", "path": "$W/aib-out/image.qcow2"}]
+}}
+JSON
+
+echo "warming up: the base image (built once, then cached) and the CLI"
+"$AIB" build "$W/aib.json" --state-dir "$STATE" --output json > "$W/warmup.json" || { tail -c 2000 "$W/warmup.json"; exit 1; }
+BASE=$(ls -d "$STATE"/catalog/debian/debian-12/12-gen2/*/ | sort -V | tail -1)disk.qcow2
+
+# Packer: the same base, seed, SSH key and steps; workarounds for packer 1.6.6 from its own
+# problems (no `firmware` key: -bios; any -drive replaces its drives; hostfwd on 127.0.0.1).
+ssh-keygen -q -t ed25519 -N '' -f "$W/key"
+mkdir -p "$W/seed"
+cat > "$W/seed/user-data" <<U
+#cloud-config
+manage_etc_hosts: true
+locale: false
+resize_rootfs: false
+ssh_pwauth: false
+users:
+  - name: builder
+    sudo: "ALL=(ALL) NOPASSWD:ALL"
+    shell: /bin/bash
+    ssh_authorized_keys: [ "$(cat "$W/key.pub")" ]
+U
+printf 'instance-id: packer-bench\nlocal-hostname: build\n' > "$W/seed/meta-data"
+genisoimage -quiet -output "$W/seed.iso" -volid cidata -joliet -rock "$W/seed/user-data" "$W/seed/meta-data"
+packer_json() {
+cat <<P
+{"builders":[{"type":"qemu","vm_name":"image","output_directory":"$1",
+  "iso_url":"file://$BASE","iso_checksum":"none","disk_image":true,"disk_size":"2048M",
+  "format":"qcow2","accelerator":"tcg","headless":true,"cpus":2,"memory":1024,"machine_type":"q35",
+  "disk_interface":"virtio","net_device":"virtio-net","disk_cache":"unsafe","disk_discard":"unmap",
+  "qemuargs":[["-bios","/usr/share/ovmf/OVMF.fd"],["-cpu","max"],
+    ["-netdev","user,id=user.0,hostfwd=tcp:127.0.0.1:{{ .SSHHostPort }}-:22"],
+    ["-drive","file=$1/image,if=virtio,cache=unsafe,discard=unmap,format=qcow2"],
+    ["-drive","file=$W/seed.iso,if=virtio,format=raw,readonly=on"]],
+  "communicator":"ssh","ssh_username":"builder","ssh_private_key_file":"$W/key",
+  "ssh_timeout":"10m","ssh_handshake_attempts":200,
+  "shutdown_command":"sudo sh -c 'rm -f /etc/ssh/ssh_host_*; truncate -s0 /etc/machine-id; rm -f /var/lib/dbus/machine-id; cloud-init clean --logs --seed; fstrim -a; sync; systemctl --no-block poweroff'",
+  "shutdown_timeout":"5m"}],
+ "provisioners":[
+  {"type":"shell","inline":["cloud-init status --wait >/dev/null || true","uname -r","echo hello | sudo tee /etc/customized-by-builder >/dev/null"]},
+  {"type":"file","source":"$W/payload.bin","destination":"/tmp/payload.bin"},
+  {"type":"shell","inline":["echo '$SUM  /tmp/payload.bin' | sha256sum -c -","sudo install -m644 /tmp/payload.bin /opt/payload.bin","rm -f /tmp/payload.bin"]}]}
+P
+}
+
+now() { date +%s.%N; }
+aib_times=(); packer_times=()
+for i in $(seq "$RUNS"); do
+  rm -rf "$W/aib-out"
+  t0=$(now); "$AIB" build "$W/aib.json" --state-dir "$STATE" --output json > "$W/aib-$i.json"; t1=$(now)
+  aib_times+=("$(echo "$t1 - $t0" | bc)")
+  rm -rf "$W/packer-out"; packer_json "$W/packer-out" > "$W/packer.json"
+  t0=$(now); PACKER_LOG=0 packer build -color=false "$W/packer.json" > "$W/packer-$i.log" 2>&1 || { tail -20 "$W/packer-$i.log"; exit 1; }; t1=$(now)
+  packer_times+=("$(echo "$t1 - $t0" | bc)")
+  echo "run $i: aib ${aib_times[-1]} s, packer ${packer_times[-1]} s"
+done
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+A=$(median "${aib_times[@]}"); P=$(median "${packer_times[@]}")
+echo "median wall time, ${RUNS} runs: aib ${A} s, packer ${P} s; packer/aib = $(echo "scale=2; $P / $A" | bc) (above 1 = aib faster)"
+echo "aib steps of the last run:"
+python3 - "$W/aib-$RUNS.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+for s in r["steps"]:
+    print(f'  {s["name"]:<24} {s["durationMs"]/1000:6.1f} s')
+PY
+ls -l "$W/aib-out/image.qcow2" "$W/packer-out/image" | awk '{print "  output", $9, $5/1048576, "MiB"}'
