@@ -31,6 +31,7 @@ mod communicator;
 pub mod conformance;
 mod fakes;
 mod faults;
+pub mod arm;
 pub mod http;
 #[cfg(feature = "mock")]
 pub mod mock;

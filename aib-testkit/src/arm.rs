@@ -1,0 +1,348 @@
+//! An Azure Resource Manager test server on 127.0.0.1: resource groups, resources of any
+//! type with ARM's asynchronous operations (`Azure-AsyncOperation` and `Location` polling,
+//! `provisioningState`), list collections, marketplace image versions, errors in ARM's
+//! `{error:{code,message}}` form, and fault injection (429 storms with `Retry-After`, 500s,
+//! failing creates such as `AllocationFailed`).
+
+use crate::http::{HttpServer, Request, Response};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+/// A fault answered instead of the next request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ArmFault {
+    /// `429 Too Many Requests` with `Retry-After: secs`.
+    Throttle {
+        /// Seconds in `Retry-After`.
+        retry_after_secs: u64,
+    },
+    /// `500` with `InternalServerError`.
+    ServerError,
+    /// `503` with no `Retry-After`.
+    Unavailable,
+}
+
+#[derive(Debug, Clone)]
+enum OpKind {
+    Create(String),
+    Delete(String),
+    Action { result: Option<Value> },
+}
+
+#[derive(Debug, Clone)]
+struct Op {
+    polls_left: u32,
+    kind: OpKind,
+    error: Option<(String, String)>,
+}
+
+#[derive(Default)]
+struct State {
+    groups: BTreeMap<String, Value>,
+    resources: BTreeMap<String, Value>,
+    ops: HashMap<String, Op>,
+    marketplace: Vec<(String, String, String, String, String)>,
+    faults: VecDeque<ArmFault>,
+    create_failures: HashMap<String, (String, String)>,
+    polls: u32,
+    requests: Vec<String>,
+    unauthenticated: usize,
+}
+
+/// A running ARM test server; stops when dropped.
+pub struct ArmServer {
+    http: HttpServer,
+    state: Arc<Mutex<State>>,
+}
+
+impl fmt::Debug for ArmServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ArmServer").field("url", &self.http.url()).finish_non_exhaustive()
+    }
+}
+
+fn error(status: u16, code: &str, message: &str) -> Response {
+    Response::new(status, json!({"error": {"code": code, "message": message}}).to_string()).header("Content-Type", "application/json; charset=utf-8").header("x-ms-error-code", code)
+}
+
+fn ok(status: u16, v: &Value) -> Response {
+    Response::new(status, v.to_string()).header("Content-Type", "application/json; charset=utf-8")
+}
+
+/// `(type segments, name segments)` of a resource path below `/providers/NS/`.
+fn split_path(path: &str) -> (String, Vec<String>) {
+    let (p, _) = path.split_once('?').unwrap_or((path, ""));
+    (p.trim_end_matches('/').to_string(), p.trim_matches('/').split('/').map(str::to_string).collect())
+}
+
+fn query(path: &str, key: &str) -> Option<String> {
+    let q = path.split_once('?')?.1;
+    q.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == key).map(|(_, v)| v.to_string()))
+}
+
+impl ArmServer {
+    /// Starts an empty server; operations complete after one poll.
+    pub async fn start() -> std::io::Result<Self> {
+        let state = Arc::new(Mutex::new(State { polls: 1, ..Default::default() }));
+        let st = state.clone();
+        let http = HttpServer::start(move |req| {
+            let base = req.headers.get("host").map(|h| format!("http://{h}")).unwrap_or_default();
+            let r = Self::handle(&st, &base, req);
+            async move { r }
+        })
+        .await?;
+        Ok(ArmServer { http, state })
+    }
+
+    /// The endpoint (`http://127.0.0.1:PORT`).
+    pub fn url(&self) -> String {
+        self.http.url()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut s)
+    }
+
+    /// Answers the next `n` requests with `fault`.
+    pub fn inject(&self, fault: ArmFault, n: usize) {
+        self.with(|s| s.faults.extend(std::iter::repeat_n(fault, n)));
+    }
+
+    /// Creates of `resource_type` (`Microsoft.Compute/virtualMachines`) fail with `code`.
+    pub fn fail_creates(&self, resource_type: &str, code: &str, message: &str) {
+        self.with(|s| s.create_failures.insert(resource_type.to_ascii_lowercase(), (code.into(), message.into())));
+    }
+
+    /// Long-running operations take `n` polls to finish.
+    pub fn set_polls(&self, n: u32) {
+        self.with(|s| s.polls = n.max(1));
+    }
+
+    /// Adds a marketplace image version.
+    pub fn add_marketplace_image(&self, location: &str, publisher: &str, offer: &str, sku: &str, version: &str) {
+        self.with(|s| s.marketplace.push((location.into(), publisher.into(), offer.into(), sku.into(), version.into())));
+    }
+
+    /// Puts a resource as if it existed (its id is its key).
+    pub fn put_resource(&self, id: &str, body: Value) {
+        let mut body = body;
+        body["id"] = id.into();
+        self.with(|s| s.resources.insert(id.to_ascii_lowercase(), body));
+    }
+
+    /// A resource, if it exists.
+    pub fn resource(&self, id: &str) -> Option<Value> {
+        self.with(|s| s.resources.get(&id.to_ascii_lowercase()).cloned())
+    }
+
+    /// Ids of every resource.
+    pub fn resource_ids(&self) -> Vec<String> {
+        self.with(|s| s.resources.values().filter_map(|v| v["id"].as_str().map(str::to_string)).collect())
+    }
+
+    /// Every request so far, `METHOD path`.
+    pub fn requests(&self) -> Vec<String> {
+        self.with(|s| s.requests.clone())
+    }
+
+    /// Requests refused for a missing bearer token.
+    pub fn unauthenticated(&self) -> usize {
+        self.with(|s| s.unauthenticated)
+    }
+
+    fn new_op(s: &mut State, base: &str, sub: &str, kind: OpKind, error: Option<(String, String)>) -> (String, String) {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        s.ops.insert(id.clone(), Op { polls_left: s.polls, kind, error });
+        let async_url = format!("{base}/subscriptions/{sub}/providers/Microsoft.Testkit/operations/{id}?api-version=2024-07-01");
+        let location = format!("{base}/subscriptions/{sub}/providers/Microsoft.Testkit/operationResults/{id}?api-version=2024-07-01");
+        (async_url, location)
+    }
+
+    fn finish(s: &mut State, op: &Op) {
+        match &op.kind {
+            OpKind::Create(id) => {
+                if let Some(r) = s.resources.get_mut(id) {
+                    r["properties"]["provisioningState"] = if op.error.is_some() { "Failed" } else { "Succeeded" }.into();
+                }
+            }
+            OpKind::Delete(id) => {
+                s.resources.remove(id);
+                if s.groups.remove(id).is_some() {
+                    let prefix = format!("{id}/");
+                    s.resources.retain(|k, _| !k.starts_with(&prefix));
+                }
+            }
+            OpKind::Action { .. } => {}
+        }
+    }
+
+    fn handle(state: &Mutex<State>, base: &str, req: Request) -> Response {
+        let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+        s.requests.push(format!("{} {}", req.method, req.path.split('?').next().unwrap_or_default()));
+        if !req.headers.get("authorization").is_some_and(|a| a.starts_with("Bearer ") && a.len() > 7) {
+            s.unauthenticated += 1;
+            return error(401, "AuthenticationFailed", "Authentication failed. The 'Authorization' header is missing.");
+        }
+        if let Some(f) = s.faults.pop_front() {
+            return match f {
+                ArmFault::Throttle { retry_after_secs } => error(429, "TooManyRequests", "The request is being throttled.").header("Retry-After", &retry_after_secs.to_string()),
+                ArmFault::ServerError => error(500, "InternalServerError", "An internal server error occurred."),
+                ArmFault::Unavailable => error(503, "ServiceUnavailable", "The service is unavailable."),
+            };
+        }
+        if query(&req.path, "api-version").is_none() {
+            return error(400, "MissingApiVersionParameter", "The api-version query parameter (?api-version=) is required for all requests.");
+        }
+        let (path, seg) = split_path(&req.path);
+        let key = path.to_ascii_lowercase();
+        let lower: Vec<String> = seg.iter().map(|x| x.to_ascii_lowercase()).collect();
+        let sub = seg.get(1).cloned().unwrap_or_default();
+        if lower.first().map(String::as_str) != Some("subscriptions") || seg.len() < 2 {
+            return error(404, "InvalidResourceNamespace", "unknown path");
+        }
+        // Operation status: Azure-AsyncOperation (body status) and Location (202 until done).
+        if lower.len() == 6 && lower[2] == "providers" && lower[3] == "microsoft.testkit" {
+            let Some(op) = s.ops.get_mut(&seg[5]).cloned() else { return error(404, "OperationNotFound", "no such operation") };
+            let done = op.polls_left <= 1;
+            if let Some(o) = s.ops.get_mut(&seg[5]) {
+                o.polls_left = o.polls_left.saturating_sub(1);
+            }
+            if done {
+                Self::finish(&mut s, &op);
+            }
+            let status = match (done, &op.error) {
+                (false, _) => "InProgress",
+                (true, None) => "Succeeded",
+                (true, Some(_)) => "Failed",
+            };
+            if lower[4] == "operations" {
+                let mut body = json!({"name": seg[5], "status": status});
+                if let (true, Some((code, msg))) = (done, &op.error) {
+                    body["error"] = json!({"code": code, "message": msg});
+                }
+                if let (true, OpKind::Action { result: Some(r) }) = (done, &op.kind) {
+                    body["properties"] = json!({"output": r});
+                }
+                return ok(200, &body);
+            }
+            return match (done, &op.error, &op.kind) {
+                (false, _, _) => Response::new(202, "").header("Retry-After", "0"),
+                (true, Some((code, msg)), _) => error(409, code, msg),
+                (true, None, OpKind::Action { result: Some(r) }) => ok(200, r),
+                (true, None, _) => Response::new(204, ""),
+            };
+        }
+        // Marketplace image versions.
+        if lower.len() >= 14 && lower[2] == "providers" && lower[4] == "locations" && lower[6] == "publishers" && lower[8] == "artifacttypes" && lower[10] == "offers" && lower[12] == "skus" {
+            let (loc, publisher, offer, sku) = (&lower[5], &lower[7], &lower[11], &lower[13]);
+            let versions: Vec<&(String, String, String, String, String)> = s
+                .marketplace
+                .iter()
+                .filter(|m| m.0.eq_ignore_ascii_case(loc) && m.1.eq_ignore_ascii_case(publisher) && m.2.eq_ignore_ascii_case(offer) && m.3.eq_ignore_ascii_case(sku))
+                .collect();
+            let item = |m: &(String, String, String, String, String)| {
+                json!({"name": m.4, "location": m.0, "id": format!("/Subscriptions/{sub}/Providers/Microsoft.Compute/Locations/{}/Publishers/{}/ArtifactTypes/VMImage/Offers/{}/Skus/{}/Versions/{}", m.0, m.1, m.2, m.3, m.4)})
+            };
+            return match lower.get(15) {
+                None if lower.len() == 15 => ok(200, &Value::Array(versions.iter().map(|m| item(m)).collect())),
+                Some(v) => match versions.iter().find(|m| m.4.eq_ignore_ascii_case(v)) {
+                    Some(m) => {
+                        let mut body = item(m);
+                        body["properties"] = json!({"hyperVGeneration": if sku.contains("gen2") { "V2" } else { "V1" }, "osDiskImage": {"operatingSystem": "Linux"}});
+                        ok(200, &body)
+                    }
+                    None => error(404, "ImageVersionNotFound", &format!("Artifact: VMImage was not found: {v}")),
+                },
+                None => error(404, "NotFound", "unknown marketplace path"),
+            };
+        }
+        // Resource groups.
+        if lower.len() == 4 && lower[2] == "resourcegroups" {
+            return match req.method.as_str() {
+                "PUT" => {
+                    let body: Value = serde_json::from_slice(&req.body).unwrap_or(json!({}));
+                    let Some(loc) = body["location"].as_str() else { return error(400, "LocationRequired", "The location property is required for this definition.") };
+                    let v = json!({"id": path, "name": seg[3], "type": "Microsoft.Resources/resourceGroups", "location": loc, "tags": body.get("tags").cloned().unwrap_or(json!({})), "properties": {"provisioningState": "Succeeded"}});
+                    let existed = s.groups.insert(key, v.clone()).is_some();
+                    ok(if existed { 200 } else { 201 }, &v)
+                }
+                "GET" | "HEAD" => match s.groups.get(&key) {
+                    Some(v) => ok(200, v),
+                    None => error(404, "ResourceGroupNotFound", &format!("Resource group '{}' could not be found.", seg[3])),
+                },
+                "DELETE" => {
+                    if !s.groups.contains_key(&key) {
+                        return Response::new(204, "");
+                    }
+                    let (_, location) = Self::new_op(&mut s, base, &sub, OpKind::Delete(key), None);
+                    Response::new(202, "").header("Location", &location).header("Retry-After", "0")
+                }
+                _ => error(405, "MethodNotAllowed", "method not allowed"),
+            };
+        }
+        if lower.len() < 8 || lower[2] != "resourcegroups" || lower[4] != "providers" {
+            return error(404, "NotFound", &format!("no route for {path}"));
+        }
+        let rg_key = format!("/subscriptions/{}/resourcegroups/{}", lower[1], lower[3]);
+        if !s.groups.contains_key(&rg_key) {
+            return error(404, "ResourceGroupNotFound", &format!("Resource group '{}' could not be found.", seg[3]));
+        }
+        let typed = &seg[6..];
+        // Collections have an odd number of segments after the namespace.
+        if typed.len() % 2 == 1 {
+            if req.method != "GET" {
+                // An action on a resource: POST …/{name}/{action}.
+                if req.method == "POST" && typed.len() >= 3 {
+                    let target = key[..key.rfind('/').unwrap_or(0)].to_string();
+                    if !s.resources.contains_key(&target) {
+                        return error(404, "ResourceNotFound", &format!("The Resource '{target}' was not found."));
+                    }
+                    let action = lower.last().cloned().unwrap_or_default();
+                    let result = (action == "begingetaccess").then(|| json!({"accessSAS": format!("{base}/sas/{}?sig=testkit", target.rsplit('/').next().unwrap_or_default())}));
+                    let (async_url, location) = Self::new_op(&mut s, base, &sub, OpKind::Action { result }, None);
+                    return Response::new(202, "").header("Azure-AsyncOperation", &async_url).header("Location", &location).header("Retry-After", "0");
+                }
+                return error(405, "MethodNotAllowed", "method not allowed on a collection");
+            }
+            let prefix = format!("{key}/");
+            let value: Vec<Value> = s.resources.iter().filter(|(k, _)| k.starts_with(&prefix) && !k[prefix.len()..].contains('/')).map(|(_, v)| v.clone()).collect();
+            return ok(200, &json!({"value": value}));
+        }
+        let rtype = format!("{}/{}", seg[5], typed.iter().step_by(2).cloned().collect::<Vec<_>>().join("/"));
+        match req.method.as_str() {
+            "GET" => match s.resources.get(&key) {
+                Some(v) => ok(200, v),
+                None => error(404, "ResourceNotFound", &format!("The Resource '{rtype}/{}' under resource group '{}' was not found.", seg.last().cloned().unwrap_or_default(), seg[3])),
+            },
+            "PUT" => {
+                let Ok(mut body) = serde_json::from_slice::<Value>(&req.body) else { return error(400, "InvalidRequestContent", "The request content was invalid and could not be deserialized.") };
+                if !body.is_object() {
+                    return error(400, "InvalidRequestContent", "expected a JSON object");
+                }
+                body["id"] = path.clone().into();
+                body["name"] = seg.last().cloned().unwrap_or_default().into();
+                body["type"] = rtype.clone().into();
+                if !body["properties"].is_object() {
+                    body["properties"] = json!({});
+                }
+                body["properties"]["provisioningState"] = "Creating".into();
+                let failure = s.create_failures.get(&rtype.to_ascii_lowercase()).cloned();
+                let existed = s.resources.insert(key.clone(), body.clone()).is_some();
+                let (async_url, _) = Self::new_op(&mut s, base, &sub, OpKind::Create(key), failure);
+                ok(if existed { 200 } else { 201 }, &body).header("Azure-AsyncOperation", &async_url).header("Retry-After", "0")
+            }
+            "DELETE" => {
+                if !s.resources.contains_key(&key) {
+                    return Response::new(204, "");
+                }
+                let (async_url, location) = Self::new_op(&mut s, base, &sub, OpKind::Delete(key), None);
+                Response::new(202, "").header("Azure-AsyncOperation", &async_url).header("Location", &location).header("Retry-After", "0")
+            }
+            _ => error(405, "MethodNotAllowed", "method not allowed"),
+        }
+    }
+}
