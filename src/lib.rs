@@ -22,6 +22,10 @@ pub use aib_core::*;
 #[cfg(feature = "customizers")]
 pub use aib_customizers as customizers;
 
+/// The Azure backend (feature `azure`, off by default).
+#[cfg(feature = "azure")]
+pub use aib_azure as azure;
+
 /// The local backend (feature `local`, on by default).
 #[cfg(feature = "local")]
 pub use aib_local as local;

@@ -65,7 +65,9 @@ impl fmt::Debug for ArmServer {
 }
 
 fn error(status: u16, code: &str, message: &str) -> Response {
-    Response::new(status, json!({"error": {"code": code, "message": message}}).to_string()).header("Content-Type", "application/json; charset=utf-8").header("x-ms-error-code", code)
+    Response::new(status, json!({"error": {"code": code, "message": message}}).to_string())
+        .header("Content-Type", "application/json; charset=utf-8")
+        .header("x-ms-error-code", code)
 }
 
 fn ok(status: u16, v: &Value) -> Response {
@@ -84,11 +86,16 @@ fn query(path: &str, key: &str) -> Option<String> {
 }
 
 impl ArmServer {
-    /// Starts an empty server; operations complete after one poll.
+    /// Starts an empty server on a free port; operations complete after one poll.
     pub async fn start() -> std::io::Result<Self> {
+        Self::start_on(0).await
+    }
+
+    /// Starts an empty server on 127.0.0.1:`port`.
+    pub async fn start_on(port: u16) -> std::io::Result<Self> {
         let state = Arc::new(Mutex::new(State { polls: 1, ..Default::default() }));
         let st = state.clone();
-        let http = HttpServer::start(move |req| {
+        let http = HttpServer::start_on(port, move |req| {
             let base = req.headers.get("host").map(|h| format!("http://{h}")).unwrap_or_default();
             let r = Self::handle(&st, &base, req);
             async move { r }
@@ -189,13 +196,19 @@ impl ArmServer {
         }
         if let Some(f) = s.faults.pop_front() {
             return match f {
-                ArmFault::Throttle { retry_after_secs } => error(429, "TooManyRequests", "The request is being throttled.").header("Retry-After", &retry_after_secs.to_string()),
+                ArmFault::Throttle { retry_after_secs } => {
+                    error(429, "TooManyRequests", "The request is being throttled.").header("Retry-After", &retry_after_secs.to_string())
+                }
                 ArmFault::ServerError => error(500, "InternalServerError", "An internal server error occurred."),
                 ArmFault::Unavailable => error(503, "ServiceUnavailable", "The service is unavailable."),
             };
         }
         if query(&req.path, "api-version").is_none() {
-            return error(400, "MissingApiVersionParameter", "The api-version query parameter (?api-version=) is required for all requests.");
+            return error(
+                400,
+                "MissingApiVersionParameter",
+                "The api-version query parameter (?api-version=) is required for all requests.",
+            );
         }
         let (path, seg) = split_path(&req.path);
         let key = path.to_ascii_lowercase();
@@ -237,16 +250,26 @@ impl ArmServer {
             };
         }
         // Marketplace image versions.
-        if lower.len() >= 14 && lower[2] == "providers" && lower[4] == "locations" && lower[6] == "publishers" && lower[8] == "artifacttypes" && lower[10] == "offers" && lower[12] == "skus" {
+        if lower.len() >= 14
+            && lower[2] == "providers"
+            && lower[4] == "locations"
+            && lower[6] == "publishers"
+            && lower[8] == "artifacttypes"
+            && lower[10] == "offers"
+            && lower[12] == "skus"
+        {
             let (loc, publisher, offer, sku) = (&lower[5], &lower[7], &lower[11], &lower[13]);
             let versions: Vec<&(String, String, String, String, String)> = s
                 .marketplace
                 .iter()
-                .filter(|m| m.0.eq_ignore_ascii_case(loc) && m.1.eq_ignore_ascii_case(publisher) && m.2.eq_ignore_ascii_case(offer) && m.3.eq_ignore_ascii_case(sku))
+                .filter(|m| {
+                    m.0.eq_ignore_ascii_case(loc)
+                        && m.1.eq_ignore_ascii_case(publisher)
+                        && m.2.eq_ignore_ascii_case(offer)
+                        && m.3.eq_ignore_ascii_case(sku)
+                })
                 .collect();
-            let item = |m: &(String, String, String, String, String)| {
-                json!({"name": m.4, "location": m.0, "id": format!("/Subscriptions/{sub}/Providers/Microsoft.Compute/Locations/{}/Publishers/{}/ArtifactTypes/VMImage/Offers/{}/Skus/{}/Versions/{}", m.0, m.1, m.2, m.3, m.4)})
-            };
+            let item = |m: &(String, String, String, String, String)| json!({"name": m.4, "location": m.0, "id": format!("/Subscriptions/{sub}/Providers/Microsoft.Compute/Locations/{}/Publishers/{}/ArtifactTypes/VMImage/Offers/{}/Skus/{}/Versions/{}", m.0, m.1, m.2, m.3, m.4)});
             return match lower.get(15) {
                 None if lower.len() == 15 => ok(200, &Value::Array(versions.iter().map(|m| item(m)).collect())),
                 Some(v) => match versions.iter().find(|m| m.4.eq_ignore_ascii_case(v)) {
@@ -265,7 +288,9 @@ impl ArmServer {
             return match req.method.as_str() {
                 "PUT" => {
                     let body: Value = serde_json::from_slice(&req.body).unwrap_or(json!({}));
-                    let Some(loc) = body["location"].as_str() else { return error(400, "LocationRequired", "The location property is required for this definition.") };
+                    let Some(loc) = body["location"].as_str() else {
+                        return error(400, "LocationRequired", "The location property is required for this definition.");
+                    };
                     let v = json!({"id": path, "name": seg[3], "type": "Microsoft.Resources/resourceGroups", "location": loc, "tags": body.get("tags").cloned().unwrap_or(json!({})), "properties": {"provisioningState": "Succeeded"}});
                     let existed = s.groups.insert(key, v.clone()).is_some();
                     ok(if existed { 200 } else { 201 }, &v)
@@ -284,7 +309,7 @@ impl ArmServer {
                 _ => error(405, "MethodNotAllowed", "method not allowed"),
             };
         }
-        if lower.len() < 8 || lower[2] != "resourcegroups" || lower[4] != "providers" {
+        if lower.len() < 7 || lower[2] != "resourcegroups" || lower[4] != "providers" {
             return error(404, "NotFound", &format!("no route for {path}"));
         }
         let rg_key = format!("/subscriptions/{}/resourcegroups/{}", lower[1], lower[3]);
@@ -302,24 +327,43 @@ impl ArmServer {
                         return error(404, "ResourceNotFound", &format!("The Resource '{target}' was not found."));
                     }
                     let action = lower.last().cloned().unwrap_or_default();
-                    let result = (action == "begingetaccess").then(|| json!({"accessSAS": format!("{base}/sas/{}?sig=testkit", target.rsplit('/').next().unwrap_or_default())}));
+                    let result = (action == "begingetaccess")
+                        .then(|| json!({"accessSAS": format!("{base}/sas/{}?sig=testkit", target.rsplit('/').next().unwrap_or_default())}));
                     let (async_url, location) = Self::new_op(&mut s, base, &sub, OpKind::Action { result }, None);
-                    return Response::new(202, "").header("Azure-AsyncOperation", &async_url).header("Location", &location).header("Retry-After", "0");
+                    return Response::new(202, "")
+                        .header("Azure-AsyncOperation", &async_url)
+                        .header("Location", &location)
+                        .header("Retry-After", "0");
                 }
                 return error(405, "MethodNotAllowed", "method not allowed on a collection");
             }
             let prefix = format!("{key}/");
-            let value: Vec<Value> = s.resources.iter().filter(|(k, _)| k.starts_with(&prefix) && !k[prefix.len()..].contains('/')).map(|(_, v)| v.clone()).collect();
+            let value: Vec<Value> = s
+                .resources
+                .iter()
+                .filter(|(k, _)| k.starts_with(&prefix) && !k[prefix.len()..].contains('/'))
+                .map(|(_, v)| v.clone())
+                .collect();
             return ok(200, &json!({"value": value}));
         }
         let rtype = format!("{}/{}", seg[5], typed.iter().step_by(2).cloned().collect::<Vec<_>>().join("/"));
         match req.method.as_str() {
             "GET" => match s.resources.get(&key) {
                 Some(v) => ok(200, v),
-                None => error(404, "ResourceNotFound", &format!("The Resource '{rtype}/{}' under resource group '{}' was not found.", seg.last().cloned().unwrap_or_default(), seg[3])),
+                None => error(
+                    404,
+                    "ResourceNotFound",
+                    &format!(
+                        "The Resource '{rtype}/{}' under resource group '{}' was not found.",
+                        seg.last().cloned().unwrap_or_default(),
+                        seg[3]
+                    ),
+                ),
             },
             "PUT" => {
-                let Ok(mut body) = serde_json::from_slice::<Value>(&req.body) else { return error(400, "InvalidRequestContent", "The request content was invalid and could not be deserialized.") };
+                let Ok(mut body) = serde_json::from_slice::<Value>(&req.body) else {
+                    return error(400, "InvalidRequestContent", "The request content was invalid and could not be deserialized.");
+                };
                 if !body.is_object() {
                     return error(400, "InvalidRequestContent", "expected a JSON object");
                 }

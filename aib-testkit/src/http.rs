@@ -113,8 +113,17 @@ impl HttpServer {
         F: Fn(Request) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = Response> + Send + 'static,
     {
+        Self::start_on(0, handler).await
+    }
+
+    /// Serves `handler` on 127.0.0.1:`port` (0 = a free port).
+    pub async fn start_on<F, Fut>(port: u16, handler: F) -> std::io::Result<Self>
+    where
+        F: Fn(Request) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Response> + Send + 'static,
+    {
         let handler: Handler = Arc::new(move |r| Box::pin(handler(r)));
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
         let requests = Arc::new(AtomicUsize::new(0));
         let counter = requests.clone();

@@ -27,11 +27,11 @@
 //! ```
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
+pub mod arm;
 mod communicator;
 pub mod conformance;
 mod fakes;
 mod faults;
-pub mod arm;
 pub mod http;
 #[cfg(feature = "mock")]
 pub mod mock;

@@ -8,6 +8,7 @@
 //! aib gc [--state-dir DIR]               remove what killed or aborted builds left
 //! aib images [--state-dir DIR]           list the local catalog and gallery
 //! aib images import URN FILE --sha256 SUM
+//! aib testkit arm-server [--port N]      the ARM test server, standalone
 //! ```
 
 mod build;
@@ -71,6 +72,11 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         min_age_secs: u64,
     },
+    /// Test servers, run standalone (like Azurite).
+    Testkit {
+        #[command(subcommand)]
+        server: TestServer,
+    },
     /// List (or import) images.
     Images {
         /// State directory.
@@ -78,6 +84,16 @@ enum Command {
         state_dir: Option<PathBuf>,
         #[command(subcommand)]
         action: Option<ImagesAction>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TestServer {
+    /// The ARM test server on 127.0.0.1 (async operations, ARM errors, fault injection).
+    ArmServer {
+        /// Port (0 = a free one).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
     },
 }
 
@@ -116,6 +132,12 @@ fn main() -> ExitCode {
             build::runtime(build::build(template, state_dir, output == Format::Json))
         }
         Command::Gc { state_dir, min_age_secs } => build::runtime(build::gc(state_dir, min_age_secs)),
+        Command::Testkit { server: TestServer::ArmServer { port } } => build::runtime(async move {
+            let s = aib_testkit::arm::ArmServer::start_on(port).await?;
+            println!("ARM test server listening on {}", s.url());
+            tokio::signal::ctrl_c().await?;
+            Ok(ExitCode::SUCCESS)
+        }),
         Command::Images { state_dir, action } => build::runtime(build::images(
             state_dir,
             action.map(|ImagesAction::Import { urn, source, sha256, windows }| (urn, source, sha256, windows)),

@@ -1,0 +1,443 @@
+//! One ARM client for every concurrent build: bearer tokens, retries of 429/5xx honouring
+//! `Retry-After` with jittered exponential backoff, a request budget per subscription, and
+//! long-running operations polled (`Azure-AsyncOperation`, `Location`, `provisioningState`)
+//! under their own deadline. ARM error bodies are surfaced as they are.
+
+use crate::credential::Credential;
+use crate::error::{ArmError, BACKEND, classify, parse_body, retryable_status};
+use aib_core::{Error, Result};
+use reqwest::Method;
+use reqwest::header::HeaderMap;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// Public Azure's Resource Manager.
+pub const PUBLIC_ARM: &str = "https://management.azure.com";
+
+/// Retry settings for transport failures and 429/5xx answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RetryConfig {
+    /// Most retries of one request.
+    pub max_retries: u32,
+    /// First backoff; doubles each retry.
+    pub initial_backoff: Duration,
+    /// Largest backoff (a server's `Retry-After` is honoured even when larger).
+    pub max_backoff: Duration,
+    /// Give up retrying once this much time has passed.
+    pub retry_timeout: Duration,
+    /// Randomize backoffs (between half and all of the computed delay).
+    pub jitter: bool,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_retries: 10,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+            retry_timeout: Duration::from_secs(300),
+            jitter: true,
+        }
+    }
+}
+
+impl RetryConfig {
+    /// No retries at all.
+    pub fn none() -> Self {
+        RetryConfig { max_retries: 0, ..Default::default() }
+    }
+
+    /// `n` retries starting at `initial`, without jitter (for tests).
+    pub fn fixed(n: u32, initial: Duration) -> Self {
+        RetryConfig {
+            max_retries: n,
+            initial_backoff: initial,
+            max_backoff: initial * 16,
+            retry_timeout: Duration::from_secs(600),
+            jitter: false,
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let d = self.initial_backoff.saturating_mul(1u32 << attempt.min(16)).min(self.max_backoff);
+        if !self.jitter {
+            return d;
+        }
+        let r = (uuid::Uuid::new_v4().as_u128() % 1000) as u32;
+        d / 2 + d / 2 * r / 1000
+    }
+}
+
+/// Builds an [`ArmClient`].
+#[derive(Debug, Default)]
+#[must_use]
+pub struct ArmClientBuilder {
+    endpoint: Option<String>,
+    credential: Option<Credential>,
+    retry: Option<RetryConfig>,
+    budget: Option<usize>,
+    lro_timeout: Option<Duration>,
+    poll_interval: Option<Duration>,
+}
+
+impl ArmClientBuilder {
+    /// The ARM endpoint (sovereign clouds, test servers); default public Azure.
+    pub fn endpoint(mut self, e: impl Into<String>) -> Self {
+        self.endpoint = Some(e.into());
+        self
+    }
+
+    /// The credential.
+    pub fn credential(mut self, c: Credential) -> Self {
+        self.credential = Some(c);
+        self
+    }
+
+    /// Retry settings.
+    pub fn retry(mut self, r: RetryConfig) -> Self {
+        self.retry = Some(r);
+        self
+    }
+
+    /// Requests in flight per subscription, across all builds using this client (default 16).
+    pub fn budget(mut self, n: usize) -> Self {
+        self.budget = Some(n);
+        self
+    }
+
+    /// Deadline of one long-running operation (default 60 minutes).
+    pub fn lro_timeout(mut self, t: Duration) -> Self {
+        self.lro_timeout = Some(t);
+        self
+    }
+
+    /// Poll interval when the service gives no `Retry-After` (default 5 s).
+    pub fn poll_interval(mut self, t: Duration) -> Self {
+        self.poll_interval = Some(t);
+        self
+    }
+
+    /// Reads `AIB_AZURE_ARM_ENDPOINT` and the usual `AZURE_*` credential variables.
+    pub fn from_env() -> Result<Self> {
+        let mut b = ArmClientBuilder::default().credential(Credential::from_env()?);
+        if let Ok(e) = std::env::var("AIB_AZURE_ARM_ENDPOINT") {
+            b = b.endpoint(e);
+        }
+        Ok(b)
+    }
+
+    /// Checks and builds; no request is made.
+    pub fn build(self) -> Result<ArmClient> {
+        let invalid = |k: &str, m: &str| Error::InvalidConfig { backend: BACKEND, key: k.into(), message: m.into() };
+        let endpoint = self.endpoint.unwrap_or_else(|| PUBLIC_ARM.into()).trim_end_matches('/').to_string();
+        if !(endpoint.starts_with("https://") || endpoint.starts_with("http://127.0.0.1") || endpoint.starts_with("http://localhost")) {
+            return Err(invalid("endpoint", "use https (plain http only for a server on this machine)"));
+        }
+        let credential = self.credential.ok_or_else(|| invalid("credential", "set a credential (Credential::from_env())"))?;
+        let budget = self.budget.unwrap_or(16);
+        if budget == 0 {
+            return Err(invalid("budget", "allow at least one request in flight"));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(30))
+            .timeout(Duration::from_secs(120))
+            .user_agent(concat!("aib/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::generic(BACKEND, e))?;
+        let scope = format!("{endpoint}/.default");
+        Ok(ArmClient {
+            inner: Arc::new(Inner {
+                http,
+                scope,
+                endpoint,
+                credential,
+                retry: self.retry.unwrap_or_default(),
+                budget,
+                budgets: Mutex::new(HashMap::new()),
+                lro_timeout: self.lro_timeout.unwrap_or(Duration::from_secs(3600)),
+                poll_interval: self.poll_interval.unwrap_or(Duration::from_secs(5)),
+                in_flight: AtomicUsize::new(0),
+                peak: AtomicUsize::new(0),
+                sent: AtomicUsize::new(0),
+            }),
+        })
+    }
+}
+
+struct Inner {
+    http: reqwest::Client,
+    endpoint: String,
+    scope: String,
+    credential: Credential,
+    retry: RetryConfig,
+    budget: usize,
+    budgets: Mutex<HashMap<String, Arc<Semaphore>>>,
+    lro_timeout: Duration,
+    poll_interval: Duration,
+    in_flight: AtomicUsize,
+    peak: AtomicUsize,
+    sent: AtomicUsize,
+}
+
+/// The ARM client; cheap to clone and meant to be shared.
+#[derive(Clone)]
+pub struct ArmClient {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for ArmClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ArmClient").field("endpoint", &self.inner.endpoint).field("budget", &self.inner.budget).finish_non_exhaustive()
+    }
+}
+
+/// A response: status, headers, JSON body (`Null` when empty).
+struct Reply {
+    status: u16,
+    headers: HeaderMap,
+    body: Value,
+}
+
+fn retry_after(h: &HeaderMap) -> Option<Duration> {
+    let v =
+        h.get("retry-after-ms").or_else(|| h.get("x-ms-retry-after-ms")).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if let Some(ms) = v {
+        return Some(Duration::from_millis(ms));
+    }
+    let s = h.get("retry-after")?.to_str().ok()?;
+    if let Ok(secs) = s.trim().parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = humantime::parse_rfc3339_weak(s).ok()?;
+    Some(at.duration_since(std::time::SystemTime::now()).unwrap_or_default())
+}
+
+fn header(h: &HeaderMap, k: &str) -> Option<String> {
+    h.get(k).and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+fn subscription(path: &str) -> String {
+    let mut p = path.split('/').skip_while(|s| !s.eq_ignore_ascii_case("subscriptions"));
+    p.next();
+    p.next().unwrap_or_default().to_ascii_lowercase()
+}
+
+impl ArmClient {
+    /// A builder.
+    pub fn builder() -> ArmClientBuilder {
+        ArmClientBuilder::default()
+    }
+
+    /// Requests sent so far (retries included).
+    pub fn requests_sent(&self) -> usize {
+        self.inner.sent.load(Ordering::SeqCst)
+    }
+
+    /// The most requests that were in flight at once.
+    pub fn peak_in_flight(&self) -> usize {
+        self.inner.peak.load(Ordering::SeqCst)
+    }
+
+    fn budget_for(&self, path: &str) -> Arc<Semaphore> {
+        let mut m = self.inner.budgets.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(subscription(path)).or_insert_with(|| Arc::new(Semaphore::new(self.inner.budget))).clone()
+    }
+
+    fn url(&self, path: &str, api: &str) -> String {
+        if path.starts_with("http://") || path.starts_with("https://") {
+            return path.to_string();
+        }
+        let sep = if path.contains('?') { '&' } else { '?' };
+        format!("{}{path}{sep}api-version={api}", self.inner.endpoint)
+    }
+
+    /// One request, with retries; non-2xx answers are errors (202 is success).
+    async fn send(&self, method: Method, url: &str, body: Option<&Value>) -> Result<Reply> {
+        let inner = &self.inner;
+        let what = format!("{method} {}", url.split('?').next().unwrap_or(url).trim_start_matches(&inner.endpoint));
+        let budget = self.budget_for(url);
+        let _permit = budget.acquire().await.map_err(|e| Error::generic(BACKEND, e))?;
+        let now = inner.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        inner.peak.fetch_max(now, Ordering::SeqCst);
+        struct Done<'a>(&'a AtomicUsize);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let _done = Done(&inner.in_flight);
+        let start = Instant::now();
+        let idempotent = method != Method::POST;
+        let mut attempt = 0u32;
+        loop {
+            let token = inner.credential.bearer(&inner.scope).await?;
+            let mut rb = inner
+                .http
+                .request(method.clone(), url)
+                .header("Authorization", token)
+                .header("x-ms-client-request-id", uuid::Uuid::new_v4().to_string());
+            if let Some(b) = body {
+                rb = rb.json(b);
+            }
+            inner.sent.fetch_add(1, Ordering::SeqCst);
+            let delay = match rb.send().await {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let headers = resp.headers().clone();
+                    let bytes = resp.bytes().await.map_err(|e| Error::Disconnected { backend: BACKEND, source: Box::new(e) })?;
+                    if (200..300).contains(&status) {
+                        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+                        return Ok(Reply { status, headers, body });
+                    }
+                    let after = retry_after(&headers);
+                    let (code, message) = parse_body(&bytes);
+                    let err = ArmError {
+                        status,
+                        code: if code.is_empty() { format!("HTTP{status}") } else { code },
+                        message,
+                        request: what.clone(),
+                    };
+                    if !retryable_status(status) || attempt >= inner.retry.max_retries {
+                        return Err(classify(err, after));
+                    }
+                    let d = after.unwrap_or_else(|| inner.retry.backoff(attempt));
+                    if start.elapsed() + d > inner.retry.retry_timeout {
+                        return Err(classify(err, after));
+                    }
+                    tracing::debug!(%what, status, ?d, "ARM answered {status}; retrying");
+                    d
+                }
+                Err(e) => {
+                    let transient = e.is_connect() || e.is_timeout() || e.is_request();
+                    if !(transient && idempotent) || attempt >= inner.retry.max_retries {
+                        return Err(Error::Disconnected { backend: BACKEND, source: format!("{what}: {e}").into() });
+                    }
+                    inner.retry.backoff(attempt)
+                }
+            };
+            attempt += 1;
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// `GET` a resource.
+    pub async fn get(&self, path: &str, api: &str) -> Result<Value> {
+        Ok(self.send(Method::GET, &self.url(path, api), None).await?.body)
+    }
+
+    /// `GET` a collection, following `nextLink`; bare-array answers are accepted.
+    pub async fn list(&self, path: &str, api: &str) -> Result<Vec<Value>> {
+        let mut out = Vec::new();
+        let mut url = Some(self.url(path, api));
+        while let Some(u) = url.take() {
+            let body = self.send(Method::GET, &u, None).await?.body;
+            match body {
+                Value::Array(items) => out.extend(items),
+                Value::Object(mut m) => {
+                    if let Some(Value::Array(items)) = m.remove("value") {
+                        out.extend(items);
+                    }
+                    url = m.get("nextLink").and_then(Value::as_str).map(str::to_string);
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// `PUT` a resource and wait until it is provisioned; returns the final resource.
+    pub async fn put(&self, path: &str, api: &str, body: &Value) -> Result<Value> {
+        let url = self.url(path, api);
+        let r = self.send(Method::PUT, &url, Some(body)).await?;
+        let what = format!("PUT {path}");
+        self.wait(&what, &r).await?;
+        let done = header(&r.headers, "azure-asyncoperation").is_none() && r.status != 202 && state(&r.body).is_none_or(terminal);
+        if done { Ok(r.body) } else { self.poll_resource(&what, &url).await }
+    }
+
+    /// `DELETE` a resource and wait until it is gone; deleting what does not exist succeeds.
+    pub async fn delete(&self, path: &str, api: &str) -> Result<()> {
+        match self.send(Method::DELETE, &self.url(path, api), None).await {
+            Ok(r) => self.wait(&format!("DELETE {path}"), &r).await.map(|_| ()),
+            Err(Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `POST` an action and wait for it; returns the operation's output (or `Null`).
+    pub async fn post(&self, path: &str, api: &str, body: Option<&Value>) -> Result<Value> {
+        let r = self.send(Method::POST, &self.url(path, api), body).await?;
+        let out = self.wait(&format!("POST {path}"), &r).await?;
+        Ok(if out.is_null() { r.body } else { out })
+    }
+
+    /// Follows the long-running operation a response started, if any; returns its output.
+    async fn wait(&self, what: &str, r: &Reply) -> Result<Value> {
+        let deadline = Instant::now() + self.inner.lro_timeout;
+        let mut pause = retry_after(&r.headers).unwrap_or(self.inner.poll_interval);
+        if let Some(op) = header(&r.headers, "azure-asyncoperation") {
+            loop {
+                self.sleep_until(what, deadline, pause).await?;
+                let p = self.send(Method::GET, &op, None).await?;
+                match p.body["status"].as_str().unwrap_or("InProgress") {
+                    "Succeeded" => return Ok(p.body["properties"]["output"].clone()),
+                    "Failed" | "Canceled" | "Cancelled" => return Err(op_error(what, &p.body)),
+                    _ => pause = retry_after(&p.headers).unwrap_or(self.inner.poll_interval),
+                }
+            }
+        }
+        if r.status == 202
+            && let Some(loc) = header(&r.headers, "location")
+        {
+            loop {
+                self.sleep_until(what, deadline, pause).await?;
+                let p = self.send(Method::GET, &loc, None).await?;
+                if p.status != 202 {
+                    return Ok(p.body);
+                }
+                pause = retry_after(&p.headers).unwrap_or(self.inner.poll_interval);
+            }
+        }
+        Ok(Value::Null)
+    }
+
+    async fn poll_resource(&self, what: &str, url: &str) -> Result<Value> {
+        let deadline = Instant::now() + self.inner.lro_timeout;
+        loop {
+            let r = self.send(Method::GET, url, None).await?;
+            match state(&r.body) {
+                Some("Succeeded") | None => return Ok(r.body),
+                Some(s @ ("Failed" | "Canceled")) => return Err(Error::generic(BACKEND, format!("{what}: provisioningState {s}"))),
+                _ => self.sleep_until(what, deadline, retry_after(&r.headers).unwrap_or(self.inner.poll_interval)).await?,
+            }
+        }
+    }
+
+    async fn sleep_until(&self, what: &str, deadline: Instant, pause: Duration) -> Result<()> {
+        if Instant::now() + pause > deadline {
+            return Err(Error::Timeout { operation: what.to_string(), after: self.inner.lro_timeout });
+        }
+        tokio::time::sleep(pause).await;
+        Ok(())
+    }
+}
+
+fn state(v: &Value) -> Option<&str> {
+    v["properties"]["provisioningState"].as_str()
+}
+
+fn terminal(s: &str) -> bool {
+    matches!(s, "Succeeded" | "Failed" | "Canceled")
+}
+
+fn op_error(what: &str, body: &Value) -> Error {
+    let code = body["error"]["code"].as_str().unwrap_or("OperationFailed").to_string();
+    let message = body["error"]["message"].as_str().unwrap_or("the long-running operation failed").to_string();
+    classify(ArmError { status: 0, code, message, request: what.to_string() }, None)
+}

@@ -1,0 +1,24 @@
+//! # aib-azure
+//!
+//! The Azure backend, built up in slices. This slice holds the parts every Azure call goes
+//! through and the sources:
+//! - [`ArmClient`]: one client for all concurrent builds: bearer tokens from azure_identity
+//!   ([`Credential::from_env`]), retries of 429 and 5xx honouring `Retry-After` with jittered
+//!   backoff, a request budget per subscription, long-running operations polled under their
+//!   own deadline, and ARM's error bodies surfaced as they are (`AllocationFailed`,
+//!   `RequestDisallowedByPolicy`, …);
+//! - [`AzureSource`]: `PlatformImage` (`latest` through the marketplace list), `ManagedImage`
+//!   and `SharedImageVersion` (`…/versions/latest`), checked for region and generalization.
+//!
+//! The provisioner and the distributors are not here yet.
+#![deny(missing_docs, rustdoc::broken_intra_doc_links)]
+
+mod client;
+mod credential;
+mod error;
+mod sources;
+
+pub use client::{ArmClient, ArmClientBuilder, PUBLIC_ARM, RetryConfig};
+pub use credential::Credential;
+pub use error::ArmError;
+pub use sources::{AzureSource, COMPUTE_API};

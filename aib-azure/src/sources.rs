@@ -1,0 +1,167 @@
+//! Azure sources: marketplace images (`latest` resolved through the image list), managed
+//! images and gallery image versions (`…/versions/latest`), checked for region and
+//! generalization; every resolution reports the exact version.
+
+use crate::client::ArmClient;
+use crate::error::BACKEND;
+use aib_core::template::ImageSource;
+use aib_core::{Error, Platform, ResolvedImage, Result, RunContext, Source};
+use async_trait::async_trait;
+use std::fmt;
+
+/// The Compute API version the backend speaks.
+pub const COMPUTE_API: &str = "2024-07-01";
+
+/// Resolves template sources against ARM, for a template in `location`.
+#[derive(Debug, Clone)]
+pub struct AzureSource {
+    arm: ArmClient,
+    subscription: String,
+    location: String,
+}
+
+impl fmt::Display for AzureSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AzureSource({})", self.location)
+    }
+}
+
+fn region(s: &str) -> String {
+    s.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase()
+}
+
+fn version_key(v: &str) -> Vec<u64> {
+    v.split('.').map(|p| p.parse().unwrap_or(0)).collect()
+}
+
+fn invalid(key: &str, message: String) -> Error {
+    Error::InvalidConfig { backend: BACKEND, key: key.into(), message }
+}
+
+impl AzureSource {
+    /// A source for templates in `location`, defaulting to `subscription` for marketplace calls.
+    pub fn new(arm: ArmClient, subscription: impl Into<String>, location: impl Into<String>) -> Self {
+        AzureSource { arm, subscription: subscription.into(), location: region(&location.into()) }
+    }
+
+    async fn platform(&self, publisher: &str, offer: &str, sku: &str, version: &str) -> Result<ResolvedImage> {
+        let base = format!(
+            "/subscriptions/{}/providers/Microsoft.Compute/locations/{}/publishers/{publisher}/artifacttypes/vmimage/offers/{offer}/skus/{sku}/versions",
+            self.subscription, self.location
+        );
+        let requested = format!("{publisher}:{offer}:{sku}:{version}");
+        let exact = if version.eq_ignore_ascii_case("latest") {
+            let list = self.arm.list(&base, COMPUTE_API).await?;
+            list.iter().filter_map(|v| v["name"].as_str()).max_by_key(|v| version_key(v)).map(str::to_string).ok_or_else(|| {
+                Error::NotFound { backend: BACKEND, what: format!("marketplace image {publisher}:{offer}:{sku} in {}", self.location) }
+            })?
+        } else {
+            version.to_string()
+        };
+        let image = self.arm.get(&format!("{base}/{exact}"), COMPUTE_API).await?;
+        let windows = image["properties"]["osDiskImage"]["operatingSystem"].as_str().is_some_and(|o| o.eq_ignore_ascii_case("windows"));
+        let mut r = ResolvedImage::new("PlatformImage", requested, format!("{publisher}:{offer}:{sku}:{exact}"))
+            .with_exact_version(exact)
+            .with_platform(if windows { Platform::Windows } else { Platform::Linux })
+            .with_attribute("imageId", image["id"].clone());
+        if let Some(g) = image["properties"]["hyperVGeneration"].as_str() {
+            r = r.with_attribute("hyperVGeneration", g);
+        }
+        Ok(r)
+    }
+
+    async fn managed(&self, id: &str) -> Result<ResolvedImage> {
+        let image = self.arm.get(id, COMPUTE_API).await?;
+        let loc = region(image["location"].as_str().unwrap_or_default());
+        if loc != self.location {
+            return Err(invalid(
+                "source.imageId",
+                format!("managed image {id} is in {loc}; the template is in {}: AIB needs the same region", self.location),
+            ));
+        }
+        let os = &image["properties"]["storageProfile"]["osDisk"];
+        if os["osState"].as_str().is_some_and(|s| !s.eq_ignore_ascii_case("Generalized")) {
+            return Err(invalid("source.imageId", format!("managed image {id} is not generalized (osState {})", os["osState"])));
+        }
+        let windows = os["osType"].as_str().is_some_and(|o| o.eq_ignore_ascii_case("windows"));
+        Ok(ResolvedImage::new("ManagedImage", id, image["id"].as_str().unwrap_or(id)).with_platform(if windows {
+            Platform::Windows
+        } else {
+            Platform::Linux
+        }))
+    }
+
+    async fn gallery_version(&self, id: &str) -> Result<ResolvedImage> {
+        let (definition, version) =
+            id.rsplit_once("/versions/").ok_or_else(|| invalid("source.imageVersionId", format!("`{id}` has no /versions/ segment")))?;
+        let def = self.arm.get(definition, COMPUTE_API).await?;
+        if def["properties"]["osState"].as_str().is_some_and(|s| !s.eq_ignore_ascii_case("Generalized")) {
+            return Err(invalid(
+                "source.imageVersionId",
+                format!("image definition {definition} is specialized; AIB builds from generalized images only"),
+            ));
+        }
+        let chosen = if version.eq_ignore_ascii_case("latest") {
+            let versions = self.arm.list(&format!("{definition}/versions"), COMPUTE_API).await?;
+            versions
+                .into_iter()
+                .filter(|v| !v["properties"]["publishingProfile"]["excludeFromLatest"].as_bool().unwrap_or(false))
+                .filter(|v| v["properties"]["provisioningState"].as_str().is_none_or(|s| s == "Succeeded"))
+                .max_by_key(|v| version_key(v["name"].as_str().unwrap_or_default()))
+                .ok_or_else(|| Error::NotFound { backend: BACKEND, what: format!("a version of {definition} not excluded from latest") })?
+        } else {
+            self.arm.get(id, COMPUTE_API).await?
+        };
+        let name = chosen["name"].as_str().unwrap_or(version).to_string();
+        let regions: Vec<String> = chosen["properties"]["publishingProfile"]["targetRegions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["name"].as_str())
+            .map(region)
+            .collect();
+        if !regions.is_empty() && !regions.contains(&self.location) {
+            return Err(invalid(
+                "source.imageVersionId",
+                format!("version {name} is replicated to {} but not to the template's region {}", regions.join(", "), self.location),
+            ));
+        }
+        let windows = def["properties"]["osType"].as_str().is_some_and(|o| o.eq_ignore_ascii_case("windows"));
+        let mut r = ResolvedImage::new("SharedImageVersion", id, format!("{definition}/versions/{name}"))
+            .with_exact_version(name)
+            .with_platform(if windows { Platform::Windows } else { Platform::Linux });
+        if let Some(g) = def["properties"]["hyperVGeneration"].as_str() {
+            r = r.with_attribute("hyperVGeneration", g);
+        }
+        Ok(r)
+    }
+}
+
+#[async_trait]
+impl Source for AzureSource {
+    async fn resolve(&self, spec: &ImageSource, _ctx: &RunContext) -> Result<ResolvedImage> {
+        match spec {
+            ImageSource::PlatformImage(p) => {
+                let part = |s: &Option<String>, k: &str| {
+                    s.clone().filter(|v| !v.is_empty()).ok_or_else(|| invalid(k, format!("`{k}` is required")))
+                };
+                let plan_note = p.plan_info.as_ref().map(|pi| pi.plan_name.clone());
+                let mut r = self
+                    .platform(
+                        &part(&p.publisher, "publisher")?,
+                        &part(&p.offer, "offer")?,
+                        &part(&p.sku, "sku")?,
+                        p.version.as_deref().unwrap_or("latest"),
+                    )
+                    .await?;
+                if let Some(plan) = plan_note {
+                    r = r.with_attribute("planName", plan);
+                }
+                Ok(r)
+            }
+            ImageSource::ManagedImage(m) => self.managed(&m.image_id).await,
+            ImageSource::SharedImageVersion(s) => self.gallery_version(&s.image_version_id).await,
+            ImageSource::Custom(c) => Err(Error::Unsupported { operation: format!("source type `{}`", c.type_name), backend: BACKEND }),
+        }
+    }
+}
