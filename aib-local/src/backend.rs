@@ -99,7 +99,7 @@ impl LocalBackend {
 
     /// The image catalog.
     pub fn catalog(&self) -> Catalog {
-        Catalog::new(self.catalog.clone())
+        Catalog::new(self.catalog.clone()).with_runs_dir(self.state.join("runs"))
     }
 
     /// The local gallery.

@@ -2,6 +2,7 @@
 //! image files under the state directory. `Debian:debian-12:12-gen2` is built from Debian's
 //! mirror when missing; other images are imported with a required SHA-256.
 
+use crate::debian::Firmware;
 use crate::tools::{BACKEND, image_info, run, sha256_file};
 use aib_core::{Error, OutputSink, OutputStream, Platform, ResolvedImage, Result};
 use serde::{Deserialize, Serialize};
@@ -29,12 +30,20 @@ pub struct CatalogEntry {
     pub windows: bool,
     /// The disk (qcow2), relative to the entry's directory.
     pub disk: String,
+    /// `uefi` (Gen2) or `bios` (Gen1).
+    #[serde(default = "uefi")]
+    pub firmware: String,
+}
+
+fn uefi() -> String {
+    "uefi".into()
 }
 
 /// The catalog under `<state>/catalog`.
 #[derive(Debug, Clone)]
 pub struct Catalog {
     root: PathBuf,
+    runs: PathBuf,
 }
 
 /// Orders dotted versions numerically (`12.20261129.0` < `12.20261130.0`); non-numeric
@@ -67,7 +76,15 @@ fn today() -> String {
 impl Catalog {
     /// The catalog at `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Catalog { root: root.into() }
+        let root = root.into();
+        Catalog { runs: root.join(".work").join("runs"), root }
+    }
+
+    /// Where the VM that installs GRUB into a BIOS base runs (default under the catalog).
+    #[must_use]
+    pub fn with_runs_dir(mut self, runs: impl Into<PathBuf>) -> Self {
+        self.runs = runs.into();
+        self
     }
 
     fn sku_dir(&self, publisher: &str, offer: &str, sku: &str) -> Result<PathBuf> {
@@ -126,11 +143,13 @@ impl Catalog {
         let debian = publisher.eq_ignore_ascii_case("Debian") && offer.eq_ignore_ascii_case("debian-12");
         let mut versions = self.versions(publisher, offer, sku).await?;
         if debian && version.eq_ignore_ascii_case("latest") {
-            let key = crate::debian::recipe_key();
+            let key = crate::debian::recipe_key(Firmware::for_sku(sku));
             if !versions.iter().any(|(e, _)| e.origin == format!("debian-recipe:{key}")) {
-                if !sku.eq_ignore_ascii_case("12-gen2") {
+                if !matches!(sku.to_ascii_lowercase().as_str(), "12" | "12-gen2") {
                     return Err(Error::Unsupported {
-                        operation: format!("building `{requested}` (only the UEFI `12-gen2` SKU is built locally; import other images)"),
+                        operation: format!(
+                            "building `{requested}` (the SKUs built locally are `12` (BIOS, Gen1) and `12-gen2` (UEFI, Gen2); import other images)"
+                        ),
                         backend: BACKEND,
                     });
                 }
@@ -163,7 +182,8 @@ impl Catalog {
             .await
             .map_err(|e| Error::generic(BACKEND, e))?
             .map_err(|e| Error::io(&lock_path, e))?;
-        let key = crate::debian::recipe_key();
+        let fw = Firmware::for_sku(sku);
+        let key = crate::debian::recipe_key(fw);
         let existing = self.versions("Debian", "debian-12", sku).await?;
         if existing.iter().any(|(e, _)| e.origin == format!("debian-recipe:{key}")) {
             return Ok(());
@@ -182,12 +202,85 @@ impl Catalog {
         tokio::fs::create_dir_all(&tmp).await.map_err(|e| Error::io(&tmp, e))?;
         let disk = tmp.join("disk.qcow2");
         let work = self.root.join(".work").join(&key);
-        crate::debian::build(&work, &disk, out).await?;
-        let entry =
+        let built = async {
+            match fw {
+                Firmware::Uefi => crate::debian::build(&work, &disk, out, fw).await,
+                Firmware::Bios => {
+                    let plain = tmp.join("no-bootloader.qcow2");
+                    crate::debian::build(&work, &plain, out, fw).await?;
+                    self.install_grub(&plain, &tmp, &disk, out).await?;
+                    for f in ["no-bootloader.qcow2", "vmlinuz", "initrd.img"] {
+                        let _ = tokio::fs::remove_file(tmp.join(f)).await;
+                    }
+                    Ok(())
+                }
+            }
+        }
+        .await;
+        if let Err(e) = built {
+            let _ = tokio::fs::remove_dir_all(&tmp).await;
+            return Err(e);
+        }
+        let mut entry =
             self.entry_for(&format!("Debian:debian-12:{sku}:{version}"), &version, &disk, format!("debian-recipe:{key}"), false).await?;
+        entry.firmware = fw.as_str().into();
         self.commit(&tmp, &dir.join(&version), &entry).await?;
         drop(lock);
         Ok(())
+    }
+
+    /// Boots a BIOS base once by direct kernel boot, installs GRUB from inside, generalizes it
+    /// and flattens the result into `dest`.
+    async fn install_grub(&self, plain: &Path, dir: &Path, dest: &Path, out: &dyn OutputSink) -> Result<()> {
+        use aib_core::{CommunicatorExt, ExecRequest, ProvisionRequest, Provisioner, RunContext};
+        out.line(OutputStream::Stdout, "booting the BIOS base once to install GRUB (direct kernel boot)");
+        let image = ResolvedImage::new("PlatformImage", "Debian:debian-12:12:bootstrap", "bootstrap")
+            .with_attribute("disk", plain.display().to_string())
+            .with_attribute("diskFormat", "qcow2")
+            .with_attribute("firmware", "bios")
+            .with_attribute("kernel", dir.join("vmlinuz").display().to_string())
+            .with_attribute("initrd", dir.join("initrd.img").display().to_string());
+        let prov = crate::qemu::QemuProvisioner::new(&self.runs);
+        let ctx = RunContext::detached(&format!("aib-grub-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]))?;
+        let result = async {
+            let vm = prov.provision(&ProvisionRequest::new(image), &ctx).await?;
+            let comm = prov.connect(&vm, &ctx).await?;
+            let step = ctx.step("install-grub");
+            comm.run_checked(
+                "install-grub",
+                &ExecRequest::new("sudo -n grub-install --target=i386-pc /dev/vda && sudo -n update-grub"),
+                &*step.output,
+            )
+            .await?;
+            prov.generalize(&vm, &*comm, &step).await?;
+            let captured = prov.capture(&vm, &step).await?;
+            run(
+                "qemu-img",
+                [
+                    "convert",
+                    "-W",
+                    "-m",
+                    "16",
+                    "-f",
+                    "qcow2",
+                    "-O",
+                    "qcow2",
+                    "-c",
+                    "-o",
+                    "compression_type=zstd",
+                    &captured.location,
+                    &dest.display().to_string(),
+                ],
+            )
+            .await?;
+            Ok::<(), Error>(())
+        }
+        .await;
+        for r in ctx.ledger().outstanding().iter().rev() {
+            prov.delete(r).await?;
+            ctx.ledger().release(&r.id)?;
+        }
+        result
     }
 
     async fn entry_for(&self, urn: &str, version: &str, disk: &Path, origin: String, windows: bool) -> Result<CatalogEntry> {
@@ -202,6 +295,7 @@ impl Catalog {
             created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             windows,
             disk: "disk.qcow2".into(),
+            firmware: "uefi".into(),
         })
     }
 
@@ -303,7 +397,8 @@ pub(crate) fn resolved(requested: &str, entry: &CatalogEntry, disk: &Path) -> Re
         .with_attribute("disk", disk.display().to_string())
         .with_attribute("diskFormat", "qcow2")
         .with_attribute("sha256", entry.sha256.clone())
-        .with_attribute("virtualSize", entry.virtual_size);
+        .with_attribute("virtualSize", entry.virtual_size)
+        .with_attribute("firmware", entry.firmware.clone());
     r.attributes.insert("origin".into(), entry.origin.clone().into());
     r
 }

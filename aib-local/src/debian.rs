@@ -23,6 +23,40 @@ pub const PACKAGES: &[&str] = &[
     "cloud-guest-utils",
 ];
 
+/// How the base image boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firmware {
+    /// UEFI with systemd-boot on an ESP (Azure Gen2, `*-gen2` SKUs).
+    Uefi,
+    /// BIOS with GRUB in a BIOS-boot partition (Azure Gen1).
+    Bios,
+}
+
+impl Firmware {
+    /// `uefi` or `bios`, as manifests and image attributes spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Firmware::Uefi => "uefi",
+            Firmware::Bios => "bios",
+        }
+    }
+
+    /// The firmware a SKU implies: `-gen2` SKUs are UEFI, others BIOS.
+    pub fn for_sku(sku: &str) -> Firmware {
+        if sku.to_ascii_lowercase().ends_with("gen2") { Firmware::Uefi } else { Firmware::Bios }
+    }
+}
+
+/// Extra packages of the BIOS variant (GRUB is installed from inside the image).
+const BIOS_PACKAGES: &[&str] = &["grub-pc-bin", "grub2-common"];
+
+const BIOS_GRUB: &str = r#"mkdir -p "$1/etc/default/grub.d"; printf 'GRUB_TIMEOUT=0
+GRUB_CMDLINE_LINUX="console=tty0 console=ttyS0,115200"
+GRUB_TERMINAL="serial console"
+GRUB_SERIAL_COMMAND="serial --speed=115200"
+GRUB_DISABLE_OS_PROBER=true
+' > "$1/etc/default/grub.d/50-aib.cfg""#;
+
 const SUITE: &str = "bookworm";
 const DISK_MIB: u64 = 2048;
 const ESP_MIB: u64 = 64;
@@ -36,10 +70,22 @@ fn hooks() -> Vec<String> {
     ]
 }
 
+fn packages(fw: Firmware) -> Vec<&'static str> {
+    let mut p = PACKAGES.to_vec();
+    if fw == Firmware::Bios {
+        p.extend(BIOS_PACKAGES);
+    }
+    p
+}
+
 /// The cache key: a hash of everything that shapes the image.
-pub fn recipe_key() -> String {
+pub fn recipe_key(fw: Firmware) -> String {
     let mut h = sha2::Sha256::new();
-    h.update(format!("aib-debian-base v1\n{SUITE}\n{}\n{DISK_MIB}\n{ESP_MIB}\nuefi-systemd-boot\n", PACKAGES.join(",")));
+    let boot = match fw {
+        Firmware::Uefi => "uefi-systemd-boot".to_string(),
+        Firmware::Bios => format!("bios-grub\n{BIOS_GRUB}"),
+    };
+    h.update(format!("aib-debian-base v1\n{SUITE}\n{}\n{DISK_MIB}\n{ESP_MIB}\n{boot}\n", packages(fw).join(",")));
     for k in hooks() {
         h.update(k);
         h.update("\n");
@@ -81,13 +127,19 @@ async fn systemd_boot_efi(work: &Path) -> Result<PathBuf> {
 }
 
 /// Builds the base disk into `dest` (a zstd qcow2), working in `work`. Progress lines go to
-/// `out`. Takes about a minute with a warm package cache.
-pub async fn build(work: &Path, dest: &Path, out: &dyn OutputSink) -> Result<()> {
+/// `out`. Takes about a minute with a warm package cache. A BIOS disk has no boot loader yet:
+/// its kernel and initrd are left next to `dest` (`vmlinuz`, `initrd.img`) for the first boot
+/// that installs GRUB from inside ([`crate::Catalog`] does that).
+pub async fn build(work: &Path, dest: &Path, out: &dyn OutputSink, fw: Firmware) -> Result<()> {
     let root = work.join("root");
     let _ = tokio::fs::remove_dir_all(work).await;
     tokio::fs::create_dir_all(work).await.map_err(|e| Error::io(work, e))?;
-    let efi = systemd_boot_efi(work).await?;
-    say(out, &format!("mmdebstrap {SUITE} ({} packages) — about a minute", PACKAGES.len()));
+    let efi = match fw {
+        Firmware::Uefi => Some(systemd_boot_efi(work).await?),
+        Firmware::Bios => None,
+    };
+    let pkgs = packages(fw);
+    say(out, &format!("mmdebstrap {SUITE} ({} packages, {}) — about a minute", pkgs.len(), fw.as_str()));
     let mut args: Vec<String> = vec!["--variant=apt".into(), "--quiet".into()];
     if is_root() {
         args.push("--mode=root".into());
@@ -103,15 +155,17 @@ pub async fn build(work: &Path, dest: &Path, out: &dyn OutputSink) -> Result<()>
     for opt in ["path-exclude=/usr/share/man/*", "path-exclude=/usr/share/doc/*", "path-include=/usr/share/doc/*/copyright"] {
         args.push(format!("--dpkgopt={opt}"));
     }
-    args.push(format!("--include={}", PACKAGES.join(",")));
+    args.push(format!("--include={}", pkgs.join(",")));
     for h in hooks() {
         args.push(format!("--customize-hook={h}"));
+    }
+    if fw == Firmware::Bios {
+        args.push(format!("--customize-hook={BIOS_GRUB}"));
     }
     args.push(SUITE.into());
     args.push(root.display().to_string());
     run("mmdebstrap", &args).await?;
 
-    say(out, "assembling a GPT disk: ESP (systemd-boot) + ext4 root, without mounts");
     let cp = |from: &str, to: &Path| {
         let (from, to) = (root.join(from), to.to_path_buf());
         async move { tokio::fs::copy(&from, &to).await.map_err(|e| Error::io(&from, e)) }
@@ -119,43 +173,70 @@ pub async fn build(work: &Path, dest: &Path, out: &dyn OutputSink) -> Result<()>
     let (vmlinuz, initrd) = (work.join("vmlinuz"), work.join("initrd.img"));
     cp("vmlinuz", &vmlinuz).await?;
     cp("initrd.img", &initrd).await?;
-    let esp = work.join("esp.img");
-    let esp_s = esp.display().to_string();
-    run("truncate", ["-s", &format!("{ESP_MIB}M"), &esp_s]).await?;
-    run("mformat", ["-i", &esp_s, "-F", "-v", "ESP", "::"]).await?;
-    run("mmd", ["-i", &esp_s, "::/EFI", "::/EFI/BOOT", "::/loader", "::/loader/entries"]).await?;
-    let write = |name: &str, text: &str| {
-        let p = work.join(name);
-        let text = text.to_string();
-        async move {
-            tokio::fs::write(&p, text).await.map_err(|e| Error::io(&p, e))?;
-            Ok::<PathBuf, Error>(p)
+    let disk = work.join("disk.raw").display().to_string();
+    run("truncate", ["-s", &format!("{DISK_MIB}M"), &disk]).await?;
+    let (table, root_start, root_mib) = match &efi {
+        Some(efi) => {
+            say(out, "assembling a GPT disk: ESP (systemd-boot) + ext4 root, without mounts");
+            let esp = work.join("esp.img");
+            let esp_s = esp.display().to_string();
+            run("truncate", ["-s", &format!("{ESP_MIB}M"), &esp_s]).await?;
+            run("mformat", ["-i", &esp_s, "-F", "-v", "ESP", "::"]).await?;
+            run("mmd", ["-i", &esp_s, "::/EFI", "::/EFI/BOOT", "::/loader", "::/loader/entries"]).await?;
+            let loader = work.join("loader.conf");
+            tokio::fs::write(&loader, "default debian.conf\ntimeout 0\n").await.map_err(|e| Error::io(&loader, e))?;
+            let entry = work.join("debian.conf");
+            tokio::fs::write(&entry, "title Debian\nlinux /vmlinuz\ninitrd /initrd.img\noptions root=LABEL=root rw console=ttyS0\n")
+                .await
+                .map_err(|e| Error::io(&entry, e))?;
+            for (src, dst) in [
+                (efi.as_path(), "::/EFI/BOOT/BOOTX64.EFI"),
+                (loader.as_path(), "::/loader/loader.conf"),
+                (entry.as_path(), "::/loader/entries/debian.conf"),
+                (vmlinuz.as_path(), "::/vmlinuz"),
+                (initrd.as_path(), "::/initrd.img"),
+            ] {
+                run("mcopy", ["-i", &esp_s, &src.display().to_string(), dst]).await?;
+            }
+            run(
+                "dd",
+                [
+                    format!("if={esp_s}"),
+                    format!("of={disk}"),
+                    "bs=1M".into(),
+                    "seek=1".into(),
+                    "conv=notrunc,sparse".into(),
+                    "status=none".into(),
+                ],
+            )
+            .await?;
+            let root_mib = DISK_MIB - ESP_MIB - 2;
+            (
+                format!(
+                    "label: gpt\nstart=1MiB, size={ESP_MIB}MiB, type=uefi, name=esp\nstart={}MiB, size={root_mib}MiB, type=4f68bce3-e8cd-4db1-96e7-fbcaf984b709, name=root\n",
+                    ESP_MIB + 1
+                ),
+                ESP_MIB + 1,
+                root_mib,
+            )
+        }
+        None => {
+            say(out, "assembling a GPT disk: BIOS boot partition + ext4 root, without mounts");
+            let root_mib = DISK_MIB - 3;
+            (
+                format!(
+                    "label: gpt\nstart=1MiB, size=1MiB, type=21686148-6449-6E6F-744E-656564454649, name=bios\nstart=2MiB, size={root_mib}MiB, type=4f68bce3-e8cd-4db1-96e7-fbcaf984b709, name=root\n"
+                ),
+                2,
+                root_mib,
+            )
         }
     };
-    let loader = write("loader.conf", "default debian.conf\ntimeout 0\n").await?;
-    let entry =
-        write("debian.conf", "title Debian\nlinux /vmlinuz\ninitrd /initrd.img\noptions root=LABEL=root rw console=ttyS0\n").await?;
-    for (src, dst) in [
-        (efi.as_path(), "::/EFI/BOOT/BOOTX64.EFI"),
-        (loader.as_path(), "::/loader/loader.conf"),
-        (entry.as_path(), "::/loader/entries/debian.conf"),
-        (vmlinuz.as_path(), "::/vmlinuz"),
-        (initrd.as_path(), "::/initrd.img"),
-    ] {
-        run("mcopy", ["-i", &esp_s, &src.display().to_string(), dst]).await?;
-    }
-    let root_mib = DISK_MIB - ESP_MIB - 2;
     let rootimg = work.join("root.img").display().to_string();
     run("truncate", ["-s", &format!("{root_mib}M"), &rootimg]).await?;
     run("mkfs.ext4", ["-q", "-L", "root", "-d", &root.display().to_string(), &rootimg]).await?;
-    let disk = work.join("disk.raw").display().to_string();
-    run("truncate", ["-s", &format!("{DISK_MIB}M"), &disk]).await?;
-    let table = format!(
-        "label: gpt\nstart=1MiB, size={ESP_MIB}MiB, type=uefi, name=esp\nstart={}MiB, size={root_mib}MiB, type=4f68bce3-e8cd-4db1-96e7-fbcaf984b709, name=root\n",
-        ESP_MIB + 1
-    );
     let mut child = tokio::process::Command::new("sfdisk")
-        .args(["-q", &disk])
+        .args(["-q", "--no-reread", "--no-tell-kernel", &disk])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -169,21 +250,21 @@ pub async fn build(work: &Path, dest: &Path, out: &dyn OutputSink) -> Result<()>
     }
     run(
         "dd",
-        [format!("if={esp_s}"), format!("of={disk}"), "bs=1M".into(), "seek=1".into(), "conv=notrunc,sparse".into(), "status=none".into()],
-    )
-    .await?;
-    run(
-        "dd",
         [
             format!("if={rootimg}"),
             format!("of={disk}"),
             "bs=1M".into(),
-            format!("seek={}", ESP_MIB + 1),
+            format!("seek={root_start}"),
             "conv=notrunc,sparse".into(),
             "status=none".into(),
         ],
     )
     .await?;
+    if efi.is_none() {
+        let dir = dest.parent().unwrap_or(work);
+        tokio::fs::copy(&vmlinuz, dir.join("vmlinuz")).await.map_err(|e| Error::io(&vmlinuz, e))?;
+        tokio::fs::copy(&initrd, dir.join("initrd.img")).await.map_err(|e| Error::io(&initrd, e))?;
+    }
     say(out, "compressing the base image (qcow2, zstd)");
     let tmp = dest.with_extension("qcow2.tmp");
     run("qemu-img", ["convert", "-W", "-m", "16", "-c", "-O", "qcow2", "-o", "compression_type=zstd", &disk, &tmp.display().to_string()])
@@ -205,8 +286,12 @@ fn is_root() -> bool {
 mod tests {
     #[test]
     fn the_key_follows_the_recipe() {
-        let k = super::recipe_key();
+        use super::Firmware::*;
+        let k = super::recipe_key(Uefi);
         assert_eq!(k.len(), 16);
-        assert_eq!(k, super::recipe_key());
+        assert_eq!(k, super::recipe_key(Uefi));
+        assert_ne!(k, super::recipe_key(Bios));
+        assert_eq!(super::Firmware::for_sku("12-gen2"), Uefi);
+        assert_eq!(super::Firmware::for_sku("12"), Bios);
     }
 }

@@ -43,6 +43,17 @@ pub struct Manifest {
     pub tags: BTreeMap<String, String>,
     /// Windows or Linux.
     pub windows: bool,
+    /// `uefi` (Gen2) or `bios` (Gen1): how the disk boots.
+    #[serde(default = "uefi")]
+    pub firmware: String,
+}
+
+fn uefi() -> String {
+    "uefi".into()
+}
+
+fn firmware_of(image: &CapturedImage) -> String {
+    image.source.attributes.get("firmware").and_then(|f| f.as_str()).unwrap_or("uefi").to_string()
 }
 
 /// The gallery under `<state>/gallery`.
@@ -296,12 +307,14 @@ impl Gallery {
             regions,
             tags: target.artifact_tags.as_ref().and_then(|t| t.value()).cloned().unwrap_or_default(),
             windows: image.platform == Platform::Windows,
+            firmware: firmware_of(image),
         };
         let m = tmp.join("manifest.json");
         tokio::fs::write(&m, serde_json::to_vec_pretty(&manifest).unwrap_or_default()).await.map_err(|e| Error::io(&m, e))?;
         let def_json = def_dir.join("definition.json");
         if !def_json.exists() {
-            let d = serde_json::json!({"id": def_id, "osType": if manifest.windows { "Windows" } else { "Linux" }, "hyperVGeneration": "V2", "created": manifest.created});
+            let generation = if manifest.firmware == "bios" { "V1" } else { "V2" };
+            let d = serde_json::json!({"id": def_id, "osType": if manifest.windows { "Windows" } else { "Linux" }, "hyperVGeneration": generation, "created": manifest.created});
             tokio::fs::write(&def_json, serde_json::to_vec_pretty(&d).unwrap_or_default()).await.map_err(|e| Error::io(&def_json, e))?;
         }
         // Visible whole or not at all.
@@ -344,6 +357,7 @@ impl Gallery {
             regions: BTreeMap::new(),
             tags,
             windows: image.platform == Platform::Windows,
+            firmware: firmware_of(image),
         };
         tokio::fs::write(tmp.join("manifest.json"), serde_json::to_vec_pretty(&manifest).unwrap_or_default())
             .await
@@ -379,7 +393,8 @@ impl Gallery {
             .with_platform(if m.windows { Platform::Windows } else { Platform::Linux })
             .with_attribute("disk", disk.display().to_string())
             .with_attribute("diskFormat", "qcow2")
-            .with_attribute("sha256", m.sha256.clone()))
+            .with_attribute("sha256", m.sha256.clone())
+            .with_attribute("firmware", m.firmware.clone()))
     }
 
     /// Resolves a managed image id to its disk.
@@ -393,6 +408,7 @@ impl Gallery {
             .with_platform(if m.windows { Platform::Windows } else { Platform::Linux })
             .with_attribute("disk", dir.join("disk.qcow2").display().to_string())
             .with_attribute("diskFormat", "qcow2")
+            .with_attribute("firmware", m.firmware.clone())
             .with_attribute("sha256", m.sha256))
     }
 

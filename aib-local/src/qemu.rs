@@ -226,9 +226,12 @@ impl Provisioner for QemuProvisioner {
             ],
         )
         .await?;
+        let attr = |k: &str| req.image.attributes.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        let bios = attr("firmware").as_deref() == Some("bios");
         let vars = workdir.join("vars.fd");
-        tokio::fs::copy(OVMF_VARS, &vars).await.map_err(|e| Error::io(OVMF_VARS, e))?;
-
+        if !bios {
+            tokio::fs::copy(OVMF_VARS, &vars).await.map_err(|e| Error::io(OVMF_VARS, e))?;
+        }
         let (cpus, mem) = vm_shape(req.vm_profile.vm_size.as_deref());
         let pidfile = workdir.join("qemu.pid");
         let qmp_sock = workdir.join("qmp.sock");
@@ -245,6 +248,25 @@ impl Provisioner for QemuProvisioner {
                     .with_attribute("qmp", qmp_sock.display().to_string()),
             )?;
             let mut args: Vec<String> = self.accel.qemu_args().iter().map(|s| s.to_string()).collect();
+            if !bios {
+                for d in
+                    [format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"), format!("if=pflash,format=raw,file={}", vars.display())]
+                {
+                    args.push("-drive".into());
+                    args.push(d);
+                }
+            }
+            // Direct kernel boot: the first boot of a BIOS base, before GRUB is installed.
+            if let (Some(k), Some(i)) = (attr("kernel"), attr("initrd")) {
+                args.extend([
+                    "-kernel".to_string(),
+                    k,
+                    "-initrd".into(),
+                    i,
+                    "-append".into(),
+                    attr("append").unwrap_or_else(|| "root=LABEL=root rw console=ttyS0".into()),
+                ]);
+            }
             args.extend(
                 [
                     "-smp",
@@ -258,10 +280,6 @@ impl Provisioner for QemuProvisioner {
                     "-no-reboot",
                     "-name",
                     &format!("aib-{}", ctx.run_id()),
-                    "-drive",
-                    &format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"),
-                    "-drive",
-                    &format!("if=pflash,format=raw,file={}", vars.display()),
                     "-drive",
                     &format!("file={},if=virtio,format=qcow2,discard=unmap,cache=unsafe", overlay.display()),
                     "-drive",

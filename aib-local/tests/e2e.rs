@@ -205,3 +205,36 @@ async fn the_local_source_and_qemu_provisioner_pass_the_conformance_suite() {
     assert_eq!(qemu_processes(state.path()), 0);
     assert!(empty(&state.path().join("runs")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "boots QEMU VMs for minutes; run by the e2e step of scripts/test.sh"]
+async fn a_gen1_bios_image_builds_and_its_vhd_boots_with_bios() {
+    let state = tempfile::tempdir().unwrap();
+    let _guard = KillOnDrop(state.path().to_path_buf());
+    let local = backend(state.path());
+    let t = example_template(|v| {
+        v["properties"]["source"]["sku"] = "12".into();
+        v["properties"]["distribute"] = serde_json::json!([{"type": "VHD", "runOutputName": "gen1-vhd"}]);
+    });
+    let report = build(&local, &t).await;
+    assert_eq!(report.run_state, RunState::Succeeded, "{}\n{:#?}", report.message, report.log_tail);
+    assert_eq!(report.source.as_ref().unwrap().attributes["firmware"], "bios");
+    let vhd = report.output("gen1-vhd").unwrap().artifact_uri.clone().unwrap().replace("file://", "");
+    aib_local::outputs::check_vhd(Path::new(&vhd)).unwrap();
+    // The VHD itself boots: SeaBIOS, GRUB from the BIOS boot partition, no UEFI.
+    let image = aib_core::ResolvedImage::new("PlatformImage", "vhd", vhd.clone())
+        .with_attribute("disk", vhd.clone())
+        .with_attribute("diskFormat", "vpc")
+        .with_attribute("firmware", "bios");
+    let prov = local.provisioner();
+    let ctx = RunContext::detached("e2e-gen1").unwrap();
+    let vm = prov.provision(&aib_core::ProvisionRequest::new(image), &ctx).await.unwrap();
+    let comm = prov.connect(&vm, &ctx).await.unwrap();
+    assert_eq!(sh(&*comm, "cat /etc/aib-release").await, "built by aib");
+    assert_eq!(sh(&*comm, "if [ -d /sys/firmware/efi ]; then echo uefi; else echo bios; fi").await, "bios");
+    drop(comm);
+    for r in ctx.ledger().outstanding().iter().rev() {
+        prov.delete(r).await.unwrap();
+        ctx.ledger().release(&r.id).unwrap();
+    }
+}
