@@ -7,7 +7,8 @@
 #   5. end to end (own step)      real QEMU builds of the example template: boot the image
 #                                 produced, check customization and generalization; failure
 #                                 under cleanup and abort. Minutes under TCG. Skip with --quick.
-# Needs the Rust toolchain (cargo, rustfmt, clippy). The SSH tests start a real OpenSSH sshd
+# Needs the Rust toolchain (cargo, rustfmt, clippy). Azure storage tests run against Azurite,
+# installed with npm into ~/.cache/aib/azurite when missing. The SSH tests start a real OpenSSH sshd
 # on 127.0.0.1 and use sudo: when they are missing and this runs as root, it installs Debian's
 # openssh-server, openssh-client and sudo; otherwise it says what to install.
 # Build output goes to $CARGO_TARGET_DIR (default: ~/.cache/aib/target), shared with CI.
@@ -43,6 +44,19 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 step() { echo; echo "==> $*"; }
+
+# Azurite (npm) for the page-blob tests of the Azure backend.
+azurite_dir="${AIB_AZURITE_DIR:-$HOME/.cache/aib/azurite}"
+if [ ! -x "$azurite_dir/node_modules/.bin/azurite-blob" ]; then
+  if command -v npm >/dev/null; then
+    echo "==> installing Azurite (npm) into $azurite_dir, for the Azure storage tests"
+    mkdir -p "$azurite_dir"
+    (cd "$azurite_dir" && { [ -f package.json ] || npm init -y >/dev/null; } && npm install --no-audit --no-fund --silent azurite@3)
+  else
+    echo "missing: Azurite needs Node.js and npm (apt-get install -y nodejs npm)" >&2
+    exit 1
+  fi
+fi
 
 step "cargo fmt --all --check"
 cargo fmt --all --check

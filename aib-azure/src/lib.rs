@@ -10,13 +10,17 @@
 //! - [`AzureSource`]: `PlatformImage` (`latest` through the marketplace list), `ManagedImage`
 //!   and `SharedImageVersion` (`…/versions/latest`), checked for region and generalization.
 //!
-//! The provisioner and the distributors are not here yet.
+//! - [`upload`]: a disk from this machine (a fixed VHD) to a page blob, sending only the
+//!   allocated, non-zero ranges, in parallel, with retries per range.
+//!
+//! The provisioner and the ARM distributors are not here yet.
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
 mod client;
 mod credential;
 mod error;
 mod sources;
+pub mod upload;
 
 pub use client::{ArmClient, ArmClientBuilder, PUBLIC_ARM, RetryConfig};
 pub use credential::Credential;

@@ -28,6 +28,7 @@
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
 pub mod arm;
+pub mod azurite;
 mod communicator;
 pub mod conformance;
 mod fakes;

@@ -1,0 +1,61 @@
+//! Uploading a local fixed VHD to a page blob in Azurite: only allocated, non-zero pages go.
+
+use aib_azure::upload::{BlobTarget, data_ranges, upload_page_blob};
+use aib_core::MemorySink;
+use aib_testkit::azurite::{ACCOUNT, Azurite, KEY};
+use azure_storage::{CloudLocation, StorageCredentials};
+use azure_storage_blobs::prelude::ClientBuilder;
+use futures::StreamExt;
+use std::io::{Seek, SeekFrom, Write};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sparse_vhd_uploads_only_its_data() {
+    let azurite = Azurite::start().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
+    // A 64 MiB disk with data in three places, as a fixed VHD.
+    let raw = dir.path().join("disk.raw");
+    let mut f = std::fs::File::create(&raw).unwrap();
+    f.set_len(64 << 20).unwrap();
+    for (at, len) in [(0u64, 8192usize), (20 << 20, 5 << 20), (60 << 20, 4096)] {
+        f.seek(SeekFrom::Start(at)).unwrap();
+        f.write_all(&(0..len).map(|i| (i % 251) as u8 + 1).collect::<Vec<_>>()).unwrap();
+    }
+    drop(f);
+    let vhd = dir.path().join("disk.vhd");
+    let st = std::process::Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed,force_size=on"])
+        .arg(&raw)
+        .arg(&vhd)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let size = std::fs::metadata(&vhd).unwrap().len();
+    assert_eq!(size, (64 << 20) + 512);
+    assert!(data_ranges(&vhd).await.unwrap().iter().map(|r| r.1).sum::<u64>() < 16 << 20, "the VHD is sparse");
+
+    let target = BlobTarget {
+        location: CloudLocation::Custom { account: ACCOUNT.into(), uri: azurite.endpoint() },
+        credentials: StorageCredentials::access_key(ACCOUNT, azure_core::auth::Secret::new(KEY)),
+        container: "vhds".into(),
+        blob: "disk.vhd".into(),
+    };
+    let sink = MemorySink::new();
+    let stats = upload_page_blob(&vhd, &target, 4, &sink).await.unwrap();
+    assert_eq!(stats.size, size);
+    assert!(stats.sent >= (5 << 20) + 8192 + 4096 + 512, "{stats:?}");
+    assert!(stats.sent < 8 << 20, "holes are not sent: {stats:?}");
+
+    // What Azure holds is the disk, byte for byte.
+    let blob = ClientBuilder::with_location(target.location.clone(), target.credentials.clone()).blob_client("vhds", "disk.vhd");
+    let props = blob.get_properties().await.unwrap();
+    assert_eq!(props.blob.properties.content_length, size);
+    let mut got = Vec::new();
+    let mut stream = blob.get().into_stream();
+    while let Some(chunk) = stream.next().await {
+        got.extend(chunk.unwrap().data.collect().await.unwrap());
+    }
+    assert_eq!(got.len() as u64, size);
+    assert!(got == std::fs::read(&vhd).unwrap(), "content differs");
+    let ranges = blob.get_page_ranges().await.unwrap().page_list.ranges;
+    assert!(!ranges.is_empty());
+}
