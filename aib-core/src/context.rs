@@ -189,4 +189,12 @@ impl StepContext {
     pub fn detached(step: &str) -> Result<Self> {
         Ok(RunContext::detached("detached")?.step(step))
     }
+
+    /// A detached step context whose output is kept in the returned sink (tests, tools).
+    pub fn capturing(step: &str) -> Result<(Self, crate::events::MemorySink)> {
+        let sink = crate::events::MemorySink::new();
+        let mut c = Self::detached(step)?;
+        c.output = Arc::new(sink.clone());
+        Ok((c, sink))
+    }
 }

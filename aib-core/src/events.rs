@@ -171,6 +171,11 @@ impl MemorySink {
     pub fn lines(&self) -> Vec<(OutputStream, String)> {
         self.lines.lock().map(|l| l.clone()).unwrap_or_default()
     }
+
+    /// The standard-output lines so far.
+    pub fn stdout(&self) -> Vec<String> {
+        self.lines().into_iter().filter(|(s, _)| *s == OutputStream::Stdout).map(|(_, l)| l).collect()
+    }
 }
 
 impl OutputSink for MemorySink {

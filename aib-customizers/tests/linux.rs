@@ -3,8 +3,8 @@
 
 use aib_core::template::ImageTemplate;
 use aib_core::{
-    AccessInfo, Backend, BuildVm, CapturedImage, Communicator, Customizer, Error, Event, MemorySink, OutputStream, Pipeline, Platform,
-    ProvisionRequest, Provisioner, ResolvedImage, ResourceRecord, RunContext, RunState, Scope, StepContext,
+    AccessInfo, Backend, BuildVm, CapturedImage, Communicator, Customizer, Error, Event, MemorySink, Pipeline, Platform, ProvisionRequest,
+    Provisioner, ResolvedImage, ResourceRecord, RunContext, RunState, Scope, StepContext,
 };
 use aib_customizers::fetch::{Fetcher, sha256_hex};
 use aib_customizers::ssh::{HostKeyCheck, SshCommunicator, SshConfig, ephemeral_key, public_key_line};
@@ -34,14 +34,11 @@ fn start() -> Sshd {
 }
 
 fn ctx(step: &str) -> (StepContext, MemorySink) {
-    let sink = MemorySink::new();
-    let mut c = StepContext::detached(step).unwrap();
-    c.output = Arc::new(sink.clone());
-    (c, sink)
+    StepContext::capturing(step).unwrap()
 }
 
 fn stdout(sink: &MemorySink) -> Vec<String> {
-    sink.lines().into_iter().filter(|(s, _)| *s == OutputStream::Stdout).map(|(_, l)| l).collect()
+    sink.stdout()
 }
 
 #[tokio::test]

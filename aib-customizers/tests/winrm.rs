@@ -4,7 +4,7 @@
 
 use aib_core::template::ImageTemplate;
 use aib_core::{
-    AccessInfo, Backend, BuildVm, CapturedImage, Communicator, Customizer, Error, Event, ExecRequest, MemorySink, OutputStream, Pipeline,
+    AccessInfo, Backend, BuildVm, CapturedImage, Communicator, Customizer, Error, Event, ExecRequest, MemorySink, Pipeline,
     ProvisionRequest, Provisioner, ResolvedImage, ResourceRecord, RunContext, RunState, Scope, StepContext, UploadRequest,
 };
 use aib_customizers::fetch::sha256_hex;
@@ -174,14 +174,11 @@ fn config(s: &WinRmServer, password: &str) -> WinRmConfig {
 }
 
 fn ctx(step: &str) -> (StepContext, MemorySink) {
-    let sink = MemorySink::new();
-    let mut c = StepContext::detached(step).unwrap();
-    c.output = Arc::new(sink.clone());
-    (c, sink)
+    StepContext::capturing(step).unwrap()
 }
 
 fn stdout(sink: &MemorySink) -> Vec<String> {
-    sink.lines().into_iter().filter(|(s, _)| *s == OutputStream::Stdout).map(|(_, l)| l).collect()
+    sink.stdout()
 }
 
 #[tokio::test]

@@ -53,7 +53,7 @@ pub fn fake_image() -> ResolvedImage {
 }
 
 fn stdout(sink: &MemorySink) -> Vec<String> {
-    sink.lines().into_iter().filter(|(s, _)| *s == OutputStream::Stdout).map(|(_, l)| l).collect()
+    sink.stdout()
 }
 
 /// `Communicator`: output streams line by line, exit codes come back, non-zero exits are
