@@ -11,7 +11,8 @@
 //!   and `SharedImageVersion` (`…/versions/latest`), checked for region and generalization.
 //!
 //! - [`upload`]: a disk from this machine (a fixed VHD) to a page blob, sending only the
-//!   allocated, non-zero ranges, in parallel, with retries per range.
+//!   allocated, non-zero ranges, in parallel, with retries per range; [`BlobVhdDistributor`]
+//!   makes that the `VHD` target of any backend (a local build published to Azure storage).
 //!
 //! The provisioner and the ARM distributors are not here yet.
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
@@ -21,8 +22,10 @@ mod credential;
 mod error;
 mod sources;
 pub mod upload;
+mod vhd;
 
 pub use client::{ArmClient, ArmClientBuilder, PUBLIC_ARM, RetryConfig};
 pub use credential::Credential;
 pub use error::ArmError;
 pub use sources::{AzureSource, COMPUTE_API};
+pub use vhd::{BlobVhdDistributor, parse_blob_uri};

@@ -59,3 +59,41 @@ async fn a_sparse_vhd_uploads_only_its_data() {
     let ranges = blob.get_page_ranges().await.unwrap().page_list.ranges;
     assert!(!ranges.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_captured_disk_can_be_published_as_a_vhd_blob() {
+    use aib_azure::BlobVhdDistributor;
+    use aib_core::{CapturedImage, Distributor, ResolvedImage};
+    let azurite = Azurite::start().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("captured.qcow2");
+    assert!(std::process::Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&disk).arg("16M").status().unwrap().success());
+    let image = CapturedImage::new(disk.display().to_string(), "qcow2", disk.display().to_string(), ResolvedImage::default());
+    let uri = format!("{}/vhds/from-local.vhd", azurite.endpoint());
+    let scratch = dir.path().join("scratch");
+    let d = BlobVhdDistributor::new(&uri, StorageCredentials::access_key(ACCOUNT, azure_core::auth::Secret::new(KEY)), &scratch).unwrap();
+    // The conformance suite: an artifact, and nothing left in the ledger.
+    aib_testkit::conformance::distributor(&d, &image).await;
+    let (step, sink) = aib_core::StepContext::capturing("distribute vhd").unwrap();
+    let a = d.distribute(&image, &step).await.unwrap();
+    assert_eq!(a.artifact_uri.as_deref(), Some(uri.as_str()));
+    assert!(step.run.ledger().outstanding().is_empty(), "the staged VHD was recorded and released");
+    assert!(std::fs::read_dir(&scratch).unwrap().next().is_none(), "the staged VHD is removed");
+    assert!(sink.stdout().iter().any(|l| l.contains("uploaded")));
+    let blob = ClientBuilder::with_location(
+        CloudLocation::Custom { account: ACCOUNT.into(), uri: azurite.endpoint() },
+        StorageCredentials::access_key(ACCOUNT, azure_core::auth::Secret::new(KEY)),
+    )
+    .blob_client("vhds", "from-local.vhd");
+    assert_eq!(blob.get_properties().await.unwrap().blob.properties.content_length, (16 << 20) + 512);
+    // Without credentials in the environment, from_spec says which variables to set.
+    let spec = aib_core::template::DistributorSpec::Vhd(aib_core::template::VhdTarget {
+        run_output_name: "v".into(),
+        artifact_tags: None,
+        uri: Some(uri.clone()),
+    });
+    if std::env::var_os("AZURE_STORAGE_KEY").is_none() && std::env::var_os("AZURE_STORAGE_SAS_TOKEN").is_none() {
+        let e = BlobVhdDistributor::from_spec(&spec, &scratch).unwrap_err();
+        assert!(e.to_string().contains("not authenticated") || format!("{e:?}").contains("AZURE_STORAGE_KEY"), "{e:?}");
+    }
+}
