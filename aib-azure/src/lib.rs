@@ -14,11 +14,15 @@
 //!   allocated, non-zero ranges, in parallel, with retries per range; [`BlobVhdDistributor`]
 //!   makes that the `VHD` target of any backend (a local build published to Azure storage).
 //!
-//! The provisioner and the ARM distributors are not here yet.
+//! - [`ManagedImageDistributor`] and [`SharedImageDistributor`]: the ARM targets, from a
+//!   captured VM or managed image.
+//!
+//! The provisioner (build VM, network, staging resource group, capture) is not here yet.
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
 mod client;
 mod credential;
+mod distribute;
 mod error;
 mod sources;
 pub mod upload;
@@ -26,6 +30,7 @@ mod vhd;
 
 pub use client::{ArmClient, ArmClientBuilder, PUBLIC_ARM, RetryConfig};
 pub use credential::Credential;
+pub use distribute::{ManagedImageDistributor, SharedImageDistributor, next_version};
 pub use error::ArmError;
 pub use sources::{AzureSource, COMPUTE_API};
 pub use vhd::{BlobVhdDistributor, parse_blob_uri};

@@ -1,0 +1,235 @@
+//! ARM distributors: `ManagedImage` (create or replace at `imageId`) and `SharedImage` (a
+//! gallery image version: `versioning`, `targetRegions` with replica counts and storage types,
+//! `excludeFromLatest`, `replicationMode`, replication progress, and a timeout that does not
+//! fail a version that exists).
+//!
+//! The captured image is an ARM resource: its `id` is a generalized VM or a managed image.
+
+use crate::client::ArmClient;
+use crate::error::BACKEND;
+use crate::sources::COMPUTE_API;
+use aib_core::template::{DistributorSpec, Expr, ManagedImageTarget, SharedImageTarget, Versioning};
+use aib_core::{Artifact, CapturedImage, Distributor, Error, OutputStream, Result, StepContext};
+use async_trait::async_trait;
+use serde_json::{Value, json};
+use std::fmt;
+
+fn source_ref(image: &CapturedImage) -> Value {
+    let id = &image.id;
+    if id.to_ascii_lowercase().contains("/providers/microsoft.compute/virtualmachines/") {
+        json!({"virtualMachineId": id})
+    } else {
+        json!({"id": id})
+    }
+}
+
+fn region(s: &str) -> String {
+    s.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase()
+}
+
+/// Creates or replaces a managed image from the captured VM or image.
+#[derive(Debug, Clone)]
+pub struct ManagedImageDistributor {
+    arm: ArmClient,
+    target: ManagedImageTarget,
+}
+
+impl fmt::Display for ManagedImageDistributor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ManagedImage({})", self.target.image_id)
+    }
+}
+
+impl ManagedImageDistributor {
+    /// From a template `ManagedImage` entry.
+    pub fn from_spec(arm: ArmClient, spec: &DistributorSpec) -> Result<Self> {
+        match spec {
+            DistributorSpec::ManagedImage(t) => Ok(ManagedImageDistributor { arm, target: t.clone() }),
+            other => Err(Error::InvalidConfig {
+                backend: BACKEND,
+                key: other.run_output_name().into(),
+                message: "not a ManagedImage target".into(),
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl Distributor for ManagedImageDistributor {
+    async fn distribute(&self, image: &CapturedImage, ctx: &StepContext) -> Result<Artifact> {
+        let id = &self.target.image_id;
+        // An image's source cannot change in place: replace it, as AIB does.
+        match self.arm.get(id, COMPUTE_API).await {
+            Ok(_) => {
+                ctx.output.line(OutputStream::Stdout, &format!("replacing the existing image {id}"));
+                self.arm.delete(id, COMPUTE_API).await?;
+            }
+            Err(Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let mut props =
+            json!({"hyperVGeneration": image.source.attributes.get("hyperVGeneration").and_then(|g| g.as_str()).unwrap_or("V2")});
+        match source_ref(image) {
+            v if v.get("virtualMachineId").is_some() => props["sourceVirtualMachine"] = json!({"id": image.id}),
+            _ => {
+                props["storageProfile"] = json!({"osDisk": {"osType": if image.platform == aib_core::Platform::Windows { "Windows" } else { "Linux" }, "osState": "Generalized", "managedDisk": {"id": image.id}}})
+            }
+        }
+        let tags = self.target.artifact_tags.as_ref().and_then(Expr::value).cloned().unwrap_or_default();
+        let body = json!({"location": self.target.location, "tags": tags, "properties": props});
+        let v = self.arm.put(id, COMPUTE_API, &body).await?;
+        Ok(Artifact::with_id(v["id"].as_str().unwrap_or(id)))
+    }
+}
+
+/// Publishes a gallery image version.
+#[derive(Debug, Clone)]
+pub struct SharedImageDistributor {
+    arm: ArmClient,
+    target: SharedImageTarget,
+}
+
+impl fmt::Display for SharedImageDistributor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SharedImage({})", self.target.gallery_image_id)
+    }
+}
+
+/// The next version under `Latest` (within `major` when set).
+pub fn next_version(existing: &[String], major: Option<i32>) -> String {
+    let parse = |v: &String| -> Option<(u32, u32, u32)> {
+        let p: Vec<u32> = v.split('.').map(|x| x.parse().ok()).collect::<Option<_>>()?;
+        (p.len() == 3).then(|| (p[0], p[1], p[2]))
+    };
+    let all: Vec<(u32, u32, u32)> = existing.iter().filter_map(parse).filter(|v| major.is_none_or(|m| m < 0 || v.0 == m as u32)).collect();
+    match all.into_iter().max() {
+        Some((a, b, c)) => format!("{a}.{b}.{}", c + 1),
+        None => format!("{}.0.0", major.filter(|m| *m >= 0).unwrap_or(1)),
+    }
+}
+
+impl SharedImageDistributor {
+    /// From a template `SharedImage` entry.
+    pub fn from_spec(arm: ArmClient, spec: &DistributorSpec) -> Result<Self> {
+        match spec {
+            DistributorSpec::SharedImage(t) => Ok(SharedImageDistributor { arm, target: t.clone() }),
+            other => Err(Error::InvalidConfig {
+                backend: BACKEND,
+                key: other.run_output_name().into(),
+                message: "not a SharedImage target".into(),
+            }),
+        }
+    }
+
+    fn target_regions(&self, gallery_region: &str) -> Vec<Value> {
+        let t = &self.target;
+        match (&t.target_regions, &t.replication_regions) {
+            (Some(Expr::Value(rs)), _) => rs
+                .iter()
+                .map(|r| {
+                    json!({"name": r.name, "regionalReplicaCount": r.replica_count.as_ref().and_then(Expr::value).copied().unwrap_or(1),
+                           "storageAccountType": r.storage_account_type.clone().unwrap_or_else(|| "Standard_LRS".into())})
+                })
+                .collect(),
+            (_, Some(Expr::Value(rs))) => rs
+                .iter()
+                .map(|r| json!({"name": r, "regionalReplicaCount": 1, "storageAccountType": t.storage_account_type.clone().unwrap_or_else(|| "Standard_LRS".into())}))
+                .collect(),
+            _ => vec![json!({"name": gallery_region, "regionalReplicaCount": 1, "storageAccountType": "Standard_LRS"})],
+        }
+    }
+}
+
+#[async_trait]
+impl Distributor for SharedImageDistributor {
+    async fn distribute(&self, image: &CapturedImage, ctx: &StepContext) -> Result<Artifact> {
+        let t = &self.target;
+        let (definition, explicit) = match t.gallery_image_id.split_once("/versions/") {
+            Some((d, v)) => (d.to_string(), Some(v.to_string())),
+            None => (t.gallery_image_id.clone(), None),
+        };
+        let def = self.arm.get(&definition, COMPUTE_API).await?;
+        let location = def["location"].as_str().unwrap_or_default().to_string();
+        let version = match (explicit, &t.versioning) {
+            (Some(v), _) => v,
+            (None, Some(Versioning::Source)) => {
+                let v = image.source.exact_version.clone().unwrap_or_default();
+                if v.split('.').count() != 3 || v.split('.').any(|p| p.parse::<u32>().is_err()) {
+                    return Err(Error::InvalidConfig {
+                        backend: BACKEND,
+                        key: "versioning".into(),
+                        message: format!("`Source` versioning needs a source version x.y.z, the source has `{v}`"),
+                    });
+                }
+                v
+            }
+            (None, v) => {
+                let existing: Vec<String> = self
+                    .arm
+                    .list(&format!("{definition}/versions"), COMPUTE_API)
+                    .await?
+                    .iter()
+                    .filter_map(|v| v["name"].as_str().map(str::to_string))
+                    .collect();
+                let major = match v {
+                    Some(Versioning::Latest { major: Some(Expr::Value(m)) }) => Some(*m),
+                    _ => None,
+                };
+                next_version(&existing, major)
+            }
+        };
+        let id = format!("{definition}/versions/{version}");
+        if self.arm.get(&id, COMPUTE_API).await.is_ok() {
+            return Err(Error::AlreadyExists { backend: BACKEND, what: format!("gallery image version {id}") });
+        }
+        let regions = self.target_regions(&location);
+        let total: u64 = regions.iter().filter_map(|r| r["regionalReplicaCount"].as_u64()).sum();
+        let mut publishing = json!({"targetRegions": regions, "excludeFromLatest": t.exclude_from_latest.as_ref().and_then(Expr::value).copied().unwrap_or(false)});
+        if let Some(mode) = t.replication_mode {
+            publishing["replicationMode"] = json!(match mode {
+                aib_core::template::ReplicationMode::Full => "Full",
+                aib_core::template::ReplicationMode::Shallow => "Shallow",
+            });
+        }
+        let tags = t.artifact_tags.as_ref().and_then(Expr::value).cloned().unwrap_or_default();
+        let body = json!({"location": location, "tags": tags, "properties": {"publishingProfile": publishing, "storageProfile": {"source": source_ref(image)}}});
+        ctx.output.line(
+            OutputStream::Stdout,
+            &format!(
+                "publishing {id} to {} replica(s) in {}",
+                total,
+                regions.iter().filter_map(|r| r["name"].as_str()).map(region).collect::<Vec<_>>().join(", ")
+            ),
+        );
+        ctx.output.progress(0, Some(total), "replicas");
+        match self.arm.put(&id, COMPUTE_API, &body).await {
+            Ok(_) => {}
+            // Replication to many regions can outlast any deadline while the version is already
+            // usable; a version that exists means the build succeeded.
+            Err(Error::Timeout { .. }) => {
+                let v = self.arm.get(&id, COMPUTE_API).await?;
+                ctx.run.notice(format!(
+                    "{id}: still replicating after the deadline (provisioningState {}); the version exists, so the build succeeded",
+                    v["properties"]["provisioningState"]
+                ));
+            }
+            Err(e) => return Err(e),
+        }
+        ctx.output.progress(total, Some(total), "replicas");
+        Ok(Artifact::with_id(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latest_versions() {
+        let g: Vec<String> = ["0.1.1", "1.2.0", "2.1.0"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(next_version(&g, None), "2.1.1");
+        assert_eq!(next_version(&g, Some(1)), "1.2.1");
+        assert_eq!(next_version(&g, Some(5)), "5.0.0");
+        assert_eq!(next_version(&[], None), "1.0.0");
+    }
+}

@@ -1,0 +1,119 @@
+//! The ARM distributors against the ARM test server.
+
+use aib_azure::{ArmClient, COMPUTE_API, Credential, ManagedImageDistributor, RetryConfig, SharedImageDistributor};
+use aib_core::template::{DistributorSpec, Expr, ManagedImageTarget, SharedImageTarget, TargetRegion, Versioning};
+use aib_core::{CapturedImage, Distributor, Error, ResolvedImage, StepContext};
+use aib_testkit::arm::ArmServer;
+use serde_json::json;
+use std::time::Duration;
+
+const SUB: &str = "00000000-0000-0000-0000-000000000002";
+
+fn client(s: &ArmServer, lro: Duration) -> ArmClient {
+    ArmClient::builder()
+        .endpoint(s.url())
+        .credential(Credential::static_token("t"))
+        .retry(RetryConfig::fixed(2, Duration::from_millis(10)))
+        .poll_interval(Duration::from_millis(10))
+        .lro_timeout(lro)
+        .build()
+        .unwrap()
+}
+
+fn captured() -> CapturedImage {
+    let vm = format!("/subscriptions/{SUB}/resourceGroups/IT_rg_web_1/providers/Microsoft.Compute/virtualMachines/build");
+    CapturedImage::new(vm.clone(), "managedDisk", vm, ResolvedImage::default().with_exact_version("2.3.4"))
+}
+
+async fn setup(s: &ArmServer, c: &ArmClient) -> String {
+    c.put(&format!("/subscriptions/{SUB}/resourceGroups/images"), "2021-04-01", &json!({"location": "westus"})).await.unwrap();
+    let def = format!("/subscriptions/{SUB}/resourceGroups/images/providers/Microsoft.Compute/galleries/g/images/web");
+    s.put_resource(&def, json!({"location": "westus", "properties": {"osType": "Linux", "osState": "Generalized"}}));
+    s.put_resource(
+        &format!("{def}/versions/1.0.0"),
+        json!({"name": "1.0.0", "location": "westus", "properties": {"provisioningState": "Succeeded"}}),
+    );
+    def
+}
+
+fn shared(def: &str, versioning: Option<Versioning>) -> DistributorSpec {
+    DistributorSpec::SharedImage(SharedImageTarget {
+        run_output_name: "sig".into(),
+        gallery_image_id: def.into(),
+        target_regions: Some(Expr::Value(vec![
+            TargetRegion { name: "West US".into(), replica_count: Some(Expr::Value(2)), storage_account_type: Some("Standard_ZRS".into()) },
+            TargetRegion { name: "eastus".into(), replica_count: None, storage_account_type: None },
+        ])),
+        exclude_from_latest: Some(Expr::Value(true)),
+        versioning,
+        ..Default::default()
+    })
+}
+
+#[tokio::test]
+async fn shared_image_versions_follow_versioning_and_regions() {
+    let s = ArmServer::start().await.unwrap();
+    let c = client(&s, Duration::from_secs(30));
+    let def = setup(&s, &c).await;
+    let (step, sink) = StepContext::capturing("distribute sig").unwrap();
+    let d = SharedImageDistributor::from_spec(c.clone(), &shared(&def, Some(Versioning::Latest { major: Some(Expr::Value(1)) }))).unwrap();
+    let a = d.distribute(&captured(), &step).await.unwrap();
+    assert_eq!(a.artifact_id.as_deref(), Some(format!("{def}/versions/1.0.1").as_str()));
+    let v = s.resource(&format!("{def}/versions/1.0.1")).unwrap();
+    let p = &v["properties"]["publishingProfile"];
+    assert_eq!(p["targetRegions"][0]["regionalReplicaCount"], 2);
+    assert_eq!(p["targetRegions"][0]["storageAccountType"], "Standard_ZRS");
+    assert_eq!(p["targetRegions"][1]["regionalReplicaCount"], 1);
+    assert_eq!(p["excludeFromLatest"], true);
+    assert_eq!(v["properties"]["storageProfile"]["source"]["virtualMachineId"], captured().id);
+    assert_eq!(v["properties"]["provisioningState"], "Succeeded");
+    assert!(sink.stdout()[0].contains("3 replica(s) in westus, eastus"), "{:?}", sink.stdout());
+
+    // `Source` versioning takes the source's version; it cannot be published twice.
+    let d = SharedImageDistributor::from_spec(c.clone(), &shared(&def, Some(Versioning::Source))).unwrap();
+    assert_eq!(d.distribute(&captured(), &step).await.unwrap().artifact_id.unwrap(), format!("{def}/versions/2.3.4"));
+    let err = d.distribute(&captured(), &step).await.unwrap_err();
+    assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
+    aib_testkit::conformance::distributor(
+        &SharedImageDistributor::from_spec(c.clone(), &shared(&format!("{def}/versions/3.0.0"), None)).unwrap(),
+        &captured(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_replication_timeout_does_not_fail_a_version_that_exists() {
+    let s = ArmServer::start().await.unwrap();
+    let c = client(&s, Duration::from_millis(150));
+    let def = setup(&s, &c).await;
+    s.set_polls(10_000);
+    let (step, _) = StepContext::capturing("distribute sig").unwrap();
+    let d = SharedImageDistributor::from_spec(c.clone(), &shared(&def, None)).unwrap();
+    let a = d.distribute(&captured(), &step).await.unwrap();
+    assert_eq!(a.artifact_id.as_deref(), Some(format!("{def}/versions/1.0.1").as_str()));
+    assert_eq!(s.resource(&format!("{def}/versions/1.0.1")).unwrap()["properties"]["provisioningState"], "Creating");
+}
+
+#[tokio::test]
+async fn managed_images_are_created_or_replaced() {
+    let s = ArmServer::start().await.unwrap();
+    let c = client(&s, Duration::from_secs(30));
+    setup(&s, &c).await;
+    let id = format!("/subscriptions/{SUB}/resourceGroups/images/providers/Microsoft.Compute/images/web");
+    let spec = DistributorSpec::ManagedImage(ManagedImageTarget {
+        run_output_name: "mi".into(),
+        image_id: id.clone(),
+        location: "westus".into(),
+        artifact_tags: Some(Expr::Value([("team".to_string(), "web".to_string())].into())),
+    });
+    let d = ManagedImageDistributor::from_spec(c.clone(), &spec).unwrap();
+    let (step, _) = StepContext::capturing("distribute mi").unwrap();
+    assert_eq!(d.distribute(&captured(), &step).await.unwrap().artifact_id.as_deref(), Some(id.as_str()));
+    let img = s.resource(&id).unwrap();
+    assert_eq!(img["properties"]["sourceVirtualMachine"]["id"], captured().id);
+    assert_eq!(img["tags"]["team"], "web");
+    d.distribute(&captured(), &step).await.unwrap();
+    assert!(s.requests().iter().any(|r| r.starts_with("DELETE") && r.ends_with("/images/web")), "the second publish replaced the image");
+    assert!(s.resource(&id).is_some());
+    let _ = COMPUTE_API;
+}
