@@ -3,13 +3,26 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn aib() -> PathBuf {
-    // Integration tests live in target/<profile>/deps; cargo builds examples next door.
+/// Example `name`, built now (`cargo test` builds examples only as test harnesses, which
+/// cannot run the program).
+fn example(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    let st = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--example", name, "--manifest-path"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .status()
+        .expect("cargo");
+    assert!(st.success(), "cargo build --example {name} failed");
+    // Integration tests live in target/<profile>/deps; examples sit next door.
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let bin = dir.join("examples").join(format!("aib{}", std::env::consts::EXE_SUFFIX));
-    assert!(bin.exists(), "{} is missing: run `cargo test` (which builds examples) or `cargo build --example aib`", bin.display());
+    let bin = exe.parent().and_then(Path::parent).unwrap().join("examples").join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(bin.exists(), "{} is missing after cargo build", bin.display());
     bin
+}
+
+fn aib() -> PathBuf {
+    example("aib")
 }
 
 fn run(args: &[&str], stdin: Option<&str>) -> Output {
@@ -111,7 +124,7 @@ fn schema_is_a_json_schema_of_the_template() {
 
 #[test]
 fn the_plugin_example_builds_with_its_own_type() {
-    let exe = aib().with_file_name(format!("plugin_customizer{}", std::env::consts::EXE_SUFFIX));
+    let exe = example("plugin_customizer");
     let out = Command::new(&exe).output().unwrap_or_else(|e| panic!("{}: {e}", exe.display()));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
