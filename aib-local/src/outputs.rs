@@ -109,12 +109,14 @@ async fn write_file(image: &CapturedImage, format: DiskFormat, dest: &Path, ctx:
     // Renamed away: the temp file is gone and the output is the user's.
     ctx.run.ledger().keep(&id)?;
     ctx.output.progress(info.virtual_size, Some(info.virtual_size), "bytes");
-    let len = tokio::fs::metadata(dest).await.map_err(|e| Error::io(dest, e))?.len();
+    let meta = tokio::fs::metadata(dest).await.map_err(|e| Error::io(dest, e))?;
+    use std::os::unix::fs::MetadataExt;
+    let allocated = meta.blocks() * 512;
     ctx.output.line(
         OutputStream::Stdout,
-        &format!("wrote {} ({} MiB virtual, {} MiB on disk)", dest.display(), info.virtual_size / MIB, len / MIB),
+        &format!("wrote {} ({} MiB virtual, {} MiB allocated)", dest.display(), info.virtual_size / MIB, allocated / MIB),
     );
-    Ok(len)
+    Ok(meta.len())
 }
 
 /// Writes the image as a file: the `VHD` type (fixed VHD), and aib's `LocalFile` extension.
