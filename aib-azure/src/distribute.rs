@@ -14,13 +14,13 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use std::fmt;
 
+/// True when the captured image is a (generalized) VM rather than a managed image or disk.
+fn is_vm(image: &CapturedImage) -> bool {
+    image.id.to_ascii_lowercase().contains("/providers/microsoft.compute/virtualmachines/")
+}
+
 fn source_ref(image: &CapturedImage) -> Value {
-    let id = &image.id;
-    if id.to_ascii_lowercase().contains("/providers/microsoft.compute/virtualmachines/") {
-        json!({"virtualMachineId": id})
-    } else {
-        json!({"id": id})
-    }
+    if is_vm(image) { json!({"virtualMachineId": image.id}) } else { json!({"id": image.id}) }
 }
 
 fn region(s: &str) -> String {
@@ -69,11 +69,11 @@ impl Distributor for ManagedImageDistributor {
         }
         let mut props =
             json!({"hyperVGeneration": image.source.attributes.get("hyperVGeneration").and_then(|g| g.as_str()).unwrap_or("V2")});
-        match source_ref(image) {
-            v if v.get("virtualMachineId").is_some() => props["sourceVirtualMachine"] = json!({"id": image.id}),
-            _ => {
-                props["storageProfile"] = json!({"osDisk": {"osType": if image.platform == aib_core::Platform::Windows { "Windows" } else { "Linux" }, "osState": "Generalized", "managedDisk": {"id": image.id}}})
-            }
+        if is_vm(image) {
+            props["sourceVirtualMachine"] = json!({"id": image.id});
+        } else {
+            let os = if image.platform == aib_core::Platform::Windows { "Windows" } else { "Linux" };
+            props["storageProfile"] = json!({"osDisk": {"osType": os, "osState": "Generalized", "managedDisk": {"id": image.id}}});
         }
         let tags = self.target.artifact_tags.as_ref().and_then(Expr::value).cloned().unwrap_or_default();
         let body = json!({"location": self.target.location, "tags": tags, "properties": props});

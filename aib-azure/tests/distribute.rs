@@ -1,6 +1,6 @@
 //! The ARM distributors against the ARM test server.
 
-use aib_azure::{ArmClient, COMPUTE_API, Credential, ManagedImageDistributor, RetryConfig, SharedImageDistributor};
+use aib_azure::{ArmClient, Credential, ManagedImageDistributor, RetryConfig, SharedImageDistributor};
 use aib_core::template::{DistributorSpec, Expr, ManagedImageTarget, SharedImageTarget, TargetRegion, Versioning};
 use aib_core::{CapturedImage, Distributor, Error, ResolvedImage, StepContext};
 use aib_testkit::arm::ArmServer;
@@ -115,5 +115,4 @@ async fn managed_images_are_created_or_replaced() {
     d.distribute(&captured(), &step).await.unwrap();
     assert!(s.requests().iter().any(|r| r.starts_with("DELETE") && r.ends_with("/images/web")), "the second publish replaced the image");
     assert!(s.resource(&id).is_some());
-    let _ = COMPUTE_API;
 }

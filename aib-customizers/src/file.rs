@@ -95,6 +95,7 @@ impl Customizer for FileCustomizer {
         let parent = self.check_destination(&ctx.name, platform)?;
         let data = self.fetcher.fetch(&self.source_uri, self.sha256.as_deref()).await?;
         let size = data.len() as u64;
+        let want = crate::fetch::sha256_hex(&data);
         let tail = Tail::new(ctx.output.clone(), 8);
         let check = match platform {
             Platform::Linux => format!("test -d {}", sh_quote(&parent)),
@@ -113,12 +114,11 @@ impl Customizer for FileCustomizer {
                 ),
             });
         }
-        let n = comm.upload(&UploadRequest::bytes(data.clone(), self.destination.clone())).await?;
+        let n = comm.upload(&UploadRequest::bytes(data, self.destination.clone())).await?;
         if n != size {
             return Err(Error::StepFailed { step: ctx.name.clone(), exit_code: None, message: format!("uploaded {n} of {size} bytes") });
         }
         // Verify what landed, not only what was sent.
-        let want = crate::fetch::sha256_hex(&data);
         let verify = match platform {
             Platform::Linux => format!("sha256sum {} | cut -d' ' -f1", sh_quote(&self.destination)),
             Platform::Windows => format!("(Get-FileHash -Algorithm SHA256 -LiteralPath {}).Hash.ToLower()", ps_quote(&self.destination)),

@@ -3,7 +3,7 @@
 
 use aib_core::template::ImageTemplate;
 use aib_core::{
-    AccessInfo, Backend, BuildVm, CapturedImage, Communicator, Customizer, Error, Event, MemorySink, Pipeline, Platform, ProvisionRequest,
+    AccessInfo, Backend, BuildVm, CapturedImage, Communicator, Customizer, Error, Event, MemorySink, Pipeline, ProvisionRequest,
     Provisioner, ResolvedImage, ResourceRecord, RunContext, RunState, Scope, StepContext,
 };
 use aib_customizers::fetch::{Fetcher, sha256_hex};
@@ -46,8 +46,12 @@ async fn inline_shell_runs_with_sh_e_semantics_and_names_the_failing_line() {
     let sshd = start();
     let comm = connect(&sshd).await;
     let dir = sshd.scratch();
+    // Scripts go to a directory of this test's own (other tests share /tmp).
+    let remote = dir.join("remote");
+    std::fs::create_dir_all(&remote).unwrap();
     let ok =
-        ShellCustomizer::new(ScriptSource::Inline(vec!["x=42".into(), "echo \"x is $x\"".into(), format!("touch {}/ok", dir.display())]));
+        ShellCustomizer::new(ScriptSource::Inline(vec!["x=42".into(), "echo \"x is $x\"".into(), format!("touch {}/ok", dir.display())]))
+            .with_remote_dir(remote.display().to_string());
     let (c, sink) = ctx("customize[0] ok");
     ok.run(&comm, &c).await.unwrap();
     assert_eq!(stdout(&sink), vec!["x is 42"], "state carries across lines");
@@ -57,7 +61,8 @@ async fn inline_shell_runs_with_sh_e_semantics_and_names_the_failing_line() {
         "echo one".into(),
         "ls /definitely-missing".into(),
         format!("touch {}/never", dir.display()),
-    ]));
+    ]))
+    .with_remote_dir(remote.display().to_string());
     let (c, sink) = ctx("customize[1] bad");
     let err = bad.run(&comm, &c).await.unwrap_err();
     let msg = err.to_string();
@@ -66,9 +71,8 @@ async fn inline_shell_runs_with_sh_e_semantics_and_names_the_failing_line() {
     assert!(msg.contains("No such file or directory"), "the last lines of output are in the error: {msg}");
     assert!(!dir.join("never").exists(), "lines after the failing one never run");
     assert!(stdout(&sink).contains(&"one".to_string()));
-    // The uploaded script was removed.
-    let st = comm.execute(&aib_core::ExecRequest::new("ls /tmp/aib-script-* 2>/dev/null | wc -l"), &MemorySink::new()).await.unwrap();
-    assert!(st.success());
+    // The uploaded scripts were removed, after success and after failure.
+    assert_eq!(std::fs::read_dir(&remote).unwrap().count(), 0, "scripts left behind");
 }
 
 #[tokio::test]
@@ -88,14 +92,16 @@ async fn script_uri_is_downloaded_checked_then_run() {
 
     // A wrong checksum: nothing is uploaded, nothing runs.
     std::fs::remove_file(dir.join("ran")).unwrap();
-    let wrong = ShellCustomizer::new(ScriptSource::Uri { uri: url, sha256: Some("0".repeat(64)) });
-    let before = comm.execute(&aib_core::ExecRequest::new("ls /tmp | grep -c aib-script || true"), &MemorySink::new()).await;
-    assert!(before.is_ok());
+    let remote = dir.join("remote");
+    std::fs::create_dir_all(&remote).unwrap();
+    let wrong =
+        ShellCustomizer::new(ScriptSource::Uri { uri: url, sha256: Some("0".repeat(64)) }).with_remote_dir(remote.display().to_string());
     let (c, sink) = ctx("customize[1] tampered");
     let err = wrong.run(&comm, &c).await.unwrap_err();
     assert!(matches!(err, Error::ChecksumMismatch { .. }), "{err}");
     assert!(err.to_string().contains(&sha256_hex(script.as_bytes())), "the actual checksum is reported: {err}");
     assert!(!dir.join("ran").exists(), "a script whose checksum does not match never runs");
+    assert_eq!(std::fs::read_dir(&remote).unwrap().count(), 0, "nor is it uploaded");
     assert!(sink.lines().is_empty());
 
     // A failing script reports its exit code.
@@ -273,5 +279,4 @@ async fn a_corpus_linux_template_runs_every_linux_customizer_over_ssh() {
         Some("/subscriptions/sub/resourceGroups/rg/providers/Microsoft.Compute/images/img")
     );
     let _ = std::fs::remove_file(html);
-    let _ = Platform::Linux;
 }

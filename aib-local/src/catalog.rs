@@ -3,7 +3,7 @@
 //! mirror when missing; other images are imported with a required SHA-256.
 
 use crate::debian::Firmware;
-use crate::tools::{BACKEND, image_info, run, sha256_file};
+use crate::tools::{BACKEND, disk_facts, sha256_file, to_zstd_qcow2};
 use aib_core::{Error, OutputSink, OutputStream, Platform, ResolvedImage, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -254,25 +254,7 @@ impl Catalog {
             .await?;
             prov.generalize(&vm, &*comm, &step).await?;
             let captured = prov.capture(&vm, &step).await?;
-            run(
-                "qemu-img",
-                [
-                    "convert",
-                    "-W",
-                    "-m",
-                    "16",
-                    "-f",
-                    "qcow2",
-                    "-O",
-                    "qcow2",
-                    "-c",
-                    "-o",
-                    "compression_type=zstd",
-                    &captured.location,
-                    &dest.display().to_string(),
-                ],
-            )
-            .await?;
+            to_zstd_qcow2(&captured.location, "qcow2", dest).await?;
             Ok::<(), Error>(())
         }
         .await;
@@ -284,13 +266,13 @@ impl Catalog {
     }
 
     async fn entry_for(&self, urn: &str, version: &str, disk: &Path, origin: String, windows: bool) -> Result<CatalogEntry> {
-        let info = image_info(disk, Some("qcow2")).await?;
+        let facts = disk_facts(disk).await?;
         Ok(CatalogEntry {
             urn: urn.to_string(),
             version: version.to_string(),
-            sha256: sha256_file(disk).await?,
-            size: tokio::fs::metadata(disk).await.map_err(|e| Error::io(disk, e))?.len(),
-            virtual_size: info.virtual_size,
+            sha256: facts.sha256,
+            size: facts.size,
+            virtual_size: facts.virtual_size,
             origin,
             created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             windows,
@@ -361,22 +343,7 @@ impl Catalog {
                 "raw"
             };
             let disk = tmp.join("disk.qcow2");
-            run(
-                "qemu-img",
-                [
-                    "convert",
-                    "-f",
-                    format,
-                    "-O",
-                    "qcow2",
-                    "-c",
-                    "-o",
-                    "compression_type=zstd",
-                    &local.display().to_string(),
-                    &disk.display().to_string(),
-                ],
-            )
-            .await?;
+            to_zstd_qcow2(&local.display().to_string(), format, &disk).await?;
             let _ = tokio::fs::remove_file(tmp.join("download")).await;
             let entry = self.entry_for(urn, version, &disk, format!("import:{source}"), windows).await?;
             self.commit(&tmp, &dir.join(version), &entry).await?;

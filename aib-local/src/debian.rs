@@ -267,8 +267,7 @@ pub async fn build(work: &Path, dest: &Path, out: &dyn OutputSink, fw: Firmware)
     }
     say(out, "compressing the base image (qcow2, zstd)");
     let tmp = dest.with_extension("qcow2.tmp");
-    run("qemu-img", ["convert", "-W", "-m", "16", "-c", "-O", "qcow2", "-o", "compression_type=zstd", &disk, &tmp.display().to_string()])
-        .await?;
+    crate::tools::to_zstd_qcow2(&disk, "raw", &tmp).await?;
     tokio::fs::rename(&tmp, dest).await.map_err(|e| Error::io(dest, e))?;
     let _ = tokio::fs::remove_dir_all(work).await;
     Ok(())

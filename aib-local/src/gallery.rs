@@ -4,7 +4,7 @@
 //! `…/images/NAME`.
 
 use crate::catalog::version_cmp;
-use crate::tools::{BACKEND, image_info, run, sha256_file};
+use crate::tools::{BACKEND, DiskFacts, disk_facts, to_zstd_qcow2};
 use aib_core::template::{Expr, SharedImageTarget, Versioning};
 use aib_core::{CapturedImage, Error, Platform, ResolvedImage, Result};
 use serde::{Deserialize, Serialize};
@@ -190,31 +190,12 @@ impl Gallery {
     }
 
     /// Writes `image` into `dir` (a fresh temp directory) as `disk.qcow2` (zstd).
-    async fn write_disk(image: &CapturedImage, dir: &Path) -> Result<(PathBuf, u64, u64, String)> {
+    async fn write_disk(image: &CapturedImage, dir: &Path) -> Result<(PathBuf, DiskFacts)> {
         tokio::fs::create_dir_all(dir).await.map_err(|e| Error::io(dir, e))?;
         let disk = dir.join("disk.qcow2");
-        run(
-            "qemu-img",
-            [
-                "convert",
-                "-W",
-                "-m",
-                "16",
-                "-f",
-                &image.format,
-                "-O",
-                "qcow2",
-                "-c",
-                "-o",
-                "compression_type=zstd",
-                &image.location,
-                &disk.display().to_string(),
-            ],
-        )
-        .await?;
-        let info = image_info(&disk, Some("qcow2")).await?;
-        let size = tokio::fs::metadata(&disk).await.map_err(|e| Error::io(&disk, e))?.len();
-        Ok((disk.clone(), size, info.virtual_size, sha256_file(&disk).await?))
+        to_zstd_qcow2(&image.location, &image.format, &disk).await?;
+        let facts = disk_facts(&disk).await?;
+        Ok((disk, facts))
     }
 
     /// Publishes `image` as a version of the definition `target.galleryImageId` names.
@@ -231,7 +212,7 @@ impl Gallery {
         // The slow part (compression) happens before the lock.
         let tmp = vdir.join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
         let written = Self::write_disk(image, &tmp).await;
-        let (disk, size, virtual_size, sha256) = match written {
+        let (disk, DiskFacts { size, virtual_size, sha256 }) = match written {
             Ok(w) => w,
             Err(e) => {
                 let _ = tokio::fs::remove_dir_all(&tmp).await;
@@ -335,7 +316,7 @@ impl Gallery {
         let parent = dir.parent().map(Path::to_path_buf).unwrap_or_default();
         tokio::fs::create_dir_all(&parent).await.map_err(|e| Error::io(&parent, e))?;
         let tmp = parent.join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
-        let (_, size, virtual_size, sha256) = match Self::write_disk(image, &tmp).await {
+        let (_, DiskFacts { size, virtual_size, sha256 }) = match Self::write_disk(image, &tmp).await {
             Ok(w) => w,
             Err(e) => {
                 let _ = tokio::fs::remove_dir_all(&tmp).await;

@@ -134,7 +134,7 @@ impl QemuProvisioner {
             .ok_or_else(|| Error::NotFound { backend: BACKEND, what: format!("build VM {id} (started by another process?)") })
     }
 
-    async fn spawn(&self, workdir: &Path, args: &[String]) -> Result<(tokio::process::Child, String)> {
+    async fn spawn(&self, workdir: &Path, args: &[String]) -> Result<tokio::process::Child> {
         let out = std::fs::File::create(workdir.join("qemu.out")).map_err(|e| Error::io(workdir, e))?;
         let mut child = tokio::process::Command::new("qemu-system-x86_64")
             .args(args)
@@ -150,7 +150,7 @@ impl QemuProvisioner {
             let log = std::fs::read_to_string(workdir.join("qemu.out")).unwrap_or_default();
             return Err(Error::generic(BACKEND, format!("qemu exited at start ({status}): {}", log.trim())));
         }
-        Ok((child, String::new()))
+        Ok(child)
     }
 
     async fn wait_exit(vm: &Vm, t: Duration) -> bool {
@@ -309,7 +309,7 @@ impl Provisioner for QemuProvisioner {
                 args.push(format!("file={},if=virtio,format=qcow2,discard=unmap,cache=unsafe", d.display()));
             }
             match self.spawn(&workdir, &args).await {
-                Ok((child, _)) => break (child, port),
+                Ok(child) => break (child, port),
                 Err(e) if attempt < 5 && e.to_string().contains("host forwarding") => {
                     ctx.ledger().release(&port_id)?;
                     continue;

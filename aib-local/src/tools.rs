@@ -119,6 +119,31 @@ pub(crate) async fn image_info(path: &Path, format: Option<&str>) -> Result<Imag
     Ok(ImageInfo { virtual_size: v["virtual-size"].as_u64().unwrap_or(0), actual_size: v["actual-size"].as_u64().unwrap_or(0) })
 }
 
+/// Converts `src` (an image in `format`) into a standalone zstd-compressed qcow2 at `dest`:
+/// the form the catalog and the gallery keep images in.
+pub(crate) async fn to_zstd_qcow2(src: &str, format: &str, dest: &Path) -> Result<()> {
+    run(
+        "qemu-img",
+        ["convert", "-W", "-m", "16", "-f", format, "-O", "qcow2", "-c", "-o", "compression_type=zstd", src, &dest.display().to_string()],
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Size on disk, virtual size and SHA-256 of a qcow2 image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DiskFacts {
+    pub(crate) size: u64,
+    pub(crate) virtual_size: u64,
+    pub(crate) sha256: String,
+}
+
+pub(crate) async fn disk_facts(path: &Path) -> Result<DiskFacts> {
+    let info = image_info(path, Some("qcow2")).await?;
+    let size = tokio::fs::metadata(path).await.map_err(|e| Error::io(path, e))?.len();
+    Ok(DiskFacts { size, virtual_size: info.virtual_size, sha256: sha256_file(path).await? })
+}
+
 /// Whether the host can run KVM guests for real.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accelerator {
