@@ -234,6 +234,11 @@ impl ArmClient {
         ArmClientBuilder::default()
     }
 
+    /// The pause between polls of a long-running operation.
+    pub fn poll_interval(&self) -> Duration {
+        self.inner.poll_interval
+    }
+
     /// Requests sent so far (retries included).
     pub fn requests_sent(&self) -> usize {
         self.inner.sent.load(Ordering::SeqCst)

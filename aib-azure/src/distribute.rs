@@ -7,9 +7,10 @@
 
 use crate::client::ArmClient;
 use crate::error::BACKEND;
+use crate::provision::region;
 use crate::sources::COMPUTE_API;
 use aib_core::template::{DistributorSpec, Expr, ManagedImageTarget, SharedImageTarget, Versioning};
-use aib_core::{Artifact, CapturedImage, Distributor, Error, OutputStream, Result, StepContext};
+use aib_core::{Artifact, CapturedImage, Distributor, Error, OutputStream, ResourceRecord, Result, Scope, StepContext};
 use async_trait::async_trait;
 use serde_json::{Value, json};
 use std::fmt;
@@ -23,8 +24,17 @@ fn source_ref(image: &CapturedImage) -> Value {
     if is_vm(image) { json!({"virtualMachineId": image.id}) } else { json!({"id": image.id}) }
 }
 
-fn region(s: &str) -> String {
-    s.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase()
+/// An artifact in the making: deleted if the run ends before it is published, kept after.
+fn record(ctx: &StepContext, kind: &str, id: &str) -> Result<String> {
+    ctx.run.ledger().record(ResourceRecord::new(BACKEND, kind, id, Scope::Run).with_attribute("apiVersion", COMPUTE_API))
+}
+
+/// Replicas done and wanted, from a version's `replicationStatus`.
+fn replicas(v: &Value) -> Option<(u64, u64)> {
+    let s = v["properties"]["replicationStatus"]["summary"].as_array()?;
+    let total = s.len() as u64 * 100;
+    let done: u64 = s.iter().map(|r| r["progress"].as_u64().unwrap_or(0).min(100)).sum();
+    Some((done, total))
 }
 
 /// Creates or replaces a managed image from the captured VM or image.
@@ -77,7 +87,9 @@ impl Distributor for ManagedImageDistributor {
         }
         let tags = self.target.artifact_tags.as_ref().and_then(Expr::value).cloned().unwrap_or_default();
         let body = json!({"location": self.target.location, "tags": tags, "properties": props});
+        let rec = record(ctx, "image", id)?;
         let v = self.arm.put(id, COMPUTE_API, &body).await?;
+        ctx.run.ledger().keep(&rec)?;
         Ok(Artifact::with_id(v["id"].as_str().unwrap_or(id)))
     }
 }
@@ -87,6 +99,7 @@ impl Distributor for ManagedImageDistributor {
 pub struct SharedImageDistributor {
     arm: ArmClient,
     target: SharedImageTarget,
+    progress_every: std::time::Duration,
 }
 
 impl fmt::Display for SharedImageDistributor {
@@ -112,13 +125,24 @@ impl SharedImageDistributor {
     /// From a template `SharedImage` entry.
     pub fn from_spec(arm: ArmClient, spec: &DistributorSpec) -> Result<Self> {
         match spec {
-            DistributorSpec::SharedImage(t) => Ok(SharedImageDistributor { arm, target: t.clone() }),
+            DistributorSpec::SharedImage(t) => {
+                let progress_every = arm.poll_interval();
+                Ok(SharedImageDistributor { arm, target: t.clone(), progress_every })
+            }
             other => Err(Error::InvalidConfig {
                 backend: BACKEND,
                 key: other.run_output_name().into(),
                 message: "not a SharedImage target".into(),
             }),
         }
+    }
+
+    /// How often replication progress is read while the version is created (default: the
+    /// client's poll interval).
+    #[must_use]
+    pub fn with_progress_every(mut self, t: std::time::Duration) -> Self {
+        self.progress_every = t;
+        self
     }
 
     fn target_regions(&self, gallery_region: &str) -> Vec<Value> {
@@ -201,8 +225,32 @@ impl Distributor for SharedImageDistributor {
                 regions.iter().filter_map(|r| r["name"].as_str()).map(region).collect::<Vec<_>>().join(", ")
             ),
         );
-        ctx.output.progress(0, Some(total), "replicas");
-        match self.arm.put(&id, COMPUTE_API, &body).await {
+        ctx.output.progress(0, Some(100), "replication %");
+        let rec = record(ctx, "imageVersion", &id)?;
+        let result = {
+            let mut put = std::pin::pin!(self.arm.put(&id, COMPUTE_API, &body));
+            // Replication progress while the version is being created, from `replicationStatus`.
+            let mut last = None;
+            loop {
+                let put = put.as_mut();
+                tokio::select! {
+                    r = put => break r,
+                    _ = tokio::time::sleep(self.progress_every) => {
+                        if let Ok(v) = self.arm.get(&format!("{id}?$expand=ReplicationStatus"), COMPUTE_API).await
+                            && let Some((done, all)) = replicas(&v)
+                            && last != Some(done)
+                        {
+                            last = Some(done);
+                            ctx.output.progress(done * 100 / all.max(1), Some(100), "replication %");
+                            let regions: Vec<String> = v["properties"]["replicationStatus"]["summary"].as_array().into_iter().flatten()
+                                .map(|r| format!("{} {}% {}", r["region"].as_str().unwrap_or("?"), r["progress"], r["state"].as_str().unwrap_or(""))).collect();
+                            ctx.output.line(OutputStream::Stdout, &format!("replication: {}", regions.join(", ")));
+                        }
+                    }
+                }
+            }
+        };
+        match result {
             Ok(_) => {}
             // Replication to many regions can outlast any deadline while the version is already
             // usable; a version that exists means the build succeeded.
@@ -215,7 +263,8 @@ impl Distributor for SharedImageDistributor {
             }
             Err(e) => return Err(e),
         }
-        ctx.output.progress(total, Some(total), "replicas");
+        ctx.run.ledger().keep(&rec)?;
+        ctx.output.progress(100, Some(100), "replication %");
         Ok(Artifact::with_id(id))
     }
 }

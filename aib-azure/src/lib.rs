@@ -17,20 +17,29 @@
 //! - [`ManagedImageDistributor`] and [`SharedImageDistributor`]: the ARM targets, from a
 //!   captured VM or managed image.
 //!
-//! The provisioner (build VM, network, staging resource group, capture) is not here yet.
+//! - [`AzureProvisioner`]: the staging resource group (AIB's name and rules), the network, a
+//!   build VM whose SSH host key is chosen here and verified from the first connection,
+//!   deprovisioning, deallocation and generalization; [`AzureBackend`] puts it together with
+//!   the sources and distributors, and finds what killed runs left by their tags.
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
+mod backend;
 mod client;
 mod credential;
 mod distribute;
 mod error;
+mod network;
+mod provision;
 mod sources;
 pub mod upload;
 mod vhd;
 
+pub use backend::{AzureBackend, AzureBackendBuilder, TagGcReport};
 pub use client::{ArmClient, ArmClientBuilder, PUBLIC_ARM, RetryConfig};
 pub use credential::Credential;
 pub use distribute::{ManagedImageDistributor, SharedImageDistributor, next_version};
 pub use error::ArmError;
+pub use network::{NETWORK_API, RESOURCES_API};
+pub use provision::{AzureProvisioner, AzureProvisionerBuilder, CREATED_AT_TAG, CREATED_BY, RUN_TAG, default_vm_size, staging_group_name};
 pub use sources::{AzureSource, COMPUTE_API};
 pub use vhd::{BlobVhdDistributor, parse_blob_uri};

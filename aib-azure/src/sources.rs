@@ -145,7 +145,7 @@ impl Source for AzureSource {
                 let part = |s: &Option<String>, k: &str| {
                     s.clone().filter(|v| !v.is_empty()).ok_or_else(|| invalid(k, format!("`{k}` is required")))
                 };
-                let plan_note = p.plan_info.as_ref().map(|pi| pi.plan_name.clone());
+                let plan = p.plan_info.clone();
                 let mut r = self
                     .platform(
                         &part(&p.publisher, "publisher")?,
@@ -154,8 +154,11 @@ impl Source for AzureSource {
                         p.version.as_deref().unwrap_or("latest"),
                     )
                     .await?;
-                if let Some(plan) = plan_note {
-                    r = r.with_attribute("planName", plan);
+                if let Some(plan) = plan {
+                    r = r
+                        .with_attribute("planName", plan.plan_name)
+                        .with_attribute("planProduct", plan.plan_product)
+                        .with_attribute("planPublisher", plan.plan_publisher);
                 }
                 Ok(r)
             }

@@ -27,6 +27,9 @@ fn captured() -> CapturedImage {
 
 async fn setup(s: &ArmServer, c: &ArmClient) -> String {
     c.put(&format!("/subscriptions/{SUB}/resourceGroups/images"), "2021-04-01", &json!({"location": "westus"})).await.unwrap();
+    let vm = captured().id;
+    s.put_resource(&vm, json!({"type": "Microsoft.Compute/virtualMachines", "location": "westus", "properties": {}}));
+    s.mark_generalized(&vm);
     let def = format!("/subscriptions/{SUB}/resourceGroups/images/providers/Microsoft.Compute/galleries/g/images/web");
     s.put_resource(&def, json!({"location": "westus", "properties": {"osType": "Linux", "osState": "Generalized"}}));
     s.put_resource(

@@ -364,6 +364,10 @@ pub struct ProvisionRequest {
     pub tags: crate::template::StringMap,
     /// The template name, for resource names.
     pub template_name: String,
+    /// The template's region (`location`); backends without regions ignore it.
+    pub location: String,
+    /// The template's `stagingResourceGroup` (an ARM resource group id), if any.
+    pub staging_resource_group: Option<String>,
 }
 
 impl ProvisionRequest {

@@ -33,6 +33,7 @@ mod communicator;
 pub mod conformance;
 mod fakes;
 mod faults;
+pub mod guest;
 pub mod http;
 #[cfg(feature = "mock")]
 pub mod mock;

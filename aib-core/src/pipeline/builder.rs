@@ -65,6 +65,8 @@ pub struct PipelineBuilder {
     vm_profile: VmProfile,
     data_disks_gb: Vec<u32>,
     tags: StringMap,
+    location: String,
+    staging_resource_group: Option<String>,
     timeout: Duration,
     cleanup_timeout: Duration,
     on_customizer_error: ErrorAction,
@@ -118,6 +120,8 @@ impl PipelineBuilder {
             vm_profile: VmProfile::default(),
             data_disks_gb: Vec::new(),
             tags: StringMap::new(),
+            location: String::new(),
+            staging_resource_group: None,
             timeout: crate::template::DEFAULT_BUILD_TIMEOUT,
             cleanup_timeout: Duration::from_secs(15 * 60),
             on_customizer_error: ErrorAction::Cleanup,
@@ -177,6 +181,8 @@ impl PipelineBuilder {
         }
         b.data_disks_gb = p.additional_data_disks.iter().flatten().filter_map(|d| lit(&d.size_gb)).map(|n| n.max(0) as u32).collect();
         b.tags = lit(&p.managed_resource_tags).unwrap_or_default();
+        b.location = t.location.clone();
+        b.staging_resource_group = p.staging_resource_group.clone().filter(|s| !s.is_empty());
         if let Some(name) = &t.name {
             b.tags.insert("imageTemplateName".into(), name.clone());
         }
@@ -247,6 +253,18 @@ impl PipelineBuilder {
     /// The build VM profile.
     pub fn vm_profile(mut self, vm: VmProfile) -> Self {
         self.vm_profile = vm;
+        self
+    }
+
+    /// The region to build in (the template's `location`).
+    pub fn location(mut self, location: impl Into<String>) -> Self {
+        self.location = location.into();
+        self
+    }
+
+    /// The resource group to stage the build in (the template's `stagingResourceGroup`).
+    pub fn staging_resource_group(mut self, id: impl Into<String>) -> Self {
+        self.staging_resource_group = Some(id.into());
         self
     }
 
@@ -354,6 +372,8 @@ impl PipelineBuilder {
                 vm_profile: self.vm_profile,
                 data_disks_gb: self.data_disks_gb,
                 tags: self.tags,
+                location: self.location,
+                staging_resource_group: self.staging_resource_group,
                 timeout: self.timeout,
                 cleanup_timeout: self.cleanup_timeout,
                 on_customizer_error: self.on_customizer_error,

@@ -66,6 +66,8 @@ pub(crate) struct Inner {
     pub(crate) vm_profile: VmProfile,
     pub(crate) data_disks_gb: Vec<u32>,
     pub(crate) tags: StringMap,
+    pub(crate) location: String,
+    pub(crate) staging_resource_group: Option<String>,
     pub(crate) timeout: Duration,
     pub(crate) cleanup_timeout: Duration,
     pub(crate) on_customizer_error: ErrorAction,

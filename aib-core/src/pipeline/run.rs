@@ -234,6 +234,8 @@ async fn work(inner: &Inner, ctx: &RunContext, rec: &Shared) -> Outcome {
     req.tags = inner.tags.clone();
     req.tags.insert("aibRunId".into(), ctx.run_id().to_string());
     req.template_name = inner.name.clone();
+    req.location = inner.location.clone();
+    req.staging_resource_group = inner.staging_resource_group.clone();
     let req = &req;
     let vm =
         match step(rec, ctx, "provision", RunSubState::Building, none, |sc| async move { inner.provisioner.provision(req, &sc.run).await })

@@ -2,11 +2,17 @@
 //! type with ARM's asynchronous operations (`Azure-AsyncOperation` and `Location` polling,
 //! `provisioningState`), list collections, marketplace image versions, errors in ARM's
 //! `{error:{code,message}}` form, and fault injection (429 storms with `Retry-After`, 500s,
-//! failing creates such as `AllocationFailed`).
+//! failing creates such as `AllocationFailed`, failing deletes). Virtual machines are backed by
+//! real machines from a [`GuestHost`] (see [`crate::guest`]); `GET /subscriptions/{id}/resources`
+//! and `…/resourcegroups` list what is live; `POST /{tenant}/oauth2/v2.0/token` answers Entra
+//! ID's client-credential flow, so the ordinary client-secret credential works against it.
 
+mod compute;
+
+use crate::guest::{Guest, GuestHost};
 use crate::http::{HttpServer, Request, Response};
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
@@ -50,6 +56,13 @@ struct State {
     polls: u32,
     requests: Vec<String>,
     unauthenticated: usize,
+    delete_failures: HashMap<String, u32>,
+    guests: Option<Arc<dyn GuestHost>>,
+    running: HashMap<String, Box<dyn Guest>>,
+    power: HashMap<String, &'static str>,
+    generalized: HashSet<String>,
+    next_ip: u32,
+    tokens: usize,
 }
 
 /// A running ARM test server; stops when dropped.
@@ -93,7 +106,12 @@ impl ArmServer {
 
     /// Starts an empty server on 127.0.0.1:`port`.
     pub async fn start_on(port: u16) -> std::io::Result<Self> {
-        let state = Arc::new(Mutex::new(State { polls: 1, ..Default::default() }));
+        Self::start_with(port, None).await
+    }
+
+    /// Starts a server whose virtual machines are backed by guests of `host` (port 0: a free one).
+    pub async fn start_with(port: u16, host: Option<Arc<dyn GuestHost>>) -> std::io::Result<Self> {
+        let state = Arc::new(Mutex::new(State { polls: 1, guests: host, ..Default::default() }));
         let st = state.clone();
         let http = HttpServer::start_on(port, move |req| {
             let base = req.headers.get("host").map(|h| format!("http://{h}")).unwrap_or_default();
@@ -124,6 +142,31 @@ impl ArmServer {
         self.with(|s| s.create_failures.insert(resource_type.to_ascii_lowercase(), (code.into(), message.into())));
     }
 
+    /// The port the VMs' guests listen on, when the server has a guest host.
+    pub fn guest_port(&self) -> Option<u16> {
+        self.with(|s| s.guests.as_ref().map(|g| g.port()))
+    }
+
+    /// VMs with a running guest.
+    pub fn running_guests(&self) -> usize {
+        self.with(|s| s.running.len())
+    }
+
+    /// The next `n` deletes of `resource_type` fail (the operation ends `Failed`).
+    pub fn fail_deletes(&self, resource_type: &str, n: u32) {
+        self.with(|s| s.delete_failures.insert(resource_type.to_ascii_lowercase(), n));
+    }
+
+    /// Tokens handed out by the token endpoint.
+    pub fn tokens_issued(&self) -> usize {
+        self.with(|s| s.tokens)
+    }
+
+    /// Ids of every resource group.
+    pub fn group_ids(&self) -> Vec<String> {
+        self.with(|s| s.groups.values().filter_map(|v| v["id"].as_str().map(str::to_string)).collect())
+    }
+
     /// Long-running operations take `n` polls to finish.
     pub fn set_polls(&self, n: u32) {
         self.with(|s| s.polls = n.max(1));
@@ -139,6 +182,15 @@ impl ArmServer {
         let mut body = body;
         body["id"] = id.into();
         self.with(|s| s.resources.insert(id.to_ascii_lowercase(), body));
+    }
+
+    /// Marks a VM (put with [`ArmServer::put_resource`]) deallocated and generalized.
+    pub fn mark_generalized(&self, vm_id: &str) {
+        let k = vm_id.to_ascii_lowercase();
+        self.with(|s| {
+            s.power.insert(k.clone(), "deallocated");
+            s.generalized.insert(k);
+        });
     }
 
     /// A resource, if it exists.
@@ -174,13 +226,25 @@ impl ArmServer {
             OpKind::Create(id) => {
                 if let Some(r) = s.resources.get_mut(id) {
                     r["properties"]["provisioningState"] = if op.error.is_some() { "Failed" } else { "Succeeded" }.into();
+                    if op.error.is_none() {
+                        compute::created(r);
+                    }
                 }
             }
+            OpKind::Delete(_) if op.error.is_some() => {}
             OpKind::Delete(id) => {
-                s.resources.remove(id);
-                if s.groups.remove(id).is_some() {
+                if let Some(r) = s.resources.remove(id) {
+                    compute::deleted(s, &r, id);
+                }
+                // Child resources (a VNet's subnets, a gallery's images) go with their parent.
+                {
                     let prefix = format!("{id}/");
-                    s.resources.retain(|k, _| !k.starts_with(&prefix));
+                    let gone: Vec<String> = s.resources.keys().filter(|k| k.starts_with(&prefix)).cloned().collect();
+                    for k in gone {
+                        if let Some(r) = s.resources.remove(&k) {
+                            compute::deleted(s, &r, &k);
+                        }
+                    }
                 }
             }
             OpKind::Action { .. } => {}
@@ -190,6 +254,17 @@ impl ArmServer {
     fn handle(state: &Mutex<State>, base: &str, req: Request) -> Response {
         let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
         s.requests.push(format!("{} {}", req.method, req.path.split('?').next().unwrap_or_default()));
+        // Entra ID's token endpoint (client credentials): `/{tenant}/oauth2/v2.0/token`.
+        if req.method == "POST" && req.path.split('?').next().unwrap_or_default().ends_with("/oauth2/v2.0/token") {
+            let form = String::from_utf8_lossy(&req.body).to_string();
+            let has = |k: &str| form.split('&').any(|kv| kv.split_once('=').is_some_and(|(a, b)| a == k && !b.is_empty()));
+            if !(has("client_id") && (has("client_secret") || has("client_assertion"))) {
+                return error(400, "invalid_client", "AADSTS7000216: client_id and client_secret are required.");
+            }
+            s.tokens += 1;
+            let token = format!("testkit-{}", uuid::Uuid::new_v4().simple());
+            return ok(200, &json!({"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": token}));
+        }
         if !req.headers.get("authorization").is_some_and(|a| a.starts_with("Bearer ") && a.len() > 7) {
             s.unauthenticated += 1;
             return error(401, "AuthenticationFailed", "Authentication failed. The 'Authorization' header is missing.");
@@ -283,6 +358,28 @@ impl ArmServer {
                 None => error(404, "NotFound", "unknown marketplace path"),
             };
         }
+        // What is live: every group, every resource (of a subscription or of a group).
+        if req.method == "GET" && lower.len() == 3 && (lower[2] == "resourcegroups" || lower[2] == "resources") {
+            let value: Vec<Value> = if lower[2] == "resourcegroups" {
+                s.groups.values().cloned().collect()
+            } else {
+                s.resources.values().filter(|v| !v["type"].as_str().unwrap_or_default().contains("/subnets")).cloned().collect()
+            };
+            return ok(200, &json!({"value": value}));
+        }
+        if req.method == "GET" && lower.len() == 5 && lower[2] == "resourcegroups" && lower[4] == "resources" {
+            let prefix = format!("/subscriptions/{}/resourcegroups/{}/", lower[1], lower[3]);
+            if !s.groups.contains_key(prefix.trim_end_matches('/')) {
+                return error(404, "ResourceGroupNotFound", &format!("Resource group '{}' could not be found.", seg[3]));
+            }
+            let value: Vec<Value> = s
+                .resources
+                .iter()
+                .filter(|(k, v)| k.starts_with(&prefix) && !v["type"].as_str().unwrap_or_default().contains("/subnets"))
+                .map(|(_, v)| v.clone())
+                .collect();
+            return ok(200, &json!({"value": value}));
+        }
         // Resource groups.
         if lower.len() == 4 && lower[2] == "resourcegroups" {
             return match req.method.as_str() {
@@ -327,6 +424,11 @@ impl ArmServer {
                         return error(404, "ResourceNotFound", &format!("The Resource '{target}' was not found."));
                     }
                     let action = lower.last().cloned().unwrap_or_default();
+                    if s.resources[&target]["type"].as_str().is_some_and(|t| t.eq_ignore_ascii_case(compute::VM))
+                        && let Err(r) = compute::vm_action(&mut s, &target, &action)
+                    {
+                        return r;
+                    }
                     let result = (action == "begingetaccess")
                         .then(|| json!({"accessSAS": format!("{base}/sas/{}?sig=testkit", target.rsplit('/').next().unwrap_or_default())}));
                     let (async_url, location) = Self::new_op(&mut s, base, &sub, OpKind::Action { result }, None);
@@ -336,6 +438,13 @@ impl ArmServer {
                         .header("Retry-After", "0");
                 }
                 return error(405, "MethodNotAllowed", "method not allowed on a collection");
+            }
+            if lower.last().map(String::as_str) == Some("instanceview") {
+                let target = key[..key.rfind('/').unwrap_or(0)].to_string();
+                return match compute::instance_view(&s, &target) {
+                    Some(v) => ok(200, &v),
+                    None => error(404, "ResourceNotFound", &format!("The Resource '{target}' was not found.")),
+                };
             }
             let prefix = format!("{key}/");
             let value: Vec<Value> = s
@@ -348,7 +457,7 @@ impl ArmServer {
         }
         let rtype = format!("{}/{}", seg[5], typed.iter().step_by(2).cloned().collect::<Vec<_>>().join("/"));
         match req.method.as_str() {
-            "GET" => match s.resources.get(&key) {
+            "GET" => match compute::on_get(&mut s, &key) {
                 Some(v) => ok(200, v),
                 None => error(
                     404,
@@ -374,6 +483,9 @@ impl ArmServer {
                     body["properties"] = json!({});
                 }
                 body["properties"]["provisioningState"] = "Creating".into();
+                if let Err(r) = compute::on_put(&mut s, &rtype.to_ascii_lowercase(), &key, &path, &mut body) {
+                    return r;
+                }
                 let failure = s.create_failures.get(&rtype.to_ascii_lowercase()).cloned();
                 let existed = s.resources.insert(key.clone(), body.clone()).is_some();
                 let (async_url, _) = Self::new_op(&mut s, base, &sub, OpKind::Create(key), failure);
@@ -383,7 +495,18 @@ impl ArmServer {
                 if !s.resources.contains_key(&key) {
                     return Response::new(204, "");
                 }
-                let (async_url, location) = Self::new_op(&mut s, base, &sub, OpKind::Delete(key), None);
+                let lt = rtype.to_ascii_lowercase();
+                if let Err(r) = compute::on_delete(&s, &lt, &key) {
+                    return r;
+                }
+                let failure = match s.delete_failures.get_mut(&lt) {
+                    Some(n) if *n > 0 => {
+                        *n -= 1;
+                        Some(("InternalOperationError".to_string(), format!("Deleting {path} failed; retry the operation.")))
+                    }
+                    _ => None,
+                };
+                let (async_url, location) = Self::new_op(&mut s, base, &sub, OpKind::Delete(key), failure);
                 Response::new(202, "").header("Azure-AsyncOperation", &async_url).header("Location", &location).header("Retry-After", "0")
             }
             _ => error(405, "MethodNotAllowed", "method not allowed"),

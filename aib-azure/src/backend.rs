@@ -1,0 +1,149 @@
+//! `AzureBackend`: the ARM client, the provisioner, the sources and the ARM distributors as an
+//! [`aib_core::Backend`], plus `gc` of what killed runs left, found by their tags.
+
+use crate::client::ArmClient;
+use crate::distribute::{ManagedImageDistributor, SharedImageDistributor};
+use crate::error::BACKEND;
+use crate::network::{NETWORK_API, RESOURCES_API};
+use crate::provision::{AzureProvisioner, CREATED_AT_TAG, CREATED_BY, RUN_TAG};
+use crate::sources::{AzureSource, COMPUTE_API};
+use aib_core::{Backend, Distributor, Error, Registry, Result, Source};
+use serde_json::Value;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Builds [`AzureBackend`]s.
+#[derive(Debug, Default)]
+#[must_use]
+pub struct AzureBackendBuilder {
+    provisioner: Option<crate::provision::AzureProvisionerBuilder>,
+    location: Option<String>,
+}
+
+/// The Azure backend for templates in one region.
+#[derive(Debug, Clone)]
+pub struct AzureBackend {
+    provisioner: Arc<AzureProvisioner>,
+    location: String,
+}
+
+impl AzureBackendBuilder {
+    /// The provisioner's settings (ARM client, subscription, resource group, …).
+    pub fn provisioner(mut self, p: crate::provision::AzureProvisionerBuilder) -> Self {
+        self.provisioner = Some(p);
+        self
+    }
+
+    /// The templates' region (`location`), for resolving sources.
+    pub fn location(mut self, l: impl Into<String>) -> Self {
+        self.location = Some(l.into());
+        self
+    }
+
+    /// Checks the settings.
+    pub fn build(self) -> Result<AzureBackend> {
+        let p = self
+            .provisioner
+            .ok_or_else(|| Error::InvalidConfig { backend: BACKEND, key: "provisioner".into(), message: "call .provisioner(..)".into() })?
+            .build()?;
+        let location = self.location.filter(|l| !l.is_empty()).ok_or_else(|| Error::InvalidConfig {
+            backend: BACKEND,
+            key: "location".into(),
+            message: "the templates' region is required".into(),
+        })?;
+        Ok(AzureBackend { provisioner: Arc::new(p), location })
+    }
+}
+
+/// What [`AzureBackend::gc_tagged`] found and did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TagGcReport {
+    /// Deleted resource ids.
+    pub deleted: Vec<String>,
+    /// Resources of live runs or too young, left alone.
+    pub skipped: Vec<String>,
+    /// Resources that could not be deleted, with the reason.
+    pub failed: Vec<(String, String)>,
+}
+
+fn order(kind: &str) -> u8 {
+    match kind.to_ascii_lowercase().as_str() {
+        "microsoft.compute/virtualmachines" => 0,
+        "microsoft.compute/disks" => 1,
+        "microsoft.network/networkinterfaces" => 2,
+        "microsoft.network/publicipaddresses" => 3,
+        "microsoft.network/virtualnetworks" => 4,
+        "microsoft.network/networksecuritygroups" => 5,
+        _ => 6,
+    }
+}
+
+impl AzureBackend {
+    /// A builder.
+    pub fn builder() -> AzureBackendBuilder {
+        AzureBackendBuilder::default()
+    }
+
+    /// The provisioner.
+    pub fn provisioner(&self) -> Arc<AzureProvisioner> {
+        self.provisioner.clone()
+    }
+
+    /// The ARM client.
+    pub fn arm(&self) -> &ArmClient {
+        self.provisioner.arm()
+    }
+
+    /// Sources, customizers and the `ManagedImage` and `SharedImage` distributors.
+    pub fn backend(&self) -> Backend {
+        let source = Arc::new(AzureSource::new(self.arm().clone(), self.provisioner.subscription(), &self.location));
+        let mut reg = Registry::new();
+        for t in ["PlatformImage", "ManagedImage", "SharedImageVersion"] {
+            let s = source.clone();
+            reg = reg.with_source(t, move |_| Ok(s.clone() as Arc<dyn Source>));
+        }
+        let arm = self.arm().clone();
+        reg = reg.with_distributor("ManagedImage", move |spec| {
+            Ok(Arc::new(ManagedImageDistributor::from_spec(arm.clone(), spec)?) as Arc<dyn Distributor>)
+        });
+        let arm = self.arm().clone();
+        reg = reg.with_distributor("SharedImage", move |spec| {
+            Ok(Arc::new(SharedImageDistributor::from_spec(arm.clone(), spec)?) as Arc<dyn Distributor>)
+        });
+        Backend::new(self.provisioner.clone(), aib_customizers::registry().merge(reg))
+    }
+
+    /// Deletes what runs left behind, found by their tags (`createdBy`, `aibRunId`): for when
+    /// the ledger is gone or on another machine. Resources of `live_runs`, younger than
+    /// `min_age`, or without a creation tag are left alone. Staging groups are kept.
+    pub async fn gc_tagged(&self, live_runs: &HashSet<String>, min_age: Duration) -> Result<TagGcReport> {
+        let sub = self.provisioner.subscription();
+        let all = self.arm().list(&format!("/subscriptions/{sub}/resources"), RESOURCES_API).await?;
+        let now = SystemTime::now();
+        let mut found: Vec<&Value> =
+            all.iter().filter(|r| r["tags"]["createdBy"] == CREATED_BY && r["tags"][RUN_TAG].is_string()).collect();
+        found.sort_by_key(|r| order(r["type"].as_str().unwrap_or_default()));
+        let mut report = TagGcReport::default();
+        for r in found {
+            let id = r["id"].as_str().unwrap_or_default().to_string();
+            let run = r["tags"][RUN_TAG].as_str().unwrap_or_default();
+            let created = r["tags"][CREATED_AT_TAG]
+                .as_str()
+                .and_then(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok())
+                .map(SystemTime::from);
+            let old = created.is_some_and(|c| now.duration_since(c).unwrap_or_default() >= min_age);
+            if live_runs.contains(run) || !old {
+                report.skipped.push(id);
+                continue;
+            }
+            let api = if id.to_ascii_lowercase().contains("/microsoft.compute/") { COMPUTE_API } else { NETWORK_API };
+            match self.arm().delete(&id, api).await {
+                Ok(()) | Err(Error::NotFound { .. }) => report.deleted.push(id),
+                Err(e) => report.failed.push((id, e.to_string())),
+            }
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,124 @@
+//! The build VM's network: a new VNet, subnet, NSG (the communicator's port open to the
+//! allowed source only) and public IP, or a NIC in the template's existing subnet (no public
+//! IP; this machine must reach the subnet, e.g. over a VPN or peering).
+
+use crate::client::ArmClient;
+use crate::error::BACKEND;
+use crate::provision::{AzureProvisioner, region};
+use aib_core::{Error, Result, RunContext};
+use serde_json::{Value, json};
+
+/// api-version of the network calls.
+pub const NETWORK_API: &str = "2023-09-01";
+/// api-version of the resource-group calls.
+pub const RESOURCES_API: &str = "2021-04-01";
+
+pub(crate) struct Plan<'a> {
+    pub(crate) group: &'a str,
+    pub(crate) short: &'a str,
+    pub(crate) location: &'a str,
+    pub(crate) tags: &'a Value,
+    pub(crate) port: u16,
+    pub(crate) allowed_source: &'a str,
+}
+
+pub(crate) struct Nic {
+    pub(crate) id: String,
+    public_ip: Option<String>,
+}
+
+impl Nic {
+    /// The address the builder connects to: the public IP, else the NIC's private one.
+    pub(crate) async fn address(&self, arm: &ArmClient) -> Result<String> {
+        let (id, pointer) = match &self.public_ip {
+            Some(p) => (p, "/properties/ipAddress"),
+            None => (&self.id, "/properties/ipConfigurations/0/properties/privateIPAddress"),
+        };
+        let v = arm.get(id, NETWORK_API).await?;
+        v.pointer(pointer)
+            .and_then(Value::as_str)
+            .filter(|a| !a.is_empty())
+            .map(str::to_string)
+            .ok_or_else(|| Error::generic(BACKEND, format!("{id} has no IP address")))
+    }
+}
+
+fn net_id(p: &Plan<'_>, kind: &str, name: &str) -> String {
+    format!("{}/providers/Microsoft.Network/{kind}/{name}", p.group)
+}
+
+pub(crate) async fn new_network(prov: &AzureProvisioner, ctx: &RunContext, p: &Plan<'_>) -> Result<Nic> {
+    let nsg = net_id(p, "networkSecurityGroups", &format!("aib-nsg-{}", p.short));
+    prov.create(
+        ctx,
+        "networkSecurityGroup",
+        &nsg,
+        NETWORK_API,
+        &json!({"location": p.location, "tags": p.tags, "properties": {"securityRules": [{
+            "name": "aib-communicator", "properties": {"priority": 100, "direction": "Inbound", "access": "Allow", "protocol": "Tcp",
+            "sourceAddressPrefix": p.allowed_source, "sourcePortRange": "*", "destinationAddressPrefix": "*", "destinationPortRange": p.port.to_string()}}]}}),
+    )
+    .await?;
+    let vnet = net_id(p, "virtualNetworks", &format!("aib-vnet-{}", p.short));
+    prov.create(
+        ctx,
+        "virtualNetwork",
+        &vnet,
+        NETWORK_API,
+        &json!({"location": p.location, "tags": p.tags, "properties": {"addressSpace": {"addressPrefixes": ["10.0.0.0/16"]},
+                "subnets": [{"name": "default", "properties": {"addressPrefix": "10.0.0.0/24", "networkSecurityGroup": {"id": nsg}}}]}}),
+    )
+    .await?;
+    let pip = net_id(p, "publicIPAddresses", &format!("aib-pip-{}", p.short));
+    prov.create(
+        ctx,
+        "publicIPAddress",
+        &pip,
+        NETWORK_API,
+        &json!({"location": p.location, "tags": p.tags, "sku": {"name": "Standard"},
+                "properties": {"publicIPAllocationMethod": "Static", "publicIPAddressVersion": "IPv4"}}),
+    )
+    .await?;
+    let nic = net_id(p, "networkInterfaces", &format!("aib-nic-{}", p.short));
+    prov.create(
+        ctx,
+        "networkInterface",
+        &nic,
+        NETWORK_API,
+        &json!({"location": p.location, "tags": p.tags, "properties": {"ipConfigurations": [{"name": "ipconfig1", "properties": {
+                "subnet": {"id": format!("{vnet}/subnets/default")}, "publicIPAddress": {"id": pip}, "privateIPAllocationMethod": "Dynamic"}}]}}),
+    )
+    .await?;
+    Ok(Nic { id: nic, public_ip: Some(pip) })
+}
+
+pub(crate) async fn existing_subnet(prov: &AzureProvisioner, ctx: &RunContext, p: &Plan<'_>, subnet: &str) -> Result<Nic> {
+    let Some((vnet, _)) = subnet.rsplit_once("/subnets/") else {
+        return Err(Error::InvalidConfig {
+            backend: BACKEND,
+            key: "vmProfile.vnetConfig.subnetId".into(),
+            message: format!("`{subnet}` is not a subnet id (…/virtualNetworks/<vnet>/subnets/<subnet>)"),
+        });
+    };
+    let v = prov.arm().get(vnet, NETWORK_API).await?;
+    let loc = region(v["location"].as_str().unwrap_or_default());
+    if loc != p.location {
+        return Err(Error::InvalidConfig {
+            backend: BACKEND,
+            key: "vmProfile.vnetConfig.subnetId".into(),
+            message: format!("the virtual network {vnet} is in {loc}; it must be in the template's region {}", p.location),
+        });
+    }
+    prov.arm().get(subnet, NETWORK_API).await?;
+    let nic = net_id(p, "networkInterfaces", &format!("aib-nic-{}", p.short));
+    prov.create(
+        ctx,
+        "networkInterface",
+        &nic,
+        NETWORK_API,
+        &json!({"location": p.location, "tags": p.tags, "properties": {"ipConfigurations": [{"name": "ipconfig1", "properties": {
+                "subnet": {"id": subnet}, "privateIPAllocationMethod": "Dynamic"}}]}}),
+    )
+    .await?;
+    Ok(Nic { id: nic, public_ip: None })
+}

@@ -1,0 +1,568 @@
+//! The Azure provisioner: a staging resource group with AIB's naming and rules, a network (a
+//! new VNet, NSG and public IP, or the template's subnet), a build VM whose SSH host key is
+//! chosen here and handed over in `customData` (so the first connection is verified), and
+//! generalization (deprovision over SSH, then deallocate and generalize through ARM).
+//! Everything is tagged with the run and recorded in the ledger before it is created.
+
+use crate::client::ArmClient;
+use crate::error::BACKEND;
+use crate::network::{self, NETWORK_API, RESOURCES_API};
+use crate::sources::COMPUTE_API;
+use aib_core::{
+    AccessInfo, BuildVm, CapturedImage, Communicator, Error, ExecRequest, OutputStream, Platform, ProvisionRequest, Provisioner,
+    ResourceRecord, Result, RunContext, Scope, StepContext,
+};
+use aib_customizers::Generalizer;
+use aib_customizers::ssh::{HostKeyCheck, PrivateKey, SshCommunicator, SshConfig, ephemeral_key, private_key_openssh, public_key_line};
+use async_trait::async_trait;
+use base64::Engine;
+use serde_json::{Map, Value, json};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The tag value AIB puts in `createdBy`.
+pub const CREATED_BY: &str = "AzureVMImageBuilder";
+/// The tag naming the run that created a resource.
+pub const RUN_TAG: &str = "aibRunId";
+/// The tag with the creation time (RFC 3339), for `gc`'s age threshold.
+pub const CREATED_AT_TAG: &str = "aibCreatedAt";
+
+pub(crate) fn region(s: &str) -> String {
+    s.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase()
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> Error {
+    Error::InvalidConfig { backend: BACKEND, key: key.into(), message: message.into() }
+}
+
+/// AIB's default build VM size by the source's Hyper-V generation.
+pub fn default_vm_size(hyper_v_generation: Option<&str>) -> &'static str {
+    match hyper_v_generation {
+        Some(g) if g.eq_ignore_ascii_case("V1") => "Standard_D1_v2",
+        _ => "Standard_D2ds_v4",
+    }
+}
+
+/// `IT_<resourceGroup>_<template>_<guid>`, cut to ARM's 90 characters by shortening the names,
+/// never the GUID. The GUID is derived from subscription, group and template, so the runs of
+/// one template share their staging group as AIB's do.
+pub fn staging_group_name(subscription: &str, resource_group: &str, template: &str) -> String {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(format!("{}/{}/{}", subscription, resource_group, template).to_ascii_lowercase());
+    let hex: String = h.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    let guid = format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32]);
+    let clean = |s: &str| s.chars().filter(|c| c.is_ascii_alphanumeric() || "-_.()".contains(*c)).collect::<String>();
+    let (mut rg, mut t) = (clean(resource_group), clean(template));
+    let fixed = "IT___".len() + guid.len();
+    while fixed + rg.len() + t.len() > 90 {
+        if rg.len() >= t.len() {
+            rg.pop()
+        } else {
+            t.pop()
+        };
+    }
+    format!("IT_{rg}_{t}_{guid}")
+}
+
+fn group_id(subscription: &str, name: &str) -> String {
+    format!("/subscriptions/{subscription}/resourceGroups/{name}")
+}
+
+struct Vm {
+    user_key: PrivateKey,
+    host_public: String,
+    address: String,
+    port: u16,
+    user: String,
+    image: aib_core::ResolvedImage,
+}
+
+/// Builds [`AzureProvisioner`]s; `build()` checks the settings.
+#[derive(Debug, Default)]
+#[must_use]
+pub struct AzureProvisionerBuilder {
+    arm: Option<ArmClient>,
+    subscription: Option<String>,
+    resource_group: Option<String>,
+    admin_user: Option<String>,
+    port: Option<u16>,
+    allowed_source: Option<String>,
+    connect_timeout: Option<Duration>,
+    keep_staging: Option<bool>,
+}
+
+impl AzureProvisionerBuilder {
+    /// The ARM client (required).
+    pub fn arm(mut self, arm: ArmClient) -> Self {
+        self.arm = Some(arm);
+        self
+    }
+
+    /// The subscription to build in (required).
+    pub fn subscription(mut self, s: impl Into<String>) -> Self {
+        self.subscription = Some(s.into());
+        self
+    }
+
+    /// The template's resource group (required): it names the staging group and is tagged
+    /// `imageTemplateResourceGroupName`.
+    pub fn resource_group(mut self, rg: impl Into<String>) -> Self {
+        self.resource_group = Some(rg.into());
+        self
+    }
+
+    /// The build VM's admin user (default `aib`; ARM refuses `root`, `admin` and a few more).
+    pub fn admin_user(mut self, u: impl Into<String>) -> Self {
+        self.admin_user = Some(u.into());
+        self
+    }
+
+    /// The port SSH listens on in the image (default 22).
+    pub fn ssh_port(mut self, p: u16) -> Self {
+        self.port = Some(p);
+        self
+    }
+
+    /// The address prefix the build VM's NSG admits (default `*`: any, with key-only login).
+    /// Set it to this machine's egress address (`203.0.113.7/32`) to admit only the builder.
+    pub fn allowed_source(mut self, prefix: impl Into<String>) -> Self {
+        self.allowed_source = Some(prefix.into());
+        self
+    }
+
+    /// How long to wait for SSH on the new VM (default 20 minutes).
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = Some(t);
+        self
+    }
+
+    /// Keep a staging group created by the run when the run ends (default: true, as AIB keeps
+    /// it until the template is deleted). A pre-existing `stagingResourceGroup` always stays.
+    pub fn keep_staging_group(mut self, yes: bool) -> Self {
+        self.keep_staging = Some(yes);
+        self
+    }
+
+    /// Checks the settings.
+    pub fn build(self) -> Result<AzureProvisioner> {
+        let arm = self.arm.ok_or_else(|| invalid("arm", "an ARM client is required: call .arm(..)"))?;
+        let subscription = self
+            .subscription
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| invalid("subscription", "a subscription id is required (AZURE_SUBSCRIPTION_ID)"))?;
+        let resource_group = self
+            .resource_group
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| invalid("resourceGroup", "the template's resource group is required"))?;
+        let admin_user = self.admin_user.unwrap_or_else(|| "aib".into());
+        if admin_user.is_empty()
+            || admin_user.len() > 32
+            || !admin_user.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-".contains(c))
+        {
+            return Err(invalid("adminUser", format!("`{admin_user}` is not a valid user name (lowercase letters, digits, `_`, `-`)")));
+        }
+        Ok(AzureProvisioner {
+            arm,
+            subscription,
+            resource_group,
+            admin_user,
+            port: self.port,
+            allowed_source: self.allowed_source.unwrap_or_else(|| "*".into()),
+            connect_timeout: self.connect_timeout.unwrap_or(Duration::from_secs(20 * 60)),
+            keep_staging: self.keep_staging.unwrap_or(true),
+            vms: Arc::default(),
+        })
+    }
+}
+
+/// Build VMs in Azure. Cheap to clone; one provisioner serves any number of runs.
+#[derive(Clone)]
+pub struct AzureProvisioner {
+    arm: ArmClient,
+    subscription: String,
+    resource_group: String,
+    admin_user: String,
+    port: Option<u16>,
+    allowed_source: String,
+    connect_timeout: Duration,
+    keep_staging: bool,
+    vms: Arc<Mutex<HashMap<String, Arc<Vm>>>>,
+}
+
+impl fmt::Debug for AzureProvisioner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AzureProvisioner")
+            .field("subscription", &self.subscription)
+            .field("resource_group", &self.resource_group)
+            .field("admin_user", &self.admin_user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for AzureProvisioner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AzureProvisioner({}/{})", self.subscription, self.resource_group)
+    }
+}
+
+fn cloud_config(host_private: &str, host_public: &str) -> String {
+    let indent = host_private.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n");
+    format!(
+        "#cloud-config\nssh_pwauth: false\ndisable_root: true\nssh_deletekeys: true\nssh_genkeytypes: []\n\
+         ssh_keys:\n  ed25519_private: |\n{indent}\n  ed25519_public: {host_public}\n"
+    )
+}
+
+/// `imageReference` (and `plan`) for the resolved source.
+fn image_reference(image: &aib_core::ResolvedImage) -> Result<(Value, Option<Value>)> {
+    let attr = |k: &str| image.attributes.get(k).and_then(Value::as_str).map(str::to_string);
+    match image.source_type.as_str() {
+        "PlatformImage" => {
+            let p: Vec<&str> = image.exact.split(':').collect();
+            if p.len() != 4 {
+                return Err(invalid("source", format!("`{}` is not publisher:offer:sku:version", image.exact)));
+            }
+            let plan = attr("planName").map(|n| {
+                json!({"name": n, "product": attr("planProduct").unwrap_or_else(|| p[1].into()), "publisher": attr("planPublisher").unwrap_or_else(|| p[0].into())})
+            });
+            Ok((json!({"publisher": p[0], "offer": p[1], "sku": p[2], "version": p[3]}), plan))
+        }
+        "ManagedImage" | "SharedImageVersion" => Ok((json!({"id": image.exact}), None)),
+        other => Err(Error::Unsupported { operation: format!("source type `{other}` on Azure"), backend: BACKEND }),
+    }
+}
+
+impl AzureProvisioner {
+    /// A builder.
+    pub fn builder() -> AzureProvisionerBuilder {
+        AzureProvisionerBuilder::default()
+    }
+
+    /// The ARM client.
+    pub fn arm(&self) -> &ArmClient {
+        &self.arm
+    }
+
+    /// The subscription.
+    pub fn subscription(&self) -> &str {
+        &self.subscription
+    }
+
+    fn vm(&self, id: &str) -> Result<Arc<Vm>> {
+        self.vms
+            .lock()
+            .ok()
+            .and_then(|m| m.get(id).cloned())
+            .ok_or_else(|| Error::NotFound { backend: BACKEND, what: format!("build VM {id} (started by another process?)") })
+    }
+
+    fn tags(&self, req: &ProvisionRequest) -> Map<String, Value> {
+        let mut t: Map<String, Value> = req.tags.iter().map(|(k, v)| (k.clone(), Value::from(v.clone()))).collect();
+        t.insert("createdBy".into(), CREATED_BY.into());
+        t.insert("imageTemplateName".into(), req.template_name.clone().into());
+        t.insert("imageTemplateResourceGroupName".into(), self.resource_group.clone().into());
+        let now = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        t.insert(CREATED_AT_TAG.into(), now.into());
+        t
+    }
+
+    /// Creates or checks the staging group; returns its id.
+    async fn staging_group(&self, req: &ProvisionRequest, location: &str, tags: &Map<String, Value>, ctx: &RunContext) -> Result<String> {
+        let (id, named) = match &req.staging_resource_group {
+            Some(id) => {
+                let p: Vec<&str> = id.trim_matches('/').split('/').collect();
+                if p.len() != 4 || !p[0].eq_ignore_ascii_case("subscriptions") || !p[2].eq_ignore_ascii_case("resourceGroups") {
+                    return Err(invalid(
+                        "stagingResourceGroup",
+                        format!("`{id}` is not a resource group id (/subscriptions/<id>/resourceGroups/<name>)"),
+                    ));
+                }
+                (id.clone(), true)
+            }
+            None => {
+                (group_id(&self.subscription, &staging_group_name(&self.subscription, &self.resource_group, &req.template_name)), false)
+            }
+        };
+        match self.arm.get(&id, RESOURCES_API).await {
+            Ok(existing) => {
+                let loc = region(existing["location"].as_str().unwrap_or_default());
+                if loc != location {
+                    return Err(invalid(
+                        "stagingResourceGroup",
+                        format!("{id} is in {loc}; it must be in the template's region {location}"),
+                    ));
+                }
+                if named {
+                    // AIB's rules for a group the user brought: empty, and not another template's.
+                    let used_by = existing["tags"]["usedBy"].as_str().unwrap_or_default();
+                    if !used_by.is_empty() && used_by != req.template_name {
+                        return Err(invalid("stagingResourceGroup", format!("{id} is used by the template `{used_by}`")));
+                    }
+                    let inside = self.arm.list(&format!("{id}/resources"), RESOURCES_API).await?;
+                    let foreign: Vec<&str> =
+                        inside.iter().filter(|r| r["tags"][RUN_TAG].is_null()).filter_map(|r| r["id"].as_str()).collect();
+                    if !foreign.is_empty() {
+                        return Err(invalid(
+                            "stagingResourceGroup",
+                            format!("{id} must be empty; it holds {} resource(s), e.g. {}", foreign.len(), foreign[0]),
+                        ));
+                    }
+                    let mut t = existing["tags"].as_object().cloned().unwrap_or_default();
+                    t.insert("usedBy".into(), req.template_name.clone().into());
+                    t.insert("imageTemplateName".into(), req.template_name.clone().into());
+                    t.insert("imageTemplateResourceGroupName".into(), self.resource_group.clone().into());
+                    self.arm.put(&id, RESOURCES_API, &json!({"location": location, "tags": t})).await?;
+                }
+                ctx.notice(format!("staging resource group {id} (exists)"));
+            }
+            Err(Error::NotFound { .. }) => {
+                let mut t = tags.clone();
+                t.remove(RUN_TAG);
+                t.remove(CREATED_AT_TAG);
+                if named {
+                    t.insert("usedBy".into(), req.template_name.clone().into());
+                }
+                let keep = self.keep_staging;
+                if !keep {
+                    ctx.ledger().record(
+                        ResourceRecord::new(BACKEND, "resourceGroup", &id, Scope::Run).with_attribute("apiVersion", RESOURCES_API),
+                    )?;
+                }
+                self.arm.put(&id, RESOURCES_API, &json!({"location": location, "tags": t})).await?;
+                ctx.notice(format!("staging resource group {id} created{}", if keep { " (kept after the run)" } else { "" }));
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(id)
+    }
+
+    /// Records, then creates (PUT, waiting for the operation).
+    pub(crate) async fn create(&self, ctx: &RunContext, kind: &str, id: &str, api: &str, body: &Value) -> Result<Value> {
+        ctx.ledger().record(ResourceRecord::new(BACKEND, kind, id, Scope::BuildVm).with_attribute("apiVersion", api))?;
+        self.arm.put(id, api, body).await
+    }
+}
+
+#[async_trait]
+impl Provisioner for AzureProvisioner {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn provision(&self, req: &ProvisionRequest, ctx: &RunContext) -> Result<BuildVm> {
+        if req.image.platform == Platform::Windows {
+            return Err(Error::Unsupported { operation: "Windows build VMs (WinRM over HTTPS) on Azure".into(), backend: BACKEND });
+        }
+        let location = region(&req.location);
+        if location.is_empty() {
+            return Err(invalid("location", "the template has no `location`"));
+        }
+        let tags = self.tags(req);
+        let tags_v = Value::Object(tags.clone());
+        let group = self.staging_group(req, &location, &tags, ctx).await?;
+        let short = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+        let port = self.port.unwrap_or(22);
+
+        let vnet_cfg = req.vm_profile.vnet_config.as_ref().and_then(|v| v.subnet_id.clone()).filter(|s| !s.is_empty());
+        let net =
+            network::Plan { group: &group, short: &short, location: &location, tags: &tags_v, port, allowed_source: &self.allowed_source };
+        let nic = match &vnet_cfg {
+            Some(subnet) => network::existing_subnet(self, ctx, &net, subnet).await?,
+            None => network::new_network(self, ctx, &net).await?,
+        };
+
+        let user_key = ephemeral_key()?;
+        let host_key = ephemeral_key()?;
+        let host_public = public_key_line(&host_key, "aib-build-host")?;
+        let custom_data = base64::engine::general_purpose::STANDARD.encode(cloud_config(&private_key_openssh(&host_key)?, &host_public));
+        let generation = req.image.attributes.get("hyperVGeneration").and_then(Value::as_str).map(str::to_string);
+        let size =
+            req.vm_profile.vm_size.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| default_vm_size(generation.as_deref()).into());
+        let (image_ref, plan) = image_reference(&req.image)?;
+        let vm_name = format!("aib-vm-{short}");
+        let vm_id = format!("{group}/providers/Microsoft.Compute/virtualMachines/{vm_name}");
+        let disk_name = format!("aib-osdisk-{short}");
+        let disk_id = format!("{group}/providers/Microsoft.Compute/disks/{disk_name}");
+        let mut os_disk = json!({"name": disk_name, "createOption": "FromImage", "deleteOption": "Delete", "caching": "ReadWrite",
+                                 "managedDisk": {"storageAccountType": "Standard_LRS"}});
+        if let Some(gb) = req.vm_profile.os_disk_size_gb.as_ref().and_then(|e| e.value()).copied().filter(|g| *g > 0) {
+            os_disk["diskSizeGB"] = gb.into();
+        }
+        let data_disks: Vec<Value> = req
+            .data_disks_gb
+            .iter()
+            .enumerate()
+            .map(|(i, gb)| json!({"lun": i, "createOption": "Empty", "diskSizeGB": gb, "deleteOption": "Delete"}))
+            .collect();
+        let user = &self.admin_user;
+        let mut body = json!({
+            "location": location,
+            "tags": tags_v,
+            "properties": {
+                "hardwareProfile": {"vmSize": size},
+                "storageProfile": {"imageReference": image_ref, "osDisk": os_disk, "dataDisks": data_disks},
+                "osProfile": {
+                    "computerName": format!("aib-{short}"),
+                    "adminUsername": user,
+                    "customData": custom_data,
+                    "linuxConfiguration": {"disablePasswordAuthentication": true, "provisionVMAgent": true,
+                        "ssh": {"publicKeys": [{"path": format!("/home/{user}/.ssh/authorized_keys"), "keyData": public_key_line(&user_key, "aib-build")?}]}}
+                },
+                "networkProfile": {"networkInterfaces": [{"id": nic.id, "properties": {"primary": true, "deleteOption": "Delete"}}]},
+                "diagnosticsProfile": {"bootDiagnostics": {"enabled": true}}
+            }
+        });
+        if let Some(plan) = plan {
+            body["plan"] = plan;
+        }
+        if let Some(ids) = req.vm_profile.user_assigned_identities.as_ref().and_then(|e| e.value()).filter(|v| !v.is_empty()) {
+            body["identity"] = json!({"type": "UserAssigned", "userAssignedIdentities": ids.iter().map(|i| (i.clone(), json!({}))).collect::<Map<_, _>>()});
+        }
+        // The disk is recorded before the VM so that cleanup (newest first) deletes the VM first.
+        ctx.ledger().record(ResourceRecord::new(BACKEND, "disk", &disk_id, Scope::BuildVm).with_attribute("apiVersion", COMPUTE_API))?;
+        ctx.notice(format!("creating build VM {vm_name} ({size}) in {group}"));
+        self.create(ctx, "virtualMachine", &vm_id, COMPUTE_API, &body).await?;
+        let record = ctx.ledger().outstanding().into_iter().rev().find(|r| r.name == vm_id).map(|r| r.id).unwrap_or_default();
+        let address = nic.address(&self.arm).await?;
+        let command = format!("ssh -p {port} {user}@{address}  # key: the run's ephemeral key; host key: {host_public}");
+        let mut vm = BuildVm::new(&vm_id, record, req.image.platform, AccessInfo::new("ssh", &address, port, user, command));
+        vm.attributes.insert("stagingResourceGroup".into(), group.clone().into());
+        vm.attributes.insert("location".into(), location.clone().into());
+        vm.attributes.insert("osDiskId".into(), disk_id.into());
+        vm.attributes.insert("vmSize".into(), size.into());
+        if let Some(g) = generation {
+            vm.attributes.insert("hyperVGeneration".into(), g.into());
+        }
+        let state = Vm { user_key, host_public, address, port, user: user.clone(), image: req.image.clone() };
+        if let Ok(mut m) = self.vms.lock() {
+            m.insert(vm.id.clone(), Arc::new(state));
+        }
+        Ok(vm)
+    }
+
+    async fn connect(&self, vm: &BuildVm, ctx: &RunContext) -> Result<Arc<dyn Communicator>> {
+        let state = self.vm(&vm.id)?;
+        let cfg = SshConfig::builder()
+            .host(&state.address)
+            .port(state.port)
+            .user(&state.user)
+            .key(state.user_key.clone())
+            .host_key(HostKeyCheck::PublicKey(state.host_public.clone()))
+            .connect_timeout(self.connect_timeout)
+            .retry_backoff(Duration::from_millis(500), Duration::from_secs(5))
+            .build()?;
+        let comm = SshCommunicator::connect(cfg).await?;
+        ctx.notice(format!(
+            "connected to {}:{} over SSH after {:.1} s (host key verified)",
+            state.address,
+            state.port,
+            comm.last_connect_time().as_secs_f64()
+        ));
+        let sink = ctx.output("connect");
+        let st = comm
+            .execute(
+                &ExecRequest::new(
+                    "if command -v cloud-init >/dev/null 2>&1; then cloud-init status --wait >/dev/null; s=$?; cloud-init status; exit $s; fi",
+                )
+                .with_timeout(Duration::from_secs(900)),
+                &*sink,
+            )
+            .await?;
+        if !matches!(st.code, Some(0) | Some(2)) {
+            return Err(Error::generic(BACKEND, format!("cloud-init on the build VM ended with {st}")));
+        }
+        Ok(Arc::new(comm))
+    }
+
+    async fn generalize(&self, vm: &BuildVm, comm: &(dyn Communicator + 'static), ctx: &StepContext) -> Result<()> {
+        let state = self.vm(&vm.id)?;
+        let cmd = Generalizer::new(vm.platform).with_build_user(&state.user).command();
+        ctx.output.line(OutputStream::Stdout, "aib: deprovisioning the build VM");
+        let st = comm.execute(&ExecRequest::new(cmd).with_timeout(Duration::from_secs(1200)), &*ctx.output).await?;
+        if !st.success() {
+            return Err(Error::StepFailed { step: ctx.name.clone(), exit_code: st.code, message: "deprovisioning failed".into() });
+        }
+        ctx.output.line(OutputStream::Stdout, &format!("aib: deallocating {}", vm.id));
+        self.arm.post(&format!("{}/deallocate", vm.id), COMPUTE_API, None).await?;
+        ctx.output.line(OutputStream::Stdout, &format!("aib: generalizing {}", vm.id));
+        self.arm.post(&format!("{}/generalize", vm.id), COMPUTE_API, None).await?;
+        Ok(())
+    }
+
+    async fn capture(&self, vm: &BuildVm, _ctx: &StepContext) -> Result<CapturedImage> {
+        let view = self.arm.get(&format!("{}/instanceView", vm.id), COMPUTE_API).await?;
+        let generalized = view["statuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s["code"].as_str().is_some_and(|c| c.eq_ignore_ascii_case("OSState/generalized")));
+        if !generalized {
+            return Err(Error::generic(BACKEND, format!("{} is not generalized; capture needs a generalized VM", vm.id)));
+        }
+        let location = vm.attributes.get("location").and_then(Value::as_str).unwrap_or_default().to_string();
+        let source = self.vm(&vm.id)?.image.clone();
+        let mut image = CapturedImage::new(&vm.id, "AzureVm", location, source);
+        for k in ["osDiskId", "stagingResourceGroup", "hyperVGeneration"] {
+            if let Some(v) = vm.attributes.get(k) {
+                image.attributes.insert(k.into(), v.clone());
+            }
+        }
+        if let Some(id) = vm.attributes.get("osDiskId").and_then(Value::as_str)
+            && let Ok(d) = self.arm.get(id, COMPUTE_API).await
+        {
+            image.size_bytes = d["properties"]["diskSizeGB"].as_u64().map(|g| g << 30);
+        }
+        Ok(image)
+    }
+
+    async fn delete(&self, record: &ResourceRecord) -> Result<()> {
+        let api = record.attributes.get("apiVersion").and_then(Value::as_str).unwrap_or(match record.kind.as_str() {
+            "resourceGroup" => RESOURCES_API,
+            "virtualMachine" | "disk" => COMPUTE_API,
+            _ => NETWORK_API,
+        });
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.arm.delete(&record.name, api).await {
+                Ok(()) | Err(Error::NotFound { .. }) => {
+                    if let Ok(mut m) = self.vms.lock() {
+                        m.remove(&record.name);
+                    }
+                    return Ok(());
+                }
+                // A failed delete is tried again, then reported.
+                Err(e) if attempt < 3 => {
+                    tracing::warn!(resource = %record.name, error = %e, attempt, "delete failed; trying again");
+                    tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staging_names_fit_and_are_stable() {
+        let a = staging_group_name("sub", "my-rg", "ubuntu-template");
+        assert!(a.starts_with("IT_my-rg_ubuntu-template_") && a.len() == "IT_my-rg_ubuntu-template_".len() + 36, "{a}");
+        assert_eq!(a, staging_group_name("sub", "my-rg", "ubuntu-template"));
+        assert_ne!(a, staging_group_name("sub", "my-rg", "other"));
+        let long = staging_group_name("sub", &"r".repeat(90), &"t".repeat(64));
+        assert_eq!(long.len(), 90, "{long}");
+        assert_eq!(long[long.len() - 36..], a[a.len() - 36..], "the GUID is never cut");
+    }
+
+    #[test]
+    fn vm_size_defaults_follow_the_generation() {
+        assert_eq!(default_vm_size(Some("V1")), "Standard_D1_v2");
+        assert_eq!(default_vm_size(Some("V2")), "Standard_D2ds_v4");
+        assert_eq!(default_vm_size(None), "Standard_D2ds_v4");
+    }
+}

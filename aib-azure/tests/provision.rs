@@ -1,0 +1,367 @@
+//! The Azure provisioner and whole builds against the ARM test server, whose VMs are real
+//! sshd guests (needs root and OpenSSH: `apt-get install -y openssh-server`).
+
+use aib_azure::{ArmClient, AzureBackend, AzureProvisioner, AzureSource, Credential, RetryConfig, staging_group_name};
+use aib_core::template::ImageTemplate;
+use aib_core::{Event, Pipeline, ProvisionRequest, Provisioner, RunContext, RunState, Source};
+use aib_testkit::arm::{ArmFault, ArmServer};
+use aib_testkit::conformance;
+use aib_testkit::guest::SshdGuests;
+use aib_testkit::http::StaticServer;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SUB: &str = "00000000-0000-0000-0000-0000000000a1";
+const RG: &str = "images";
+
+async fn server() -> ArmServer {
+    let guests = SshdGuests::new().unwrap_or_else(|e| panic!("{e}"));
+    let s = ArmServer::start_with(0, Some(Arc::new(guests))).await.unwrap();
+    for region in ["westus2", "eastus"] {
+        s.add_marketplace_image(region, "Canonical", "0001-com-ubuntu-server-focal", "20_04-lts-gen2", "20.04.202501010");
+        s.add_marketplace_image(region, "Canonical", "0001-com-ubuntu-server-focal", "20_04-lts-gen2", "20.04.202411050");
+    }
+    s
+}
+
+fn client(s: &ArmServer) -> ArmClient {
+    ArmClient::builder()
+        .endpoint(s.url())
+        .credential(Credential::static_token("t"))
+        .retry(RetryConfig::fixed(6, Duration::from_millis(5)))
+        .poll_interval(Duration::from_millis(5))
+        .build()
+        .unwrap()
+}
+
+fn provisioner(s: &ArmServer) -> aib_azure::AzureProvisionerBuilder {
+    AzureProvisioner::builder()
+        .arm(client(s))
+        .subscription(SUB)
+        .resource_group(RG)
+        .ssh_port(s.guest_port().unwrap())
+        .connect_timeout(Duration::from_secs(30))
+}
+
+async fn group(c: &ArmClient, name: &str, location: &str) {
+    c.put(&format!("/subscriptions/{SUB}/resourceGroups/{name}"), "2021-04-01", &json!({"location": location})).await.unwrap();
+}
+
+/// Everything live that is not a template output or pre-existing: what a build leaked.
+fn leaked(s: &ArmServer) -> Vec<String> {
+    s.resource_ids()
+        .into_iter()
+        .filter(|id| {
+            let l = id.to_ascii_lowercase();
+            !l.contains("/galleries/") && !l.contains("/microsoft.compute/images/")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn provisioner_and_source_pass_the_conformance_suite() {
+    let s = server().await;
+    let c = client(&s);
+    let source = AzureSource::new(c.clone(), SUB, "westus2");
+    let spec = ubuntu();
+    conformance::source(&source, &spec).await;
+    let ctx = RunContext::detached("resolve").unwrap();
+    let image = source.resolve(&spec, &ctx).await.unwrap();
+    assert_eq!(image.exact_version.as_deref(), Some("20.04.202501010"));
+    let p = provisioner(&s).build().unwrap();
+    let staged = ProvisionRequestFor { location: "westus2" };
+    conformance::provisioner(&staged.wrap(p), image, &conformance::Capabilities::linux_ssh()).await;
+    assert_eq!(leaked(&s), Vec::<String>::new(), "the build resources are gone");
+    assert_eq!(s.running_guests(), 0);
+    let staging = staging_group_name(SUB, RG, "image");
+    assert!(s.group_ids().iter().any(|g| g.ends_with(&staging)), "the staging group stays, as AIB's does: {:?}", s.group_ids());
+}
+
+fn ubuntu() -> aib_core::template::ImageSource {
+    aib_core::template::ImageSource::PlatformImage(aib_core::template::PlatformImageSource {
+        publisher: Some("Canonical".into()),
+        offer: Some("0001-com-ubuntu-server-focal".into()),
+        sku: Some("20_04-lts-gen2".into()),
+        version: Some("latest".into()),
+        plan_info: None,
+    })
+}
+
+/// The conformance suite asks with a bare request; a template gives the region.
+struct ProvisionRequestFor {
+    location: &'static str,
+}
+
+#[derive(Debug)]
+struct Located(AzureProvisioner, &'static str);
+
+impl std::fmt::Display for Located {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl ProvisionRequestFor {
+    fn wrap(&self, p: AzureProvisioner) -> Located {
+        Located(p, self.location)
+    }
+}
+
+#[async_trait::async_trait]
+impl Provisioner for Located {
+    fn backend(&self) -> &'static str {
+        self.0.backend()
+    }
+    async fn provision(&self, req: &ProvisionRequest, ctx: &RunContext) -> aib_core::Result<aib_core::BuildVm> {
+        let mut r = req.clone();
+        r.location = self.1.into();
+        r.template_name = "image".into();
+        self.0.provision(&r, ctx).await
+    }
+    async fn connect(&self, vm: &aib_core::BuildVm, ctx: &RunContext) -> aib_core::Result<Arc<dyn aib_core::Communicator>> {
+        self.0.connect(vm, ctx).await
+    }
+    async fn generalize(
+        &self,
+        vm: &aib_core::BuildVm,
+        comm: &(dyn aib_core::Communicator + 'static),
+        ctx: &aib_core::StepContext,
+    ) -> aib_core::Result<()> {
+        self.0.generalize(vm, comm, ctx).await
+    }
+    async fn capture(&self, vm: &aib_core::BuildVm, ctx: &aib_core::StepContext) -> aib_core::Result<aib_core::CapturedImage> {
+        self.0.capture(vm, ctx).await
+    }
+    async fn delete(&self, record: &aib_core::ResourceRecord) -> aib_core::Result<()> {
+        self.0.delete(record).await
+    }
+}
+
+/// The corpus's Linux Shared Image Gallery template, placeholders filled, downloads served
+/// here, plus a ManagedImage output.
+async fn corpus_template(s: &ArmServer, web: &StaticServer) -> ImageTemplate {
+    let c = client(s);
+    group(&c, RG, "westus2").await;
+    let def = format!("/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/galleries/aibgallery/images/ubuntu");
+    s.put_resource(
+        &def,
+        json!({"location": "westus2", "properties": {"osType": "Linux", "osState": "Generalized", "hyperVGeneration": "V2"}}),
+    );
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../aib-core/tests/corpus/quickstarts/azvmimagebuilder__quickquickstarts__1_Creating_a_Custom_Linux_Shared_Image_Gallery_Image__helloImageTemplateforSIG.json"
+    );
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let s1 = "#!/bin/sh\necho customizeScript ran on $(hostname)\nsudo touch /var/aib-script1\n";
+    let s2 = "#!/bin/sh\necho checksummed script ran\n";
+    let cz = &mut v["properties"]["customize"];
+    cz[0]["scriptUri"] = web.put("customizeScript.sh", s1).into();
+    cz[1]["scriptUri"] = web.put("customizeScript2.sh", s2).into();
+    cz[1]["sha256Checksum"] = sha256(s2.as_bytes()).into();
+    cz[2]["sourceUri"] = web.put("index.html", "<h1>hello from aib</h1>\n").into();
+    // No network from the guest: the package install is shown, not run.
+    cz[4]["inline"] = json!(["echo would run: sudo apt install unattended-upgrades", "test -f /buildArtifacts/index.html"]);
+    v["properties"]["distribute"].as_array_mut().unwrap().push(json!({
+        "type": "ManagedImage",
+        "imageId": format!("/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/images/ubuntu-managed"),
+        "location": "westus2",
+        "runOutputName": "managed"
+    }));
+    let text = v
+        .to_string()
+        .replace("<region1>", "westus2")
+        .replace("<region2>", "eastus")
+        .replace("<subscriptionID>", SUB)
+        .replace("<rgName>", RG)
+        .replace("<sharedImageGalName>", "aibgallery")
+        .replace("<imageDefName>", "ubuntu")
+        .replace("<runOutputName>", "sig")
+        .replace(
+            "<imgBuilderId>",
+            &format!("/subscriptions/{SUB}/resourcegroups/{RG}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/aib"),
+        );
+    let mut t = ImageTemplate::from_json(&text).unwrap().template;
+    t.name = Some("helloImageTemplateforSIG".into());
+    t
+}
+
+fn sha256(b: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
+}
+
+async fn build(
+    s: &ArmServer,
+    t: &ImageTemplate,
+    tweak: impl FnOnce(aib_core::PipelineBuilder) -> aib_core::PipelineBuilder,
+) -> (aib_core::RunReport, Vec<Event>) {
+    let backend = AzureBackend::builder().provisioner(provisioner(s)).location(&t.location).build().unwrap();
+    let pipeline = tweak(Pipeline::from_template(t, &backend.backend()).unwrap()).build().unwrap();
+    let mut run = pipeline.start();
+    let events: Vec<Event> = run.events().collect().await;
+    (run.wait().await, events)
+}
+
+#[tokio::test]
+async fn a_corpus_template_builds_managed_image_and_gallery_version_in_two_regions() {
+    let s = server().await;
+    let web = StaticServer::start().await.unwrap();
+    let t = corpus_template(&s, &web).await;
+    let started = Instant::now();
+    let before = s.requests().len();
+    s.set_polls(3);
+    let (report, events) = build(&s, &t, |b| b).await;
+    assert_eq!(report.run_state, RunState::Succeeded, "{}\n{:?}", report.message, report.log_tail);
+    eprintln!("build against the ARM test server: {:?}, {} ARM requests", started.elapsed(), s.requests().len() - before);
+    let version =
+        format!("/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/galleries/aibgallery/images/ubuntu/versions/1.0.0");
+    let ids: Vec<Option<String>> = report.run_outputs.iter().map(|o| o.artifact_id.clone()).collect();
+    assert!(ids.contains(&Some(version.clone())), "{ids:?}");
+    let v = s.resource(&version).unwrap();
+    let regions: Vec<&str> =
+        v["properties"]["publishingProfile"]["targetRegions"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(regions, ["westus2", "eastus"]);
+    assert_eq!(v["tags"]["baseosimg"], "ubuntu2004");
+    let image = s.resource(&format!("/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/images/ubuntu-managed")).unwrap();
+    assert_eq!(image["properties"]["storageProfile"]["osDisk"]["osState"], "Generalized");
+    // The customizers ran on the guest, over SSH.
+    let lines: Vec<String> =
+        events.iter().filter_map(|e| if let Event::Output { line, .. } = e { Some(line.clone()) } else { None }).collect();
+    assert!(lines.iter().any(|l| l.starts_with("customizeScript ran on")), "{lines:#?}");
+    assert!(lines.iter().any(|l| l == "checksummed script ran"));
+    assert!(lines.iter().any(|l| l.starts_with("aib: deprovisioning without waagent")), "{lines:#?}");
+    assert!(lines.iter().any(|l| l.starts_with("replication: westus2 ") && l.contains("eastus")), "replication progress: {lines:#?}");
+    // Only the staging group (and the outputs) remain; the build VM's guest is gone.
+    assert_eq!(leaked(&s), Vec::<String>::new());
+    assert_eq!(s.running_guests(), 0);
+    let staging = staging_group_name(SUB, RG, "helloImageTemplateforSIG");
+    let g = s.group_ids();
+    assert!(g.iter().any(|x| x.ends_with(&staging)), "{g:?}");
+    // The build VM carried the run's tags.
+    assert!(s.requests().iter().any(|r| r.contains("/deallocate")) && s.requests().iter().any(|r| r.contains("/generalize")));
+}
+
+#[tokio::test]
+async fn allocation_failures_fail_fast_with_their_code_and_leave_nothing() {
+    let s = server().await;
+    let web = StaticServer::start().await.unwrap();
+    let t = corpus_template(&s, &web).await;
+    s.fail_creates("Microsoft.Compute/virtualMachines", "AllocationFailed", "Allocation failed. We do not have sufficient capacity.");
+    let started = Instant::now();
+    let (report, _) = build(&s, &t, |b| b).await;
+    assert_eq!(report.run_state, RunState::Failed);
+    assert!(report.message.contains("AllocationFailed"), "{}", report.message);
+    assert!(started.elapsed() < Duration::from_secs(60), "failed fast, not at an SSH timeout");
+    assert_eq!(leaked(&s), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn throttling_storms_and_server_errors_are_survived() {
+    let s = server().await;
+    let web = StaticServer::start().await.unwrap();
+    let t = corpus_template(&s, &web).await;
+    s.inject(ArmFault::Throttle { retry_after_secs: 0 }, 4);
+    let (report, _) = build(&s, &t, |b| b).await;
+    assert_eq!(report.run_state, RunState::Succeeded, "{}", report.message);
+    s.inject(ArmFault::ServerError, 3);
+    let (report, _) = build(&s, &t, |b| b).await;
+    assert_eq!(report.run_state, RunState::Succeeded, "{}", report.message);
+    assert_eq!(leaked(&s), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn failed_deletes_are_retried_and_reported() {
+    let s = server().await;
+    let web = StaticServer::start().await.unwrap();
+    let t = corpus_template(&s, &web).await;
+    s.fail_deletes("Microsoft.Network/publicIPAddresses", 1);
+    let (report, _) = build(&s, &t, |b| b).await;
+    assert_eq!(report.run_state, RunState::Succeeded, "{}", report.message);
+    assert_eq!(leaked(&s), Vec::<String>::new(), "a delete that failed once was tried again");
+    s.fail_deletes("Microsoft.Network/virtualNetworks", 10);
+    let (report, _) = build(&s, &t, |b| b).await;
+    let left = leaked(&s);
+    assert_eq!(left.len(), 3, "the VNet, its subnet and the NSG the subnet still uses stay: {left:?}");
+    assert!(left.iter().any(|l| l.contains("/networkSecurityGroups/")), "{left:?}");
+    let all = format!("{} {:?}", report.message, report.cleanup_errors);
+    assert!(all.contains("InternalOperationError") && all.contains("virtualNetworks"), "the failure is reported: {all}");
+}
+
+#[tokio::test]
+async fn cancel_during_distribution_leaves_only_the_staging_group() {
+    let s = server().await;
+    let web = StaticServer::start().await.unwrap();
+    let t = corpus_template(&s, &web).await;
+    let backend = AzureBackend::builder().provisioner(provisioner(&s)).location(&t.location).build().unwrap();
+    let pipeline = Pipeline::from_template(&t, &backend.backend()).unwrap().build().unwrap();
+    let mut run = pipeline.start();
+    let cancel = run.cancellation();
+    let mut events = run.events();
+    while let Some(e) = events.next().await {
+        if matches!(&e, Event::StepStarted { step, .. } if step.starts_with("distribute")) {
+            s.set_polls(1000);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            cancel.cancel();
+            s.set_polls(1);
+        }
+    }
+    let report = run.wait().await;
+    assert_eq!(report.run_state, RunState::Canceled, "{}", report.message);
+    assert_eq!(leaked(&s), Vec::<String>::new(), "half-made outputs and build resources are deleted");
+    assert_eq!(s.running_guests(), 0);
+}
+
+#[tokio::test]
+async fn a_brought_staging_group_must_be_empty_and_in_the_region() {
+    let s = server().await;
+    let web = StaticServer::start().await.unwrap();
+    let mut t = corpus_template(&s, &web).await;
+    let c = client(&s);
+    group(&c, "staging-west", "westus2").await;
+    group(&c, "staging-east", "eastus").await;
+    s.put_resource(
+        &format!("/subscriptions/{SUB}/resourceGroups/staging-west/providers/Microsoft.Storage/storageAccounts/other"),
+        json!({"location": "westus2"}),
+    );
+    for (rg, want) in [("staging-west", "must be empty"), ("staging-east", "must be in the template's region")] {
+        t.properties.staging_resource_group = Some(format!("/subscriptions/{SUB}/resourceGroups/{rg}"));
+        let (report, _) = build(&s, &t, |b| b).await;
+        assert_eq!(report.run_state, RunState::Failed);
+        assert!(report.message.contains("stagingResourceGroup") && report.message.contains(want), "{}", report.message);
+    }
+    // A named group that does not exist is created, tagged `usedBy`, and used.
+    t.properties.staging_resource_group = Some(format!("/subscriptions/{SUB}/resourceGroups/staging-new"));
+    let (report, _) = build(&s, &t, |b| b).await;
+    assert_eq!(report.run_state, RunState::Succeeded, "{}", report.message);
+    let g = c.get(&format!("/subscriptions/{SUB}/resourceGroups/staging-new"), "2021-04-01").await.unwrap();
+    assert_eq!(g["tags"]["usedBy"], "helloImageTemplateforSIG");
+}
+
+#[tokio::test]
+async fn gc_by_tags_deletes_what_a_killed_run_left_but_not_live_runs() {
+    let s = server().await;
+    let c = client(&s);
+    group(&c, RG, "westus2").await;
+    let backend = AzureBackend::builder().provisioner(provisioner(&s)).location("westus2").build().unwrap();
+    let source = AzureSource::new(c.clone(), SUB, "westus2");
+    let ctx = RunContext::detached("killed-run").unwrap();
+    let image = source.resolve(&ubuntu(), &ctx).await.unwrap();
+    let mut req = ProvisionRequest::new(image);
+    req.location = "westus2".into();
+    req.template_name = "t".into();
+    req.tags.insert("aibRunId".into(), "killed-run".into());
+    backend.provisioner().provision(&req, &ctx).await.unwrap();
+    assert!(leaked(&s).len() >= 6, "{:?}", leaked(&s));
+    let live: HashSet<String> = ["killed-run".to_string()].into();
+    let r = backend.gc_tagged(&live, Duration::ZERO).await.unwrap();
+    assert!(r.deleted.is_empty() && !r.skipped.is_empty(), "a live run's resources are never touched");
+    let r = backend.gc_tagged(&HashSet::new(), Duration::from_secs(3600)).await.unwrap();
+    assert!(r.deleted.is_empty(), "younger than the threshold");
+    let r = backend.gc_tagged(&HashSet::new(), Duration::ZERO).await.unwrap();
+    assert!(r.failed.is_empty(), "{:?}", r.failed);
+    assert_eq!(leaked(&s), Vec::<String>::new());
+    assert_eq!(s.running_guests(), 0);
+}

@@ -1,0 +1,310 @@
+//! What the ARM test server does for particular resource types, beyond storing them:
+//! addresses for public IPs and NICs, subnets of virtual networks, an OS disk and a guest for
+//! every VM, VM power states, generalization, images from generalized VMs, and the
+//! references that keep a resource in use (a NIC used by a VM cannot be deleted).
+
+use super::{State, error};
+use crate::guest::{GuestSpec, decode_custom_data};
+use crate::http::Response;
+use serde_json::{Value, json};
+
+pub(super) const VM: &str = "microsoft.compute/virtualmachines";
+const NIC: &str = "microsoft.network/networkinterfaces";
+const PIP: &str = "microsoft.network/publicipaddresses";
+const VNET: &str = "microsoft.network/virtualnetworks";
+const NSG: &str = "microsoft.network/networksecuritygroups";
+const DISK: &str = "microsoft.compute/disks";
+const IMAGE: &str = "microsoft.compute/images";
+const VERSION: &str = "microsoft.compute/galleries/images/versions";
+
+fn lower(v: &Value) -> Option<String> {
+    v.as_str().map(str::to_ascii_lowercase)
+}
+
+/// The group's id prefix of a resource id (`/subscriptions/s/resourcegroups/g`).
+fn group_of(key: &str) -> String {
+    key.split('/').take(5).collect::<Vec<_>>().join("/")
+}
+
+fn alloc_ip(s: &mut State) -> String {
+    s.next_ip += 1;
+    format!("127.0.{}.{}", 10 + s.next_ip / 250, 1 + s.next_ip % 250)
+}
+
+/// Adjusts a body before it is stored; an error response refuses the PUT.
+pub(super) fn on_put(s: &mut State, rtype: &str, key: &str, path: &str, body: &mut Value) -> Result<(), Response> {
+    match rtype {
+        PIP => {
+            body["properties"]["ipAddress"] = alloc_ip(s).into();
+        }
+        VNET => {
+            let subnets = body["properties"]["subnets"].as_array().cloned().unwrap_or_default();
+            let mut out = Vec::new();
+            for mut sn in subnets {
+                let name = sn["name"].as_str().unwrap_or("default").to_string();
+                let id = format!("{path}/subnets/{name}");
+                sn["id"] = id.clone().into();
+                if let Some(nsg) = lower(&sn["properties"]["networkSecurityGroup"]["id"])
+                    && !s.resources.contains_key(&nsg)
+                {
+                    return Err(error(
+                        400,
+                        "InvalidResourceReference",
+                        &format!("Resource {nsg} referenced by subnet {name} was not found."),
+                    ));
+                }
+                s.resources.insert(id.to_ascii_lowercase(), json!({"id": id, "name": name, "type": "Microsoft.Network/virtualNetworks/subnets", "properties": sn["properties"].clone()}));
+                out.push(sn);
+            }
+            body["properties"]["subnets"] = Value::Array(out);
+        }
+        NIC => {
+            let configs = body["properties"]["ipConfigurations"].as_array().cloned().unwrap_or_default();
+            if configs.is_empty() {
+                return Err(error(400, "InvalidRequestFormat", "ipConfigurations: at least one IP configuration is required."));
+            }
+            let mut out = Vec::new();
+            for mut c in configs {
+                for r in ["subnet", "publicIPAddress"] {
+                    if let Some(id) = lower(&c["properties"][r]["id"])
+                        && !s.resources.contains_key(&id)
+                    {
+                        return Err(error(
+                            400,
+                            "InvalidResourceReference",
+                            &format!("Resource {id} referenced by resource {path} was not found."),
+                        ));
+                    }
+                }
+                c["properties"]["privateIPAddress"] = alloc_ip(s).into();
+                out.push(c);
+            }
+            body["properties"]["ipConfigurations"] = Value::Array(out);
+        }
+        VM => vm_put(s, key, path, body)?,
+        IMAGE => {
+            if let Some(vm) = lower(&body["properties"]["sourceVirtualMachine"]["id"]) {
+                let size = source_vm(s, &vm)?;
+                body["properties"]["storageProfile"]["osDisk"] = json!({"osType": "Linux", "osState": "Generalized", "diskSizeGB": size});
+            }
+        }
+        VERSION => {
+            let src = &body["properties"]["storageProfile"]["source"];
+            if let Some(vm) = lower(&src["virtualMachineId"]) {
+                source_vm(s, &vm)?;
+            } else if let Some(id) = lower(&src["id"])
+                && !s.resources.contains_key(&id)
+            {
+                return Err(error(404, "NotFound", &format!("The source {id} of the image version was not found.")));
+            }
+            let regions = body["properties"]["publishingProfile"]["targetRegions"].as_array().cloned().unwrap_or_default();
+            body["properties"]["replicationStatus"] = json!({
+                "aggregatedState": "InProgress",
+                "summary": regions.iter().map(|r| json!({"region": r["name"], "state": "Replicating", "progress": 0})).collect::<Vec<_>>()
+            });
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A generalized VM's OS disk size, or the error ARM gives for any other VM.
+fn source_vm(s: &State, vm: &str) -> Result<u64, Response> {
+    let Some(v) = s.resources.get(vm) else {
+        return Err(error(404, "NotFound", &format!("The source virtual machine {vm} was not found.")));
+    };
+    if !s.generalized.contains(vm) {
+        return Err(error(
+            409,
+            "OperationNotAllowed",
+            &format!("The source virtual machine {vm} must be generalized (deallocate it and call generalize first)."),
+        ));
+    }
+    Ok(v["properties"]["storageProfile"]["osDisk"]["diskSizeGB"].as_u64().unwrap_or(30))
+}
+
+fn vm_put(s: &mut State, key: &str, path: &str, body: &mut Value) -> Result<(), Response> {
+    let props = body["properties"].clone();
+    if props["hardwareProfile"]["vmSize"].as_str().is_none_or(str::is_empty) {
+        return Err(error(400, "InvalidParameter", "Required parameter 'hardwareProfile.vmSize' is missing (null)."));
+    }
+    let nics: Vec<String> =
+        props["networkProfile"]["networkInterfaces"].as_array().into_iter().flatten().filter_map(|n| lower(&n["id"])).collect();
+    if nics.is_empty() {
+        return Err(error(400, "InvalidParameter", "Required parameter 'networkProfile' is missing (null)."));
+    }
+    for n in &nics {
+        if !s.resources.contains_key(n) {
+            return Err(error(400, "InvalidResourceReference", &format!("Resource {n} referenced by resource {path} was not found.")));
+        }
+    }
+    let user = props["osProfile"]["adminUsername"].as_str().unwrap_or_default().to_string();
+    if user.is_empty() {
+        return Err(error(400, "InvalidParameter", "Required parameter 'osProfile.adminUsername' is missing (null)."));
+    }
+    if ["root", "admin", "administrator", "guest"].contains(&user.to_ascii_lowercase().as_str()) {
+        return Err(error(400, "InvalidParameter", &format!("The Admin Username specified is not allowed: {user}.")));
+    }
+    let windows = props["storageProfile"]["osDisk"]["osType"].as_str().is_some_and(|o| o.eq_ignore_ascii_case("windows"))
+        || props["osProfile"]["windowsConfiguration"].is_object();
+    // The OS disk, a resource of its own.
+    let group = group_of(path);
+    let vm_name = path.rsplit('/').next().unwrap_or("vm").to_string();
+    let disk_name = props["storageProfile"]["osDisk"]["name"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{vm_name}_OsDisk_1_{}", uuid::Uuid::new_v4().simple()));
+    let disk_id = format!("{group}/providers/Microsoft.Compute/disks/{disk_name}");
+    let size = props["storageProfile"]["osDisk"]["diskSizeGB"].as_u64().unwrap_or(30);
+    let location = body["location"].clone();
+    s.resources.insert(
+        disk_id.to_ascii_lowercase(),
+        json!({"id": disk_id, "name": disk_name, "type": "Microsoft.Compute/disks", "location": location, "tags": body["tags"].clone(), "managedBy": path,
+               "properties": {"diskSizeGB": size, "osType": if windows { "Windows" } else { "Linux" }, "diskState": "Attached", "provisioningState": "Succeeded"}}),
+    );
+    body["properties"]["storageProfile"]["osDisk"]["name"] = disk_name.into();
+    body["properties"]["storageProfile"]["osDisk"]["managedDisk"]["id"] = disk_id.into();
+    body["properties"]["storageProfile"]["osDisk"]["diskSizeGB"] = size.into();
+    body["properties"]["vmId"] = uuid::Uuid::new_v4().to_string().into();
+    s.power.insert(key.to_string(), "running");
+    s.generalized.remove(key);
+    // The guest: at the first NIC's public address, or its private one.
+    let nic = &s.resources[&nics[0]];
+    let ipc = &nic["properties"]["ipConfigurations"][0]["properties"];
+    let address = lower(&ipc["publicIPAddress"]["id"])
+        .and_then(|p| s.resources.get(&p))
+        .and_then(|p| p["properties"]["ipAddress"].as_str().map(str::to_string))
+        .or_else(|| ipc["privateIPAddress"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    if let Some(host) = s.guests.clone()
+        && !s.create_failures.contains_key(VM)
+    {
+        let spec = GuestSpec {
+            vm_id: path.to_string(),
+            address,
+            admin_user: user,
+            authorized_keys: props["osProfile"]["linuxConfiguration"]["ssh"]["publicKeys"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|k| k["keyData"].as_str().map(str::to_string))
+                .collect(),
+            custom_data: props["osProfile"]["customData"].as_str().and_then(decode_custom_data),
+            windows,
+        };
+        let guest =
+            host.start(&spec).map_err(|e| error(409, "OSProvisioningClientError", &format!("the VM's guest did not start: {e}")))?;
+        s.running.insert(key.to_string(), guest);
+    }
+    Ok(())
+}
+
+/// Refuses deleting a resource another one still uses, as ARM does.
+pub(super) fn on_delete(s: &State, rtype: &str, key: &str) -> Result<(), Response> {
+    let (code, users): (&str, &[&str]) = match rtype {
+        NIC => ("NicInUse", &[VM]),
+        PIP => ("PublicIPAddressCannotBeDeleted", &[NIC]),
+        VNET => ("InUseSubnetCannotBeDeleted", &[NIC]),
+        NSG => ("InUseNetworkSecurityGroupCannotBeDeleted", &[VNET, NIC]),
+        DISK => ("OperationNotAllowed", &[VM]),
+        _ => return Ok(()),
+    };
+    let needle = format!("{key}/");
+    for (k, v) in &s.resources {
+        let t = v["type"].as_str().unwrap_or_default().to_ascii_lowercase();
+        if k == key || !users.contains(&t.as_str()) {
+            continue;
+        }
+        let text = v.to_string().to_ascii_lowercase();
+        if text.contains(&format!("\"{key}\"")) || text.contains(&needle) {
+            return Err(error(400, code, &format!("Resource {key} is in use by {} and cannot be deleted.", v["id"].as_str().unwrap_or(k))));
+        }
+    }
+    Ok(())
+}
+
+/// After a resource was deleted: a VM's guest stops and its disk goes with it when asked.
+pub(super) fn deleted(s: &mut State, removed: &Value, key: &str) {
+    if removed["type"].as_str().is_some_and(|t| t.eq_ignore_ascii_case(VM)) {
+        s.running.remove(key);
+        s.power.remove(key);
+        s.generalized.remove(key);
+        let os = &removed["properties"]["storageProfile"]["osDisk"];
+        if let Some(disk) = lower(&os["managedDisk"]["id"]) {
+            if os["deleteOption"].as_str().is_some_and(|o| o.eq_ignore_ascii_case("delete")) {
+                s.resources.remove(&disk);
+            } else if let Some(d) = s.resources.get_mut(&disk) {
+                d["managedBy"] = Value::Null;
+                d["properties"]["diskState"] = "Unattached".into();
+            }
+        }
+    }
+}
+
+/// `POST …/virtualMachines/{vm}/{action}`; an error response refuses it.
+pub(super) fn vm_action(s: &mut State, vm: &str, action: &str) -> Result<(), Response> {
+    match action {
+        "deallocate" | "poweroff" => {
+            s.running.remove(vm);
+            s.power.insert(vm.to_string(), if action == "deallocate" { "deallocated" } else { "stopped" });
+        }
+        "generalize" => {
+            if s.power.get(vm).copied() == Some("running") {
+                return Err(error(
+                    409,
+                    "OperationNotAllowed",
+                    "Operation 'generalize' is not allowed on VM since the VM is running. Deallocate the VM first.",
+                ));
+            }
+            s.generalized.insert(vm.to_string());
+        }
+        "start" | "restart" => {
+            return Err(error(409, "OperationNotAllowed", "The test server does not restart guests."));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `GET …/virtualMachines/{vm}/instanceView`.
+pub(super) fn instance_view(s: &State, vm: &str) -> Option<Value> {
+    let v = s.resources.get(vm)?;
+    let mut statuses = vec![
+        json!({"code": format!("ProvisioningState/{}", v["properties"]["provisioningState"].as_str().unwrap_or("succeeded").to_ascii_lowercase()), "level": "Info"}),
+        json!({"code": format!("PowerState/{}", s.power.get(vm).copied().unwrap_or("running")), "level": "Info"}),
+    ];
+    if s.generalized.contains(vm) {
+        statuses.push(json!({"code": "OSState/generalized", "level": "Info", "displayStatus": "VM generalized"}));
+    }
+    Some(json!({"computerName": v["properties"]["osProfile"]["computerName"], "statuses": statuses}))
+}
+
+/// A read: the resource, whose replication (of gallery image versions) moves on with every read.
+pub(super) fn on_get<'a>(s: &'a mut State, key: &str) -> Option<&'a Value> {
+    let v = s.resources.get_mut(key)?;
+    if v["type"].as_str().is_some_and(|t| t.eq_ignore_ascii_case(VERSION)) {
+        advance(v);
+    }
+    Some(v)
+}
+
+/// A create finished: a gallery image version is replicated everywhere by then.
+pub(super) fn created(v: &mut Value) {
+    if v["type"].as_str().is_some_and(|t| t.eq_ignore_ascii_case(VERSION)) {
+        for _ in 0..2 {
+            advance(v);
+        }
+    }
+}
+
+fn advance(v: &mut Value) {
+    let Some(summary) = v["properties"]["replicationStatus"]["summary"].as_array_mut() else { return };
+    let mut all = true;
+    for r in summary.iter_mut() {
+        let p = (r["progress"].as_u64().unwrap_or(0) + 50).min(100);
+        r["progress"] = p.into();
+        r["state"] = if p == 100 { "Completed" } else { "Replicating" }.into();
+        all &= p == 100;
+    }
+    v["properties"]["replicationStatus"]["aggregatedState"] = if all { "Completed" } else { "InProgress" }.into();
+}
