@@ -8,9 +8,12 @@ use std::process::{Command, Output};
 fn example(name: &str) -> PathBuf {
     static BUILT: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    // The same features as this test: one binary, not one flipping between feature sets.
+    let features: &[&str] = if cfg!(feature = "azure") { &["--features", "azure"] } else { &[] };
     let st = Command::new(env!("CARGO"))
         .args(["build", "--quiet", "--example", name, "--manifest-path"])
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .args(features)
         .status()
         .expect("cargo");
     assert!(st.success(), "cargo build --example {name} failed");
@@ -130,4 +133,129 @@ fn the_plugin_example_builds_with_its_own_type() {
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.starts_with("Succeeded"), "{stdout}");
     assert!(stdout.contains("apt-get install -y --no-install-recommends 'nginx' 'curl'"), "{stdout}");
+}
+
+/// `aib build --backend azure` and `aib gc --backend azure` against the ARM test server
+/// (VMs backed by sshd guests: needs root and OpenSSH), with the ordinary client-secret
+/// credential pointed at the server's token endpoint.
+#[cfg(feature = "azure")]
+mod azure {
+    use super::aib;
+    use aib_testkit::arm::ArmServer;
+    use aib_testkit::guest::SshdGuests;
+    use aib_testkit::http::StaticServer;
+    use serde_json::{Value, json};
+    use std::process::{Command, Output};
+    use std::sync::Arc;
+
+    const SUB: &str = "00000000-0000-0000-0000-0000000000c1";
+
+    async fn cli(s: &ArmServer, args: Vec<String>) -> Output {
+        let (url, port) = (s.url(), s.guest_port().unwrap().to_string());
+        tokio::task::spawn_blocking(move || {
+            Command::new(aib())
+                .args(&args)
+                .args(["--resource-group", "images", "--arm-endpoint", &url, "--ssh-port", &port])
+                .env("AZURE_TENANT_ID", "tenant")
+                .env("AZURE_CLIENT_ID", "client")
+                .env("AZURE_CLIENT_SECRET", "secret")
+                .env("AZURE_AUTHORITY_HOST", &url)
+                .env("AZURE_SUBSCRIPTION_ID", SUB)
+                .env_remove("AZURE_FEDERATED_TOKEN_FILE")
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    }
+
+    fn template(web: &StaticServer, dir: &std::path::Path, abort_on: Option<&str>) -> std::path::PathBuf {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/aib-core/tests/corpus/quickstarts/azvmimagebuilder__quickquickstarts__0_Creating_a_Custom_Linux_Managed_Image__helloImageTemplateLinux.json"
+        );
+        let mut v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let c = &mut v["properties"]["customize"];
+        let s2 = "#!/bin/sh\necho checksummed script ran\n";
+        c[0]["scriptUri"] = web.put("customizeScript.sh", "#!/bin/sh\necho customizeScript ran\n").into();
+        c[1]["scriptUri"] = web.put("customizeScript2.sh", s2).into();
+        c[1]["sha256Checksum"] = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(s2.as_bytes())).into();
+        c[2]["sourceUri"] = web.put("index.html", "<h1>hello</h1>\n").into();
+        c[4]["inline"] = json!([abort_on.unwrap_or("echo would run: sudo apt install unattended-upgrades")]);
+        if abort_on.is_some() {
+            v["properties"]["errorHandling"] = json!({"onCustomizerError": "abort"});
+        }
+        let text = v
+            .to_string()
+            .replace("<region>", "westus2")
+            .replace("<subscriptionID>", SUB)
+            .replace("<rgName>", "images")
+            .replace("<imageName>", "hello")
+            .replace("<runOutputName>", "hello")
+            .replace(
+                "<imgBuilderId>",
+                &format!("/subscriptions/{SUB}/resourceGroups/images/providers/Microsoft.ManagedIdentity/userAssignedIdentities/aib"),
+            );
+        let out = dir.join("helloImageTemplateLinux.json");
+        std::fs::write(&out, text).unwrap();
+        out
+    }
+
+    fn build_resources(s: &ArmServer) -> Vec<String> {
+        s.resource_ids().into_iter().filter(|id| !id.contains("/Microsoft.Compute/images/")).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn build_and_gc_with_backend_azure() {
+        let guests = SshdGuests::new().unwrap_or_else(|e| panic!("{e}"));
+        let s = ArmServer::start_with(0, Some(Arc::new(guests))).await.unwrap();
+        s.add_marketplace_image("westus2", "Canonical", "UbuntuServer", "18.04-LTS", "18.04.202401161");
+        let arm = aib::azure::ArmClient::builder().endpoint(s.url()).credential(aib::azure::Credential::static_token("t")).build().unwrap();
+        arm.put(&format!("/subscriptions/{SUB}/resourceGroups/images"), "2021-04-01", &json!({"location": "westus2"})).await.unwrap();
+        let web = StaticServer::start().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state").display().to_string();
+
+        let t = template(&web, dir.path(), None).display().to_string();
+        let out = cli(
+            &s,
+            vec![
+                "build".into(),
+                t,
+                "--backend".into(),
+                "azure".into(),
+                "--state-dir".into(),
+                state.clone(),
+                "--output".into(),
+                "json".into(),
+            ],
+        )
+        .await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["runState"], "Succeeded");
+        assert_eq!(
+            report["runOutputs"][0]["artifactId"],
+            format!("/subscriptions/{SUB}/resourceGroups/images/providers/Microsoft.Compute/images/hello")
+        );
+        assert_eq!(report["source"]["exactVersion"], "18.04.202401161");
+        assert!(s.tokens_issued() >= 1, "the client-secret credential got its token from the server");
+        assert_eq!(build_resources(&s), Vec::<String>::new(), "only the staging group stays");
+
+        // A failing customizer under `abort` keeps the VM; gc removes it.
+        let t = template(&web, dir.path(), Some("exit 7")).display().to_string();
+        let out = cli(&s, vec!["build".into(), t, "--backend".into(), "azure".into(), "--state-dir".into(), state.clone()]).await;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{stdout}");
+        assert!(stdout.contains("build VM kept: ssh -p"), "{stdout}");
+        assert!(build_resources(&s).iter().any(|r| r.contains("/virtualMachines/")));
+        assert_eq!(s.running_guests(), 1);
+        let out = cli(&s, vec!["gc".into(), "--backend".into(), "azure".into(), "--state-dir".into(), state]).await;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains("deleted azure virtualMachine"), "{stdout}");
+        assert_eq!(build_resources(&s), Vec::<String>::new(), "{stdout}");
+        assert_eq!(s.running_guests(), 0);
+    }
 }

@@ -228,6 +228,18 @@ impl Ledger {
         })
     }
 
+    /// Runs whose process is alive (it holds its ledger file); empty for an in-memory ledger.
+    pub fn live_runs(&self) -> Result<Vec<String>> {
+        match &*self.store {
+            Store::Memory(_) => Ok(Vec::new()),
+            Store::Dir(dir) => Ok(ledger_files(dir)?
+                .into_iter()
+                .filter(|(_, path)| File::open(path).is_ok_and(|f| f.try_lock().is_err()))
+                .map(|(run, _)| run)
+                .collect()),
+        }
+    }
+
     /// Runs whose process is gone and that left resources behind: `(run id, resources)`.
     pub fn abandoned(&self) -> Result<Vec<(String, Vec<ResourceRecord>)>> {
         match &*self.store {

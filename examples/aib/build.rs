@@ -8,11 +8,11 @@ use aib::{Event, OutputStream, Pipeline, Provisioner, RunReport, RunState};
 use futures::StreamExt;
 use sha2::Digest;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
+pub(crate) type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
 
 pub(crate) fn runtime(f: impl std::future::Future<Output = CliResult>) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
@@ -112,28 +112,42 @@ impl Display {
     }
 }
 
-pub(crate) async fn build(template: PathBuf, state_dir: Option<PathBuf>, json: bool) -> CliResult {
-    let text = read(&template).map_err(|e| format!("{}: {e}", template.display()))?;
-    let digest = hex::encode(sha2::Sha256::digest(text.as_bytes()));
-    let local = backend(state_dir, Some(digest))?;
-    let backend = local.backend();
-    let parsed = match ImageTemplate::from_json_with(&text, &ParseOptions::default().with_types(backend.registry.type_names())) {
+/// Reads and parses a template for `types`; `Err(Ok(code))` when it is invalid (printed).
+pub(crate) fn parse(template: &Path, types: aib::template::TypeNames, json: bool) -> Result<(String, ImageTemplate), CliResult> {
+    let text = read(&template.to_path_buf()).map_err(|e| Err(format!("{}: {e}", template.display()).into()))?;
+    let parsed = match ImageTemplate::from_json_with(&text, &ParseOptions::default().with_types(types)) {
         Ok(p) => p,
         Err(aib::Error::InvalidTemplate { diagnostics }) => {
             for d in diagnostics.iter() {
                 eprintln!("{}: {}", template.display(), line(d));
             }
-            return Ok(ExitCode::from(1));
+            return Err(Ok(ExitCode::from(1)));
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(Err(e.into())),
     };
     for w in parsed.warnings.iter() {
         if !json {
             eprintln!("{}: {}", template.display(), line(w));
         }
     }
+    Ok((text, parsed.template))
+}
+
+pub(crate) async fn build(template: PathBuf, state_dir: Option<PathBuf>, json: bool) -> CliResult {
+    let types = backend(state_dir.clone(), None)?.backend().registry.type_names();
+    let (text, parsed) = match parse(&template, types, json) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let digest = hex::encode(sha2::Sha256::digest(text.as_bytes()));
+    let local = backend(state_dir, Some(digest))?;
     aib::local::tools::check()?;
-    let pipeline = Pipeline::from_template(&parsed.template, &backend)?.ledger(local.ledger()?).log_dir(local.log_dir()).build()?;
+    let pipeline = Pipeline::from_template(&parsed, &local.backend())?.ledger(local.ledger()?).log_dir(local.log_dir()).build()?;
+    run(pipeline, json).await
+}
+
+/// Runs a pipeline with progress (or a JSON report) and Ctrl-C cancellation.
+pub(crate) async fn run(pipeline: Pipeline, json: bool) -> CliResult {
     let mut run = pipeline.start();
     let cancel = run.cancellation();
     tokio::spawn(async move {
@@ -196,6 +210,11 @@ pub(crate) async fn gc(state_dir: Option<PathBuf>, min_age: u64) -> CliResult {
     let provisioner = local.provisioner();
     let p: &dyn Provisioner = &*provisioner;
     let report = local.ledger()?.gc(&[p], Duration::from_secs(min_age)).await?;
+    Ok(gc_summary(&report))
+}
+
+/// Prints what a ledger gc did; exit 1 if anything could not be deleted.
+pub(crate) fn gc_summary(report: &aib::GcReport) -> ExitCode {
     for r in &report.deleted {
         println!("deleted {r}");
     }
@@ -209,7 +228,7 @@ pub(crate) async fn gc(state_dir: Option<PathBuf>, min_age: u64) -> CliResult {
         report.failed.len(),
         report.live_runs
     );
-    Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }
 
 pub(crate) async fn images(state_dir: Option<PathBuf>, import: Option<(String, String, String, bool)>) -> CliResult {

@@ -3,14 +3,18 @@
 //! ```text
 //! aib validate [--format json] FILE…     check templates (exit 0 valid, 1 invalid, 2 usage/I/O)
 //! aib schema                             the template's JSON Schema
-//! aib build TEMPLATE [--backend local] [--state-dir DIR] [--output json]
+//! aib build TEMPLATE [--backend local|azure] [--state-dir DIR] [--output json]
+//!           [--resource-group RG] [--arm-endpoint URL] [--storage-endpoint URL] [--ssh-port N]
 //!                                        build an image (exit 0 Succeeded, 1 Failed/Canceled, 3 PartiallySucceeded)
-//! aib gc [--state-dir DIR]               remove what killed or aborted builds left
+//! aib gc [--backend local|azure] [--state-dir DIR] [--min-age-secs N]
+//!                                        remove what killed or aborted builds left
 //! aib images [--state-dir DIR]           list the local catalog and gallery
 //! aib images import URN FILE --sha256 SUM
-//! aib testkit arm-server [--port N]      the ARM test server, standalone
+//! aib testkit arm-server [--port N] [--guests sshd] [--image REGION:PUBLISHER:OFFER:SKU:VERSION]…
+//!                                        the ARM test server, standalone
 //! ```
 
+mod azure;
 mod build;
 mod validate;
 
@@ -34,6 +38,13 @@ enum Format {
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum BackendKind {
     Local,
+    Azure,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Guests {
+    None,
+    Sshd,
 }
 
 #[derive(Subcommand)]
@@ -62,15 +73,22 @@ enum Command {
         /// `json` prints the run report.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         output: Format,
+        #[command(flatten)]
+        azure: azure::AzureArgs,
     },
     /// Delete what killed builds, or builds kept under `errorHandling: abort`, left behind.
     Gc {
+        /// Which backend's resources.
+        #[arg(long, value_enum, default_value_t = BackendKind::Local)]
+        backend: BackendKind,
         /// State directory.
         #[arg(long)]
         state_dir: Option<PathBuf>,
         /// Leave runs younger than this many seconds alone.
         #[arg(long, default_value_t = 0)]
         min_age_secs: u64,
+        #[command(flatten)]
+        azure: azure::AzureArgs,
     },
     /// Test servers, run standalone (like Azurite).
     Testkit {
@@ -94,6 +112,12 @@ enum TestServer {
         /// Port (0 = a free one).
         #[arg(long, default_value_t = 0)]
         port: u16,
+        /// What backs the VMs it creates: nothing, or an sshd per VM (needs root).
+        #[arg(long, value_enum, default_value_t = Guests::None)]
+        guests: Guests,
+        /// A marketplace image version, `REGION:PUBLISHER:OFFER:SKU:VERSION` (repeatable).
+        #[arg(long)]
+        image: Vec<String>,
     },
 }
 
@@ -128,13 +152,33 @@ fn main() -> ExitCode {
             println!("{}", serde_json::to_string_pretty(&aib::template::template_schema()).unwrap_or_default());
             ExitCode::SUCCESS
         }
-        Command::Build { template, backend: BackendKind::Local, state_dir, output } => {
+        Command::Build { template, backend: BackendKind::Local, state_dir, output, .. } => {
             build::runtime(build::build(template, state_dir, output == Format::Json))
         }
-        Command::Gc { state_dir, min_age_secs } => build::runtime(build::gc(state_dir, min_age_secs)),
-        Command::Testkit { server: TestServer::ArmServer { port } } => build::runtime(async move {
-            let s = aib_testkit::arm::ArmServer::start_on(port).await?;
+        Command::Build { template, backend: BackendKind::Azure, state_dir, output, azure } => {
+            build::runtime(azure::build(template, azure, state_dir, output == Format::Json))
+        }
+        Command::Gc { backend: BackendKind::Local, state_dir, min_age_secs, .. } => build::runtime(build::gc(state_dir, min_age_secs)),
+        Command::Gc { backend: BackendKind::Azure, state_dir, min_age_secs, azure } => {
+            build::runtime(azure::gc(azure, state_dir, min_age_secs))
+        }
+        Command::Testkit { server: TestServer::ArmServer { port, guests, image } } => build::runtime(async move {
+            let host: Option<std::sync::Arc<dyn aib_testkit::guest::GuestHost>> = match guests {
+                Guests::None => None,
+                Guests::Sshd => Some(std::sync::Arc::new(aib_testkit::guest::SshdGuests::new()?)),
+            };
+            let s = aib_testkit::arm::ArmServer::start_with(port, host).await?;
+            for i in &image {
+                let p: Vec<&str> = i.split(':').collect();
+                if p.len() != 5 {
+                    return Err(format!("--image `{i}`: expected REGION:PUBLISHER:OFFER:SKU:VERSION").into());
+                }
+                s.add_marketplace_image(p[0], p[1], p[2], p[3], p[4]);
+            }
             println!("ARM test server listening on {}", s.url());
+            if let Some(port) = s.guest_port() {
+                println!("VM guests: sshd on port {port} of each VM's address (aib build --ssh-port {port})");
+            }
             tokio::signal::ctrl_c().await?;
             Ok(ExitCode::SUCCESS)
         }),

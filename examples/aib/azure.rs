@@ -1,0 +1,120 @@
+//! `aib build --backend azure` and `aib gc --backend azure`.
+
+use crate::build::{CliResult, gc_summary, parse, run};
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Where and how to build in Azure (credentials and subscription from the usual `AZURE_*`).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub(crate) struct AzureArgs {
+    /// The template's resource group (names the staging group `IT_<rg>_<template>_<guid>`).
+    #[arg(long)]
+    pub resource_group: Option<String>,
+    /// Subscription id (default: `AZURE_SUBSCRIPTION_ID`).
+    #[arg(long)]
+    pub subscription: Option<String>,
+    /// ARM endpoint (sovereign clouds, the ARM test server); default `AIB_AZURE_ARM_ENDPOINT` or public Azure.
+    #[arg(long)]
+    pub arm_endpoint: Option<String>,
+    /// Blob storage endpoint for VHD outputs (Azurite); default: from each output's URI.
+    #[arg(long)]
+    pub storage_endpoint: Option<String>,
+    /// The port SSH listens on in the image (default 22).
+    #[arg(long)]
+    pub ssh_port: Option<u16>,
+    /// The build VM's admin user (default `aib`).
+    #[arg(long)]
+    pub admin_user: Option<String>,
+    /// Address prefix the build VM's NSG admits (default `*`; key-only login either way).
+    #[arg(long)]
+    pub allowed_source: Option<String>,
+}
+
+#[cfg(feature = "azure")]
+fn backend(args: &AzureArgs, location: &str) -> Result<aib::azure::AzureBackend, Box<dyn std::error::Error>> {
+    use aib::azure::{AzureBackend, AzureProvisioner};
+    let mut client = aib::azure::ArmClientBuilder::from_env()?;
+    if let Some(e) = &args.arm_endpoint {
+        client = client.endpoint(e);
+    }
+    let subscription = args
+        .subscription
+        .clone()
+        .or_else(|| std::env::var("AZURE_SUBSCRIPTION_ID").ok())
+        .ok_or("no subscription: set AZURE_SUBSCRIPTION_ID or pass --subscription")?;
+    let rg = args.resource_group.clone().ok_or("--resource-group is required with --backend azure")?;
+    let mut p = AzureProvisioner::builder().arm(client.build()?).subscription(subscription).resource_group(rg);
+    if let Some(port) = args.ssh_port {
+        p = p.ssh_port(port);
+    }
+    if let Some(u) = &args.admin_user {
+        p = p.admin_user(u);
+    }
+    if let Some(a) = &args.allowed_source {
+        p = p.allowed_source(a);
+    }
+    Ok(AzureBackend::builder().provisioner(p).location(location).build()?)
+}
+
+fn state(state_dir: Option<PathBuf>) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    let d = state_dir.unwrap_or_else(|| aib::local::default_state_dir().with_file_name("azure"));
+    for sub in ["ledger", "logs"] {
+        std::fs::create_dir_all(d.join(sub)).map_err(|e| format!("{}: {e}", d.join(sub).display()))?;
+    }
+    Ok(d)
+}
+
+#[cfg(feature = "azure")]
+pub(crate) async fn build(template: PathBuf, args: AzureArgs, state_dir: Option<PathBuf>, json: bool) -> CliResult {
+    // Parse once with the types any Azure backend knows, then build for the template's region.
+    let probe = AzureArgs { resource_group: Some("-".into()), subscription: Some("-".into()), ..args.clone() };
+    let types = backend(&probe, "probe")?.backend().registry.type_names();
+    let (_, t) = match parse(&template, types, json) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let azure = backend(&args, &t.location)?;
+    let dir = state(state_dir)?;
+    let pipeline = aib::Pipeline::from_template(&t, &azure.backend())?
+        .ledger(aib::Ledger::open(dir.join("ledger"))?)
+        .log_dir(dir.join("logs"))
+        .build()?;
+    run(pipeline, json).await
+}
+
+#[cfg(feature = "azure")]
+pub(crate) async fn gc(args: AzureArgs, state_dir: Option<PathBuf>, min_age: u64) -> CliResult {
+    let dir = state(state_dir)?;
+    let ledger = aib::Ledger::open(dir.join("ledger"))?;
+    let azure = backend(&args, "any")?;
+    let provisioner = azure.provisioner();
+    let p: &dyn aib::Provisioner = &*provisioner;
+    let min_age = std::time::Duration::from_secs(min_age);
+    let report = ledger.gc(&[p], min_age).await?;
+    let mut code = gc_summary(&report);
+    // What no ledger here knows of: found by the run tags, never a live run's.
+    let live: HashSet<String> = ledger.live_runs()?.into_iter().collect();
+    let tagged = azure.gc_tagged(&live, min_age).await?;
+    for id in &tagged.deleted {
+        println!("deleted (by tag) {id}");
+    }
+    for (id, e) in &tagged.failed {
+        println!("FAILED {id}: {e}");
+    }
+    println!("gc by tags: {} deleted, {} left alone (live or younger than the threshold)", tagged.deleted.len(), tagged.skipped.len());
+    if !tagged.failed.is_empty() {
+        code = ExitCode::from(1);
+    }
+    Ok(code)
+}
+
+#[cfg(not(feature = "azure"))]
+pub(crate) async fn build(_: PathBuf, _: AzureArgs, _: Option<PathBuf>, _: bool) -> CliResult {
+    Err("this aib was built without Azure: cargo run --features azure --example aib -- …".into())
+}
+
+#[cfg(not(feature = "azure"))]
+pub(crate) async fn gc(_: AzureArgs, _: Option<PathBuf>, _: u64) -> CliResult {
+    Err("this aib was built without Azure: cargo run --features azure --example aib -- …".into())
+}
