@@ -4,6 +4,7 @@
 use crate::client::ArmClient;
 use crate::distribute::{ManagedImageDistributor, SharedImageDistributor};
 use crate::error::BACKEND;
+use crate::export::DiskVhdDistributor;
 use crate::network::{NETWORK_API, RESOURCES_API};
 use crate::provision::{AzureProvisioner, CREATED_AT_TAG, CREATED_BY, RUN_TAG};
 use crate::sources::{AzureSource, COMPUTE_API};
@@ -19,6 +20,7 @@ use std::time::{Duration, SystemTime};
 pub struct AzureBackendBuilder {
     provisioner: Option<crate::provision::AzureProvisionerBuilder>,
     location: Option<String>,
+    storage_endpoint: Option<String>,
 }
 
 /// The Azure backend for templates in one region.
@@ -26,6 +28,7 @@ pub struct AzureBackendBuilder {
 pub struct AzureBackend {
     provisioner: Arc<AzureProvisioner>,
     location: String,
+    storage_endpoint: Option<String>,
 }
 
 impl AzureBackendBuilder {
@@ -41,6 +44,13 @@ impl AzureBackendBuilder {
         self
     }
 
+    /// The blob endpoint of the staging storage account, instead of the one ARM reports
+    /// (a sovereign cloud's, or Azurite behind a test server).
+    pub fn storage_endpoint(mut self, e: impl Into<String>) -> Self {
+        self.storage_endpoint = Some(e.into());
+        self
+    }
+
     /// Checks the settings.
     pub fn build(self) -> Result<AzureBackend> {
         let p = self
@@ -52,7 +62,7 @@ impl AzureBackendBuilder {
             key: "location".into(),
             message: "the templates' region is required".into(),
         })?;
-        Ok(AzureBackend { provisioner: Arc::new(p), location })
+        Ok(AzureBackend { provisioner: Arc::new(p), location, storage_endpoint: self.storage_endpoint })
     }
 }
 
@@ -96,7 +106,7 @@ impl AzureBackend {
         self.provisioner.arm()
     }
 
-    /// Sources, customizers and the `ManagedImage` and `SharedImage` distributors.
+    /// Sources, customizers and the `ManagedImage`, `SharedImage` and `VHD` distributors.
     pub fn backend(&self) -> Backend {
         let source = Arc::new(AzureSource::new(self.arm().clone(), self.provisioner.subscription(), &self.location));
         let mut reg = Registry::new();
@@ -111,6 +121,10 @@ impl AzureBackend {
         let arm = self.arm().clone();
         reg = reg.with_distributor("SharedImage", move |spec| {
             Ok(Arc::new(SharedImageDistributor::from_spec(arm.clone(), spec)?) as Arc<dyn Distributor>)
+        });
+        let (arm, endpoint) = (self.arm().clone(), self.storage_endpoint.clone());
+        reg = reg.with_distributor("VHD", move |spec| {
+            Ok(Arc::new(DiskVhdDistributor::from_spec(arm.clone(), spec, endpoint.clone())?) as Arc<dyn Distributor>)
         });
         Backend::new(self.provisioner.clone(), aib_customizers::registry().merge(reg))
     }

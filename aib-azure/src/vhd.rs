@@ -67,6 +67,18 @@ pub fn parse_blob_uri(uri: &str) -> Result<(CloudLocation, String, String, Strin
     Ok((CloudLocation::Custom { account: account.to_string(), uri: endpoint }, account.to_string(), container.to_string(), blob.join("/")))
 }
 
+/// Storage credentials for `account` from `AZURE_STORAGE_KEY` or `AZURE_STORAGE_SAS_TOKEN`.
+pub(crate) fn env_credentials(account: &str) -> Result<StorageCredentials> {
+    match (std::env::var("AZURE_STORAGE_KEY"), std::env::var("AZURE_STORAGE_SAS_TOKEN")) {
+        (Ok(key), _) => Ok(StorageCredentials::access_key(account.to_string(), azure_core::auth::Secret::new(key))),
+        (_, Ok(sas)) => StorageCredentials::sas_token(sas).map_err(|e| invalid(format!("AZURE_STORAGE_SAS_TOKEN: {e}"))),
+        _ => Err(Error::Unauthenticated {
+            backend: BACKEND,
+            source: "set AZURE_STORAGE_KEY or AZURE_STORAGE_SAS_TOKEN for the VHD blob".into(),
+        }),
+    }
+}
+
 impl BlobVhdDistributor {
     /// A distributor writing to `uri` with `credentials`; the fixed VHD is staged in `scratch`.
     pub fn new(uri: &str, credentials: StorageCredentials, scratch: impl Into<PathBuf>) -> Result<Self> {
@@ -85,16 +97,7 @@ impl BlobVhdDistributor {
         let DistributorSpec::Vhd(v) = spec else { return Err(invalid(format!("`{}` is not a VHD target", spec.type_name()))) };
         let uri = v.uri.as_deref().ok_or_else(|| invalid("this distributor needs the VHD `uri`".into()))?;
         let (_, account, _, _) = parse_blob_uri(uri)?;
-        let credentials = match (std::env::var("AZURE_STORAGE_KEY"), std::env::var("AZURE_STORAGE_SAS_TOKEN")) {
-            (Ok(key), _) => StorageCredentials::access_key(account, azure_core::auth::Secret::new(key)),
-            (_, Ok(sas)) => StorageCredentials::sas_token(sas).map_err(|e| invalid(format!("AZURE_STORAGE_SAS_TOKEN: {e}")))?,
-            _ => {
-                return Err(Error::Unauthenticated {
-                    backend: BACKEND,
-                    source: "set AZURE_STORAGE_KEY or AZURE_STORAGE_SAS_TOKEN for the VHD upload".into(),
-                });
-            }
-        };
+        let credentials = env_credentials(&account)?;
         Self::new(uri, credentials, scratch)
     }
 

@@ -4,7 +4,9 @@
 use aib_azure::{ArmClient, AzureBackend, AzureProvisioner, AzureSource, Credential, RetryConfig, staging_group_name};
 use aib_core::template::ImageTemplate;
 use aib_core::{Event, Pipeline, ProvisionRequest, Provisioner, RunContext, RunState, Source};
+use aib_testkit::arm::storage::AzuriteDisks;
 use aib_testkit::arm::{ArmFault, ArmServer};
+use aib_testkit::azurite::Azurite;
 use aib_testkit::conformance;
 use aib_testkit::guest::SshdGuests;
 use aib_testkit::http::StaticServer;
@@ -19,7 +21,15 @@ const RG: &str = "images";
 
 async fn server() -> ArmServer {
     let guests = SshdGuests::new().unwrap_or_else(|e| panic!("{e}"));
-    let s = ArmServer::start_with(0, Some(Arc::new(guests))).await.unwrap();
+    marketplace(ArmServer::start_with(0, Some(Arc::new(guests))).await.unwrap())
+}
+
+/// A server whose storage accounts and exported disks live in `azurite`.
+async fn server_with_storage(azurite: &Azurite) -> ArmServer {
+    server().await.with_disk_store(Arc::new(AzuriteDisks::new(azurite.endpoint())))
+}
+
+fn marketplace(s: ArmServer) -> ArmServer {
     for region in ["westus2", "eastus"] {
         s.add_marketplace_image(region, "Canonical", "0001-com-ubuntu-server-focal", "20_04-lts-gen2", "20.04.202501010");
         s.add_marketplace_image(region, "Canonical", "0001-com-ubuntu-server-focal", "20_04-lts-gen2", "20.04.202411050");
@@ -56,7 +66,7 @@ fn leaked(s: &ArmServer) -> Vec<String> {
         .into_iter()
         .filter(|id| {
             let l = id.to_ascii_lowercase();
-            !l.contains("/galleries/") && !l.contains("/microsoft.compute/images/")
+            !l.contains("/galleries/") && !l.contains("/microsoft.compute/images/") && !l.contains("/microsoft.storage/storageaccounts/")
         })
         .collect()
 }
@@ -142,7 +152,7 @@ impl Provisioner for Located {
 
 /// The corpus's Linux Shared Image Gallery template, placeholders filled, downloads served
 /// here, plus a ManagedImage output.
-async fn corpus_template(s: &ArmServer, web: &StaticServer) -> ImageTemplate {
+async fn corpus_template(s: &ArmServer, web: &StaticServer, vhd: bool) -> ImageTemplate {
     let c = client(s);
     group(&c, RG, "westus2").await;
     let def = format!("/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/galleries/aibgallery/images/ubuntu");
@@ -170,6 +180,9 @@ async fn corpus_template(s: &ArmServer, web: &StaticServer) -> ImageTemplate {
         "location": "westus2",
         "runOutputName": "managed"
     }));
+    if vhd {
+        v["properties"]["distribute"].as_array_mut().unwrap().push(json!({"type": "VHD", "runOutputName": "vhd"}));
+    }
     let text = v
         .to_string()
         .replace("<region1>", "westus2")
@@ -205,11 +218,12 @@ async fn build(
     (run.wait().await, events)
 }
 
-#[tokio::test]
-async fn a_corpus_template_builds_managed_image_and_gallery_version_in_two_regions() {
-    let s = server().await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corpus_template_builds_managed_image_gallery_version_in_two_regions_and_vhd() {
+    let azurite = Azurite::start().unwrap_or_else(|e| panic!("{e}"));
+    let s = server_with_storage(&azurite).await;
     let web = StaticServer::start().await.unwrap();
-    let t = corpus_template(&s, &web).await;
+    let t = corpus_template(&s, &web, true).await;
     let started = Instant::now();
     let before = s.requests().len();
     s.set_polls(3);
@@ -225,6 +239,25 @@ async fn a_corpus_template_builds_managed_image_and_gallery_version_in_two_regio
         v["properties"]["publishingProfile"]["targetRegions"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
     assert_eq!(regions, ["westus2", "eastus"]);
     assert_eq!(v["tags"]["baseosimg"], "ubuntu2004");
+    // The VHD: the OS disk copied server-side into the staging group's storage account.
+    let vhd = report.run_outputs.iter().find(|o| o.name == "vhd").and_then(|o| o.artifact_uri.clone()).expect("a VHD uri");
+    assert!(vhd.starts_with(&azurite.endpoint()) && vhd.contains("/vhds/") && vhd.ends_with(".vhd"), "{vhd}");
+    assert!(!vhd.contains("sig="), "no SAS in the artifact URI");
+    let blob = vhd.rsplit("/vhds/").next().unwrap();
+    let creds = azure_storage::StorageCredentials::access_key(
+        aib_testkit::azurite::ACCOUNT,
+        azure_core::auth::Secret::new(aib_testkit::azurite::KEY),
+    );
+    let client = azure_storage_blobs::prelude::ClientBuilder::with_location(
+        azure_storage::CloudLocation::Custom { account: aib_testkit::azurite::ACCOUNT.into(), uri: azurite.endpoint() },
+        creds,
+    )
+    .blob_client("vhds", blob);
+    let props = client.get_properties().await.unwrap().blob.properties;
+    assert_eq!(props.content_length, aib_testkit::arm::storage::EXPORT_CAP + 512, "the whole (test-sized) OS disk and its footer");
+    let head: Vec<u8> = client.get().range(0u64..512).into_stream().next().await.unwrap().unwrap().data.collect().await.unwrap().to_vec();
+    assert!(String::from_utf8_lossy(&head).starts_with("aib-testkit disk /subscriptions/"), "the disk's own first sector");
+    assert!(s.requests().iter().any(|r| r.ends_with("/endGetAccess")), "the SAS was revoked");
     let image = s.resource(&format!("/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/images/ubuntu-managed")).unwrap();
     assert_eq!(image["properties"]["storageProfile"]["osDisk"]["osState"], "Generalized");
     // The customizers ran on the guest, over SSH.
@@ -248,7 +281,7 @@ async fn a_corpus_template_builds_managed_image_and_gallery_version_in_two_regio
 async fn allocation_failures_fail_fast_with_their_code_and_leave_nothing() {
     let s = server().await;
     let web = StaticServer::start().await.unwrap();
-    let t = corpus_template(&s, &web).await;
+    let t = corpus_template(&s, &web, false).await;
     s.fail_creates("Microsoft.Compute/virtualMachines", "AllocationFailed", "Allocation failed. We do not have sufficient capacity.");
     let started = Instant::now();
     let (report, _) = build(&s, &t, |b| b).await;
@@ -262,7 +295,7 @@ async fn allocation_failures_fail_fast_with_their_code_and_leave_nothing() {
 async fn throttling_storms_and_server_errors_are_survived() {
     let s = server().await;
     let web = StaticServer::start().await.unwrap();
-    let t = corpus_template(&s, &web).await;
+    let t = corpus_template(&s, &web, false).await;
     s.inject(ArmFault::Throttle { retry_after_secs: 0 }, 4);
     let (report, _) = build(&s, &t, |b| b).await;
     assert_eq!(report.run_state, RunState::Succeeded, "{}", report.message);
@@ -276,7 +309,7 @@ async fn throttling_storms_and_server_errors_are_survived() {
 async fn failed_deletes_are_retried_and_reported() {
     let s = server().await;
     let web = StaticServer::start().await.unwrap();
-    let t = corpus_template(&s, &web).await;
+    let t = corpus_template(&s, &web, false).await;
     s.fail_deletes("Microsoft.Network/publicIPAddresses", 1);
     let (report, _) = build(&s, &t, |b| b).await;
     assert_eq!(report.run_state, RunState::Succeeded, "{}", report.message);
@@ -294,7 +327,7 @@ async fn failed_deletes_are_retried_and_reported() {
 async fn cancel_during_distribution_leaves_only_the_staging_group() {
     let s = server().await;
     let web = StaticServer::start().await.unwrap();
-    let t = corpus_template(&s, &web).await;
+    let t = corpus_template(&s, &web, false).await;
     let backend = AzureBackend::builder().provisioner(provisioner(&s)).location(&t.location).build().unwrap();
     let pipeline = Pipeline::from_template(&t, &backend.backend()).unwrap().build().unwrap();
     let mut run = pipeline.start();
@@ -318,7 +351,7 @@ async fn cancel_during_distribution_leaves_only_the_staging_group() {
 async fn a_brought_staging_group_must_be_empty_and_in_the_region() {
     let s = server().await;
     let web = StaticServer::start().await.unwrap();
-    let mut t = corpus_template(&s, &web).await;
+    let mut t = corpus_template(&s, &web, false).await;
     let c = client(&s);
     group(&c, "staging-west", "westus2").await;
     group(&c, "staging-east", "eastus").await;

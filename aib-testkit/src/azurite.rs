@@ -33,7 +33,12 @@ impl Azurite {
     pub fn start() -> Result<Self, String> {
         let bin = binary().ok_or_else(|| format!("azurite-blob not found: {INSTALL_HINT}"))?;
         let port = crate::sshd::free_port().map_err(|e| e.to_string())?;
-        let child = Command::new(&bin)
+        let mut cmd = Command::new(&bin);
+        // `AIB_AZURITE_DEBUG=FILE` keeps Azurite's debug log there.
+        if let Some(log) = std::env::var_os("AIB_AZURITE_DEBUG") {
+            cmd.arg("--debug").arg(log);
+        }
+        let child = cmd
             .args([
                 "--blobHost",
                 "127.0.0.1",

@@ -17,7 +17,8 @@ pub(crate) struct AzureArgs {
     /// ARM endpoint (sovereign clouds, the ARM test server); default `AIB_AZURE_ARM_ENDPOINT` or public Azure.
     #[arg(long)]
     pub arm_endpoint: Option<String>,
-    /// Blob storage endpoint for VHD outputs (Azurite); default: from each output's URI.
+    /// Blob endpoint of the staging storage account for VHD outputs (sovereign clouds, Azurite);
+    /// default: the one ARM reports.
     #[arg(long)]
     pub storage_endpoint: Option<String>,
     /// The port SSH listens on in the image (default 22).
@@ -54,7 +55,11 @@ fn backend(args: &AzureArgs, location: &str) -> Result<aib::azure::AzureBackend,
     if let Some(a) = &args.allowed_source {
         p = p.allowed_source(a);
     }
-    Ok(AzureBackend::builder().provisioner(p).location(location).build()?)
+    let mut b = AzureBackend::builder().provisioner(p).location(location);
+    if let Some(e) = &args.storage_endpoint {
+        b = b.storage_endpoint(e);
+    }
+    Ok(b.build()?)
 }
 
 fn state(state_dir: Option<PathBuf>) -> Result<PathBuf, Box<dyn std::error::Error>> {

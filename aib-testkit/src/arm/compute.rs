@@ -15,6 +15,7 @@ const VNET: &str = "microsoft.network/virtualnetworks";
 const NSG: &str = "microsoft.network/networksecuritygroups";
 const DISK: &str = "microsoft.compute/disks";
 const IMAGE: &str = "microsoft.compute/images";
+const STORAGE: &str = "microsoft.storage/storageaccounts";
 const VERSION: &str = "microsoft.compute/galleries/images/versions";
 
 fn lower(v: &Value) -> Option<String> {
@@ -82,6 +83,12 @@ pub(super) fn on_put(s: &mut State, rtype: &str, key: &str, path: &str, body: &m
             body["properties"]["ipConfigurations"] = Value::Array(out);
         }
         VM => vm_put(s, key, path, body)?,
+        STORAGE => {
+            if let Some(d) = &s.disks {
+                body["properties"]["primaryEndpoints"] = json!({"blob": d.blob_endpoint()});
+            }
+            body["properties"]["statusOfPrimary"] = "available".into();
+        }
         IMAGE => {
             if let Some(vm) = lower(&body["properties"]["sourceVirtualMachine"]["id"]) {
                 let size = source_vm(s, &vm)?;

@@ -8,6 +8,7 @@
 //! ID's client-credential flow, so the ordinary client-secret credential works against it.
 
 mod compute;
+pub mod storage;
 
 use crate::guest::{Guest, GuestHost};
 use crate::http::{HttpServer, Request, Response};
@@ -15,6 +16,7 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex};
+use storage::DiskStore;
 
 /// A fault answered instead of the next request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,11 +33,17 @@ pub enum ArmFault {
     Unavailable,
 }
 
+type Export = Arc<Mutex<Option<Result<String, String>>>>;
+
 #[derive(Debug, Clone)]
 enum OpKind {
     Create(String),
     Delete(String),
-    Action { result: Option<Value> },
+    Action {
+        result: Option<Value>,
+    },
+    /// A disk being exported: done once the blob is written.
+    Export(Export),
 }
 
 #[derive(Debug, Clone)]
@@ -63,6 +71,7 @@ struct State {
     generalized: HashSet<String>,
     next_ip: u32,
     tokens: usize,
+    disks: Option<Arc<dyn DiskStore>>,
 }
 
 /// A running ARM test server; stops when dropped.
@@ -140,6 +149,12 @@ impl ArmServer {
     /// Creates of `resource_type` (`Microsoft.Compute/virtualMachines`) fail with `code`.
     pub fn fail_creates(&self, resource_type: &str, code: &str, message: &str) {
         self.with(|s| s.create_failures.insert(resource_type.to_ascii_lowercase(), (code.into(), message.into())));
+    }
+
+    /// Keeps storage accounts and exported disks in `store` (an Azurite).
+    pub fn with_disk_store(self, store: Arc<dyn DiskStore>) -> Self {
+        self.with(|s| s.disks = Some(store));
+        self
     }
 
     /// The port the VMs' guests listen on, when the server has a guest host.
@@ -247,7 +262,15 @@ impl ArmServer {
                     }
                 }
             }
-            OpKind::Action { .. } => {}
+            OpKind::Action { .. } | OpKind::Export(_) => {}
+        }
+    }
+
+    fn op_in_progress(kind: &str, name: &str) -> Response {
+        if kind == "operations" {
+            ok(200, &json!({"name": name, "status": "InProgress"}))
+        } else {
+            Response::new(202, "").header("Retry-After", "0")
         }
     }
 
@@ -294,7 +317,18 @@ impl ArmServer {
         }
         // Operation status: Azure-AsyncOperation (body status) and Location (202 until done).
         if lower.len() == 6 && lower[2] == "providers" && lower[3] == "microsoft.testkit" {
-            let Some(op) = s.ops.get_mut(&seg[5]).cloned() else { return error(404, "OperationNotFound", "no such operation") };
+            let Some(mut op) = s.ops.get_mut(&seg[5]).cloned() else { return error(404, "OperationNotFound", "no such operation") };
+            let exported = match &op.kind {
+                OpKind::Export(e) => e.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                _ => Some(Ok(String::new())),
+            };
+            let Some(exported) = exported else { return Self::op_in_progress(&lower[4], &seg[5]) };
+            if let OpKind::Export(_) = &op.kind {
+                match exported {
+                    Ok(sas) => op.kind = OpKind::Action { result: Some(json!({"accessSAS": sas})) },
+                    Err(e) => op.error = Some(("InternalDiskManagementError".into(), format!("exporting the disk failed: {e}"))),
+                }
+            }
             let done = op.polls_left <= 1;
             if let Some(o) = s.ops.get_mut(&seg[5]) {
                 o.polls_left = o.polls_left.saturating_sub(1);
@@ -429,9 +463,30 @@ impl ArmServer {
                     {
                         return r;
                     }
-                    let result = (action == "begingetaccess")
-                        .then(|| json!({"accessSAS": format!("{base}/sas/{}?sig=testkit", target.rsplit('/').next().unwrap_or_default())}));
-                    let (async_url, location) = Self::new_op(&mut s, base, &sub, OpKind::Action { result }, None);
+                    let ttype = s.resources[&target]["type"].as_str().unwrap_or_default().to_ascii_lowercase();
+                    if ttype == "microsoft.storage/storageaccounts" && action == "listkeys" {
+                        let Some(d) = &s.disks else { return error(409, "StorageUnavailable", "the test server has no storage") };
+                        return ok(200, &json!({"keys": [{"keyName": "key1", "value": d.key(), "permissions": "FULL"}]}));
+                    }
+                    let kind = match (&s.disks, action.as_str()) {
+                        (Some(d), "begingetaccess") => {
+                            let size = s.resources[&target]["properties"]["diskSizeGB"].as_u64().unwrap_or(30) << 30;
+                            let slot: Export = Arc::default();
+                            let (fut, out) = (d.export(s.resources[&target]["id"].as_str().unwrap_or_default(), size), slot.clone());
+                            tokio::spawn(async move {
+                                let r = fut.await;
+                                *out.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                            });
+                            OpKind::Export(slot)
+                        }
+                        (None, "begingetaccess") => OpKind::Action {
+                            result: Some(
+                                json!({"accessSAS": format!("{base}/sas/{}?sig=testkit", target.rsplit('/').next().unwrap_or_default())}),
+                            ),
+                        },
+                        _ => OpKind::Action { result: None },
+                    };
+                    let (async_url, location) = Self::new_op(&mut s, base, &sub, kind, None);
                     return Response::new(202, "")
                         .header("Azure-AsyncOperation", &async_url)
                         .header("Location", &location)
