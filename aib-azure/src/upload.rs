@@ -30,6 +30,14 @@ pub struct BlobTarget {
 }
 
 impl BlobTarget {
+    /// The blob at `uri` (`https://ACCOUNT.blob.core.windows.net/CONTAINER/BLOB`, or a
+    /// path-style emulator URL), with credentials from `AZURE_STORAGE_KEY` or
+    /// `AZURE_STORAGE_SAS_TOKEN`.
+    pub fn from_uri_env(uri: &str) -> Result<Self> {
+        let (location, account, container, blob) = crate::vhd::parse_blob_uri(uri)?;
+        Ok(BlobTarget { location, credentials: crate::vhd::env_credentials(&account)?, container, blob })
+    }
+
     fn client(&self) -> BlobClient {
         ClientBuilder::with_location(self.location.clone(), self.credentials.clone()).blob_client(&self.container, &self.blob)
     }

@@ -1,8 +1,12 @@
 //! `aib build --backend azure` and `aib gc --backend azure`.
 
-use crate::build::{CliResult, gc_summary, parse, run};
+use crate::build::CliResult;
+#[cfg(feature = "azure")]
+use crate::build::{gc_summary, parse, run};
+#[cfg(feature = "azure")]
 use std::collections::HashSet;
 use std::path::PathBuf;
+#[cfg(feature = "azure")]
 use std::process::ExitCode;
 
 /// Where and how to build in Azure (credentials and subscription from the usual `AZURE_*`).
@@ -62,6 +66,7 @@ fn backend(args: &AzureArgs, location: &str) -> Result<aib::azure::AzureBackend,
     Ok(b.build()?)
 }
 
+#[cfg(feature = "azure")]
 fn state(state_dir: Option<PathBuf>) -> Result<PathBuf, Box<dyn std::error::Error>> {
     let d = state_dir.unwrap_or_else(|| aib::local::default_state_dir().with_file_name("azure"));
     for sub in ["ledger", "logs"] {

@@ -10,7 +10,7 @@
 //!                                        remove what killed or aborted builds left
 //! aib images [--state-dir DIR]           list the local catalog and gallery
 //! aib images import URN FILE --sha256 SUM
-//! aib testkit arm-server [--port N] [--guests sshd] [--image REGION:PUBLISHER:OFFER:SKU:VERSION]…
+//! aib testkit arm-server [--port N] [--guests sshd] [--image REGION:PUBLISHER:OFFER:SKU:VERSION]… [--azurite URL]
 //!                                        the ARM test server, standalone
 //! ```
 
@@ -118,6 +118,10 @@ enum TestServer {
         /// A marketplace image version, `REGION:PUBLISHER:OFFER:SKU:VERSION` (repeatable).
         #[arg(long)]
         image: Vec<String>,
+        /// Keep storage accounts and exported disks in this Azurite
+        /// (`http://127.0.0.1:10000/devstoreaccount1`; needs the `azure` feature).
+        #[arg(long)]
+        azurite: Option<String>,
     },
 }
 
@@ -162,12 +166,21 @@ fn main() -> ExitCode {
         Command::Gc { backend: BackendKind::Azure, state_dir, min_age_secs, azure } => {
             build::runtime(azure::gc(azure, state_dir, min_age_secs))
         }
-        Command::Testkit { server: TestServer::ArmServer { port, guests, image } } => build::runtime(async move {
+        Command::Testkit { server: TestServer::ArmServer { port, guests, image, azurite } } => build::runtime(async move {
             let host: Option<std::sync::Arc<dyn aib_testkit::guest::GuestHost>> = match guests {
                 Guests::None => None,
                 Guests::Sshd => Some(std::sync::Arc::new(aib_testkit::guest::SshdGuests::new()?)),
             };
-            let s = aib_testkit::arm::ArmServer::start_with(port, host).await?;
+            #[cfg_attr(not(feature = "azure"), allow(unused_mut))]
+            let mut s = aib_testkit::arm::ArmServer::start_with(port, host).await?;
+            if let Some(endpoint) = azurite {
+                #[cfg(feature = "azure")]
+                {
+                    s = s.with_disk_store(std::sync::Arc::new(aib_testkit::arm::storage::AzuriteDisks::new(endpoint)));
+                }
+                #[cfg(not(feature = "azure"))]
+                return Err(format!("--azurite {endpoint}: this aib was built without the `azure` feature").into());
+            }
             for i in &image {
                 let p: Vec<&str> = i.split(':').collect();
                 if p.len() != 5 {

@@ -1,0 +1,76 @@
+//! The end-to-end build against a real Azure subscription. It runs only when asked, because it
+//! costs money and needs credentials:
+//!
+//! ```text
+//! AIB_TEST_AZURE=1 \
+//! AZURE_SUBSCRIPTION_ID=… AZURE_TENANT_ID=… AZURE_CLIENT_ID=… AZURE_CLIENT_SECRET=… \
+//! AIB_TEST_AZURE_RESOURCE_GROUP=aib-test AIB_TEST_AZURE_LOCATION=westus2 \
+//! [AIB_TEST_AZURE_ALLOWED_SOURCE=203.0.113.7/32] [AIB_TEST_AZURE_GALLERY_IMAGE=/subscriptions/…/galleries/g/images/ubuntu] \
+//! cargo test -p aib-azure --test real_azure -- --nocapture
+//! ```
+//!
+//! The resource group must exist. The build creates a managed image `aib-test-<run>` in it
+//! (deleted at the end), a gallery image version when a definition is given, and a VHD in the
+//! staging group's storage account; afterwards only the staging group, its storage account and
+//! those outputs may remain.
+
+use aib_azure::{ArmClientBuilder, AzureBackend, AzureProvisioner, RESOURCES_API};
+use aib_core::template::ImageTemplate;
+use aib_core::{Pipeline, RunState};
+use serde_json::json;
+
+fn var(k: &str) -> String {
+    std::env::var(k).unwrap_or_else(|_| panic!("AIB_TEST_AZURE=1 needs {k}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linux_build_in_a_real_subscription() {
+    if std::env::var("AIB_TEST_AZURE").as_deref() != Ok("1") {
+        eprintln!("skipped: the real-Azure build runs with AIB_TEST_AZURE=1 and credentials (see this file's header)");
+        return;
+    }
+    let (sub, rg, location) = (var("AZURE_SUBSCRIPTION_ID"), var("AIB_TEST_AZURE_RESOURCE_GROUP"), var("AIB_TEST_AZURE_LOCATION"));
+    let arm = ArmClientBuilder::from_env().unwrap().build().unwrap();
+    let suffix = uuid_suffix();
+    let image_id = format!("/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/images/aib-test-{suffix}");
+    let mut distribute = vec![
+        json!({"type": "ManagedImage", "imageId": image_id, "location": location, "runOutputName": "managed"}),
+        json!({"type": "VHD", "runOutputName": "vhd"}),
+    ];
+    if let Ok(def) = std::env::var("AIB_TEST_AZURE_GALLERY_IMAGE") {
+        distribute
+            .push(json!({"type": "SharedImage", "galleryImageId": def, "runOutputName": "sig", "targetRegions": [{"name": location}]}));
+    }
+    let template = json!({
+        "location": location,
+        "properties": {
+            "source": {"type": "PlatformImage", "publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server", "version": "latest"},
+            "customize": [{"type": "Shell", "name": "marker", "inline": ["echo built by aib | sudo tee /etc/aib-test"]}],
+            "vmProfile": {"vmSize": "Standard_D2ds_v4"},
+            "distribute": distribute
+        }
+    });
+    let mut t = ImageTemplate::from_json(&template.to_string()).unwrap().template;
+    t.name = Some(format!("aib-test-{suffix}"));
+    let mut p = AzureProvisioner::builder().arm(arm.clone()).subscription(&sub).resource_group(&rg);
+    if let Ok(src) = std::env::var("AIB_TEST_AZURE_ALLOWED_SOURCE") {
+        p = p.allowed_source(src);
+    }
+    let backend = AzureBackend::builder().provisioner(p).location(&location).build().unwrap();
+    let run = Pipeline::from_template(&t, &backend.backend()).unwrap().build().unwrap().start();
+    let report = run.wait().await;
+    eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
+    assert_eq!(report.run_state, RunState::Succeeded, "{}", report.message);
+
+    // Only the staging group's storage account is left in it.
+    let staging = format!("/subscriptions/{sub}/resourceGroups/{}", aib_azure::staging_group_name(&sub, &rg, t.name.as_deref().unwrap()));
+    let left = arm.list(&format!("{staging}/resources"), RESOURCES_API).await.unwrap();
+    let kinds: Vec<&str> = left.iter().filter_map(|r| r["type"].as_str()).collect();
+    assert!(kinds.iter().all(|k| k.eq_ignore_ascii_case("Microsoft.Storage/storageAccounts")), "left in the staging group: {kinds:?}");
+    arm.delete(&image_id, aib_azure::COMPUTE_API).await.unwrap();
+}
+
+fn uuid_suffix() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{:08x}", nanos ^ std::process::id())
+}
