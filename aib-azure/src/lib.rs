@@ -1,26 +1,47 @@
 //! # aib-azure
 //!
-//! The Azure backend, built up in slices. This slice holds the parts every Azure call goes
-//! through and the sources:
+//! The Azure backend:
 //! - [`ArmClient`]: one client for all concurrent builds: bearer tokens from azure_identity
 //!   ([`Credential::from_env`]), retries of 429 and 5xx honouring `Retry-After` with jittered
 //!   backoff, a request budget per subscription, long-running operations polled under their
 //!   own deadline, and ARM's error bodies surfaced as they are (`AllocationFailed`,
 //!   `RequestDisallowedByPolicy`, …);
-//! - [`AzureSource`]: `PlatformImage` (`latest` through the marketplace list), `ManagedImage`
-//!   and `SharedImageVersion` (`…/versions/latest`), checked for region and generalization.
-//!
-//! - [`upload`]: a disk from this machine (a fixed VHD) to a page blob, sending only the
-//!   allocated, non-zero ranges, in parallel, with retries per range; [`BlobVhdDistributor`]
-//!   makes that the `VHD` target of any backend (a local build published to Azure storage).
-//!
-//! - [`ManagedImageDistributor`] and [`SharedImageDistributor`]: the ARM targets, from a
-//!   captured VM or managed image.
-//!
+//! - [`AzureSource`]: `PlatformImage` (`latest` through the marketplace list, `planInfo`),
+//!   `ManagedImage` and `SharedImageVersion` (`…/versions/latest`), checked for region and
+//!   generalization;
 //! - [`AzureProvisioner`]: the staging resource group (AIB's name and rules), the network, a
 //!   build VM whose SSH host key is chosen here and verified from the first connection,
-//!   deprovisioning, deallocation and generalization; [`AzureBackend`] puts it together with
-//!   the sources and distributors, and finds what killed runs left by their tags.
+//!   deprovisioning, deallocation and generalization;
+//! - [`ManagedImageDistributor`], [`SharedImageDistributor`] (replication progress) and
+//!   [`DiskVhdDistributor`] (the OS disk copied server-side to a blob): the targets;
+//! - [`upload`]: a disk from this machine (a fixed VHD) to a page blob, sending only the
+//!   allocated, non-zero ranges, in parallel, with retries per range; [`BlobVhdDistributor`]
+//!   makes that the `VHD` target of any backend (a local build published to Azure storage);
+//! - [`AzureBackend`] puts it together as an [`aib_core::Backend`], and finds what killed runs
+//!   left by their tags.
+//!
+//! Against the testkit's ARM server:
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use aib_azure::{ArmClient, AzureSource, Credential};
+//! use aib_core::template::{ImageSource, PlatformImageSource};
+//! use aib_core::{RunContext, Source};
+//! let arm_server = aib_testkit::arm::ArmServer::start().await.unwrap();
+//! arm_server.add_marketplace_image("westus2", "Canonical", "ubuntu-24_04-lts", "server", "24.04.202501010");
+//! let arm = ArmClient::builder().endpoint(arm_server.url()).credential(Credential::static_token("t")).build().unwrap();
+//! let source = AzureSource::new(arm, "sub", "West US 2");
+//! let spec = ImageSource::PlatformImage(PlatformImageSource {
+//!     publisher: Some("Canonical".into()),
+//!     offer: Some("ubuntu-24_04-lts".into()),
+//!     sku: Some("server".into()),
+//!     version: Some("latest".into()),
+//!     plan_info: None,
+//! });
+//! let image = source.resolve(&spec, &RunContext::detached("doc").unwrap()).await.unwrap();
+//! assert_eq!(image.exact_version.as_deref(), Some("24.04.202501010"));
+//! # });
+//! ```
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
 mod backend;

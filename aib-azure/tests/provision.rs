@@ -226,10 +226,24 @@ async fn a_corpus_template_builds_managed_image_gallery_version_in_two_regions_a
     let t = corpus_template(&s, &web, true).await;
     let started = Instant::now();
     let before = s.requests().len();
+    // Long-running operations take three polls, so replication progress shows.
     s.set_polls(3);
     let (report, events) = build(&s, &t, |b| b).await;
     assert_eq!(report.run_state, RunState::Succeeded, "{}\n{:?}", report.message, report.log_tail);
-    eprintln!("build against the ARM test server: {:?}, {} ARM requests", started.elapsed(), s.requests().len() - before);
+    let reqs = &s.requests()[before..];
+    let count = |m: &str| reqs.iter().filter(|r| r.starts_with(m)).count();
+    eprintln!(
+        "build against the ARM test server: {:.2?}, {} ARM requests (GET {}, PUT {}, POST {}, DELETE {})",
+        started.elapsed(),
+        reqs.len(),
+        count("GET"),
+        count("PUT"),
+        count("POST"),
+        count("DELETE")
+    );
+    for st in &report.steps {
+        eprintln!("  {:<45} {:>8.2?}", st.name, st.duration);
+    }
     let version =
         format!("/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/galleries/aibgallery/images/ubuntu/versions/1.0.0");
     let ids: Vec<Option<String>> = report.run_outputs.iter().map(|o| o.artifact_id.clone()).collect();
