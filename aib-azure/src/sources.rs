@@ -12,6 +12,9 @@ use std::fmt;
 /// The Compute API version the backend speaks.
 pub const COMPUTE_API: &str = "2024-07-01";
 
+/// api-version of the marketplace agreement calls.
+const MARKETPLACE_API: &str = "2021-01-01";
+
 /// Resolves template sources against ARM, for a template in `location`.
 #[derive(Debug, Clone)]
 pub struct AzureSource {
@@ -68,6 +71,32 @@ impl AzureSource {
             r = r.with_attribute("hyperVGeneration", g);
         }
         Ok(r)
+    }
+
+    /// A plan's marketplace terms must be accepted in the subscription before a VM can use it.
+    async fn check_terms(&self, plan: &aib_core::template::PlanInfo) -> Result<()> {
+        let path = format!(
+            "/subscriptions/{}/providers/Microsoft.MarketplaceOrdering/offerTypes/virtualmachine/publishers/{}/offers/{}/plans/{}/agreements/current",
+            self.subscription, plan.plan_publisher, plan.plan_product, plan.plan_name
+        );
+        let agreement = self.arm.get(&path, MARKETPLACE_API).await?;
+        if agreement["properties"]["accepted"].as_bool() == Some(true) {
+            return Ok(());
+        }
+        Err(invalid(
+            "source.planInfo",
+            format!(
+                "the marketplace terms of {}/{}/{} are not accepted in subscription {}; accept them once with \
+                 `az vm image terms accept --publisher {} --offer {} --plan {}`",
+                plan.plan_publisher,
+                plan.plan_product,
+                plan.plan_name,
+                self.subscription,
+                plan.plan_publisher,
+                plan.plan_product,
+                plan.plan_name
+            ),
+        ))
     }
 
     async fn managed(&self, id: &str) -> Result<ResolvedImage> {
@@ -155,6 +184,7 @@ impl Source for AzureSource {
                     )
                     .await?;
                 if let Some(plan) = plan {
+                    self.check_terms(&plan).await?;
                     r = r
                         .with_attribute("planName", plan.plan_name)
                         .with_attribute("planProduct", plan.plan_product)

@@ -412,3 +412,65 @@ async fn gc_by_tags_deletes_what_a_killed_run_left_but_not_live_runs() {
     assert_eq!(leaked(&s), Vec::<String>::new());
     assert_eq!(s.running_guests(), 0);
 }
+
+#[tokio::test]
+async fn marketplace_plans_need_accepted_terms_and_reach_the_vm() {
+    let s = server().await;
+    let c = client(&s);
+    group(&c, RG, "westus2").await;
+    let source = AzureSource::new(c.clone(), SUB, "westus2");
+    let mut spec = ubuntu();
+    if let aib_core::template::ImageSource::PlatformImage(p) = &mut spec {
+        p.plan_info = Some(aib_core::template::PlanInfo {
+            plan_name: "20_04-lts-gen2".into(),
+            plan_product: "0001-com-ubuntu-server-focal".into(),
+            plan_publisher: "canonical".into(),
+        });
+    }
+    let ctx = RunContext::detached("plan").unwrap();
+    let e = source.resolve(&spec, &ctx).await.unwrap_err().to_string();
+    assert!(e.contains("source.planInfo") && e.contains("az vm image terms accept --publisher canonical"), "{e}");
+    s.accept_terms("canonical", "0001-com-ubuntu-server-focal", "20_04-lts-gen2");
+    let image = source.resolve(&spec, &ctx).await.unwrap();
+    let p = provisioner(&s).build().unwrap();
+    let mut req = ProvisionRequest::new(image);
+    req.location = "westus2".into();
+    req.template_name = "plan".into();
+    let vm = p.provision(&req, &ctx).await.unwrap();
+    let body = s.resource(&vm.id).unwrap();
+    assert_eq!(body["plan"], json!({"name": "20_04-lts-gen2", "product": "0001-com-ubuntu-server-focal", "publisher": "canonical"}));
+    for r in ctx.ledger().outstanding().iter().rev() {
+        p.delete(r).await.unwrap();
+    }
+    assert_eq!(leaked(&s), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributors_pass_the_conformance_suite() {
+    let azurite = Azurite::start().unwrap_or_else(|e| panic!("{e}"));
+    let s = server_with_storage(&azurite).await;
+    let web = StaticServer::start().await.unwrap();
+    let t = corpus_template(&s, &web, true).await;
+    let c = client(&s);
+    let image = AzureSource::new(c.clone(), SUB, "westus2").resolve(&ubuntu(), &RunContext::detached("r").unwrap()).await.unwrap();
+    let p = provisioner(&s).build().unwrap();
+    let ctx = RunContext::detached("distributor-conformance").unwrap();
+    let mut req = ProvisionRequest::new(image);
+    req.location = "westus2".into();
+    req.template_name = "conformance".into();
+    let vm = p.provision(&req, &ctx).await.unwrap();
+    let comm = p.connect(&vm, &ctx).await.unwrap();
+    p.generalize(&vm, &*comm, &ctx.step("generalize")).await.unwrap();
+    drop(comm);
+    let captured = p.capture(&vm, &ctx.step("capture")).await.unwrap();
+    let backend = AzureBackend::builder().provisioner(provisioner(&s)).location("westus2").build().unwrap().backend();
+    assert_eq!(t.properties.distribute.len(), 3);
+    for spec in &t.properties.distribute {
+        let d = backend.registry.distributor(spec).unwrap();
+        conformance::distributor(&*d, &captured).await;
+    }
+    for r in ctx.ledger().outstanding().iter().rev() {
+        p.delete(r).await.unwrap();
+    }
+    assert_eq!(leaked(&s), Vec::<String>::new());
+}

@@ -72,6 +72,7 @@ struct State {
     next_ip: u32,
     tokens: usize,
     disks: Option<Arc<dyn DiskStore>>,
+    agreements: HashSet<String>,
 }
 
 /// A running ARM test server; stops when dropped.
@@ -170,6 +171,11 @@ impl ArmServer {
     /// The next `n` deletes of `resource_type` fail (the operation ends `Failed`).
     pub fn fail_deletes(&self, resource_type: &str, n: u32) {
         self.with(|s| s.delete_failures.insert(resource_type.to_ascii_lowercase(), n));
+    }
+
+    /// Accepts the marketplace terms of `publisher`/`offer`/`plan` in every subscription.
+    pub fn accept_terms(&self, publisher: &str, offer: &str, plan: &str) {
+        self.with(|s| s.agreements.insert(format!("{publisher}/{offer}/{plan}").to_ascii_lowercase()));
     }
 
     /// Tokens handed out by the token endpoint.
@@ -391,6 +397,25 @@ impl ArmServer {
                 },
                 None => error(404, "NotFound", "unknown marketplace path"),
             };
+        }
+        // Marketplace terms: `…/providers/Microsoft.MarketplaceOrdering/offerTypes/virtualmachine/
+        // publishers/{p}/offers/{o}/plans/{n}/agreements/current`.
+        if lower.len() == 14 && lower[3] == "microsoft.marketplaceordering" && lower[12] == "agreements" {
+            let k = format!("{}/{}/{}", lower[7], lower[9], lower[11]);
+            if req.method == "PUT" {
+                let body: Value = serde_json::from_slice(&req.body).unwrap_or_default();
+                if body["properties"]["accepted"].as_bool() == Some(true) {
+                    s.agreements.insert(k.clone());
+                } else {
+                    s.agreements.remove(&k);
+                }
+            }
+            let accepted = s.agreements.contains(&k);
+            return ok(
+                200,
+                &json!({"id": path, "name": "current", "type": "Microsoft.MarketplaceOrdering/offertypes",
+                        "properties": {"publisher": seg[7], "product": seg[9], "plan": seg[11], "accepted": accepted}}),
+            );
         }
         // What is live: every group, every resource (of a subscription or of a group).
         if req.method == "GET" && lower.len() == 3 && (lower[2] == "resourcegroups" || lower[2] == "resources") {
