@@ -7,7 +7,7 @@ use crate::error::BACKEND;
 use crate::export::DiskVhdDistributor;
 use crate::network::{NETWORK_API, RESOURCES_API};
 use crate::provision::{AzureProvisioner, CREATED_AT_TAG, CREATED_BY, RUN_TAG};
-use crate::sources::{AzureSource, COMPUTE_API};
+use crate::sources::{AzureSource, COMPUTE_API, DISK_API, GALLERY_API};
 use aib_core::{Backend, Distributor, Error, Registry, Result, Source};
 use serde_json::Value;
 use std::collections::HashSet;
@@ -152,7 +152,18 @@ impl AzureBackend {
                 report.skipped.push(id);
                 continue;
             }
-            let api = if id.to_ascii_lowercase().contains("/microsoft.compute/") { COMPUTE_API } else { NETWORK_API };
+            let l = id.to_ascii_lowercase();
+            let api = if l.contains("/microsoft.compute/disks/") {
+                DISK_API
+            } else if l.contains("/microsoft.compute/galleries/") {
+                GALLERY_API
+            } else if l.contains("/microsoft.compute/") {
+                COMPUTE_API
+            } else if l.contains("/microsoft.storage/") {
+                crate::export::STORAGE_API
+            } else {
+                NETWORK_API
+            };
             match self.arm().delete(&id, api).await {
                 Ok(()) | Err(Error::NotFound { .. }) => report.deleted.push(id),
                 Err(e) => report.failed.push((id, e.to_string())),

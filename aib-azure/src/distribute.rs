@@ -8,7 +8,7 @@
 use crate::client::ArmClient;
 use crate::error::BACKEND;
 use crate::provision::region;
-use crate::sources::COMPUTE_API;
+use crate::sources::{COMPUTE_API, GALLERY_API};
 use aib_core::template::{DistributorSpec, Expr, ManagedImageTarget, SharedImageTarget, Versioning};
 use aib_core::{Artifact, CapturedImage, Distributor, Error, OutputStream, ResourceRecord, Result, Scope, StepContext};
 use async_trait::async_trait;
@@ -25,8 +25,8 @@ fn source_ref(image: &CapturedImage) -> Value {
 }
 
 /// An artifact in the making: deleted if the run ends before it is published, kept after.
-fn record(ctx: &StepContext, kind: &str, id: &str) -> Result<String> {
-    ctx.run.ledger().record(ResourceRecord::new(BACKEND, kind, id, Scope::Run).with_attribute("apiVersion", COMPUTE_API))
+fn record(ctx: &StepContext, kind: &str, id: &str, api: &str) -> Result<String> {
+    ctx.run.ledger().record(ResourceRecord::new(BACKEND, kind, id, Scope::Run).with_attribute("apiVersion", api))
 }
 
 /// Replicas done and wanted, from a version's `replicationStatus`.
@@ -87,7 +87,7 @@ impl Distributor for ManagedImageDistributor {
         }
         let tags = self.target.artifact_tags.as_ref().and_then(Expr::value).cloned().unwrap_or_default();
         let body = json!({"location": self.target.location, "tags": tags, "properties": props});
-        let rec = record(ctx, "image", id)?;
+        let rec = record(ctx, "image", id, COMPUTE_API)?;
         let v = self.arm.put(id, COMPUTE_API, &body).await?;
         ctx.run.ledger().keep(&rec)?;
         Ok(Artifact::with_id(v["id"].as_str().unwrap_or(id)))
@@ -172,7 +172,7 @@ impl Distributor for SharedImageDistributor {
             Some((d, v)) => (d.to_string(), Some(v.to_string())),
             None => (t.gallery_image_id.clone(), None),
         };
-        let def = self.arm.get(&definition, COMPUTE_API).await?;
+        let def = self.arm.get(&definition, GALLERY_API).await?;
         let location = def["location"].as_str().unwrap_or_default().to_string();
         let version = match (explicit, &t.versioning) {
             (Some(v), _) => v,
@@ -190,7 +190,7 @@ impl Distributor for SharedImageDistributor {
             (None, v) => {
                 let existing: Vec<String> = self
                     .arm
-                    .list(&format!("{definition}/versions"), COMPUTE_API)
+                    .list(&format!("{definition}/versions"), GALLERY_API)
                     .await?
                     .iter()
                     .filter_map(|v| v["name"].as_str().map(str::to_string))
@@ -203,8 +203,10 @@ impl Distributor for SharedImageDistributor {
             }
         };
         let id = format!("{definition}/versions/{version}");
-        if self.arm.get(&id, COMPUTE_API).await.is_ok() {
-            return Err(Error::AlreadyExists { backend: BACKEND, what: format!("gallery image version {id}") });
+        match self.arm.get(&id, GALLERY_API).await {
+            Ok(_) => return Err(Error::AlreadyExists { backend: BACKEND, what: format!("gallery image version {id}") }),
+            Err(Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
         }
         let regions = self.target_regions(&location);
         let total: u64 = regions.iter().filter_map(|r| r["regionalReplicaCount"].as_u64()).sum();
@@ -226,9 +228,9 @@ impl Distributor for SharedImageDistributor {
             ),
         );
         ctx.output.progress(0, Some(100), "replication %");
-        let rec = record(ctx, "imageVersion", &id)?;
+        let rec = record(ctx, "imageVersion", &id, GALLERY_API)?;
         let result = {
-            let mut put = std::pin::pin!(self.arm.put(&id, COMPUTE_API, &body));
+            let mut put = std::pin::pin!(self.arm.put(&id, GALLERY_API, &body));
             // Replication progress while the version is being created, from `replicationStatus`.
             let mut last = None;
             loop {
@@ -236,7 +238,7 @@ impl Distributor for SharedImageDistributor {
                 tokio::select! {
                     r = put => break r,
                     _ = tokio::time::sleep(self.progress_every) => {
-                        if let Ok(v) = self.arm.get(&format!("{id}?$expand=ReplicationStatus"), COMPUTE_API).await
+                        if let Ok(v) = self.arm.get(&format!("{id}?$expand=ReplicationStatus"), GALLERY_API).await
                             && let Some((done, all)) = replicas(&v)
                             && last != Some(done)
                         {
@@ -255,7 +257,7 @@ impl Distributor for SharedImageDistributor {
             // Replication to many regions can outlast any deadline while the version is already
             // usable; a version that exists means the build succeeded.
             Err(Error::Timeout { .. }) => {
-                let v = self.arm.get(&id, COMPUTE_API).await?;
+                let v = self.arm.get(&id, GALLERY_API).await?;
                 ctx.run.notice(format!(
                     "{id}: still replicating after the deadline (provisioningState {}); the version exists, so the build succeeded",
                     v["properties"]["provisioningState"]

@@ -5,7 +5,7 @@
 
 use crate::client::ArmClient;
 use crate::error::BACKEND;
-use crate::sources::COMPUTE_API;
+use crate::sources::DISK_API;
 use crate::vhd::{env_credentials, parse_blob_uri};
 use aib_core::template::DistributorSpec;
 use aib_core::{Artifact, CapturedImage, Distributor, Error, OutputStream, Result, StepContext};
@@ -32,8 +32,23 @@ pub struct DiskVhdDistributor {
 
 impl fmt::Display for DiskVhdDistributor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "VHD({})", self.uri.as_deref().unwrap_or("staging storage account"))
+        write!(f, "VHD({})", self.uri.as_deref().map(redact).unwrap_or_else(|| "staging storage account".into()))
     }
+}
+
+/// A URL or message with every SAS signature (`sig=…`) replaced.
+pub(crate) fn redact(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("sig=") {
+        out.push_str(&rest[..i + 4]);
+        out.push_str("REDACTED");
+        rest = &rest[i + 4..];
+        let end = rest.find(|c: char| c == '&' || c == '"' || c == '\'' || c.is_whitespace()).unwrap_or(rest.len());
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn invalid(m: impl Into<String>) -> Error {
@@ -53,7 +68,8 @@ impl DiskVhdDistributor {
     /// for the staging account (a sovereign cloud's, or a test server's).
     pub fn from_spec(arm: ArmClient, spec: &DistributorSpec, storage_endpoint: Option<String>) -> Result<Self> {
         let DistributorSpec::Vhd(v) = spec else { return Err(invalid(format!("`{}` is not a VHD target", spec.type_name()))) };
-        let uri = v.uri.clone().filter(|u| !u.is_empty());
+        // Credentials come from the environment; a query (a SAS) is never kept or shown.
+        let uri = v.uri.as_deref().filter(|u| !u.is_empty()).map(|u| u.split('?').next().unwrap_or(u).to_string());
         if let Some(u) = &uri {
             parse_blob_uri(u)?;
         }
@@ -87,6 +103,7 @@ impl DiskVhdDistributor {
             Err(Error::NotFound { .. }) => {
                 ctx.output.line(OutputStream::Stdout, &format!("creating the staging storage account {name}"));
                 let body = json!({"location": image.location, "sku": {"name": "Standard_LRS"}, "kind": "StorageV2",
+                                  "tags": {"createdBy": crate::provision::CREATED_BY, "imageTemplateResourceGroupName": group.rsplit('/').next().unwrap_or_default()},
                                   "properties": {"minimumTlsVersion": "TLS1_2", "allowBlobPublicAccess": false, "supportsHttpsTrafficOnly": true}});
                 self.arm.put(&id, STORAGE_API, &body).await?;
                 self.arm.get(&id, STORAGE_API).await?
@@ -128,7 +145,7 @@ impl DiskVhdDistributor {
     }
 
     async fn copy(&self, sas: &str, dest: &BlobClient, ctx: &StepContext) -> Result<u64> {
-        let storage = |e: azure_core::Error| Error::generic(BACKEND, format!("VHD copy: {e}"));
+        let storage = |e: azure_core::Error| Error::generic(BACKEND, format!("VHD copy: {}", redact(&e.to_string())));
         let source = url::Url::parse(sas).map_err(|e| Error::generic(BACKEND, format!("the disk's SAS is not a URL: {e}")))?;
         let started = dest.copy(source).await.map_err(storage)?;
         let mut status = started.copy_status;
@@ -144,7 +161,7 @@ impl DiskVhdDistributor {
                 }
                 Err(e) if failures < 10 && std::time::Instant::now() < deadline => {
                     failures += 1;
-                    tracing::warn!(error = %e, failures, "reading the copy status failed; trying again");
+                    tracing::warn!(error = %redact(&e.to_string()), failures, "reading the copy status failed; trying again");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
@@ -201,23 +218,44 @@ impl Distributor for DiskVhdDistributor {
         })?;
         let (dest, url) = self.destination(image, ctx).await?;
         ctx.output.line(OutputStream::Stdout, &format!("granting read access to {disk}"));
+        // The SAS outlives the longest copy.
+        let sas_seconds = self.copy_timeout.as_secs() + 600;
         let access = self
             .arm
-            .post(&format!("{disk}/beginGetAccess"), COMPUTE_API, Some(&json!({"access": "Read", "durationInSeconds": 3600})))
+            .post(&format!("{disk}/beginGetAccess"), DISK_API, Some(&json!({"access": "Read", "durationInSeconds": sas_seconds})))
             .await?;
         let result = match access["accessSAS"].as_str() {
             Some(sas) => {
                 ctx.output.line(OutputStream::Stdout, &format!("copying the disk to {url} (server-side)"));
-                self.copy(sas, &dest, ctx).await
+                let r = self.copy(sas, &dest, ctx).await;
+                if r.is_err() {
+                    // No half-copied blob is left behind (best effort: the run already failed).
+                    if let Err(e) = dest.delete().await {
+                        ctx.run.notice(format!("the partial VHD {url} could not be deleted: {}", redact(&e.to_string())));
+                    }
+                }
+                r
             }
             None => Err(Error::generic(BACKEND, format!("{disk}: beginGetAccess returned no accessSAS"))),
         };
         // The SAS is revoked on every path.
-        let revoked = self.arm.post(&format!("{disk}/endGetAccess"), COMPUTE_API, None).await;
+        let revoked = self.arm.post(&format!("{disk}/endGetAccess"), DISK_API, None).await;
         let size = result?;
         revoked?;
         check_footer(&dest, size).await?;
         ctx.output.line(OutputStream::Stdout, &format!("copied {} MiB; access revoked", size >> 20));
         Ok(Artifact::with_uri(url))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn signatures_are_redacted() {
+        assert_eq!(
+            super::redact("copy from http://h/c/b.vhd?sv=1&sig=abc%2B=&se=2 failed: x-ms-copy-source:https://a/b?sig=zz\nnext"),
+            "copy from http://h/c/b.vhd?sv=1&sig=REDACTED&se=2 failed: x-ms-copy-source:https://a/b?sig=REDACTED\nnext"
+        );
+        assert_eq!(super::redact("nothing secret"), "nothing secret");
     }
 }

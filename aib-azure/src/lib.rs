@@ -64,5 +64,5 @@ pub use error::ArmError;
 pub use export::{DiskVhdDistributor, STORAGE_API, staging_account_name};
 pub use network::{NETWORK_API, RESOURCES_API};
 pub use provision::{AzureProvisioner, AzureProvisionerBuilder, CREATED_AT_TAG, CREATED_BY, RUN_TAG, default_vm_size, staging_group_name};
-pub use sources::{AzureSource, COMPUTE_API};
+pub use sources::{AzureSource, COMPUTE_API, DISK_API, GALLERY_API};
 pub use vhd::{BlobVhdDistributor, parse_blob_uri};

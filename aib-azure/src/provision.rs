@@ -7,7 +7,7 @@
 use crate::client::ArmClient;
 use crate::error::BACKEND;
 use crate::network::{self, NETWORK_API, RESOURCES_API};
-use crate::sources::COMPUTE_API;
+use crate::sources::{COMPUTE_API, DISK_API};
 use aib_core::{
     AccessInfo, BuildVm, CapturedImage, Communicator, Error, ExecRequest, OutputStream, Platform, ProvisionRequest, Provisioner,
     ResourceRecord, Result, RunContext, Scope, StepContext,
@@ -64,6 +64,13 @@ pub fn staging_group_name(subscription: &str, resource_group: &str, template: &s
         };
     }
     format!("IT_{rg}_{t}_{guid}")
+}
+
+/// A run's own staging group: the same shape, a fresh GUID.
+fn run_group_name(resource_group: &str, template: &str, run_id: &str) -> String {
+    let stable = staging_group_name(run_id, resource_group, template);
+    let guid = uuid::Uuid::new_v4().hyphenated().to_string();
+    format!("{}{guid}", &stable[..stable.len() - 36])
 }
 
 fn group_id(subscription: &str, name: &str) -> String {
@@ -281,9 +288,11 @@ impl AzureProvisioner {
                 }
                 (id.clone(), true)
             }
-            None => {
+            // A kept group is the template's, shared by its runs; one the run deletes is its own.
+            None if self.keep_staging => {
                 (group_id(&self.subscription, &staging_group_name(&self.subscription, &self.resource_group, &req.template_name)), false)
             }
+            None => (group_id(&self.subscription, &run_group_name(&self.resource_group, &req.template_name, ctx.run_id())), false),
         };
         match self.arm.get(&id, RESOURCES_API).await {
             Ok(existing) => {
@@ -301,8 +310,15 @@ impl AzureProvisioner {
                         return Err(invalid("stagingResourceGroup", format!("{id} is used by the template `{used_by}`")));
                     }
                     let inside = self.arm.list(&format!("{id}/resources"), RESOURCES_API).await?;
-                    let foreign: Vec<&str> =
-                        inside.iter().filter(|r| r["tags"][RUN_TAG].is_null()).filter_map(|r| r["id"].as_str()).collect();
+                    // aib's own resources (tagged, or the OS disks and storage account it names)
+                    // do not count.
+                    let ours = |r: &Value| {
+                        let name = r["name"].as_str().unwrap_or_default();
+                        r["tags"]["createdBy"] == CREATED_BY
+                            || name.starts_with("aib-osdisk-")
+                            || name == crate::export::staging_account_name(&id)
+                    };
+                    let foreign: Vec<&str> = inside.iter().filter(|r| !ours(r)).filter_map(|r| r["id"].as_str()).collect();
                     if !foreign.is_empty() {
                         return Err(invalid(
                             "stagingResourceGroup",
@@ -339,9 +355,11 @@ impl AzureProvisioner {
     }
 
     /// Records, then creates (PUT, waiting for the operation).
-    pub(crate) async fn create(&self, ctx: &RunContext, kind: &str, id: &str, api: &str, body: &Value) -> Result<Value> {
-        ctx.ledger().record(ResourceRecord::new(BACKEND, kind, id, Scope::BuildVm).with_attribute("apiVersion", api))?;
-        self.arm.put(id, api, body).await
+    /// Returns the ledger record's id.
+    pub(crate) async fn create(&self, ctx: &RunContext, kind: &str, id: &str, api: &str, body: &Value) -> Result<String> {
+        let record = ctx.ledger().record(ResourceRecord::new(BACKEND, kind, id, Scope::BuildVm).with_attribute("apiVersion", api))?;
+        self.arm.put(id, api, body).await?;
+        Ok(record)
     }
 }
 
@@ -421,10 +439,9 @@ impl Provisioner for AzureProvisioner {
             body["identity"] = json!({"type": "UserAssigned", "userAssignedIdentities": ids.iter().map(|i| (i.clone(), json!({}))).collect::<Map<_, _>>()});
         }
         // The disk is recorded before the VM so that cleanup (newest first) deletes the VM first.
-        ctx.ledger().record(ResourceRecord::new(BACKEND, "disk", &disk_id, Scope::BuildVm).with_attribute("apiVersion", COMPUTE_API))?;
+        ctx.ledger().record(ResourceRecord::new(BACKEND, "disk", &disk_id, Scope::BuildVm).with_attribute("apiVersion", DISK_API))?;
         ctx.notice(format!("creating build VM {vm_name} ({size}) in {group}"));
-        self.create(ctx, "virtualMachine", &vm_id, COMPUTE_API, &body).await?;
-        let record = ctx.ledger().outstanding().into_iter().rev().find(|r| r.name == vm_id).map(|r| r.id).unwrap_or_default();
+        let record = self.create(ctx, "virtualMachine", &vm_id, COMPUTE_API, &body).await?;
         let address = nic.address(&self.arm).await?;
         let command = format!("ssh -p {port} {user}@{address}  # key: the run's ephemeral key; host key: {host_public}");
         let mut vm = BuildVm::new(&vm_id, record, req.image.platform, AccessInfo::new("ssh", &address, port, user, command));
@@ -510,7 +527,7 @@ impl Provisioner for AzureProvisioner {
             }
         }
         if let Some(id) = vm.attributes.get("osDiskId").and_then(Value::as_str)
-            && let Ok(d) = self.arm.get(id, COMPUTE_API).await
+            && let Ok(d) = self.arm.get(id, DISK_API).await
         {
             image.size_bytes = d["properties"]["diskSizeGB"].as_u64().map(|g| g << 30);
         }
@@ -520,7 +537,9 @@ impl Provisioner for AzureProvisioner {
     async fn delete(&self, record: &ResourceRecord) -> Result<()> {
         let api = record.attributes.get("apiVersion").and_then(Value::as_str).unwrap_or(match record.kind.as_str() {
             "resourceGroup" => RESOURCES_API,
-            "virtualMachine" | "disk" => COMPUTE_API,
+            "virtualMachine" | "image" => COMPUTE_API,
+            "disk" => DISK_API,
+            "imageVersion" => crate::sources::GALLERY_API,
             _ => NETWORK_API,
         });
         let mut attempt = 0;
@@ -556,7 +575,8 @@ mod tests {
         assert_ne!(a, staging_group_name("sub", "my-rg", "other"));
         let long = staging_group_name("sub", &"r".repeat(90), &"t".repeat(64));
         assert_eq!(long.len(), 90, "{long}");
-        assert_eq!(long[long.len() - 36..], a[a.len() - 36..], "the GUID is never cut");
+        let guid = &long[long.len() - 36..];
+        assert!(guid.chars().filter(|c| *c == '-').count() == 4 && long.ends_with(&format!("_{guid}")), "the GUID is never cut: {long}");
     }
 
     #[test]

@@ -12,6 +12,12 @@ use std::fmt;
 /// The Compute API version the backend speaks.
 pub const COMPUTE_API: &str = "2024-07-01";
 
+/// api-version of managed disks (their own resource provider's versions).
+pub const DISK_API: &str = "2024-03-02";
+
+/// api-version of galleries, image definitions and versions (their own versions).
+pub const GALLERY_API: &str = "2024-03-03";
+
 /// api-version of the marketplace agreement calls.
 const MARKETPLACE_API: &str = "2021-01-01";
 
@@ -113,17 +119,21 @@ impl AzureSource {
             return Err(invalid("source.imageId", format!("managed image {id} is not generalized (osState {})", os["osState"])));
         }
         let windows = os["osType"].as_str().is_some_and(|o| o.eq_ignore_ascii_case("windows"));
-        Ok(ResolvedImage::new("ManagedImage", id, image["id"].as_str().unwrap_or(id)).with_platform(if windows {
+        let mut r = ResolvedImage::new("ManagedImage", id, image["id"].as_str().unwrap_or(id)).with_platform(if windows {
             Platform::Windows
         } else {
             Platform::Linux
-        }))
+        });
+        if let Some(g) = image["properties"]["hyperVGeneration"].as_str() {
+            r = r.with_attribute("hyperVGeneration", g);
+        }
+        Ok(r)
     }
 
     async fn gallery_version(&self, id: &str) -> Result<ResolvedImage> {
         let (definition, version) =
             id.rsplit_once("/versions/").ok_or_else(|| invalid("source.imageVersionId", format!("`{id}` has no /versions/ segment")))?;
-        let def = self.arm.get(definition, COMPUTE_API).await?;
+        let def = self.arm.get(definition, GALLERY_API).await?;
         if def["properties"]["osState"].as_str().is_some_and(|s| !s.eq_ignore_ascii_case("Generalized")) {
             return Err(invalid(
                 "source.imageVersionId",
@@ -131,7 +141,7 @@ impl AzureSource {
             ));
         }
         let chosen = if version.eq_ignore_ascii_case("latest") {
-            let versions = self.arm.list(&format!("{definition}/versions"), COMPUTE_API).await?;
+            let versions = self.arm.list(&format!("{definition}/versions"), GALLERY_API).await?;
             versions
                 .into_iter()
                 .filter(|v| !v["properties"]["publishingProfile"]["excludeFromLatest"].as_bool().unwrap_or(false))
@@ -139,7 +149,7 @@ impl AzureSource {
                 .max_by_key(|v| version_key(v["name"].as_str().unwrap_or_default()))
                 .ok_or_else(|| Error::NotFound { backend: BACKEND, what: format!("a version of {definition} not excluded from latest") })?
         } else {
-            self.arm.get(id, COMPUTE_API).await?
+            self.arm.get(id, GALLERY_API).await?
         };
         let name = chosen["name"].as_str().unwrap_or(version).to_string();
         let regions: Vec<String> = chosen["properties"]["publishingProfile"]["targetRegions"]

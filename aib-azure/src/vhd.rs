@@ -38,7 +38,10 @@ fn invalid(m: String) -> Error {
 }
 
 /// Splits a blob URI into its location, container and blob.
-pub fn parse_blob_uri(uri: &str) -> Result<(CloudLocation, String, String, String)> {
+pub fn parse_blob_uri(uri_with_sas: &str) -> Result<(CloudLocation, String, String, String)> {
+    // Errors quote the URI without its signature.
+    let shown = crate::export::redact(uri_with_sas);
+    let uri = shown.as_str();
     let (scheme, rest) = uri.split_once("://").ok_or_else(|| invalid(format!("`{uri}` is not a URI")))?;
     let rest = rest.split(['?', '#']).next().unwrap_or(rest);
     let (host, path) = rest.split_once('/').ok_or_else(|| invalid(format!("`{uri}` names no container")))?;
@@ -84,7 +87,7 @@ impl BlobVhdDistributor {
     pub fn new(uri: &str, credentials: StorageCredentials, scratch: impl Into<PathBuf>) -> Result<Self> {
         let (location, _account, container, blob) = parse_blob_uri(uri)?;
         Ok(BlobVhdDistributor {
-            uri: uri.to_string(),
+            uri: uri.split('?').next().unwrap_or(uri).to_string(),
             target: BlobTarget { location, credentials, container, blob },
             scratch: scratch.into(),
             parallel: 8,

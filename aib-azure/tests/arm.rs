@@ -85,11 +85,11 @@ async fn arm_errors_arrive_as_arm_wrote_them() {
     let c = client(&s);
     group(&c, "rg1").await;
     s.fail_creates(
-        "Microsoft.Compute/virtualMachines",
+        "Microsoft.Compute/virtualMachineScaleSets",
         "AllocationFailed",
         "Allocation failed. We do not have sufficient capacity for the requested VM size in this region.",
     );
-    let vm = format!("/subscriptions/{SUB}/resourceGroups/rg1/providers/Microsoft.Compute/virtualMachines/vm1");
+    let vm = format!("/subscriptions/{SUB}/resourceGroups/rg1/providers/Microsoft.Compute/virtualMachineScaleSets/vmss1");
     let err = c.put(&vm, COMPUTE_API, &json!({"location": "westus"})).await.unwrap_err();
     let shown = format!("{err}: {:?}", err);
     assert!(shown.contains("AllocationFailed") && shown.contains("sufficient capacity"), "{shown}");
@@ -121,7 +121,7 @@ async fn operations_have_their_own_deadline() {
     let err = c
         .put(
             &format!("/subscriptions/{SUB}/resourceGroups/rg1/providers/Microsoft.Compute/disks/d1"),
-            COMPUTE_API,
+            aib_azure::DISK_API,
             &json!({"location": "westus"}),
         )
         .await

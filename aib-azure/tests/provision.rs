@@ -279,6 +279,8 @@ async fn a_corpus_template_builds_managed_image_gallery_version_in_two_regions_a
         events.iter().filter_map(|e| if let Event::Output { line, .. } = e { Some(line.clone()) } else { None }).collect();
     assert!(lines.iter().any(|l| l.starts_with("customizeScript ran on")), "{lines:#?}");
     assert!(lines.iter().any(|l| l == "checksummed script ran"));
+    // What the build wrote as root stayed in the guest: this machine has none of it.
+    assert!(!std::path::Path::new("/var/aib-script1").exists(), "the guest's writes reached this machine");
     assert!(lines.iter().any(|l| l.starts_with("aib: deprovisioning without waagent")), "{lines:#?}");
     assert!(lines.iter().any(|l| l.starts_with("replication: westus2 ") && l.contains("eastus")), "replication progress: {lines:#?}");
     // Only the staging group (and the outputs) remain; the build VM's guest is gone.

@@ -7,8 +7,9 @@
 //! `ssh.publicKeys`, and from `customData` (cloud-config) the `ssh_keys.ed25519_private` host
 //! key, so a client that pinned that key connects verified.
 //!
-//! Each guest runs chrooted into an overlay of this machine's root in a private mount
-//! namespace: everything it writes (customizers' files, deprovisioning's deleted host keys,
+//! Each guest runs chrooted into an overlay of this machine's root, in its own mount, PID, UTS
+//! and IPC namespaces, with a minimal `/dev`, a read-only `/sys` and without the capabilities
+//! to mount, make device nodes or load modules: everything it writes (customizers' files, deprovisioning's deleted host keys,
 //! emptied `/etc/machine-id` and logs) lands in the guest's own upper layer, never on this
 //! machine, and is gone with the guest. The admin user is added to the guest's `/etc/passwd`
 //! with uid 0, so `sudo` works as on a VM. This needs root, as the test command runs.
@@ -177,10 +178,18 @@ impl GuestHost for SshdGuests {
         std::fs::write(conf.join("sshd_config"), config).map_err(io)?;
         let q = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', r"'\''"));
         let m = q(&d.join("merged"));
+        // A minimal /dev (no block devices), a read-only /sys, its own /proc, and capabilities
+        // that cannot reach this machine (no mounts, no device nodes, no modules) for sshd and
+        // everything it starts; the PID, UTS and IPC namespaces are the guest's own, so its
+        // processes die with it and a hostname change stays inside.
         let script = format!(
             "mount -t overlay overlay -o lowerdir=/,upperdir={u},workdir={w} {m} && mount -t proc proc {m}/proc && \
-             mount --rbind /dev {m}/dev && mount --rbind /sys {m}/sys && mount -t tmpfs tmpfs {m}/run && mkdir -p {m}/run/sshd && \
-             exec chroot {m} {SSHD} -D -e -f /etc/aib-guest/sshd_config",
+             mount -t tmpfs -o mode=755 tmpfs {m}/dev && \
+             for n in null zero full random urandom tty; do touch {m}/dev/$n && mount --bind /dev/$n {m}/dev/$n; done && \
+             mkdir {m}/dev/pts {m}/dev/shm && mount -t devpts -o newinstance,ptmxmode=0666 devpts {m}/dev/pts && ln -s pts/ptmx {m}/dev/ptmx && \
+             mount --rbind /sys {m}/sys && mount -o remount,bind,ro {m}/sys && mount -t tmpfs tmpfs {m}/run && mkdir -p {m}/run/sshd && \
+             exec setpriv --bounding-set -sys_admin,-mknod,-sys_module,-sys_rawio,-sys_boot,-sys_time,-net_admin,-sys_ptrace \
+             chroot {m} {SSHD} -D -e -f /etc/aib-guest/sshd_config",
             u = q(&up),
             w = q(&d.join("work")),
         );
@@ -188,7 +197,7 @@ impl GuestHost for SshdGuests {
         let mut child = {
             use std::os::unix::process::CommandExt;
             Command::new("unshare")
-                .args(["--mount", "--propagation", "private", "--", "sh", "-c", &script])
+                .args(["--mount", "--pid", "--fork", "--uts", "--ipc", "--propagation", "private", "--", "sh", "-c", &script])
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().map_err(io)?)
                 .stderr(log)

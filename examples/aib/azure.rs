@@ -94,18 +94,18 @@ pub(crate) async fn build(template: PathBuf, args: AzureArgs, state_dir: Option<
 }
 
 #[cfg(feature = "azure")]
-pub(crate) async fn gc(args: AzureArgs, state_dir: Option<PathBuf>, min_age: u64) -> CliResult {
+pub(crate) async fn gc(args: AzureArgs, state_dir: Option<PathBuf>, min_age: Option<u64>) -> CliResult {
     let dir = state(state_dir)?;
     let ledger = aib::Ledger::open(dir.join("ledger"))?;
     let azure = backend(&args, "any")?;
     let provisioner = azure.provisioner();
     let p: &dyn aib::Provisioner = &*provisioner;
-    let min_age = std::time::Duration::from_secs(min_age);
-    let report = ledger.gc(&[p], min_age).await?;
+    let report = ledger.gc(&[p], std::time::Duration::from_secs(min_age.unwrap_or(0))).await?;
     let mut code = gc_summary(&report);
     // What no ledger here knows of: found by the run tags, never a live run's.
     let live: HashSet<String> = ledger.live_runs()?.into_iter().collect();
-    let tagged = azure.gc_tagged(&live, min_age).await?;
+    // Tags cannot tell another machine's live build from a dead one: only old resources go.
+    let tagged = azure.gc_tagged(&live, std::time::Duration::from_secs(min_age.unwrap_or(24 * 3600))).await?;
     for id in &tagged.deleted {
         println!("deleted (by tag) {id}");
     }
@@ -125,6 +125,6 @@ pub(crate) async fn build(_: PathBuf, _: AzureArgs, _: Option<PathBuf>, _: bool)
 }
 
 #[cfg(not(feature = "azure"))]
-pub(crate) async fn gc(_: AzureArgs, _: Option<PathBuf>, _: u64) -> CliResult {
+pub(crate) async fn gc(_: AzureArgs, _: Option<PathBuf>, _: Option<u64>) -> CliResult {
     Err("this aib was built without Azure: cargo run --features azure --example aib -- …".into())
 }

@@ -84,9 +84,10 @@ enum Command {
         /// State directory.
         #[arg(long)]
         state_dir: Option<PathBuf>,
-        /// Leave runs younger than this many seconds alone.
-        #[arg(long, default_value_t = 0)]
-        min_age_secs: u64,
+        /// Leave runs younger than this many seconds alone (default 0; for Azure resources found
+        /// only by their tags, which may be another machine's live build, 86400).
+        #[arg(long)]
+        min_age_secs: Option<u64>,
         #[command(flatten)]
         azure: azure::AzureArgs,
     },
@@ -162,7 +163,9 @@ fn main() -> ExitCode {
         Command::Build { template, backend: BackendKind::Azure, state_dir, output, azure } => {
             build::runtime(azure::build(template, azure, state_dir, output == Format::Json))
         }
-        Command::Gc { backend: BackendKind::Local, state_dir, min_age_secs, .. } => build::runtime(build::gc(state_dir, min_age_secs)),
+        Command::Gc { backend: BackendKind::Local, state_dir, min_age_secs, .. } => {
+            build::runtime(build::gc(state_dir, min_age_secs.unwrap_or(0)))
+        }
         Command::Gc { backend: BackendKind::Azure, state_dir, min_age_secs, azure } => {
             build::runtime(azure::gc(azure, state_dir, min_age_secs))
         }

@@ -32,6 +32,28 @@ fn alloc_ip(s: &mut State) -> String {
     format!("127.0.{}.{}", 10 + s.next_ip / 250, 1 + s.next_ip % 250)
 }
 
+/// Resource types served by their own resource provider with their own api-versions: a
+/// request with another provider's version is refused as ARM refuses it.
+pub(super) fn check_api_version(key: &str, api: &str) -> Option<Response> {
+    let (kind, versions): (&str, &[&str]) = if key.contains("/providers/microsoft.compute/disks/") {
+        ("disks", &["2022-07-02", "2023-01-02", "2023-04-02", "2023-10-02", "2024-03-02"])
+    } else if key.contains("/providers/microsoft.compute/galleries/") {
+        ("galleries", &["2022-03-03", "2022-08-03", "2023-07-03", "2024-03-03"])
+    } else {
+        return None;
+    };
+    (!versions.contains(&api)).then(|| {
+        error(
+            400,
+            "NoRegisteredProviderFound",
+            &format!(
+                "No registered resource provider found for API version '{api}' and type '{kind}'. The supported api-versions are '{}'.",
+                versions.join(", ")
+            ),
+        )
+    })
+}
+
 /// Adjusts a body before it is stored; an error response refuses the PUT.
 pub(super) fn on_put(s: &mut State, rtype: &str, key: &str, path: &str, body: &mut Value) -> Result<(), Response> {
     match rtype {
@@ -166,7 +188,7 @@ fn vm_put(s: &mut State, key: &str, path: &str, body: &mut Value) -> Result<(), 
     let location = body["location"].clone();
     s.resources.insert(
         disk_id.to_ascii_lowercase(),
-        json!({"id": disk_id, "name": disk_name, "type": "Microsoft.Compute/disks", "location": location, "tags": body["tags"].clone(), "managedBy": path,
+        json!({"id": disk_id, "name": disk_name, "type": "Microsoft.Compute/disks", "location": location, "managedBy": path,
                "properties": {"diskSizeGB": size, "osType": if windows { "Windows" } else { "Linux" }, "diskState": "Attached", "provisioningState": "Succeeded"}}),
     );
     body["properties"]["storageProfile"]["osDisk"]["name"] = disk_name.into();

@@ -257,7 +257,9 @@ impl ArmServer {
                 if let Some(r) = s.resources.remove(id) {
                     compute::deleted(s, &r, id);
                 }
-                // Child resources (a VNet's subnets, a gallery's images) go with their parent.
+                // Child resources (a VNet's subnets, a gallery's images) go with their parent, and
+                // a group's resources with the group.
+                s.groups.remove(id);
                 {
                     let prefix = format!("{id}/");
                     let gone: Vec<String> = s.resources.keys().filter(|k| k.starts_with(&prefix)).cloned().collect();
@@ -316,6 +318,9 @@ impl ArmServer {
         }
         let (path, seg) = split_path(&req.path);
         let key = path.to_ascii_lowercase();
+        if let Some(r) = compute::check_api_version(&key, &query(&req.path, "api-version").unwrap_or_default()) {
+            return r;
+        }
         let lower: Vec<String> = seg.iter().map(|x| x.to_ascii_lowercase()).collect();
         let sub = seg.get(1).cloned().unwrap_or_default();
         if lower.first().map(String::as_str) != Some("subscriptions") || seg.len() < 2 {
