@@ -150,12 +150,12 @@ mod azure {
 
     const SUB: &str = "00000000-0000-0000-0000-0000000000c1";
 
-    async fn cli(s: &ArmServer, args: Vec<String>) -> Output {
-        let (url, port) = (s.url(), s.guest_port().unwrap().to_string());
+    async fn cli(s: &ArmServer, storage: &str, args: Vec<String>) -> Output {
+        let (url, port, storage) = (s.url(), s.guest_port().unwrap().to_string(), storage.to_string());
         tokio::task::spawn_blocking(move || {
             Command::new(aib())
                 .args(&args)
-                .args(["--resource-group", "images", "--arm-endpoint", &url, "--ssh-port", &port])
+                .args(["--resource-group", "images", "--arm-endpoint", &url, "--ssh-port", &port, "--storage-endpoint", &storage])
                 .env("AZURE_TENANT_ID", "tenant")
                 .env("AZURE_CLIENT_ID", "client")
                 .env("AZURE_CLIENT_SECRET", "secret")
@@ -184,6 +184,8 @@ mod azure {
         c[4]["inline"] = json!([abort_on.unwrap_or("echo would run: sudo apt install unattended-upgrades")]);
         if abort_on.is_some() {
             v["properties"]["errorHandling"] = json!({"onCustomizerError": "abort"});
+        } else {
+            v["properties"]["distribute"].as_array_mut().unwrap().push(json!({"type": "VHD", "runOutputName": "vhd"}));
         }
         let text = v
             .to_string()
@@ -202,13 +204,21 @@ mod azure {
     }
 
     fn build_resources(s: &ArmServer) -> Vec<String> {
-        s.resource_ids().into_iter().filter(|id| !id.contains("/Microsoft.Compute/images/")).collect()
+        s.resource_ids()
+            .into_iter()
+            .filter(|id| !id.contains("/Microsoft.Compute/images/") && !id.contains("/Microsoft.Storage/"))
+            .collect()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn build_and_gc_with_backend_azure() {
         let guests = SshdGuests::new().unwrap_or_else(|e| panic!("{e}"));
-        let s = ArmServer::start_with(0, Some(Arc::new(guests))).await.unwrap();
+        let azurite = aib_testkit::azurite::Azurite::start().unwrap_or_else(|e| panic!("{e}"));
+        let storage = azurite.endpoint();
+        let s = ArmServer::start_with(0, Some(Arc::new(guests)))
+            .await
+            .unwrap()
+            .with_disk_store(Arc::new(aib_testkit::arm::storage::AzuriteDisks::new(&storage)));
         s.add_marketplace_image("westus2", "Canonical", "UbuntuServer", "18.04-LTS", "18.04.202401161");
         let arm = aib::azure::ArmClient::builder().endpoint(s.url()).credential(aib::azure::Credential::static_token("t")).build().unwrap();
         arm.put(&format!("/subscriptions/{SUB}/resourceGroups/images"), "2021-04-01", &json!({"location": "westus2"})).await.unwrap();
@@ -219,6 +229,7 @@ mod azure {
         let t = template(&web, dir.path(), None).display().to_string();
         let out = cli(
             &s,
+            &storage,
             vec![
                 "build".into(),
                 t,
@@ -240,18 +251,20 @@ mod azure {
             format!("/subscriptions/{SUB}/resourceGroups/images/providers/Microsoft.Compute/images/hello")
         );
         assert_eq!(report["source"]["exactVersion"], "18.04.202401161");
+        let vhd = report["runOutputs"][1]["artifactUri"].as_str().unwrap_or_default();
+        assert!(vhd.starts_with(&storage) && vhd.ends_with(".vhd"), "{vhd}");
         assert!(s.tokens_issued() >= 1, "the client-secret credential got its token from the server");
         assert_eq!(build_resources(&s), Vec::<String>::new(), "only the staging group stays");
 
         // A failing customizer under `abort` keeps the VM; gc removes it.
         let t = template(&web, dir.path(), Some("exit 7")).display().to_string();
-        let out = cli(&s, vec!["build".into(), t, "--backend".into(), "azure".into(), "--state-dir".into(), state.clone()]).await;
+        let out = cli(&s, &storage, vec!["build".into(), t, "--backend".into(), "azure".into(), "--state-dir".into(), state.clone()]).await;
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(1), "{stdout}");
         assert!(stdout.contains("build VM kept: ssh -p"), "{stdout}");
         assert!(build_resources(&s).iter().any(|r| r.contains("/virtualMachines/")));
         assert_eq!(s.running_guests(), 1);
-        let out = cli(&s, vec!["gc".into(), "--backend".into(), "azure".into(), "--state-dir".into(), state]).await;
+        let out = cli(&s, &storage, vec!["gc".into(), "--backend".into(), "azure".into(), "--state-dir".into(), state]).await;
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
         assert!(stdout.contains("deleted azure virtualMachine"), "{stdout}");

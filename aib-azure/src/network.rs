@@ -79,17 +79,18 @@ pub(crate) async fn new_network(prov: &AzureProvisioner, ctx: &RunContext, p: &P
                 "properties": {"publicIPAllocationMethod": "Static", "publicIPAddressVersion": "IPv4"}}),
     )
     .await?;
-    let nic = net_id(p, "networkInterfaces", &format!("aib-nic-{}", p.short));
-    prov.create(
-        ctx,
-        "networkInterface",
-        &nic,
-        NETWORK_API,
-        &json!({"location": p.location, "tags": p.tags, "properties": {"ipConfigurations": [{"name": "ipconfig1", "properties": {
-                "subnet": {"id": format!("{vnet}/subnets/default")}, "publicIPAddress": {"id": pip}, "privateIPAllocationMethod": "Dynamic"}}]}}),
-    )
-    .await?;
-    Ok(Nic { id: nic, public_ip: Some(pip) })
+    let subnet = format!("{vnet}/subnets/default");
+    nic(prov, ctx, p, json!({"subnet": {"id": subnet}, "publicIPAddress": {"id": pip}, "privateIPAllocationMethod": "Dynamic"}), Some(pip))
+        .await
+}
+
+/// The build VM's NIC with one IP configuration.
+async fn nic(prov: &AzureProvisioner, ctx: &RunContext, p: &Plan<'_>, ip: Value, public_ip: Option<String>) -> Result<Nic> {
+    let id = net_id(p, "networkInterfaces", &format!("aib-nic-{}", p.short));
+    let body =
+        json!({"location": p.location, "tags": p.tags, "properties": {"ipConfigurations": [{"name": "ipconfig1", "properties": ip}]}});
+    prov.create(ctx, "networkInterface", &id, NETWORK_API, &body).await?;
+    Ok(Nic { id, public_ip })
 }
 
 pub(crate) async fn existing_subnet(prov: &AzureProvisioner, ctx: &RunContext, p: &Plan<'_>, subnet: &str) -> Result<Nic> {
@@ -110,15 +111,5 @@ pub(crate) async fn existing_subnet(prov: &AzureProvisioner, ctx: &RunContext, p
         });
     }
     prov.arm().get(subnet, NETWORK_API).await?;
-    let nic = net_id(p, "networkInterfaces", &format!("aib-nic-{}", p.short));
-    prov.create(
-        ctx,
-        "networkInterface",
-        &nic,
-        NETWORK_API,
-        &json!({"location": p.location, "tags": p.tags, "properties": {"ipConfigurations": [{"name": "ipconfig1", "properties": {
-                "subnet": {"id": subnet}, "privateIPAllocationMethod": "Dynamic"}}]}}),
-    )
-    .await?;
-    Ok(Nic { id: nic, public_ip: None })
+    nic(prov, ctx, p, json!({"subnet": {"id": subnet}, "privateIPAllocationMethod": "Dynamic"}), None).await
 }

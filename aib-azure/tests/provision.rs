@@ -476,3 +476,45 @@ async fn distributors_pass_the_conformance_suite() {
     }
     assert_eq!(leaked(&s), Vec::<String>::new());
 }
+
+#[tokio::test]
+async fn an_existing_subnet_gets_a_nic_and_no_public_ip() {
+    let s = server().await;
+    let web = StaticServer::start().await.unwrap();
+    let mut t = corpus_template(&s, &web, false).await;
+    let c = client(&s);
+    group(&c, "net", "westus2").await;
+    group(&c, "net-east", "eastus").await;
+    for (rg, loc) in [("net", "westus2"), ("net-east", "eastus")] {
+        let vnet = format!("/subscriptions/{SUB}/resourceGroups/{rg}/providers/Microsoft.Network/virtualNetworks/corp");
+        c.put(
+            &vnet,
+            aib_azure::NETWORK_API,
+            &json!({"location": loc, "properties": {"addressSpace": {"addressPrefixes": ["10.1.0.0/16"]},
+                    "subnets": [{"name": "builds", "properties": {"addressPrefix": "10.1.2.0/24"}}]}}),
+        )
+        .await
+        .unwrap();
+    }
+    let subnet =
+        |rg: &str| format!("/subscriptions/{SUB}/resourceGroups/{rg}/providers/Microsoft.Network/virtualNetworks/corp/subnets/builds");
+    t.properties.vm_profile.get_or_insert_default().vnet_config =
+        Some(aib_core::template::VnetConfig { subnet_id: Some(subnet("net-east")), ..Default::default() });
+    let (report, _) = build(&s, &t, |b| b).await;
+    assert_eq!(report.run_state, RunState::Failed);
+    assert!(report.message.contains("vmProfile.vnetConfig.subnetId") && report.message.contains("eastus"), "{}", report.message);
+
+    t.properties.vm_profile.get_or_insert_default().vnet_config =
+        Some(aib_core::template::VnetConfig { subnet_id: Some(subnet("net")), ..Default::default() });
+    let before = s.requests().len();
+    let (report, _) = build(&s, &t, |b| b).await;
+    assert_eq!(report.run_state, RunState::Succeeded, "{}", report.message);
+    let puts: Vec<String> = s.requests()[before..].iter().filter(|r| r.starts_with("PUT")).cloned().collect();
+    assert!(puts.iter().any(|r| r.contains("/networkInterfaces/")), "{puts:?}");
+    assert!(
+        !puts.iter().any(|r| r.contains("/publicIPAddresses/") || r.contains("/virtualNetworks/") || r.contains("/networkSecurityGroups/")),
+        "only a NIC in the given subnet: {puts:?}"
+    );
+    let left: Vec<String> = leaked(&s).into_iter().filter(|id| !id.contains("/resourceGroups/net")).collect();
+    assert_eq!(left, Vec::<String>::new());
+}
