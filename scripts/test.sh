@@ -79,6 +79,8 @@ fi
 step "end to end: local QEMU builds (scripts/setup-local.sh installs the tools as root)"
 ./scripts/setup-local.sh
 cargo test -p aib-local --test e2e -- --ignored --test-threads=1
+# The Azure provisioner on a real Debian VM behind the ARM test server.
+cargo test -p aib-local --test azure_qemu -- --ignored
 
 echo
 echo "all checks passed"

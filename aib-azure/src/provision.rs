@@ -481,7 +481,7 @@ impl Provisioner for AzureProvisioner {
         let st = comm
             .execute(
                 &ExecRequest::new(
-                    "if command -v cloud-init >/dev/null 2>&1; then cloud-init status --wait >/dev/null; s=$?; cloud-init status; exit $s; fi",
+                    "if command -v cloud-init >/dev/null 2>&1; then cloud-init status --wait >/dev/null; s=$?; cloud-init status --long; exit $s; fi",
                 )
                 .with_timeout(Duration::from_secs(900)),
                 &*sink,

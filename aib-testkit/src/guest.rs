@@ -34,6 +34,8 @@ pub struct GuestSpec {
     pub address: String,
     /// `osProfile.adminUsername`.
     pub admin_user: String,
+    /// `osProfile.computerName`.
+    pub computer_name: String,
     /// `osProfile.linuxConfiguration.ssh.publicKeys[].keyData`.
     pub authorized_keys: Vec<String>,
     /// `osProfile.customData`, decoded.
@@ -48,8 +50,10 @@ pub trait Guest: Send + fmt::Debug {}
 /// Starts guests for the ARM test server.
 ///
 /// # Contract
-/// `start` returns once the guest accepts connections at `spec.address` on [`GuestHost::port`],
-/// or an error the server reports as the VM's provisioning failure. Dropping the guest stops it.
+/// `start` returns once the guest is started, or with an error the server reports as the VM's
+/// provisioning failure. The guest then accepts connections at `spec.address` on
+/// [`GuestHost::port`] — at once, or once it has booted (clients retry, as they must with a
+/// new VM). Dropping the guest stops it and everything it runs.
 pub trait GuestHost: Send + Sync + fmt::Debug + 'static {
     /// The port every guest listens on (what the client connects to at the VM's address).
     fn port(&self) -> u16;

@@ -212,6 +212,7 @@ fn vm_put(s: &mut State, key: &str, path: &str, body: &mut Value) -> Result<(), 
             vm_id: path.to_string(),
             address,
             admin_user: user,
+            computer_name: props["osProfile"]["computerName"].as_str().unwrap_or(&vm_name).to_string(),
             authorized_keys: props["osProfile"]["linuxConfiguration"]["ssh"]["publicKeys"]
                 .as_array()
                 .into_iter()
