@@ -349,8 +349,11 @@ async fn cancel_during_distribution_leaves_only_the_staging_group() {
     let mut run = pipeline.start();
     let cancel = run.cancellation();
     let mut events = run.events();
+    let mut cancelled = false;
     while let Some(e) = events.next().await {
-        if matches!(&e, Event::StepStarted { step, .. } if step.starts_with("distribute")) {
+        // Once, at the first distribution step (the others start at the same moment).
+        if !cancelled && matches!(&e, Event::StepStarted { step, .. } if step.starts_with("distribute")) {
+            cancelled = true;
             s.set_polls(1000);
             tokio::time::sleep(Duration::from_millis(300)).await;
             cancel.cancel();
@@ -438,8 +441,16 @@ async fn marketplace_plans_need_accepted_terms_and_reach_the_vm() {
     let mut req = ProvisionRequest::new(image);
     req.location = "westus2".into();
     req.template_name = "plan".into();
+    let identity = format!("/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/build");
+    req.vm_profile.user_assigned_identities = Some(aib_core::template::Expr::Value(vec![identity.clone()]));
+    req.vm_profile.os_disk_size_gb = Some(aib_core::template::Expr::Value(64));
     let vm = p.provision(&req, &ctx).await.unwrap();
     let body = s.resource(&vm.id).unwrap();
+    assert_eq!(body["identity"]["type"], "UserAssigned");
+    assert!(body["identity"]["userAssignedIdentities"][&identity].is_object(), "{}", body["identity"]);
+    assert_eq!(body["properties"]["storageProfile"]["osDisk"]["diskSizeGB"], 64);
+    assert_eq!(body["properties"]["hardwareProfile"]["vmSize"], "Standard_D2ds_v4", "AIB's default for a Gen2 source");
+    assert!(body["tags"]["aibCreatedAt"].is_string() && body["tags"]["createdBy"] == "AzureVMImageBuilder");
     assert_eq!(body["plan"], json!({"name": "20_04-lts-gen2", "product": "0001-com-ubuntu-server-focal", "publisher": "canonical"}));
     for r in ctx.ledger().outstanding().iter().rev() {
         p.delete(r).await.unwrap();
