@@ -20,6 +20,7 @@ mod restart;
 mod script;
 mod shell;
 pub mod ssh;
+pub mod tls_pin;
 mod update;
 pub mod windows;
 pub mod winrm;

@@ -24,9 +24,12 @@ const BACKEND: &str = "winrm";
 pub enum WinRmTransport {
     /// HTTPS (port 5986), the certificate checked against the public CA roots.
     Https,
-    /// HTTPS accepting any certificate: the explicit opt-in for the self-signed listener of a
-    /// throwaway build VM. winrm-rs 1.1 cannot pin a certificate, so this is the only way
-    /// to reach such a listener.
+    /// HTTPS to a listener whose certificate has this SHA-256 fingerprint (a build VM's
+    /// self-signed certificate, learnt through a trusted channel): carried by a loopback
+    /// [`PinnedTlsTunnel`](crate::tls_pin::PinnedTlsTunnel), since winrm-rs cannot pin.
+    HttpsPinnedCertificate([u8; 32]),
+    /// HTTPS accepting any certificate: the explicit opt-in for a self-signed listener whose
+    /// fingerprint is not known. Prefer [`WinRmTransport::HttpsPinnedCertificate`].
     HttpsInsecureAcceptAnyCertificate,
     /// Plain HTTP (port 5985): opt-in, for test servers and isolated networks.
     Http,
@@ -167,6 +170,9 @@ impl WinRmConfigBuilder {
 pub struct WinRmCommunicator {
     cfg: WinRmConfig,
     client: WinrmClient,
+    /// Where WinRM requests go: the host, or 127.0.0.1 with a pinned-TLS tunnel.
+    endpoint: String,
+    tunnel: Option<crate::tls_pin::PinnedTlsTunnel>,
 }
 
 impl fmt::Debug for WinRmCommunicator {
@@ -202,9 +208,15 @@ fn powershell_args(script: &str) -> Vec<String> {
 impl WinRmCommunicator {
     /// Connects: waits (until the connect deadline) for the machine to run a command.
     pub async fn connect(cfg: WinRmConfig) -> Result<Self> {
+        // A pinned certificate: plain WinRM to a loopback tunnel that speaks TLS to the VM and
+        // accepts only that certificate; TLS protects the wire, so no message encryption.
+        let tunnel = match cfg.transport {
+            WinRmTransport::HttpsPinnedCertificate(pin) => Some(crate::tls_pin::PinnedTlsTunnel::start(&cfg.host, cfg.port, pin).await?),
+            _ => None,
+        };
         let config = WinrmConfig {
-            port: cfg.port,
-            use_tls: cfg.transport != WinRmTransport::Http,
+            port: tunnel.as_ref().map(|t| t.port()).unwrap_or(cfg.port),
+            use_tls: tunnel.is_none() && cfg.transport != WinRmTransport::Http,
             accept_invalid_certs: cfg.transport == WinRmTransport::HttpsInsecureAcceptAnyCertificate,
             auth_method: match cfg.auth {
                 WinRmAuth::Ntlm => AuthMethod::Ntlm,
@@ -212,11 +224,12 @@ impl WinRmCommunicator {
             },
             operation_timeout_secs: cfg.operation_timeout.as_secs().max(1),
             connect_timeout_secs: 30,
-            encryption: EncryptionMode::Auto,
+            encryption: if tunnel.is_some() { EncryptionMode::Never } else { EncryptionMode::Auto },
             ..Default::default()
         };
         let client = WinrmClient::new(config, WinrmCredentials::new(cfg.user.clone(), cfg.password.clone(), "")).map_err(map_err)?;
-        let c = WinRmCommunicator { cfg, client };
+        let endpoint = if tunnel.is_some() { "127.0.0.1".to_string() } else { cfg.host.clone() };
+        let c = WinRmCommunicator { cfg, client, endpoint, tunnel };
         c.wait_until_up(c.cfg.connect_timeout).await?;
         Ok(c)
     }
@@ -236,6 +249,15 @@ impl WinRmCommunicator {
                 Ok(st) => format!("probe ended with {st}"),
                 Err(e @ Error::Unauthenticated { .. }) => return Err(e),
                 Err(e) => e.to_string(),
+            };
+            // A certificate that is not the pinned one will not become it: stop at once.
+            let tunnel_err = self.tunnel.as_ref().and_then(|t| t.last_error());
+            if let Some(t) = tunnel_err.as_deref().filter(|t| t.contains("not the pinned one")) {
+                return Err(Error::PermissionDenied { backend: BACKEND, source: t.to_string().into() });
+            }
+            let err = match tunnel_err {
+                Some(t) => format!("{err}; tunnel: {t}"),
+                None => err,
             };
             if start.elapsed() + wait >= deadline {
                 return Err(Error::Timeout {
@@ -268,7 +290,7 @@ impl WinRmCommunicator {
         let script = self.script(req)?;
         let args = powershell_args(&script);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let shell = self.client.open_shell(&self.cfg.host).await.map_err(map_err)?;
+        let shell = self.client.open_shell(&self.endpoint).await.map_err(map_err)?;
         let cmd_id = match shell.start_command("powershell.exe", &args).await {
             Ok(id) => id,
             Err(e) => {
@@ -299,7 +321,7 @@ impl WinRmCommunicator {
         so.finish(|l| out.line(OutputStream::Stdout, l));
         se.finish(|l| out.line(OutputStream::Stderr, l));
         if result.as_ref().is_ok_and(|s| !s.disconnected) {
-            let _ = self.client.signal_terminate(&self.cfg.host, shell.shell_id(), &cmd_id).await;
+            let _ = self.client.signal_terminate(&self.endpoint, shell.shell_id(), &cmd_id).await;
             let _ = shell.close().await;
         }
         result

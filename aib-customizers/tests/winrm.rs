@@ -398,3 +398,73 @@ async fn the_windows_corpus_template_runs_over_winrm() {
     assert_eq!(principals.iter().filter(|p| *p == "SYSTEM").count(), 2, "{principals:?}");
     assert!(principals.iter().filter(|p| *p == "packer").count() >= 2, "{principals:?}");
 }
+
+/// A TLS front for the test server, with a fresh self-signed certificate (openssl); returns
+/// its port and the certificate's SHA-256.
+async fn tls_front(backend_port: u16) -> (u16, [u8; 32], tempfile::TempDir) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = tempfile::tempdir().unwrap();
+    let st = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj", "/CN=aib-build"])
+        .arg("-keyout")
+        .arg(dir.path().join("key.pem"))
+        .arg("-out")
+        .arg(dir.path().join("cert.pem"))
+        .output()
+        .expect("openssl (apt-get install -y openssl)");
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let cert = CertificateDer::from_pem_file(dir.path().join("cert.pem")).unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.path().join("key.pem")).unwrap();
+    let pin = aib_customizers::tls_pin::parse_fingerprint(&aib_customizers::tls_pin::fingerprint_hex(cert.as_ref())).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(tcp).await
+                    && let Ok(mut plain) = tokio::net::TcpStream::connect(("127.0.0.1", backend_port)).await
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                }
+            });
+        }
+    });
+    (port, pin, dir)
+}
+
+fn pinned(port: u16, pin: [u8; 32]) -> WinRmConfig {
+    WinRmConfig::builder()
+        .host("127.0.0.1")
+        .port(port)
+        .credentials("packer", "P@ss'w0rd")
+        .transport(WinRmTransport::HttpsPinnedCertificate(pin))
+        .auth(WinRmAuth::Basic)
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_pinned_https_listener_is_reached_and_any_other_certificate_refused() {
+    let (s, _) = server().await;
+    let (port, pin, _dir) = tls_front(s.port()).await;
+    let c = WinRmCommunicator::connect(pinned(port, pin)).await.unwrap();
+    conformance::communicator(&c, &Capabilities::windows_winrm()).await;
+    drop(c);
+    let mut other = pin;
+    other[0] ^= 0xff;
+    let started = std::time::Instant::now();
+    let err = WinRmCommunicator::connect(pinned(port, other)).await.unwrap_err();
+    let source = std::error::Error::source(&err).map(|s| s.to_string()).unwrap_or_default();
+    assert!(matches!(err, Error::PermissionDenied { .. }) && source.contains("not the pinned one"), "{err}: {source}");
+    assert!(started.elapsed() < Duration::from_secs(5), "a wrong certificate fails at once, not at the deadline");
+}
