@@ -97,6 +97,8 @@ pub(crate) async fn build(template: PathBuf, args: AzureArgs, state_dir: Option<
 pub(crate) async fn gc(args: AzureArgs, state_dir: Option<PathBuf>, min_age: Option<u64>) -> CliResult {
     let dir = state(state_dir)?;
     let ledger = aib::Ledger::open(dir.join("ledger"))?;
+    // Deleting needs no template resource group: what to delete comes from the ledger and tags.
+    let args = AzureArgs { resource_group: args.resource_group.clone().or_else(|| Some("gc".into())), ..args };
     let azure = backend(&args, "any")?;
     let provisioner = azure.provisioner();
     let p: &dyn aib::Provisioner = &*provisioner;
