@@ -1,13 +1,13 @@
 //! `AzureBackend`: the ARM client, the provisioner, the sources and the ARM distributors as an
 //! [`aib_core::Backend`], plus `gc` of what killed runs left, found by their tags.
 
+use crate::api::{RESOURCES_API, api_version_for};
 use crate::client::ArmClient;
 use crate::distribute::{ManagedImageDistributor, SharedImageDistributor};
 use crate::error::BACKEND;
 use crate::export::DiskVhdDistributor;
-use crate::network::{NETWORK_API, RESOURCES_API};
 use crate::provision::{AzureProvisioner, CREATED_AT_TAG, CREATED_BY, RUN_TAG};
-use crate::sources::{AzureSource, COMPUTE_API, DISK_API, GALLERY_API};
+use crate::sources::AzureSource;
 use aib_core::{Backend, Distributor, Error, Registry, Result, Source};
 use serde_json::Value;
 use std::collections::HashSet;
@@ -101,6 +101,12 @@ impl AzureBackend {
         self.provisioner.clone()
     }
 
+    /// The same backend (client, provisioner, settings) for templates in `location`.
+    #[must_use]
+    pub fn in_location(&self, location: impl Into<String>) -> Self {
+        AzureBackend { location: location.into(), ..self.clone() }
+    }
+
     /// The ARM client.
     pub fn arm(&self) -> &ArmClient {
         self.provisioner.arm()
@@ -152,19 +158,7 @@ impl AzureBackend {
                 report.skipped.push(id);
                 continue;
             }
-            let l = id.to_ascii_lowercase();
-            let api = if l.contains("/microsoft.compute/disks/") {
-                DISK_API
-            } else if l.contains("/microsoft.compute/galleries/") {
-                GALLERY_API
-            } else if l.contains("/microsoft.compute/") {
-                COMPUTE_API
-            } else if l.contains("/microsoft.storage/") {
-                crate::export::STORAGE_API
-            } else {
-                NETWORK_API
-            };
-            match self.arm().delete(&id, api).await {
+            match self.arm().delete(&id, api_version_for(&id)).await {
                 Ok(()) | Err(Error::NotFound { .. }) => report.deleted.push(id),
                 Err(e) => report.failed.push((id, e.to_string())),
             }

@@ -5,10 +5,10 @@
 //!
 //! The captured image is an ARM resource: its `id` is a generalized VM or a managed image.
 
+use crate::api::{COMPUTE_API, GALLERY_API};
 use crate::client::ArmClient;
 use crate::error::BACKEND;
 use crate::provision::region;
-use crate::sources::{COMPUTE_API, GALLERY_API};
 use aib_core::template::{DistributorSpec, Expr, ManagedImageTarget, SharedImageTarget, Versioning};
 use aib_core::{Artifact, CapturedImage, Distributor, Error, OutputStream, ResourceRecord, Result, Scope, StepContext};
 use async_trait::async_trait;
@@ -25,8 +25,8 @@ fn source_ref(image: &CapturedImage) -> Value {
 }
 
 /// An artifact in the making: deleted if the run ends before it is published, kept after.
-fn record(ctx: &StepContext, kind: &str, id: &str, api: &str) -> Result<String> {
-    ctx.run.ledger().record(ResourceRecord::new(BACKEND, kind, id, Scope::Run).with_attribute("apiVersion", api))
+fn record(ctx: &StepContext, kind: &str, id: &str) -> Result<String> {
+    ctx.run.ledger().record(ResourceRecord::new(BACKEND, kind, id, Scope::Run))
 }
 
 /// Replicas done and wanted, from a version's `replicationStatus`.
@@ -87,7 +87,7 @@ impl Distributor for ManagedImageDistributor {
         }
         let tags = self.target.artifact_tags.as_ref().and_then(Expr::value).cloned().unwrap_or_default();
         let body = json!({"location": self.target.location, "tags": tags, "properties": props});
-        let rec = record(ctx, "image", id, COMPUTE_API)?;
+        let rec = record(ctx, "image", id)?;
         let v = self.arm.put(id, COMPUTE_API, &body).await?;
         ctx.run.ledger().keep(&rec)?;
         Ok(Artifact::with_id(v["id"].as_str().unwrap_or(id)))
@@ -228,7 +228,7 @@ impl Distributor for SharedImageDistributor {
             ),
         );
         ctx.output.progress(0, Some(100), "replication %");
-        let rec = record(ctx, "imageVersion", &id, GALLERY_API)?;
+        let rec = record(ctx, "imageVersion", &id)?;
         let result = {
             let mut put = std::pin::pin!(self.arm.put(&id, GALLERY_API, &body));
             // Replication progress while the version is being created, from `replicationStatus`.

@@ -3,9 +3,9 @@
 //! group's storage account (created on first use and kept with the group, as AIB does), with
 //! progress in bytes; the SAS is revoked on every path and the copy's VHD footer checked.
 
+use crate::api::{DISK_API, STORAGE_API};
 use crate::client::ArmClient;
 use crate::error::BACKEND;
-use crate::sources::DISK_API;
 use crate::vhd::{env_credentials, parse_blob_uri};
 use aib_core::template::DistributorSpec;
 use aib_core::{Artifact, CapturedImage, Distributor, Error, OutputStream, Result, StepContext};
@@ -17,9 +17,6 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use std::fmt;
 use std::time::Duration;
-
-/// api-version of the storage-account calls.
-pub const STORAGE_API: &str = "2023-01-01";
 
 /// Exports the captured VM's OS disk as a VHD blob.
 #[derive(Debug, Clone)]

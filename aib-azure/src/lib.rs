@@ -44,6 +44,7 @@
 //! ```
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
+mod api;
 mod backend;
 mod client;
 mod credential;
@@ -56,13 +57,13 @@ mod sources;
 pub mod upload;
 mod vhd;
 
+pub use api::{COMPUTE_API, DISK_API, GALLERY_API, NETWORK_API, RESOURCES_API, STORAGE_API, api_version_for};
 pub use backend::{AzureBackend, AzureBackendBuilder, TagGcReport};
 pub use client::{ArmClient, ArmClientBuilder, PUBLIC_ARM, RetryConfig};
 pub use credential::Credential;
 pub use distribute::{ManagedImageDistributor, SharedImageDistributor, next_version};
 pub use error::ArmError;
-pub use export::{DiskVhdDistributor, STORAGE_API, staging_account_name};
-pub use network::{NETWORK_API, RESOURCES_API};
+pub use export::{DiskVhdDistributor, staging_account_name};
 pub use provision::{AzureProvisioner, AzureProvisionerBuilder, CREATED_AT_TAG, CREATED_BY, RUN_TAG, default_vm_size, staging_group_name};
-pub use sources::{AzureSource, COMPUTE_API, DISK_API, GALLERY_API};
+pub use sources::AzureSource;
 pub use vhd::{BlobVhdDistributor, parse_blob_uri};

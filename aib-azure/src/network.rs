@@ -2,16 +2,12 @@
 //! allowed source only) and public IP, or a NIC in the template's existing subnet (no public
 //! IP; this machine must reach the subnet, e.g. over a VPN or peering).
 
+use crate::api::NETWORK_API;
 use crate::client::ArmClient;
 use crate::error::BACKEND;
 use crate::provision::{AzureProvisioner, region};
 use aib_core::{Error, Result, RunContext};
 use serde_json::{Value, json};
-
-/// api-version of the network calls.
-pub const NETWORK_API: &str = "2023-09-01";
-/// api-version of the resource-group calls.
-pub const RESOURCES_API: &str = "2021-04-01";
 
 pub(crate) struct Plan<'a> {
     pub(crate) group: &'a str,
@@ -53,7 +49,6 @@ pub(crate) async fn new_network(prov: &AzureProvisioner, ctx: &RunContext, p: &P
         ctx,
         "networkSecurityGroup",
         &nsg,
-        NETWORK_API,
         &json!({"location": p.location, "tags": p.tags, "properties": {"securityRules": [{
             "name": "aib-communicator", "properties": {"priority": 100, "direction": "Inbound", "access": "Allow", "protocol": "Tcp",
             "sourceAddressPrefix": p.allowed_source, "sourcePortRange": "*", "destinationAddressPrefix": "*", "destinationPortRange": p.port.to_string()}}]}}),
@@ -64,7 +59,6 @@ pub(crate) async fn new_network(prov: &AzureProvisioner, ctx: &RunContext, p: &P
         ctx,
         "virtualNetwork",
         &vnet,
-        NETWORK_API,
         &json!({"location": p.location, "tags": p.tags, "properties": {"addressSpace": {"addressPrefixes": ["10.0.0.0/16"]},
                 "subnets": [{"name": "default", "properties": {"addressPrefix": "10.0.0.0/24", "networkSecurityGroup": {"id": nsg}}}]}}),
     )
@@ -74,7 +68,6 @@ pub(crate) async fn new_network(prov: &AzureProvisioner, ctx: &RunContext, p: &P
         ctx,
         "publicIPAddress",
         &pip,
-        NETWORK_API,
         &json!({"location": p.location, "tags": p.tags, "sku": {"name": "Standard"},
                 "properties": {"publicIPAllocationMethod": "Static", "publicIPAddressVersion": "IPv4"}}),
     )
@@ -89,7 +82,7 @@ async fn nic(prov: &AzureProvisioner, ctx: &RunContext, p: &Plan<'_>, ip: Value,
     let id = net_id(p, "networkInterfaces", &format!("aib-nic-{}", p.short));
     let body =
         json!({"location": p.location, "tags": p.tags, "properties": {"ipConfigurations": [{"name": "ipconfig1", "properties": ip}]}});
-    prov.create(ctx, "networkInterface", &id, NETWORK_API, &body).await?;
+    prov.create(ctx, "networkInterface", &id, &body).await?;
     Ok(Nic { id, public_ip })
 }
 

@@ -4,10 +4,10 @@
 //! generalization (deprovision over SSH, then deallocate and generalize through ARM).
 //! Everything is tagged with the run and recorded in the ledger before it is created.
 
+use crate::api::{COMPUTE_API, DISK_API, RESOURCES_API, api_version_for};
 use crate::client::ArmClient;
 use crate::error::BACKEND;
-use crate::network::{self, NETWORK_API, RESOURCES_API};
-use crate::sources::{COMPUTE_API, DISK_API};
+use crate::network;
 use aib_core::{
     AccessInfo, BuildVm, CapturedImage, Communicator, Error, ExecRequest, OutputStream, Platform, ProvisionRequest, Provisioner,
     ResourceRecord, Result, RunContext, Scope, StepContext,
@@ -50,9 +50,19 @@ pub fn default_vm_size(hyper_v_generation: Option<&str>) -> &'static str {
 /// one template share their staging group as AIB's do.
 pub fn staging_group_name(subscription: &str, resource_group: &str, template: &str) -> String {
     use sha2::Digest;
-    let h = sha2::Sha256::digest(format!("{}/{}/{}", subscription, resource_group, template).to_ascii_lowercase());
-    let hex: String = h.iter().take(16).map(|b| format!("{b:02x}")).collect();
-    let guid = format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32]);
+    let h = sha2::Sha256::digest(format!("{subscription}/{resource_group}/{template}").to_ascii_lowercase());
+    let mut guid = [0u8; 16];
+    guid.copy_from_slice(&h[..16]);
+    group_name(resource_group, template, uuid::Uuid::from_bytes(guid))
+}
+
+/// A run's own staging group: the same shape, a fresh GUID.
+fn run_group_name(resource_group: &str, template: &str) -> String {
+    group_name(resource_group, template, uuid::Uuid::new_v4())
+}
+
+fn group_name(resource_group: &str, template: &str, guid: uuid::Uuid) -> String {
+    let guid = guid.hyphenated().to_string();
     let clean = |s: &str| s.chars().filter(|c| c.is_ascii_alphanumeric() || "-_.()".contains(*c)).collect::<String>();
     let (mut rg, mut t) = (clean(resource_group), clean(template));
     let fixed = "IT___".len() + guid.len();
@@ -64,13 +74,6 @@ pub fn staging_group_name(subscription: &str, resource_group: &str, template: &s
         };
     }
     format!("IT_{rg}_{t}_{guid}")
-}
-
-/// A run's own staging group: the same shape, a fresh GUID.
-fn run_group_name(resource_group: &str, template: &str, run_id: &str) -> String {
-    let stable = staging_group_name(run_id, resource_group, template);
-    let guid = uuid::Uuid::new_v4().hyphenated().to_string();
-    format!("{}{guid}", &stable[..stable.len() - 36])
 }
 
 fn group_id(subscription: &str, name: &str) -> String {
@@ -292,7 +295,7 @@ impl AzureProvisioner {
             None if self.keep_staging => {
                 (group_id(&self.subscription, &staging_group_name(&self.subscription, &self.resource_group, &req.template_name)), false)
             }
-            None => (group_id(&self.subscription, &run_group_name(&self.resource_group, &req.template_name, ctx.run_id())), false),
+            None => (group_id(&self.subscription, &run_group_name(&self.resource_group, &req.template_name)), false),
         };
         match self.arm.get(&id, RESOURCES_API).await {
             Ok(existing) => {
@@ -342,9 +345,7 @@ impl AzureProvisioner {
                 }
                 let keep = self.keep_staging;
                 if !keep {
-                    ctx.ledger().record(
-                        ResourceRecord::new(BACKEND, "resourceGroup", &id, Scope::Run).with_attribute("apiVersion", RESOURCES_API),
-                    )?;
+                    ctx.ledger().record(ResourceRecord::new(BACKEND, "resourceGroup", &id, Scope::Run))?;
                 }
                 self.arm.put(&id, RESOURCES_API, &json!({"location": location, "tags": t})).await?;
                 ctx.notice(format!("staging resource group {id} created{}", if keep { " (kept after the run)" } else { "" }));
@@ -356,9 +357,9 @@ impl AzureProvisioner {
 
     /// Records, then creates (PUT, waiting for the operation).
     /// Returns the ledger record's id.
-    pub(crate) async fn create(&self, ctx: &RunContext, kind: &str, id: &str, api: &str, body: &Value) -> Result<String> {
-        let record = ctx.ledger().record(ResourceRecord::new(BACKEND, kind, id, Scope::BuildVm).with_attribute("apiVersion", api))?;
-        self.arm.put(id, api, body).await?;
+    pub(crate) async fn create(&self, ctx: &RunContext, kind: &str, id: &str, body: &Value) -> Result<String> {
+        let record = ctx.ledger().record(ResourceRecord::new(BACKEND, kind, id, Scope::BuildVm))?;
+        self.arm.put(id, api_version_for(id), body).await?;
         Ok(record)
     }
 }
@@ -439,9 +440,9 @@ impl Provisioner for AzureProvisioner {
             body["identity"] = json!({"type": "UserAssigned", "userAssignedIdentities": ids.iter().map(|i| (i.clone(), json!({}))).collect::<Map<_, _>>()});
         }
         // The disk is recorded before the VM so that cleanup (newest first) deletes the VM first.
-        ctx.ledger().record(ResourceRecord::new(BACKEND, "disk", &disk_id, Scope::BuildVm).with_attribute("apiVersion", DISK_API))?;
+        ctx.ledger().record(ResourceRecord::new(BACKEND, "disk", &disk_id, Scope::BuildVm))?;
         ctx.notice(format!("creating build VM {vm_name} ({size}) in {group}"));
-        let record = self.create(ctx, "virtualMachine", &vm_id, COMPUTE_API, &body).await?;
+        let record = self.create(ctx, "virtualMachine", &vm_id, &body).await?;
         let address = nic.address(&self.arm).await?;
         let command = format!("ssh -p {port} {user}@{address}  # key: the run's ephemeral key; host key: {host_public}");
         let mut vm = BuildVm::new(&vm_id, record, req.image.platform, AccessInfo::new("ssh", &address, port, user, command));
@@ -535,13 +536,7 @@ impl Provisioner for AzureProvisioner {
     }
 
     async fn delete(&self, record: &ResourceRecord) -> Result<()> {
-        let api = record.attributes.get("apiVersion").and_then(Value::as_str).unwrap_or(match record.kind.as_str() {
-            "resourceGroup" => RESOURCES_API,
-            "virtualMachine" | "image" => COMPUTE_API,
-            "disk" => DISK_API,
-            "imageVersion" => crate::sources::GALLERY_API,
-            _ => NETWORK_API,
-        });
+        let api = api_version_for(&record.name);
         let mut attempt = 0;
         loop {
             attempt += 1;

@@ -9,17 +9,8 @@ use aib_core::{Error, Platform, ResolvedImage, Result, RunContext, Source};
 use async_trait::async_trait;
 use std::fmt;
 
-/// The Compute API version the backend speaks.
-pub const COMPUTE_API: &str = "2024-07-01";
-
-/// api-version of managed disks (their own resource provider's versions).
-pub const DISK_API: &str = "2024-03-02";
-
-/// api-version of galleries, image definitions and versions (their own versions).
-pub const GALLERY_API: &str = "2024-03-03";
-
-/// api-version of the marketplace agreement calls.
-const MARKETPLACE_API: &str = "2021-01-01";
+use crate::api::{COMPUTE_API, GALLERY_API, MARKETPLACE_API};
+use crate::provision::region;
 
 /// Resolves template sources against ARM, for a template in `location`.
 #[derive(Debug, Clone)]
@@ -33,10 +24,6 @@ impl fmt::Display for AzureSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "AzureSource({})", self.location)
     }
-}
-
-fn region(s: &str) -> String {
-    s.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase()
 }
 
 fn version_key(v: &str) -> Vec<u64> {

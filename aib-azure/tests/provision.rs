@@ -82,8 +82,7 @@ async fn provisioner_and_source_pass_the_conformance_suite() {
     let image = source.resolve(&spec, &ctx).await.unwrap();
     assert_eq!(image.exact_version.as_deref(), Some("20.04.202501010"));
     let p = provisioner(&s).build().unwrap();
-    let staged = ProvisionRequestFor { location: "westus2" };
-    conformance::provisioner(&staged.wrap(p), image, &conformance::Capabilities::linux_ssh()).await;
+    conformance::provisioner(&Located(p, "westus2"), image, &conformance::Capabilities::linux_ssh()).await;
     assert_eq!(leaked(&s), Vec::<String>::new(), "the build resources are gone");
     assert_eq!(s.running_guests(), 0);
     let staging = staging_group_name(SUB, RG, "image");
@@ -100,23 +99,13 @@ fn ubuntu() -> aib_core::template::ImageSource {
     })
 }
 
-/// The conformance suite asks with a bare request; a template gives the region.
-struct ProvisionRequestFor {
-    location: &'static str,
-}
-
+/// The conformance suite asks with a bare request; a template would give the region.
 #[derive(Debug)]
 struct Located(AzureProvisioner, &'static str);
 
 impl std::fmt::Display for Located {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.fmt(f)
-    }
-}
-
-impl ProvisionRequestFor {
-    fn wrap(&self, p: AzureProvisioner) -> Located {
-        Located(p, self.location)
     }
 }
 
@@ -315,9 +304,11 @@ async fn throttling_storms_and_server_errors_are_survived() {
     s.inject(ArmFault::Throttle { retry_after_secs: 0 }, 4);
     let (report, _) = build(&s, &t, |b| b).await;
     assert_eq!(report.run_state, RunState::Succeeded, "{}", report.message);
+    assert_eq!(s.pending_faults(), 0, "the build met every 429");
     s.inject(ArmFault::ServerError, 3);
     let (report, _) = build(&s, &t, |b| b).await;
     assert_eq!(report.run_state, RunState::Succeeded, "{}", report.message);
+    assert_eq!(s.pending_faults(), 0, "the build met every 500");
     assert_eq!(leaked(&s), Vec::<String>::new());
 }
 
@@ -329,6 +320,7 @@ async fn failed_deletes_are_retried_and_reported() {
     s.fail_deletes("Microsoft.Network/publicIPAddresses", 1);
     let (report, _) = build(&s, &t, |b| b).await;
     assert_eq!(report.run_state, RunState::Succeeded, "{}", report.message);
+    assert_eq!(s.pending_faults(), 0, "the public IP's delete failed once");
     assert_eq!(leaked(&s), Vec::<String>::new(), "a delete that failed once was tried again");
     s.fail_deletes("Microsoft.Network/virtualNetworks", 10);
     let (report, _) = build(&s, &t, |b| b).await;

@@ -11,10 +11,13 @@ use aib_testkit::guest::{Guest, GuestHost, GuestSpec};
 use aib_testkit::http::StaticServer;
 use futures::StreamExt;
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
+
+mod common;
+use common::{qemu_processes, shared_catalog};
 
 const SUB: &str = "00000000-0000-0000-0000-0000000000e2";
 
@@ -110,25 +113,12 @@ impl GuestHost for QemuGuests {
     }
 }
 
-fn qemu_guests(dir: &Path) -> usize {
-    let needle = dir.display().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .filter(|c| String::from_utf8_lossy(c).starts_with("qemu-system") && String::from_utf8_lossy(c).contains(&needle))
-        .count()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "boots a VM: run by the test command's end-to-end step"]
 async fn the_azure_provisioner_builds_on_a_real_debian_vm() {
     aib_local::tools::check().unwrap_or_else(|e| panic!("{e}"));
     let state = tempfile::tempdir().unwrap();
-    let catalog = std::env::var_os("AIB_E2E_CATALOG")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/aib/catalog"));
-    let local = aib_local::LocalBackend::builder().state_dir(state.path()).catalog_dir(catalog).build().unwrap();
+    let local = aib_local::LocalBackend::builder().state_dir(state.path()).catalog_dir(shared_catalog()).build().unwrap();
     let base = local.catalog().resolve("Debian", "debian-12", "12-gen2", "latest", &aib_core::NullSink as &dyn OutputSink).await.unwrap();
     let disk = PathBuf::from(base.attributes["disk"].as_str().unwrap());
     let version = base.exact_version.clone().unwrap();
@@ -205,5 +195,5 @@ async fn the_azure_provisioner_builds_on_a_real_debian_vm() {
     );
     let left: Vec<String> = s.resource_ids().into_iter().filter(|id| !id.contains("/Microsoft.Compute/images/")).collect();
     assert_eq!(left, Vec::<String>::new(), "only the staging group stays");
-    assert_eq!(qemu_guests(&guest_dir), 0, "the VM was stopped when it was deallocated");
+    assert_eq!(qemu_processes(&guest_dir), 0, "the VM was stopped when it was deallocated");
 }

@@ -9,18 +9,14 @@
 use aib_core::template::ImageTemplate;
 use aib_core::{CommunicatorExt, ExecRequest, MemorySink, Pipeline, Provisioner, RunContext, RunReport, RunState, Source};
 use aib_local::LocalBackend;
+use common::{qemu_processes, shared_catalog};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod common;
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-/// Base images are shared between tests (and runs): they are keyed by their recipe.
-fn shared_catalog() -> PathBuf {
-    std::env::var_os("AIB_E2E_CATALOG")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/aib/catalog"))
 }
 
 fn backend(state: &Path) -> LocalBackend {
@@ -40,21 +36,6 @@ fn example_template(patch: impl FnOnce(&mut serde_json::Value)) -> ImageTemplate
 async fn build(local: &LocalBackend, t: &ImageTemplate) -> RunReport {
     let p = Pipeline::from_template(t, &local.backend()).unwrap().ledger(local.ledger().unwrap()).log_dir(local.log_dir()).build().unwrap();
     p.run().await
-}
-
-/// QEMU processes started for this state directory.
-fn qemu_processes(state: &Path) -> usize {
-    let needle = state.display().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()))
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .filter(|c| {
-            let c = String::from_utf8_lossy(c);
-            c.starts_with("qemu-system") && c.contains(&needle)
-        })
-        .count()
 }
 
 /// Kills this test's VMs even when an assertion fails midway.

@@ -77,14 +77,13 @@ fn state(state_dir: Option<PathBuf>) -> Result<PathBuf, Box<dyn std::error::Erro
 
 #[cfg(feature = "azure")]
 pub(crate) async fn build(template: PathBuf, args: AzureArgs, state_dir: Option<PathBuf>, json: bool) -> CliResult {
-    // Parse once with the types any Azure backend knows, then build for the template's region.
-    let probe = AzureArgs { resource_group: Some("-".into()), subscription: Some("-".into()), ..args.clone() };
-    let types = backend(&probe, "probe")?.backend().registry.type_names();
-    let (_, t) = match parse(&template, types, json) {
+    // One backend: its types check the template, then it builds in the template's region.
+    let azure = backend(&args, "unknown")?;
+    let (_, t) = match parse(&template, azure.backend().registry.type_names(), json) {
         Ok(p) => p,
         Err(r) => return r,
     };
-    let azure = backend(&args, &t.location)?;
+    let azure = azure.in_location(&t.location);
     let dir = state(state_dir)?;
     let pipeline = aib::Pipeline::from_template(&t, &azure.backend())?
         .ledger(aib::Ledger::open(dir.join("ledger"))?)

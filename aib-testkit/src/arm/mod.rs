@@ -178,6 +178,11 @@ impl ArmServer {
         self.with(|s| s.agreements.insert(format!("{publisher}/{offer}/{plan}").to_ascii_lowercase()));
     }
 
+    /// Injected faults and failing deletes not yet answered.
+    pub fn pending_faults(&self) -> usize {
+        self.with(|s| s.faults.len() + s.delete_failures.values().map(|n| *n as usize).sum::<usize>())
+    }
+
     /// Tokens handed out by the token endpoint.
     pub fn tokens_issued(&self) -> usize {
         self.with(|s| s.tokens)
