@@ -150,12 +150,18 @@ mod azure {
 
     const SUB: &str = "00000000-0000-0000-0000-0000000000c1";
 
-    async fn cli(s: &ArmServer, storage: &str, args: Vec<String>) -> Output {
-        let (url, port, storage) = (s.url(), s.guest_port().unwrap().to_string(), storage.to_string());
+    async fn cli(s: &ArmServer, storage: &str, mut args: Vec<String>) -> Output {
+        let (url, storage) = (s.url(), storage.to_string());
+        if let Some(port) = s.guest_port() {
+            args.extend(["--ssh-port".into(), port.to_string()]);
+        }
+        if let Some(port) = s.windows_guest_port() {
+            args.extend(["--winrm-port".into(), port.to_string()]);
+        }
         tokio::task::spawn_blocking(move || {
             Command::new(aib())
                 .args(&args)
-                .args(["--resource-group", "images", "--arm-endpoint", &url, "--ssh-port", &port, "--storage-endpoint", &storage])
+                .args(["--resource-group", "images", "--arm-endpoint", &url, "--storage-endpoint", &storage])
                 .env("AZURE_TENANT_ID", "tenant")
                 .env("AZURE_CLIENT_ID", "client")
                 .env("AZURE_CLIENT_SECRET", "secret")
@@ -270,5 +276,62 @@ mod azure {
         assert!(stdout.contains("deleted azure virtualMachine"), "{stdout}");
         assert_eq!(build_resources(&s), Vec::<String>::new(), "{stdout}");
         assert_eq!(s.running_guests(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_windows_build_with_backend_azure() {
+        let guests = aib_testkit::windows::WindowsGuests::new().unwrap_or_else(|e| panic!("{e}"));
+        let s = ArmServer::start_with_guests(0, None, Some(Arc::new(guests.clone()))).await.unwrap();
+        s.add_marketplace_image("westus2", "MicrosoftWindowsServer", "WindowsServer", "2022-datacenter-azure-edition", "20348.3207.250210");
+        let arm = aib::azure::ArmClient::builder().endpoint(s.url()).credential(aib::azure::Credential::static_token("t")).build().unwrap();
+        arm.put(&format!("/subscriptions/{SUB}/resourceGroups/images"), "2021-04-01", &json!({"location": "westus2"})).await.unwrap();
+        let web = StaticServer::start().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/aib-core/tests/corpus/quickstarts/azvmimagebuilder__quickquickstarts__0_Creating_a_Custom_Windows_Managed_Image__helloImageTemplateWin.json"
+        );
+        let mut v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let c = &mut v["properties"]["customize"];
+        c[0]["scriptUri"] = web.put("testPsScript.ps1", "mkdir c:\\buildArtifacts\r\nWrite-Output 'build path created'\r\n").into();
+        c[2]["sourceUri"] = web.put("index.html", "<h1>hello</h1>\n").into();
+        let text = v
+            .to_string()
+            .replace("<region>", "westus2")
+            .replace("<subscriptionID>", SUB)
+            .replace("<rgName>", "images")
+            .replace("<imageName>", "win")
+            .replace("<runOutputName>", "win")
+            .replace(
+                "<imgBuilderId>",
+                &format!("/subscriptions/{SUB}/resourceGroups/images/providers/Microsoft.ManagedIdentity/userAssignedIdentities/aib"),
+            );
+        let t = dir.path().join("helloImageTemplateWin.json");
+        std::fs::write(&t, text).unwrap();
+        let state = dir.path().join("state").display().to_string();
+        let args = vec!["build".into(), t.display().to_string(), "--backend".into(), "azure".into(), "--state-dir".into(), state];
+        let out = cli(&s, "http://127.0.0.1:9/devstoreaccount1", args).await;
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+        assert!(stdout.contains("Succeeded"), "{stdout}");
+        let mut shown = format!("{stdout}{stderr}");
+        assert!(shown.contains("over WinRM/HTTPS") && shown.contains("pinned"), "{shown}");
+        // Nothing shown or kept holds the password: not the output, not the state directory.
+        let mut dirs = vec![dir.path().join("state")];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                if e.path().is_dir() {
+                    dirs.push(e.path());
+                } else {
+                    shown.push_str(&String::from_utf8_lossy(&std::fs::read(e.path()).unwrap()));
+                }
+            }
+        }
+        let m = guests.machines()[0].1.clone();
+        assert!(shown.contains("ImageState IMAGE_STATE_GENERALIZE_RESEAL_TO_OOBE"), "the customization log has Sysprep's output");
+        assert!(!shown.contains(&m.state().admin_password), "the password was shown or stored");
+        assert_eq!(m.state().image_state, aib_testkit::windows::GENERALIZED);
+        assert!(s.resource(&format!("/subscriptions/{SUB}/resourceGroups/images/providers/Microsoft.Compute/images/win")).is_some());
+        assert_eq!(build_resources(&s), Vec::<String>::new(), "only the staging group stays");
     }
 }

@@ -10,8 +10,9 @@
 //!   `ManagedImage` and `SharedImageVersion` (`…/versions/latest`), checked for region and
 //!   generalization;
 //! - [`AzureProvisioner`]: the staging resource group (AIB's name and rules), the network, a
-//!   build VM whose SSH host key is chosen here and verified from the first connection,
-//!   deprovisioning, deallocation and generalization;
+//!   build VM — Linux with an SSH host key chosen here and verified from the first connection,
+//!   Windows with a generated password and WinRM over HTTPS to a certificate pinned through
+//!   Run Command ([`windows`]) — deprovisioning or Sysprep, deallocation and generalization;
 //! - [`ManagedImageDistributor`], [`SharedImageDistributor`] (replication progress) and
 //!   [`DiskVhdDistributor`] (the OS disk copied server-side to a blob): the targets;
 //! - [`upload`]: a disk from this machine (a fixed VHD) to a page blob, sending only the
@@ -56,6 +57,7 @@ mod provision;
 mod sources;
 pub mod upload;
 mod vhd;
+pub mod windows;
 
 pub use api::{COMPUTE_API, DISK_API, GALLERY_API, NETWORK_API, RESOURCES_API, STORAGE_API, api_version_for};
 pub use backend::{AzureBackend, AzureBackendBuilder, TagGcReport};

@@ -1,19 +1,23 @@
 //! The Azure provisioner: a staging resource group with AIB's naming and rules, a network (a
-//! new VNet, NSG and public IP, or the template's subnet), a build VM whose SSH host key is
-//! chosen here and handed over in `customData` (so the first connection is verified), and
-//! generalization (deprovision over SSH, then deallocate and generalize through ARM).
-//! Everything is tagged with the run and recorded in the ledger before it is created.
+//! new VNet, NSG and public IP, or the template's subnet), a build VM, and generalization
+//! (deprovisioning, then deallocate and generalize through ARM). A Linux VM's SSH host key is
+//! chosen here and handed over in `customData`, so the first connection is verified; a
+//! Windows VM gets a generated password and WinRM over HTTPS to a certificate learnt through
+//! Run Command (see [`crate::windows`]). Everything is tagged with the run and recorded in the
+//! ledger before it is created.
 
 use crate::api::{COMPUTE_API, DISK_API, RESOURCES_API, api_version_for};
 use crate::client::ArmClient;
 use crate::error::BACKEND;
 use crate::network;
+use crate::windows;
 use aib_core::{
     AccessInfo, BuildVm, CapturedImage, Communicator, Error, ExecRequest, OutputStream, Platform, ProvisionRequest, Provisioner,
     ResourceRecord, Result, RunContext, Scope, StepContext,
 };
 use aib_customizers::Generalizer;
 use aib_customizers::ssh::{HostKeyCheck, PrivateKey, SshCommunicator, SshConfig, ephemeral_key, private_key_openssh, public_key_line};
+use aib_customizers::winrm::{WinRmAuth, WinRmCommunicator, WinRmConfig, WinRmTransport};
 use async_trait::async_trait;
 use base64::Engine;
 use serde_json::{Map, Value, json};
@@ -80,9 +84,20 @@ fn group_id(subscription: &str, name: &str) -> String {
     format!("/subscriptions/{subscription}/resourceGroups/{name}")
 }
 
+/// How the provisioner logs in to a build VM.
+enum Login {
+    Ssh {
+        key: Box<PrivateKey>,
+        host_public: String,
+    },
+    /// The password never leaves this process except in the VM's create request.
+    WinRm {
+        password: String,
+    },
+}
+
 struct Vm {
-    user_key: PrivateKey,
-    host_public: String,
+    login: Login,
     address: String,
     port: u16,
     user: String,
@@ -98,6 +113,7 @@ pub struct AzureProvisionerBuilder {
     resource_group: Option<String>,
     admin_user: Option<String>,
     port: Option<u16>,
+    winrm_port: Option<u16>,
     allowed_source: Option<String>,
     connect_timeout: Option<Duration>,
     keep_staging: Option<bool>,
@@ -135,6 +151,12 @@ impl AzureProvisionerBuilder {
         self
     }
 
+    /// The port of the WinRM HTTPS listener a Windows build VM gets (default 5986).
+    pub fn winrm_port(mut self, p: u16) -> Self {
+        self.winrm_port = Some(p);
+        self
+    }
+
     /// The address prefix the build VM's NSG admits (default `*`: any, with key-only login).
     /// Set it to this machine's egress address (`203.0.113.7/32`) to admit only the builder.
     pub fn allowed_source(mut self, prefix: impl Into<String>) -> Self {
@@ -142,7 +164,7 @@ impl AzureProvisionerBuilder {
         self
     }
 
-    /// How long to wait for SSH on the new VM (default 20 minutes).
+    /// How long to wait for SSH or WinRM on the new VM (default 20 minutes).
     pub fn connect_timeout(mut self, t: Duration) -> Self {
         self.connect_timeout = Some(t);
         self
@@ -179,6 +201,7 @@ impl AzureProvisionerBuilder {
             resource_group,
             admin_user,
             port: self.port,
+            winrm_port: self.winrm_port.unwrap_or(5986),
             allowed_source: self.allowed_source.unwrap_or_else(|| "*".into()),
             connect_timeout: self.connect_timeout.unwrap_or(Duration::from_secs(20 * 60)),
             keep_staging: self.keep_staging.unwrap_or(true),
@@ -195,6 +218,7 @@ pub struct AzureProvisioner {
     resource_group: String,
     admin_user: String,
     port: Option<u16>,
+    winrm_port: u16,
     allowed_source: String,
     connect_timeout: Duration,
     keep_staging: bool,
@@ -355,6 +379,56 @@ impl AzureProvisioner {
         Ok(id)
     }
 
+    /// WinRM over HTTPS: Run Command sets up the listener and tells its certificate, which the
+    /// client then pins.
+    async fn connect_winrm(&self, vm: &BuildVm, state: &Vm, password: &str, ctx: &RunContext) -> Result<Arc<dyn Communicator>> {
+        ctx.notice(format!("setting up WinRM over HTTPS on {} through Run Command", vm.id));
+        let out = windows::run_command(&self.arm, &vm.id, &windows::setup_script(state.port), self.connect_timeout).await?;
+        let pin = windows::certificate_pin(&out)?;
+        let cfg = WinRmConfig::builder()
+            .host(&state.address)
+            .port(state.port)
+            .credentials(&state.user, password)
+            .transport(WinRmTransport::HttpsPinnedCertificate(pin))
+            .auth(WinRmAuth::Basic)
+            .connect_timeout(self.connect_timeout)
+            .build()?;
+        let started = std::time::Instant::now();
+        let comm = WinRmCommunicator::connect(cfg).await?;
+        ctx.notice(format!(
+            "connected to {}:{} over WinRM/HTTPS after {:.1} s (certificate SHA-256 {} pinned)",
+            state.address,
+            state.port,
+            started.elapsed().as_secs_f64(),
+            pin.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        ));
+        Ok(Arc::new(comm))
+    }
+
+    /// Windows: through Run Command, remove what WinRM needed, then run the generalizer
+    /// (Sysprep) as LocalSystem; its output goes to the step's log.
+    async fn generalize_windows(&self, vm: &BuildVm, generalizer: &str, ctx: &StepContext) -> Result<()> {
+        ctx.output.line(OutputStream::Stdout, "aib: removing the WinRM HTTPS listener and running Sysprep through Run Command");
+        let out = windows::run_command(&self.arm, &vm.id, &windows::generalize_script(generalizer), Duration::from_secs(1800)).await?;
+        for l in out.stdout.lines().filter(|l| !l.trim().is_empty()) {
+            ctx.output.line(OutputStream::Stdout, l);
+        }
+        for l in out.stderr.lines().filter(|l| !l.trim().is_empty()) {
+            ctx.output.line(OutputStream::Stderr, l);
+        }
+        if !windows::cleaned_up(&out) {
+            return Err(Error::generic(BACKEND, format!("removing the WinRM HTTPS listener from {} did not finish", vm.id)));
+        }
+        match windows::generalize_exit(&out) {
+            Some(0) => Ok(()),
+            code => Err(Error::StepFailed {
+                step: ctx.name.clone(),
+                exit_code: code,
+                message: "generalization (Sysprep) failed; see the step's log".into(),
+            }),
+        }
+    }
+
     /// Records, then creates (PUT, waiting for the operation).
     /// Returns the ledger record's id.
     pub(crate) async fn create(&self, ctx: &RunContext, kind: &str, id: &str, body: &Value) -> Result<String> {
@@ -371,8 +445,9 @@ impl Provisioner for AzureProvisioner {
     }
 
     async fn provision(&self, req: &ProvisionRequest, ctx: &RunContext) -> Result<BuildVm> {
-        if req.image.platform == Platform::Windows {
-            return Err(Error::Unsupported { operation: "Windows build VMs (WinRM over HTTPS) on Azure".into(), backend: BACKEND });
+        let is_windows = req.image.platform == Platform::Windows;
+        if is_windows && !windows::valid_admin_user(&self.admin_user) {
+            return Err(invalid("adminUser", format!("`{}` is not allowed as a Windows admin name", self.admin_user)));
         }
         let location = region(&req.location);
         if location.is_empty() {
@@ -382,7 +457,7 @@ impl Provisioner for AzureProvisioner {
         let tags_v = Value::Object(tags.clone());
         let group = self.staging_group(req, &location, &tags, ctx).await?;
         let short = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
-        let port = self.port.unwrap_or(22);
+        let port = if is_windows { self.winrm_port } else { self.port.unwrap_or(22) };
 
         let vnet_cfg = req.vm_profile.vnet_config.as_ref().and_then(|v| v.subnet_id.clone()).filter(|s| !s.is_empty());
         let net =
@@ -392,10 +467,27 @@ impl Provisioner for AzureProvisioner {
             None => network::new_network(self, ctx, &net).await?,
         };
 
-        let user_key = ephemeral_key()?;
-        let host_key = ephemeral_key()?;
-        let host_public = public_key_line(&host_key, "aib-build-host")?;
-        let custom_data = base64::engine::general_purpose::STANDARD.encode(cloud_config(&private_key_openssh(&host_key)?, &host_public));
+        let user = &self.admin_user;
+        let (os_profile, login) = if is_windows {
+            let password = windows::generate_password();
+            let profile = json!({"computerName": format!("aib-{short}"), "adminUsername": user, "adminPassword": password,
+                                 "windowsConfiguration": {"provisionVMAgent": true}});
+            (profile, Login::WinRm { password })
+        } else {
+            let key = ephemeral_key()?;
+            let host_key = ephemeral_key()?;
+            let host_public = public_key_line(&host_key, "aib-build-host")?;
+            let custom_data =
+                base64::engine::general_purpose::STANDARD.encode(cloud_config(&private_key_openssh(&host_key)?, &host_public));
+            let profile = json!({
+                "computerName": format!("aib-{short}"),
+                "adminUsername": user,
+                "customData": custom_data,
+                "linuxConfiguration": {"disablePasswordAuthentication": true, "provisionVMAgent": true,
+                    "ssh": {"publicKeys": [{"path": format!("/home/{user}/.ssh/authorized_keys"), "keyData": public_key_line(&key, "aib-build")?}]}}
+            });
+            (profile, Login::Ssh { key: Box::new(key), host_public })
+        };
         let generation = req.image.attributes.get("hyperVGeneration").and_then(Value::as_str).map(str::to_string);
         let size =
             req.vm_profile.vm_size.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| default_vm_size(generation.as_deref()).into());
@@ -415,20 +507,13 @@ impl Provisioner for AzureProvisioner {
             .enumerate()
             .map(|(i, gb)| json!({"lun": i, "createOption": "Empty", "diskSizeGB": gb, "deleteOption": "Delete"}))
             .collect();
-        let user = &self.admin_user;
         let mut body = json!({
             "location": location,
             "tags": tags_v,
             "properties": {
                 "hardwareProfile": {"vmSize": size},
                 "storageProfile": {"imageReference": image_ref, "osDisk": os_disk, "dataDisks": data_disks},
-                "osProfile": {
-                    "computerName": format!("aib-{short}"),
-                    "adminUsername": user,
-                    "customData": custom_data,
-                    "linuxConfiguration": {"disablePasswordAuthentication": true, "provisionVMAgent": true,
-                        "ssh": {"publicKeys": [{"path": format!("/home/{user}/.ssh/authorized_keys"), "keyData": public_key_line(&user_key, "aib-build")?}]}}
-                },
+                "osProfile": os_profile,
                 "networkProfile": {"networkInterfaces": [{"id": nic.id, "properties": {"primary": true, "deleteOption": "Delete"}}]},
                 "diagnosticsProfile": {"bootDiagnostics": {"enabled": true}}
             }
@@ -444,8 +529,29 @@ impl Provisioner for AzureProvisioner {
         ctx.notice(format!("creating build VM {vm_name} ({size}) in {group}"));
         let record = self.create(ctx, "virtualMachine", &vm_id, &body).await?;
         let address = nic.address(&self.arm).await?;
-        let command = format!("ssh -p {port} {user}@{address}  # key: the run's ephemeral key; host key: {host_public}");
-        let mut vm = BuildVm::new(&vm_id, record, req.image.platform, AccessInfo::new("ssh", &address, port, user, command));
+        // The run's key and password stay in this process: to log in to a kept VM, set your own.
+        let rg_name = group.rsplit('/').next().unwrap_or_default();
+        let access = match &login {
+            Login::Ssh { host_public, .. } => AccessInfo::new(
+                "ssh",
+                &address,
+                port,
+                user,
+                format!(
+                    "ssh -p {port} {user}@{address}  # first add your key: az vm user update -g {rg_name} -n {vm_name} -u {user} --ssh-key-value ~/.ssh/id_ed25519.pub; host key: {host_public}"
+                ),
+            ),
+            Login::WinRm { .. } => AccessInfo::new(
+                "winrm",
+                &address,
+                port,
+                user,
+                format!(
+                    "Enter-PSSession -ComputerName {address} -Port {port} -UseSSL -Credential {user} -SessionOption (New-PSSessionOption -SkipCACheck -SkipCNCheck)  # first set a password: az vm user update -g {rg_name} -n {vm_name} -u {user} -p '<new password>' (or RDP to {address})"
+                ),
+            ),
+        };
+        let mut vm = BuildVm::new(&vm_id, record, req.image.platform, access);
         vm.attributes.insert("stagingResourceGroup".into(), group.clone().into());
         vm.attributes.insert("location".into(), location.clone().into());
         vm.attributes.insert("osDiskId".into(), disk_id.into());
@@ -453,7 +559,7 @@ impl Provisioner for AzureProvisioner {
         if let Some(g) = generation {
             vm.attributes.insert("hyperVGeneration".into(), g.into());
         }
-        let state = Vm { user_key, host_public, address, port, user: user.clone(), image: req.image.clone() };
+        let state = Vm { login, address, port, user: user.clone(), image: req.image.clone() };
         if let Ok(mut m) = self.vms.lock() {
             m.insert(vm.id.clone(), Arc::new(state));
         }
@@ -462,12 +568,16 @@ impl Provisioner for AzureProvisioner {
 
     async fn connect(&self, vm: &BuildVm, ctx: &RunContext) -> Result<Arc<dyn Communicator>> {
         let state = self.vm(&vm.id)?;
+        let (key, host_public) = match &state.login {
+            Login::Ssh { key, host_public } => (key, host_public),
+            Login::WinRm { password } => return self.connect_winrm(vm, &state, password, ctx).await,
+        };
         let cfg = SshConfig::builder()
             .host(&state.address)
             .port(state.port)
             .user(&state.user)
-            .key(state.user_key.clone())
-            .host_key(HostKeyCheck::PublicKey(state.host_public.clone()))
+            .key((**key).clone())
+            .host_key(HostKeyCheck::PublicKey(host_public.clone()))
             .connect_timeout(self.connect_timeout)
             .retry_backoff(Duration::from_millis(500), Duration::from_secs(5))
             .build()?;
@@ -497,10 +607,14 @@ impl Provisioner for AzureProvisioner {
     async fn generalize(&self, vm: &BuildVm, comm: &(dyn Communicator + 'static), ctx: &StepContext) -> Result<()> {
         let state = self.vm(&vm.id)?;
         let cmd = Generalizer::new(vm.platform).with_build_user(&state.user).command();
-        ctx.output.line(OutputStream::Stdout, "aib: deprovisioning the build VM");
-        let st = comm.execute(&ExecRequest::new(cmd).with_timeout(Duration::from_secs(1200)), &*ctx.output).await?;
-        if !st.success() {
-            return Err(Error::StepFailed { step: ctx.name.clone(), exit_code: st.code, message: "deprovisioning failed".into() });
+        if let Login::WinRm { .. } = state.login {
+            self.generalize_windows(vm, &cmd, ctx).await?;
+        } else {
+            ctx.output.line(OutputStream::Stdout, "aib: deprovisioning the build VM");
+            let st = comm.execute(&ExecRequest::new(cmd).with_timeout(Duration::from_secs(1200)), &*ctx.output).await?;
+            if !st.success() {
+                return Err(Error::StepFailed { step: ctx.name.clone(), exit_code: st.code, message: "deprovisioning failed".into() });
+            }
         }
         ctx.output.line(OutputStream::Stdout, &format!("aib: deallocating {}", vm.id));
         self.arm.post(&format!("{}/deallocate", vm.id), COMPUTE_API, None).await?;

@@ -1,7 +1,7 @@
 //! The Azure provisioner and whole builds against the ARM test server, whose VMs are real
 //! sshd guests (needs root and OpenSSH: `apt-get install -y openssh-server`).
 
-use aib_azure::{ArmClient, AzureBackend, AzureProvisioner, AzureSource, Credential, RetryConfig, staging_group_name};
+use aib_azure::{AzureBackend, AzureProvisioner, AzureSource, staging_group_name};
 use aib_core::template::ImageTemplate;
 use aib_core::{Event, Pipeline, ProvisionRequest, Provisioner, RunContext, RunState, Source};
 use aib_testkit::arm::storage::AzuriteDisks;
@@ -16,8 +16,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const SUB: &str = "00000000-0000-0000-0000-0000000000a1";
-const RG: &str = "images";
+mod common;
+use common::{Located, RG, SUB, client, group, leaked};
 
 async fn server() -> ArmServer {
     let guests = SshdGuests::new().unwrap_or_else(|e| panic!("{e}"));
@@ -37,16 +37,6 @@ fn marketplace(s: ArmServer) -> ArmServer {
     s
 }
 
-fn client(s: &ArmServer) -> ArmClient {
-    ArmClient::builder()
-        .endpoint(s.url())
-        .credential(Credential::static_token("t"))
-        .retry(RetryConfig::fixed(6, Duration::from_millis(5)))
-        .poll_interval(Duration::from_millis(5))
-        .build()
-        .unwrap()
-}
-
 fn provisioner(s: &ArmServer) -> aib_azure::AzureProvisionerBuilder {
     AzureProvisioner::builder()
         .arm(client(s))
@@ -54,21 +44,6 @@ fn provisioner(s: &ArmServer) -> aib_azure::AzureProvisionerBuilder {
         .resource_group(RG)
         .ssh_port(s.guest_port().unwrap())
         .connect_timeout(Duration::from_secs(30))
-}
-
-async fn group(c: &ArmClient, name: &str, location: &str) {
-    c.put(&format!("/subscriptions/{SUB}/resourceGroups/{name}"), "2021-04-01", &json!({"location": location})).await.unwrap();
-}
-
-/// Everything live that is not a template output or pre-existing: what a build leaked.
-fn leaked(s: &ArmServer) -> Vec<String> {
-    s.resource_ids()
-        .into_iter()
-        .filter(|id| {
-            let l = id.to_ascii_lowercase();
-            !l.contains("/galleries/") && !l.contains("/microsoft.compute/images/") && !l.contains("/microsoft.storage/storageaccounts/")
-        })
-        .collect()
 }
 
 #[tokio::test]
@@ -97,46 +72,6 @@ fn ubuntu() -> aib_core::template::ImageSource {
         version: Some("latest".into()),
         plan_info: None,
     })
-}
-
-/// The conformance suite asks with a bare request; a template would give the region.
-#[derive(Debug)]
-struct Located(AzureProvisioner, &'static str);
-
-impl std::fmt::Display for Located {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-#[async_trait::async_trait]
-impl Provisioner for Located {
-    fn backend(&self) -> &'static str {
-        self.0.backend()
-    }
-    async fn provision(&self, req: &ProvisionRequest, ctx: &RunContext) -> aib_core::Result<aib_core::BuildVm> {
-        let mut r = req.clone();
-        r.location = self.1.into();
-        r.template_name = "image".into();
-        self.0.provision(&r, ctx).await
-    }
-    async fn connect(&self, vm: &aib_core::BuildVm, ctx: &RunContext) -> aib_core::Result<Arc<dyn aib_core::Communicator>> {
-        self.0.connect(vm, ctx).await
-    }
-    async fn generalize(
-        &self,
-        vm: &aib_core::BuildVm,
-        comm: &(dyn aib_core::Communicator + 'static),
-        ctx: &aib_core::StepContext,
-    ) -> aib_core::Result<()> {
-        self.0.generalize(vm, comm, ctx).await
-    }
-    async fn capture(&self, vm: &aib_core::BuildVm, ctx: &aib_core::StepContext) -> aib_core::Result<aib_core::CapturedImage> {
-        self.0.capture(vm, ctx).await
-    }
-    async fn delete(&self, record: &aib_core::ResourceRecord) -> aib_core::Result<()> {
-        self.0.delete(record).await
-    }
 }
 
 /// The corpus's Linux Shared Image Gallery template, placeholders filled, downloads served

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 const GUEST_ROOT: &str = "/run/aib-guests";
 
 /// What the server knows of a VM when it starts its guest.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 #[non_exhaustive]
 pub struct GuestSpec {
     /// The VM's resource id.
@@ -42,10 +42,40 @@ pub struct GuestSpec {
     pub custom_data: Option<String>,
     /// A Windows VM.
     pub windows: bool,
+    /// `osProfile.adminPassword` (a Windows VM's).
+    pub admin_password: Option<String>,
+}
+
+impl fmt::Debug for GuestSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GuestSpec")
+            .field("vm_id", &self.vm_id)
+            .field("address", &self.address)
+            .field("admin_user", &self.admin_user)
+            .field("computer_name", &self.computer_name)
+            .field("windows", &self.windows)
+            .field("admin_password", &self.admin_password.as_ref().map(|_| "***"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a script run through ARM's Run Command printed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommandOutput {
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
 }
 
 /// A running guest; stops when dropped.
-pub trait Guest: Send + fmt::Debug {}
+pub trait Guest: Send + fmt::Debug {
+    /// Runs `script` as ARM's Run Command does (through the VM agent, not the network).
+    /// Guests without an agent refuse.
+    fn run_command(&self, _script: &str) -> Result<CommandOutput, String> {
+        Err("this guest has no VM agent to run commands".into())
+    }
+}
 
 /// Starts guests for the ARM test server.
 ///

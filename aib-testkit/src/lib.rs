@@ -6,6 +6,8 @@
 //!   call ([`FakeBackend::journal`]) and obeys a fault table ([`Faults`]: fail, hang,
 //!   disconnect, slow, exit codes — at a named step, the Nth time);
 //! - [`conformance`]: the suite every backend passes;
+//! - test servers: [`sshd`], [`winrm`] with a fake Windows machine ([`windows`]), [`arm`]
+//!   (Azure Resource Manager, with [`guest`] machines behind its VMs), [`azurite`];
 //! - `mock` (feature `mock`): `mockall` mocks of every trait.
 //!
 //! ```
@@ -38,6 +40,8 @@ pub mod http;
 #[cfg(feature = "mock")]
 pub mod mock;
 pub mod sshd;
+pub mod tls;
+pub mod windows;
 pub mod winrm;
 
 pub use communicator::{FakeCommunicator, Reply};

@@ -28,6 +28,9 @@ pub(crate) struct AzureArgs {
     /// The port SSH listens on in the image (default 22).
     #[arg(long)]
     pub ssh_port: Option<u16>,
+    /// The port of a Windows build VM's WinRM HTTPS listener (default 5986).
+    #[arg(long)]
+    pub winrm_port: Option<u16>,
     /// The build VM's admin user (default `aib`).
     #[arg(long)]
     pub admin_user: Option<String>,
@@ -52,6 +55,9 @@ fn backend(args: &AzureArgs, location: &str) -> Result<aib::azure::AzureBackend,
     let mut p = AzureProvisioner::builder().arm(client.build()?).subscription(subscription).resource_group(rg);
     if let Some(port) = args.ssh_port {
         p = p.ssh_port(port);
+    }
+    if let Some(port) = args.winrm_port {
+        p = p.winrm_port(port);
     }
     if let Some(u) = &args.admin_user {
         p = p.admin_user(u);

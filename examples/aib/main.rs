@@ -10,7 +10,7 @@
 //!                                        remove what killed or aborted builds left
 //! aib images [--state-dir DIR]           list the local catalog and gallery
 //! aib images import URN FILE --sha256 SUM
-//! aib testkit arm-server [--port N] [--guests sshd] [--image REGION:PUBLISHER:OFFER:SKU:VERSION]… [--azurite URL]
+//! aib testkit arm-server [--port N] [--guests sshd] [--windows-guests] [--image REGION:PUBLISHER:OFFER:SKU:VERSION]… [--azurite URL]
 //!                                        the ARM test server, standalone
 //! ```
 
@@ -116,6 +116,9 @@ enum TestServer {
         /// What backs the VMs it creates: nothing, or an sshd per VM (needs root).
         #[arg(long, value_enum, default_value_t = Guests::None)]
         guests: Guests,
+        /// Back Windows VMs with fake Windows machines behind WinRM over HTTPS (needs `openssl`).
+        #[arg(long)]
+        windows_guests: bool,
         /// A marketplace image version, `REGION:PUBLISHER:OFFER:SKU:VERSION` (repeatable).
         #[arg(long)]
         image: Vec<String>,
@@ -169,13 +172,17 @@ fn main() -> ExitCode {
         Command::Gc { backend: BackendKind::Azure, state_dir, min_age_secs, azure } => {
             build::runtime(azure::gc(azure, state_dir, min_age_secs))
         }
-        Command::Testkit { server: TestServer::ArmServer { port, guests, image, azurite } } => build::runtime(async move {
+        Command::Testkit { server: TestServer::ArmServer { port, guests, windows_guests, image, azurite } } => build::runtime(async move {
             let host: Option<std::sync::Arc<dyn aib_testkit::guest::GuestHost>> = match guests {
                 Guests::None => None,
                 Guests::Sshd => Some(std::sync::Arc::new(aib_testkit::guest::SshdGuests::new()?)),
             };
             #[cfg_attr(not(feature = "azure"), allow(unused_mut))]
-            let mut s = aib_testkit::arm::ArmServer::start_with(port, host).await?;
+            let windows: Option<std::sync::Arc<dyn aib_testkit::guest::GuestHost>> = match windows_guests {
+                true => Some(std::sync::Arc::new(aib_testkit::windows::WindowsGuests::new()?)),
+                false => None,
+            };
+            let mut s = aib_testkit::arm::ArmServer::start_with_guests(port, host, windows).await?;
             if let Some(endpoint) = azurite {
                 #[cfg(feature = "azure")]
                 {
@@ -194,6 +201,9 @@ fn main() -> ExitCode {
             println!("ARM test server listening on {}", s.url());
             if let Some(port) = s.guest_port() {
                 println!("VM guests: sshd on port {port} of each VM's address (aib build --ssh-port {port})");
+            }
+            if let Some(port) = s.windows_guest_port() {
+                println!("Windows VM guests: WinRM over HTTPS on port {port} of each VM's address (aib build --winrm-port {port})");
             }
             tokio::signal::ctrl_c().await?;
             Ok(ExitCode::SUCCESS)

@@ -176,6 +176,24 @@ fn vm_put(s: &mut State, key: &str, path: &str, body: &mut Value) -> Result<(), 
     }
     let windows = props["storageProfile"]["osDisk"]["osType"].as_str().is_some_and(|o| o.eq_ignore_ascii_case("windows"))
         || props["osProfile"]["windowsConfiguration"].is_object();
+    let password = props["osProfile"]["adminPassword"].as_str().map(str::to_string);
+    if windows {
+        // ARM's rule: 12 to 123 characters, three of lower, upper, digit and special.
+        let p = password.as_deref().unwrap_or_default();
+        let classes = [
+            p.chars().any(|c| c.is_ascii_lowercase()),
+            p.chars().any(|c| c.is_ascii_uppercase()),
+            p.chars().any(|c| c.is_ascii_digit()),
+            p.chars().any(|c| !c.is_ascii_alphanumeric()),
+        ];
+        if !(12..=123).contains(&p.chars().count()) || classes.iter().filter(|c| **c).count() < 3 {
+            return Err(error(
+                400,
+                "InvalidParameter",
+                "The supplied password must be between 12-123 characters long and must satisfy at least 3 of password complexity requirements from the following: 1) Contains an uppercase character 2) Contains a lowercase character 3) Contains a numeric digit 4) Contains a special character 5) Control characters are not allowed",
+            ));
+        }
+    }
     // The OS disk, a resource of its own.
     let group = group_of(path);
     let vm_name = path.rsplit('/').next().unwrap_or("vm").to_string();
@@ -195,6 +213,11 @@ fn vm_put(s: &mut State, key: &str, path: &str, body: &mut Value) -> Result<(), 
     body["properties"]["storageProfile"]["osDisk"]["managedDisk"]["id"] = disk_id.into();
     body["properties"]["storageProfile"]["osDisk"]["diskSizeGB"] = size.into();
     body["properties"]["vmId"] = uuid::Uuid::new_v4().to_string().into();
+    // ARM never returns the password or the custom data.
+    if let Some(os) = body["properties"]["osProfile"].as_object_mut() {
+        os.remove("adminPassword");
+        os.remove("customData");
+    }
     s.power.insert(key.to_string(), "running");
     s.generalized.remove(key);
     // The guest: at the first NIC's public address, or its private one.
@@ -205,7 +228,8 @@ fn vm_put(s: &mut State, key: &str, path: &str, body: &mut Value) -> Result<(), 
         .and_then(|p| p["properties"]["ipAddress"].as_str().map(str::to_string))
         .or_else(|| ipc["privateIPAddress"].as_str().map(str::to_string))
         .unwrap_or_default();
-    if let Some(host) = s.guests.clone()
+    let host = if windows { s.windows_guests.clone() } else { s.guests.clone() };
+    if let Some(host) = host
         && !s.create_failures.contains_key(VM)
     {
         let spec = GuestSpec {
@@ -221,6 +245,7 @@ fn vm_put(s: &mut State, key: &str, path: &str, body: &mut Value) -> Result<(), 
                 .collect(),
             custom_data: props["osProfile"]["customData"].as_str().and_then(decode_custom_data),
             windows,
+            admin_password: password,
         };
         let guest =
             host.start(&spec).map_err(|e| error(409, "OSProvisioningClientError", &format!("the VM's guest did not start: {e}")))?;
@@ -271,9 +296,11 @@ pub(super) fn deleted(s: &mut State, removed: &Value, key: &str) {
     }
 }
 
-/// `POST …/virtualMachines/{vm}/{action}`; an error response refuses it.
-pub(super) fn vm_action(s: &mut State, vm: &str, action: &str) -> Result<(), Response> {
+/// `POST …/virtualMachines/{vm}/{action}`: the operation's result, or an error response that
+/// refuses it.
+pub(super) fn vm_action(s: &mut State, vm: &str, action: &str, body: &Value) -> Result<Option<Value>, Response> {
     match action {
+        "runcommand" => return run_command(s, vm, body).map(Some),
         "deallocate" | "poweroff" => {
             s.running.remove(vm);
             s.power.insert(vm.to_string(), if action == "deallocate" { "deallocated" } else { "stopped" });
@@ -293,7 +320,30 @@ pub(super) fn vm_action(s: &mut State, vm: &str, action: &str) -> Result<(), Res
         }
         _ => {}
     }
-    Ok(())
+    Ok(None)
+}
+
+/// `POST …/virtualMachines/{vm}/runCommand`: the script runs on the guest through its agent;
+/// the result has the shape ARM gives a Windows VM's (`ComponentStatus/StdOut/succeeded`).
+fn run_command(s: &State, vm: &str, body: &Value) -> Result<Value, Response> {
+    let windows = s.resources[vm]["properties"]["osProfile"]["windowsConfiguration"].is_object();
+    let want = if windows { "RunPowerShellScript" } else { "RunShellScript" };
+    let id = body["commandId"].as_str().unwrap_or_default();
+    if !id.eq_ignore_ascii_case(want) {
+        return Err(error(400, "InvalidParameter", &format!("The command '{id}' is not supported for this VM's OS type; use '{want}'.")));
+    }
+    if s.power.get(vm).copied() != Some("running") {
+        return Err(error(409, "OperationNotAllowed", "Run command is not allowed when the VM is not running."));
+    }
+    let script: Vec<&str> = body["script"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    let Some(guest) = s.running.get(vm) else {
+        return Err(error(409, "VMAgentStatusCommunicationError", "The VM has no guest agent to run the command."));
+    };
+    let out = guest
+        .run_command(&script.join("\n"))
+        .map_err(|e| error(409, "VMExtensionProvisioningError", &format!("Run command failed on the VM: {e}")))?;
+    let status = |stream: &str, message: &str| json!({"code": format!("ComponentStatus/{stream}/succeeded"), "level": "Info", "displayStatus": "Provisioning succeeded", "message": message});
+    Ok(json!({"value": [status("StdOut", &out.stdout), status("StdErr", &out.stderr)]}))
 }
 
 /// `GET …/virtualMachines/{vm}/instanceView`.

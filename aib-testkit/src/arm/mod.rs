@@ -66,6 +66,7 @@ struct State {
     unauthenticated: usize,
     delete_failures: HashMap<String, u32>,
     guests: Option<Arc<dyn GuestHost>>,
+    windows_guests: Option<Arc<dyn GuestHost>>,
     running: HashMap<String, Box<dyn Guest>>,
     power: HashMap<String, &'static str>,
     generalized: HashSet<String>,
@@ -121,7 +122,17 @@ impl ArmServer {
 
     /// Starts a server whose virtual machines are backed by guests of `host` (port 0: a free one).
     pub async fn start_with(port: u16, host: Option<Arc<dyn GuestHost>>) -> std::io::Result<Self> {
-        let state = Arc::new(Mutex::new(State { polls: 1, guests: host, ..Default::default() }));
+        Self::start_with_guests(port, host, None).await
+    }
+
+    /// Starts a server whose Linux VMs are backed by guests of `linux` and whose Windows VMs
+    /// (an `osProfile.windowsConfiguration`) by guests of `windows`.
+    pub async fn start_with_guests(
+        port: u16,
+        linux: Option<Arc<dyn GuestHost>>,
+        windows: Option<Arc<dyn GuestHost>>,
+    ) -> std::io::Result<Self> {
+        let state = Arc::new(Mutex::new(State { polls: 1, guests: linux, windows_guests: windows, ..Default::default() }));
         let st = state.clone();
         let http = HttpServer::start_on(port, move |req| {
             let base = req.headers.get("host").map(|h| format!("http://{h}")).unwrap_or_default();
@@ -161,6 +172,11 @@ impl ArmServer {
     /// The port the VMs' guests listen on, when the server has a guest host.
     pub fn guest_port(&self) -> Option<u16> {
         self.with(|s| s.guests.as_ref().map(|g| g.port()))
+    }
+
+    /// The port the Windows VMs' WinRM HTTPS listeners use, when the server has Windows guests.
+    pub fn windows_guest_port(&self) -> Option<u16> {
+        self.with(|s| s.windows_guests.as_ref().map(|g| g.port()))
     }
 
     /// VMs with a running guest.
@@ -400,7 +416,8 @@ impl ArmServer {
                 Some(v) => match versions.iter().find(|m| m.4.eq_ignore_ascii_case(v)) {
                     Some(m) => {
                         let mut body = item(m);
-                        body["properties"] = json!({"hyperVGeneration": if sku.contains("gen2") { "V2" } else { "V1" }, "osDiskImage": {"operatingSystem": "Linux"}});
+                        let os = if publisher.contains("windows") { "Windows" } else { "Linux" };
+                        body["properties"] = json!({"hyperVGeneration": if sku.contains("gen2") { "V2" } else { "V1" }, "osDiskImage": {"operatingSystem": os}});
                         ok(200, &body)
                     }
                     None => error(404, "ImageVersionNotFound", &format!("Artifact: VMImage was not found: {v}")),
@@ -493,10 +510,13 @@ impl ArmServer {
                         return error(404, "ResourceNotFound", &format!("The Resource '{target}' was not found."));
                     }
                     let action = lower.last().cloned().unwrap_or_default();
-                    if s.resources[&target]["type"].as_str().is_some_and(|t| t.eq_ignore_ascii_case(compute::VM))
-                        && let Err(r) = compute::vm_action(&mut s, &target, &action)
-                    {
-                        return r;
+                    let mut result = None;
+                    if s.resources[&target]["type"].as_str().is_some_and(|t| t.eq_ignore_ascii_case(compute::VM)) {
+                        let body: Value = serde_json::from_slice(&req.body).unwrap_or_default();
+                        match compute::vm_action(&mut s, &target, &action, &body) {
+                            Ok(r) => result = r,
+                            Err(r) => return r,
+                        }
                     }
                     let ttype = s.resources[&target]["type"].as_str().unwrap_or_default().to_ascii_lowercase();
                     if ttype == "microsoft.storage/storageaccounts" && action == "listkeys" {
@@ -519,7 +539,7 @@ impl ArmServer {
                                 json!({"accessSAS": format!("{base}/sas/{}?sig=testkit", target.rsplit('/').next().unwrap_or_default())}),
                             ),
                         },
-                        _ => OpKind::Action { result: None },
+                        _ => OpKind::Action { result },
                     };
                     let (async_url, location) = Self::new_op(&mut s, base, &sub, kind, None);
                     return Response::new(202, "")
