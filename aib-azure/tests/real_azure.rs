@@ -6,13 +6,14 @@
 //! AZURE_SUBSCRIPTION_ID=… AZURE_TENANT_ID=… AZURE_CLIENT_ID=… AZURE_CLIENT_SECRET=… \
 //! AIB_TEST_AZURE_RESOURCE_GROUP=aib-test AIB_TEST_AZURE_LOCATION=westus2 \
 //! [AIB_TEST_AZURE_ALLOWED_SOURCE=203.0.113.7/32] [AIB_TEST_AZURE_GALLERY_IMAGE=/subscriptions/…/galleries/g/images/ubuntu] \
-//! cargo test -p aib-azure --test real_azure -- --nocapture
+//! cargo test -p aib-azure --test real_azure -- --nocapture --test-threads 1
 //! ```
 //!
-//! The resource group must exist. The build creates a managed image `aib-test-<run>` in it
-//! (deleted at the end), a gallery image version when a definition is given, and a VHD in the
-//! staging group's storage account; afterwards only the staging group, its storage account and
-//! those outputs may remain.
+//! The resource group must exist. The Linux build creates a managed image `aib-test-<run>` in
+//! it (deleted at the end), a gallery image version when a definition is given, and a VHD in the
+//! staging group's storage account; the Windows build (WinRM over HTTPS, a restart, Sysprep)
+//! creates a managed image. Afterwards only the staging group, its storage account and those
+//! outputs may remain.
 
 use aib_azure::{ArmClientBuilder, AzureBackend, AzureProvisioner, RESOURCES_API};
 use aib_core::template::ImageTemplate;
@@ -23,29 +24,58 @@ fn var(k: &str) -> String {
     std::env::var(k).unwrap_or_else(|_| panic!("AIB_TEST_AZURE=1 needs {k}"))
 }
 
+fn enabled() -> bool {
+    let on = std::env::var("AIB_TEST_AZURE").as_deref() == Ok("1");
+    if !on {
+        eprintln!("skipped: the real-Azure build runs with AIB_TEST_AZURE=1 and credentials (see this file's header)");
+    }
+    on
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_linux_build_in_a_real_subscription() {
-    if std::env::var("AIB_TEST_AZURE").as_deref() != Ok("1") {
-        eprintln!("skipped: the real-Azure build runs with AIB_TEST_AZURE=1 and credentials (see this file's header)");
+    if !enabled() {
         return;
     }
+    let source =
+        json!({"type": "PlatformImage", "publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server", "version": "latest"});
+    let customize = json!([{"type": "Shell", "name": "marker", "inline": ["echo built by aib | sudo tee /etc/aib-test"]}]);
+    real_build(source, customize, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_windows_build_in_a_real_subscription() {
+    if !enabled() {
+        return;
+    }
+    let source = json!({"type": "PlatformImage", "publisher": "MicrosoftWindowsServer", "offer": "WindowsServer",
+                        "sku": "2022-datacenter-azure-edition", "version": "latest"});
+    let customize = json!([
+        {"type": "PowerShell", "name": "marker", "inline": ["Set-Content -Path C:\\aib-test.txt -Value 'built by aib'"]},
+        {"type": "PowerShell", "name": "elevated", "runElevated": true, "inline": ["Get-Content C:\\aib-test.txt"]},
+        {"type": "WindowsRestart", "restartTimeout": "10m"}
+    ]);
+    real_build(source, customize, false).await;
+}
+
+async fn real_build(source: serde_json::Value, customize: serde_json::Value, linux: bool) {
     let (sub, rg, location) = (var("AZURE_SUBSCRIPTION_ID"), var("AIB_TEST_AZURE_RESOURCE_GROUP"), var("AIB_TEST_AZURE_LOCATION"));
     let arm = ArmClientBuilder::from_env().unwrap().build().unwrap();
     let suffix = uuid_suffix();
     let image_id = format!("/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/images/aib-test-{suffix}");
-    let mut distribute = vec![
-        json!({"type": "ManagedImage", "imageId": image_id, "location": location, "runOutputName": "managed"}),
-        json!({"type": "VHD", "runOutputName": "vhd"}),
-    ];
-    if let Ok(def) = std::env::var("AIB_TEST_AZURE_GALLERY_IMAGE") {
+    let mut distribute = vec![json!({"type": "ManagedImage", "imageId": image_id, "location": location, "runOutputName": "managed"})];
+    if linux {
+        distribute.push(json!({"type": "VHD", "runOutputName": "vhd"}));
+    }
+    if let Ok(def) = std::env::var("AIB_TEST_AZURE_GALLERY_IMAGE").filter(|_| linux) {
         distribute
             .push(json!({"type": "SharedImage", "galleryImageId": def, "runOutputName": "sig", "targetRegions": [{"name": location}]}));
     }
     let template = json!({
         "location": location,
         "properties": {
-            "source": {"type": "PlatformImage", "publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server", "version": "latest"},
-            "customize": [{"type": "Shell", "name": "marker", "inline": ["echo built by aib | sudo tee /etc/aib-test"]}],
+            "source": source,
+            "customize": customize,
             "vmProfile": {"vmSize": "Standard_D2ds_v4"},
             "distribute": distribute
         }
