@@ -67,7 +67,7 @@ async fn real_build(source: serde_json::Value, customize: serde_json::Value, lin
     if linux {
         distribute.push(json!({"type": "VHD", "runOutputName": "vhd"}));
     }
-    if let Ok(def) = std::env::var("AIB_TEST_AZURE_GALLERY_IMAGE").filter(|_| linux) {
+    if let Some(def) = std::env::var("AIB_TEST_AZURE_GALLERY_IMAGE").ok().filter(|_| linux) {
         distribute
             .push(json!({"type": "SharedImage", "galleryImageId": def, "runOutputName": "sig", "targetRegions": [{"name": location}]}));
     }
