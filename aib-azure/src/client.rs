@@ -264,6 +264,12 @@ impl ArmClient {
 
     /// One request, with retries; non-2xx answers are errors (202 is success).
     async fn send(&self, method: Method, url: &str, body: Option<&Value>) -> Result<Reply> {
+        self.send_mode(method, url, body, true).await
+    }
+
+    /// [`Self::send`]; when `repeatable` is false, only answers that say the request was not
+    /// taken (429) are retried: a 5xx may come after the action started.
+    async fn send_mode(&self, method: Method, url: &str, body: Option<&Value>, repeatable: bool) -> Result<Reply> {
         let inner = &self.inner;
         let what = format!("{method} {}", url.split('?').next().unwrap_or(url).trim_start_matches(&inner.endpoint));
         let budget = self.budget_for(url);
@@ -308,7 +314,7 @@ impl ArmClient {
                         message,
                         request: what.clone(),
                     };
-                    if !retryable_status(status) || attempt >= inner.retry.max_retries {
+                    if !retryable_status(status) || (!repeatable && status != 429) || attempt >= inner.retry.max_retries {
                         return Err(classify(err, after));
                     }
                     let d = after.unwrap_or_else(|| inner.retry.backoff(attempt));
@@ -377,7 +383,17 @@ impl ArmClient {
 
     /// `POST` an action and wait for it; returns the operation's output (or `Null`).
     pub async fn post(&self, path: &str, api: &str, body: Option<&Value>) -> Result<Value> {
-        let r = self.send(Method::POST, &self.url(path, api), body).await?;
+        self.post_mode(path, api, body, true).await
+    }
+
+    /// `POST` an action that must not run twice (Run Command): a 5xx or a lost connection is
+    /// an error, not a retry; only throttling (429) is waited out.
+    pub async fn post_once(&self, path: &str, api: &str, body: Option<&Value>) -> Result<Value> {
+        self.post_mode(path, api, body, false).await
+    }
+
+    async fn post_mode(&self, path: &str, api: &str, body: Option<&Value>, repeatable: bool) -> Result<Value> {
+        let r = self.send_mode(Method::POST, &self.url(path, api), body, repeatable).await?;
         let out = self.wait(&format!("POST {path}"), &r).await?;
         Ok(if out.is_null() { r.body } else { out })
     }

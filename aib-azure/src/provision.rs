@@ -469,7 +469,7 @@ impl Provisioner for AzureProvisioner {
 
         let user = &self.admin_user;
         let (os_profile, login) = if is_windows {
-            let password = windows::generate_password();
+            let password = windows::generate_password(user);
             let profile = json!({"computerName": format!("aib-{short}"), "adminUsername": user, "adminPassword": password,
                                  "windowsConfiguration": {"provisionVMAgent": true}});
             (profile, Login::WinRm { password })
@@ -547,7 +547,7 @@ impl Provisioner for AzureProvisioner {
                 port,
                 user,
                 format!(
-                    "Enter-PSSession -ComputerName {address} -Port {port} -UseSSL -Credential {user} -SessionOption (New-PSSessionOption -SkipCACheck -SkipCNCheck)  # first set a password: az vm user update -g {rg_name} -n {vm_name} -u {user} -p '<new password>' (or RDP to {address})"
+                    "Enter-PSSession -ComputerName {address} -Port {port} -UseSSL -Credential {user} -SessionOption (New-PSSessionOption -SkipCACheck -SkipCNCheck)  # first set a password: az vm user update -g {rg_name} -n {vm_name} -u {user} -p '<new password>'"
                 ),
             ),
         };

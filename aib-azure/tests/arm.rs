@@ -55,6 +55,24 @@ async fn server_errors_are_retried_then_surfaced() {
 }
 
 #[tokio::test]
+async fn an_action_that_must_not_run_twice_is_not_retried_after_a_server_error() {
+    let s = ArmServer::start().await.unwrap();
+    let c = client(&s);
+    group(&c, "rg1").await;
+    let vm = format!("/subscriptions/{SUB}/resourceGroups/rg1/providers/Microsoft.Compute/virtualMachines/vm/runCommand");
+    let before = c.requests_sent();
+    s.inject(ArmFault::ServerError, 1);
+    let err = c.post_once(&vm, COMPUTE_API, Some(&json!({"commandId": "RunPowerShellScript"}))).await.unwrap_err();
+    assert!(format!("{err:?}").contains("InternalServerError"), "{err:?}");
+    assert_eq!(c.requests_sent() - before, 1, "a 500 may come after the action started: not sent again");
+    // Throttling says the request was not taken: that is waited out.
+    s.inject(ArmFault::Throttle { retry_after_secs: 0 }, 1);
+    let err = c.post_once(&vm, COMPUTE_API, None).await.unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "retried past the 429 to the missing VM: {err:?}");
+    assert_eq!(s.pending_faults(), 0);
+}
+
+#[tokio::test]
 async fn long_running_operations_are_followed_to_the_end() {
     let s = ArmServer::start().await.unwrap();
     let c = client(&s);

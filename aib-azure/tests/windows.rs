@@ -63,7 +63,9 @@ async fn the_windows_provisioner_passes_the_conformance_suite() {
     assert_eq!(m.image_state, GENERALIZED, "Sysprep ran");
     assert!(!m.https_listener, "the listener was removed before the image was taken");
     assert_eq!(m.run_commands.len(), 2, "one Run Command sets WinRM up, one removes it and runs Sysprep");
-    assert!(m.run_commands[1].contains("Set-Item -Path WSMan:\\localhost\\Service\\Auth\\Basic -Value $false"));
+    let cleanup = &m.run_commands[1];
+    assert!(cleanup.contains("Set-Item -Path WSMan:\\localhost\\Service\\Auth\\Basic -Value $basic"), "Basic is put back");
+    assert!(cleanup.contains("Remove-Item -DeleteKey"), "the certificate goes with its private key");
     let pw = &m.admin_password;
     assert!(pw.len() >= 12 && pw.chars().any(|c| !c.is_ascii_alphanumeric()), "a generated password meets ARM's rule");
     assert_eq!(m.admin_user, "aib");

@@ -68,11 +68,15 @@ pub struct CommandOutput {
     pub stderr: String,
 }
 
+/// A command started on a guest: calling it waits for the command's end (on a thread of the
+/// caller's choosing; the ARM test server uses a blocking task, so other requests go on).
+pub type CommandRun = Box<dyn FnOnce() -> Result<CommandOutput, String> + Send>;
+
 /// A running guest; stops when dropped.
 pub trait Guest: Send + fmt::Debug {
-    /// Runs `script` as ARM's Run Command does (through the VM agent, not the network).
+    /// Starts `script` as ARM's Run Command does (through the VM agent, not the network).
     /// Guests without an agent refuse.
-    fn run_command(&self, _script: &str) -> Result<CommandOutput, String> {
+    fn run_command(&self, _script: &str) -> Result<CommandRun, String> {
         Err("this guest has no VM agent to run commands".into())
     }
 }

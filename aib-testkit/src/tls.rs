@@ -19,7 +19,7 @@ pub struct TlsFront {
     address: String,
     port: u16,
     fingerprint: [u8; 32],
-    task: JoinHandle<()>,
+    task: Option<JoinHandle<()>>,
     _dir: tempfile::TempDir,
 }
 
@@ -31,7 +31,9 @@ impl fmt::Debug for TlsFront {
 
 impl Drop for TlsFront {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(t) = &self.task {
+            t.abort();
+        }
     }
 }
 
@@ -95,7 +97,15 @@ impl TlsFront {
                 while connections.try_join_next().is_some() {}
             }
         });
-        Ok(TlsFront { address: address.into(), port, fingerprint, task, _dir: dir })
+        Ok(TlsFront { address: address.into(), port, fingerprint, task: Some(task), _dir: dir })
+    }
+
+    /// Stops listening and drops every connection; returns once the port is free again.
+    pub async fn stop(mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
     }
 
     /// The port it listens on.

@@ -8,7 +8,7 @@
 //! (`Write-Output`, `exit N`, `[Console]::Error.WriteLine(…)`, `Get-Content`, `& 'file'`,
 //! `Remove-Item`); anything else succeeds silently. Tests read and script its state.
 
-use crate::guest::{CommandOutput, Guest, GuestHost, GuestSpec};
+use crate::guest::{CommandOutput, CommandRun, Guest, GuestHost, GuestSpec};
 use crate::tls::{OPENSSL_HINT, TlsFront};
 use crate::winrm::{WinRmCommand, WinRmReply, WinRmServer};
 use base64::Engine;
@@ -107,6 +107,14 @@ fn quoted(s: &str, after: &str) -> Option<String> {
 
 /// Runs the statements the machine understands; others succeed silently.
 fn interpret(m: &mut WindowsState, script: &str, out: &mut String, err: &mut String) -> i32 {
+    interpret_at(m, script, out, err, 0)
+}
+
+fn interpret_at(m: &mut WindowsState, script: &str, out: &mut String, err: &mut String, depth: usize) -> i32 {
+    if depth > 16 {
+        err.push_str("The script call depth overflowed.\n");
+        return 1;
+    }
     let mut last = 0;
     for stmt in script.split(['\n', ';']).map(str::trim).filter(|s| !s.is_empty()) {
         if let Some(v) = stmt.strip_prefix("Write-Output ").or_else(|| stmt.strip_prefix("echo ")) {
@@ -132,7 +140,7 @@ fn interpret(m: &mut WindowsState, script: &str, out: &mut String, err: &mut Str
         } else if let Some(rest) = stmt.strip_prefix("& ") {
             let p = quoted(rest, "").unwrap_or_default();
             let body = m.files.get(&p).cloned().unwrap_or_default();
-            last = interpret(m, &String::from_utf8_lossy(&body), out, err);
+            last = interpret_at(m, &String::from_utf8_lossy(&body), out, err, depth + 1);
         } else if stmt.starts_with("Remove-Item")
             && let Some(p) = quoted(stmt, "-LiteralPath")
         {
@@ -263,8 +271,8 @@ impl FakeWindows {
 enum ListenerCommand {
     /// Configure the HTTPS listener with a fresh certificate; answers its SHA-256 (hex).
     Start(std::sync::mpsc::Sender<Result<String, String>>),
-    /// Remove the HTTPS listener.
-    Stop,
+    /// Remove the HTTPS listener; answers once it is gone.
+    Stop(std::sync::mpsc::Sender<()>),
 }
 
 /// Windows guests for the ARM test server: each VM is a [`FakeWindows`] behind a real
@@ -309,43 +317,57 @@ impl fmt::Debug for WindowsGuest {
 }
 
 impl Guest for WindowsGuest {
-    fn run_command(&self, script: &str) -> Result<CommandOutput, String> {
+    fn run_command(&self, script: &str) -> Result<CommandRun, String> {
         self.machine.state().run_commands.push(script.to_string());
-        if script.contains("New-SelfSignedCertificate") && script.contains("WSMan:\\localhost\\Listener") {
-            let (reply, answer) = std::sync::mpsc::channel();
-            self.tx.send(ListenerCommand::Start(reply)).map_err(|_| "the guest is stopped".to_string())?;
-            let sha = answer.recv_timeout(Duration::from_secs(20)).map_err(|e| format!("the listener did not start: {e}"))??;
-            self.machine.state().https_listener = true;
-            return Ok(CommandOutput { stdout: format!("aib-winrm-certificate-sha256:{sha}\n"), stderr: String::new() });
-        }
-        if script.contains("WSMan:\\localhost\\Listener") && script.contains("Remove-Item") {
-            let _ = self.tx.send(ListenerCommand::Stop);
-            self.machine.state().https_listener = false;
-        }
-        let (mut out, mut err) = (String::new(), String::new());
-        let mut m = self.machine.state();
-        let mut script = script.to_string();
-        // A script file written from base64 and run with `-File`: its exit code is `$code`.
-        let embedded = quoted(&script, "FromBase64String(")
-            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-            .and_then(|b| String::from_utf8(b).ok());
-        if let Some(inner) = embedded {
-            let (o, e, code) = if inner.contains("Sysprep.exe /oobe /generalize") {
-                generalize(&mut m)
-            } else {
-                let (mut o, mut e) = (String::new(), String::new());
-                let code = interpret(&mut m, &inner, &mut o, &mut e);
-                (o, e, code)
-            };
-            let at = script.find("FromBase64String(").unwrap_or(0);
-            interpret(&mut m, &script[..at], &mut out, &mut err);
-            out.push_str(&o);
-            err.push_str(&e);
-            script = script[at..].replace("$code", &code.to_string());
-        }
-        interpret(&mut m, &script, &mut out, &mut err);
-        Ok(CommandOutput { stdout: out, stderr: err })
+        let (machine, tx, script) = (self.machine.clone(), self.tx.clone(), script.to_string());
+        Ok(Box::new(move || run_script(&machine, &tx, script)))
     }
+}
+
+/// What a Run Command script does on the machine: aib's WinRM setup starts the HTTPS
+/// listener and prints its certificate's SHA-256; its cleanup stops the listener; a script
+/// embedded in base64 (the generalizer) runs, its exit code standing for `$code`.
+fn run_script(
+    machine: &FakeWindows,
+    tx: &tokio::sync::mpsc::UnboundedSender<ListenerCommand>,
+    script: String,
+) -> Result<CommandOutput, String> {
+    if script.contains("New-SelfSignedCertificate") && script.contains("WSMan:\\localhost\\Listener") {
+        let (reply, answer) = std::sync::mpsc::channel();
+        tx.send(ListenerCommand::Start(reply)).map_err(|_| "the guest is stopped".to_string())?;
+        let sha = answer.recv_timeout(Duration::from_secs(20)).map_err(|e| format!("the listener did not start: {e}"))??;
+        machine.state().https_listener = true;
+        return Ok(CommandOutput { stdout: format!("aib-winrm-certificate-sha256:{sha}\n"), stderr: String::new() });
+    }
+    if script.contains("WSMan:\\localhost\\Listener") && script.contains("Remove-Item") {
+        let (reply, answer) = std::sync::mpsc::channel();
+        if tx.send(ListenerCommand::Stop(reply)).is_ok() {
+            let _ = answer.recv_timeout(Duration::from_secs(20));
+        }
+        machine.state().https_listener = false;
+    }
+    let (mut out, mut err) = (String::new(), String::new());
+    let mut m = machine.state();
+    let mut script = script;
+    let embedded = quoted(&script, "FromBase64String(")
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .and_then(|b| String::from_utf8(b).ok());
+    if let Some(inner) = embedded {
+        let (o, e, code) = if inner.contains("Sysprep.exe /oobe /generalize") {
+            generalize(&mut m)
+        } else {
+            let (mut o, mut e) = (String::new(), String::new());
+            let code = interpret(&mut m, &inner, &mut o, &mut e);
+            (o, e, code)
+        };
+        let at = script.find("FromBase64String(").unwrap_or(0);
+        interpret(&mut m, &script[..at], &mut out, &mut err);
+        out.push_str(&o);
+        err.push_str(&e);
+        script = script[at..].replace("$code", &code.to_string());
+    }
+    interpret(&mut m, &script, &mut out, &mut err);
+    Ok(CommandOutput { stdout: out, stderr: err })
 }
 
 impl GuestHost for WindowsGuests {
@@ -382,11 +404,13 @@ impl GuestHost for WindowsGuests {
                         Err(e) => return drop(ready.send(Err(format!("WS-Management server: {e}")))),
                     };
                     let _ = ready.send(Ok(()));
-                    let mut front = None;
+                    let mut front: Option<TlsFront> = None;
                     while let Some(cmd) = rx.recv().await {
                         match cmd {
                             ListenerCommand::Start(reply) => {
-                                front = None;
+                                if let Some(f) = front.take() {
+                                    f.stop().await;
+                                }
                                 match TlsFront::start(&address, port, server.port()).await {
                                     Ok(f) => {
                                         let _ = reply.send(Ok(f.fingerprint_hex()));
@@ -395,7 +419,12 @@ impl GuestHost for WindowsGuests {
                                     Err(e) => drop(reply.send(Err(format!("HTTPS listener at {address}:{port}: {e}")))),
                                 }
                             }
-                            ListenerCommand::Stop => front = None,
+                            ListenerCommand::Stop(reply) => {
+                                if let Some(f) = front.take() {
+                                    f.stop().await;
+                                }
+                                let _ = reply.send(());
+                            }
                         }
                     }
                     drop(front);

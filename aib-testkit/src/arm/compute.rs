@@ -3,10 +3,11 @@
 //! every VM, VM power states, generalization, images from generalized VMs, and the
 //! references that keep a resource in use (a NIC used by a VM cannot be deleted).
 
-use super::{State, error};
+use super::{Pending, State, error};
 use crate::guest::{GuestSpec, decode_custom_data};
 use crate::http::Response;
 use serde_json::{Value, json};
+use std::sync::Arc;
 
 pub(super) const VM: &str = "microsoft.compute/virtualmachines";
 const NIC: &str = "microsoft.network/networkinterfaces";
@@ -296,11 +297,9 @@ pub(super) fn deleted(s: &mut State, removed: &Value, key: &str) {
     }
 }
 
-/// `POST …/virtualMachines/{vm}/{action}`: the operation's result, or an error response that
-/// refuses it.
-pub(super) fn vm_action(s: &mut State, vm: &str, action: &str, body: &Value) -> Result<Option<Value>, Response> {
+/// `POST …/virtualMachines/{vm}/{action}`; an error response refuses it.
+pub(super) fn vm_action(s: &mut State, vm: &str, action: &str) -> Result<(), Response> {
     match action {
-        "runcommand" => return run_command(s, vm, body).map(Some),
         "deallocate" | "poweroff" => {
             s.running.remove(vm);
             s.power.insert(vm.to_string(), if action == "deallocate" { "deallocated" } else { "stopped" });
@@ -320,12 +319,13 @@ pub(super) fn vm_action(s: &mut State, vm: &str, action: &str, body: &Value) -> 
         }
         _ => {}
     }
-    Ok(None)
+    Ok(())
 }
 
-/// `POST …/virtualMachines/{vm}/runCommand`: the script runs on the guest through its agent;
-/// the result has the shape ARM gives a Windows VM's (`ComponentStatus/StdOut/succeeded`).
-fn run_command(s: &State, vm: &str, body: &Value) -> Result<Value, Response> {
+/// `POST …/virtualMachines/{vm}/runCommand`: the script starts on the guest through its
+/// agent and the operation ends when it does, with the shape ARM gives a Windows VM's result
+/// (`ComponentStatus/StdOut/succeeded`).
+pub(super) fn run_command(s: &State, vm: &str, body: &Value) -> Result<Pending, Response> {
     let windows = s.resources[vm]["properties"]["osProfile"]["windowsConfiguration"].is_object();
     let want = if windows { "RunPowerShellScript" } else { "RunShellScript" };
     let id = body["commandId"].as_str().unwrap_or_default();
@@ -339,11 +339,19 @@ fn run_command(s: &State, vm: &str, body: &Value) -> Result<Value, Response> {
     let Some(guest) = s.running.get(vm) else {
         return Err(error(409, "VMAgentStatusCommunicationError", "The VM has no guest agent to run the command."));
     };
-    let out = guest
+    let job = guest
         .run_command(&script.join("\n"))
         .map_err(|e| error(409, "VMExtensionProvisioningError", &format!("Run command failed on the VM: {e}")))?;
-    let status = |stream: &str, message: &str| json!({"code": format!("ComponentStatus/{stream}/succeeded"), "level": "Info", "displayStatus": "Provisioning succeeded", "message": message});
-    Ok(json!({"value": [status("StdOut", &out.stdout), status("StdErr", &out.stderr)]}))
+    let slot: Pending = Arc::default();
+    let out = slot.clone();
+    tokio::task::spawn_blocking(move || {
+        let status = |stream: &str, message: &str| json!({"code": format!("ComponentStatus/{stream}/succeeded"), "level": "Info", "displayStatus": "Provisioning succeeded", "message": message});
+        let r = job()
+            .map(|o| json!({"value": [status("StdOut", &o.stdout), status("StdErr", &o.stderr)]}))
+            .map_err(|e| ("VMExtensionProvisioningError".to_string(), format!("Run command failed on the VM: {e}")));
+        *out.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+    });
+    Ok(slot)
 }
 
 /// `GET …/virtualMachines/{vm}/instanceView`.

@@ -33,7 +33,9 @@ pub enum ArmFault {
     Unavailable,
 }
 
-type Export = Arc<Mutex<Option<Result<String, String>>>>;
+/// The result of work that goes on beside the server (a disk export, a Run Command): the
+/// operation's output, or an ARM error code and message.
+type Pending = Arc<Mutex<Option<Result<Value, (String, String)>>>>;
 
 #[derive(Debug, Clone)]
 enum OpKind {
@@ -42,8 +44,8 @@ enum OpKind {
     Action {
         result: Option<Value>,
     },
-    /// A disk being exported: done once the blob is written.
-    Export(Export),
+    /// Work going on beside the server (a disk export, a Run Command): done once it ends.
+    Pending(Pending),
 }
 
 #[derive(Debug, Clone)]
@@ -291,7 +293,7 @@ impl ArmServer {
                     }
                 }
             }
-            OpKind::Action { .. } | OpKind::Export(_) => {}
+            OpKind::Action { .. } | OpKind::Pending(_) => {}
         }
     }
 
@@ -350,15 +352,13 @@ impl ArmServer {
         // Operation status: Azure-AsyncOperation (body status) and Location (202 until done).
         if lower.len() == 6 && lower[2] == "providers" && lower[3] == "microsoft.testkit" {
             let Some(mut op) = s.ops.get_mut(&seg[5]).cloned() else { return error(404, "OperationNotFound", "no such operation") };
-            let exported = match &op.kind {
-                OpKind::Export(e) => e.lock().unwrap_or_else(|p| p.into_inner()).clone(),
-                _ => Some(Ok(String::new())),
-            };
-            let Some(exported) = exported else { return Self::op_in_progress(&lower[4], &seg[5]) };
-            if let OpKind::Export(_) = &op.kind {
-                match exported {
-                    Ok(sas) => op.kind = OpKind::Action { result: Some(json!({"accessSAS": sas})) },
-                    Err(e) => op.error = Some(("InternalDiskManagementError".into(), format!("exporting the disk failed: {e}"))),
+            if let OpKind::Pending(p) = &op.kind {
+                let Some(ended) = p.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+                    return Self::op_in_progress(&lower[4], &seg[5]);
+                };
+                match ended {
+                    Ok(v) => op.kind = OpKind::Action { result: Some(v) },
+                    Err(e) => op.error = Some(e),
                 }
             }
             let done = op.polls_left <= 1;
@@ -510,12 +510,16 @@ impl ArmServer {
                         return error(404, "ResourceNotFound", &format!("The Resource '{target}' was not found."));
                     }
                     let action = lower.last().cloned().unwrap_or_default();
-                    let mut result = None;
+                    let mut running = None;
                     if s.resources[&target]["type"].as_str().is_some_and(|t| t.eq_ignore_ascii_case(compute::VM)) {
-                        let body: Value = serde_json::from_slice(&req.body).unwrap_or_default();
-                        match compute::vm_action(&mut s, &target, &action, &body) {
-                            Ok(r) => result = r,
-                            Err(r) => return r,
+                        let r = if action == "runcommand" {
+                            let body: Value = serde_json::from_slice(&req.body).unwrap_or_default();
+                            compute::run_command(&s, &target, &body).map(|p| running = Some(p))
+                        } else {
+                            compute::vm_action(&mut s, &target, &action)
+                        };
+                        if let Err(r) = r {
+                            return r;
                         }
                     }
                     let ttype = s.resources[&target]["type"].as_str().unwrap_or_default().to_ascii_lowercase();
@@ -526,20 +530,26 @@ impl ArmServer {
                     let kind = match (&s.disks, action.as_str()) {
                         (Some(d), "begingetaccess") => {
                             let size = s.resources[&target]["properties"]["diskSizeGB"].as_u64().unwrap_or(30) << 30;
-                            let slot: Export = Arc::default();
+                            let slot: Pending = Arc::default();
                             let (fut, out) = (d.export(s.resources[&target]["id"].as_str().unwrap_or_default(), size), slot.clone());
                             tokio::spawn(async move {
-                                let r = fut.await;
+                                let r = fut
+                                    .await
+                                    .map(|sas| json!({"accessSAS": sas}))
+                                    .map_err(|e| ("InternalDiskManagementError".to_string(), format!("exporting the disk failed: {e}")));
                                 *out.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
                             });
-                            OpKind::Export(slot)
+                            OpKind::Pending(slot)
                         }
                         (None, "begingetaccess") => OpKind::Action {
                             result: Some(
                                 json!({"accessSAS": format!("{base}/sas/{}?sig=testkit", target.rsplit('/').next().unwrap_or_default())}),
                             ),
                         },
-                        _ => OpKind::Action { result },
+                        _ => match running {
+                            Some(p) => OpKind::Pending(p),
+                            None => OpKind::Action { result: None },
+                        },
                     };
                     let (async_url, location) = Self::new_op(&mut s, base, &sub, kind, None);
                     return Response::new(202, "")
