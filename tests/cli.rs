@@ -138,6 +138,57 @@ fn the_plugin_example_builds_with_its_own_type() {
 /// `aib build --backend azure` and `aib gc --backend azure` against the ARM test server
 /// (VMs backed by sshd guests: needs root and OpenSSH), with the ordinary client-secret
 /// credential pointed at the server's token endpoint.
+/// `aib testkit arm-server` runs on its own, like Azurite: it listens, answers ARM calls with
+/// its marketplace images, says where its Windows guests listen, and stops on Ctrl-C.
+#[test]
+fn the_arm_test_server_runs_standalone() {
+    use std::io::{BufRead, Read, Write};
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let mut child = Command::new(aib())
+        .args(["testkit", "arm-server", "--port", &port, "--windows-guests", "--image", "westus2:Canonical:ubuntu:server:24.04.1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    for _ in 0..2 {
+        let mut l = String::new();
+        out.read_line(&mut l).unwrap();
+        lines.push(l);
+    }
+    assert_eq!(lines[0].trim(), format!("ARM test server listening on http://127.0.0.1:{port}"), "{lines:?}");
+    assert!(lines[1].contains("Windows VM guests: WinRM over HTTPS on port"), "{lines:?}");
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).unwrap();
+    write!(
+        tcp,
+        "GET /subscriptions/s/providers/Microsoft.Compute/locations/westus2/publishers/Canonical/artifacttypes/vmimage/offers/ubuntu/skus/server/versions?api-version=2024-07-01 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    // The status line and headers, then as many bytes as Content-Length says.
+    let mut reader = std::io::BufReader::new(tcp);
+    let (mut head, mut length) = (String::new(), 0usize);
+    loop {
+        let mut l = String::new();
+        reader.read_line(&mut l).unwrap();
+        if let Some(v) = l.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap();
+        }
+        if l.trim().is_empty() {
+            break;
+        }
+        head.push_str(&l);
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).unwrap();
+    let body = String::from_utf8_lossy(&body);
+    assert!(head.starts_with("HTTP/1.1 200") && body.contains("\"name\":\"24.04.1\""), "{head}{body}");
+    let st = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(st.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "Ctrl-C stops it cleanly: {status}");
+}
+
 #[cfg(feature = "azure")]
 mod azure {
     use super::aib;

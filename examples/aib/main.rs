@@ -177,11 +177,11 @@ fn main() -> ExitCode {
                 Guests::None => None,
                 Guests::Sshd => Some(std::sync::Arc::new(aib_testkit::guest::SshdGuests::new()?)),
             };
-            #[cfg_attr(not(feature = "azure"), allow(unused_mut))]
             let windows: Option<std::sync::Arc<dyn aib_testkit::guest::GuestHost>> = match windows_guests {
                 true => Some(std::sync::Arc::new(aib_testkit::windows::WindowsGuests::new()?)),
                 false => None,
             };
+            #[cfg_attr(not(feature = "azure"), allow(unused_mut))]
             let mut s = aib_testkit::arm::ArmServer::start_with_guests(port, host, windows).await?;
             if let Some(endpoint) = azurite {
                 #[cfg(feature = "azure")]
