@@ -244,17 +244,12 @@ mod azure {
         } else {
             v["properties"]["distribute"].as_array_mut().unwrap().push(json!({"type": "VHD", "runOutputName": "vhd"}));
         }
-        let text = v
-            .to_string()
-            .replace("<region>", "westus2")
-            .replace("<subscriptionID>", SUB)
-            .replace("<rgName>", "images")
-            .replace("<imageName>", "hello")
-            .replace("<runOutputName>", "hello")
-            .replace(
-                "<imgBuilderId>",
-                &format!("/subscriptions/{SUB}/resourceGroups/images/providers/Microsoft.ManagedIdentity/userAssignedIdentities/aib"),
-            );
+        let text = aib_testkit::corpus::fill_placeholders(
+            &v.to_string(),
+            SUB,
+            "images",
+            &[("<region>", "westus2"), ("<imageName>", "hello"), ("<runOutputName>", "hello")],
+        );
         let out = dir.join("helloImageTemplateLinux.json");
         std::fs::write(&out, text).unwrap();
         out
@@ -346,17 +341,12 @@ mod azure {
         let c = &mut v["properties"]["customize"];
         c[0]["scriptUri"] = web.put("testPsScript.ps1", "mkdir c:\\buildArtifacts\r\nWrite-Output 'build path created'\r\n").into();
         c[2]["sourceUri"] = web.put("index.html", "<h1>hello</h1>\n").into();
-        let text = v
-            .to_string()
-            .replace("<region>", "westus2")
-            .replace("<subscriptionID>", SUB)
-            .replace("<rgName>", "images")
-            .replace("<imageName>", "win")
-            .replace("<runOutputName>", "win")
-            .replace(
-                "<imgBuilderId>",
-                &format!("/subscriptions/{SUB}/resourceGroups/images/providers/Microsoft.ManagedIdentity/userAssignedIdentities/aib"),
-            );
+        let text = aib_testkit::corpus::fill_placeholders(
+            &v.to_string(),
+            SUB,
+            "images",
+            &[("<region>", "westus2"), ("<imageName>", "win"), ("<runOutputName>", "win")],
+        );
         let t = dir.path().join("helloImageTemplateWin.json");
         std::fs::write(&t, text).unwrap();
         let state = dir.path().join("state").display().to_string();

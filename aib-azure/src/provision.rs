@@ -12,8 +12,8 @@ use crate::error::BACKEND;
 use crate::network;
 use crate::windows;
 use aib_core::{
-    AccessInfo, BuildVm, CapturedImage, Communicator, Error, ExecRequest, OutputStream, Platform, ProvisionRequest, Provisioner,
-    ResourceRecord, Result, RunContext, Scope, StepContext,
+    AccessInfo, BuildVm, BuildVmTable, CapturedImage, Communicator, Error, ExecRequest, OutputStream, Platform, ProvisionRequest,
+    Provisioner, ResourceRecord, Result, RunContext, Scope, StepContext,
 };
 use aib_customizers::Generalizer;
 use aib_customizers::ssh::{HostKeyCheck, PrivateKey, SshCommunicator, SshConfig, ephemeral_key, private_key_openssh, public_key_line};
@@ -21,9 +21,8 @@ use aib_customizers::winrm::{WinRmAuth, WinRmCommunicator, WinRmConfig, WinRmTra
 use async_trait::async_trait;
 use base64::Engine;
 use serde_json::{Map, Value, json};
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The tag value AIB puts in `createdBy`.
@@ -205,7 +204,7 @@ impl AzureProvisionerBuilder {
             allowed_source: self.allowed_source.unwrap_or_else(|| "*".into()),
             connect_timeout: self.connect_timeout.unwrap_or(Duration::from_secs(20 * 60)),
             keep_staging: self.keep_staging.unwrap_or(true),
-            vms: Arc::default(),
+            vms: BuildVmTable::default(),
         })
     }
 }
@@ -222,7 +221,7 @@ pub struct AzureProvisioner {
     allowed_source: String,
     connect_timeout: Duration,
     keep_staging: bool,
-    vms: Arc<Mutex<HashMap<String, Arc<Vm>>>>,
+    vms: BuildVmTable<Vm>,
 }
 
 impl fmt::Debug for AzureProvisioner {
@@ -285,11 +284,7 @@ impl AzureProvisioner {
     }
 
     fn vm(&self, id: &str) -> Result<Arc<Vm>> {
-        self.vms
-            .lock()
-            .ok()
-            .and_then(|m| m.get(id).cloned())
-            .ok_or_else(|| Error::NotFound { backend: BACKEND, what: format!("build VM {id} (started by another process?)") })
+        self.vms.get(id, BACKEND)
     }
 
     fn tags(&self, req: &ProvisionRequest) -> Map<String, Value> {
@@ -400,7 +395,7 @@ impl AzureProvisioner {
             state.address,
             state.port,
             started.elapsed().as_secs_f64(),
-            pin.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            aib_customizers::tls_pin::pin_hex(&pin)
         ));
         Ok(Arc::new(comm))
     }
@@ -560,9 +555,7 @@ impl Provisioner for AzureProvisioner {
             vm.attributes.insert("hyperVGeneration".into(), g.into());
         }
         let state = Vm { login, address, port, user: user.clone(), image: req.image.clone() };
-        if let Ok(mut m) = self.vms.lock() {
-            m.insert(vm.id.clone(), Arc::new(state));
-        }
+        self.vms.insert(vm.id.clone(), state);
         Ok(vm)
     }
 
@@ -656,9 +649,7 @@ impl Provisioner for AzureProvisioner {
             attempt += 1;
             match self.arm.delete(&record.name, api).await {
                 Ok(()) | Err(Error::NotFound { .. }) => {
-                    if let Ok(mut m) = self.vms.lock() {
-                        m.remove(&record.name);
-                    }
+                    self.vms.remove(&record.name);
                     return Ok(());
                 }
                 // A failed delete is tried again, then reported.

@@ -107,19 +107,18 @@ async fn corpus_template(s: &ArmServer, web: &StaticServer, vhd: bool) -> ImageT
     if vhd {
         v["properties"]["distribute"].as_array_mut().unwrap().push(json!({"type": "VHD", "runOutputName": "vhd"}));
     }
-    let text = v
-        .to_string()
-        .replace("<region1>", "westus2")
-        .replace("<region2>", "eastus")
-        .replace("<subscriptionID>", SUB)
-        .replace("<rgName>", RG)
-        .replace("<sharedImageGalName>", "aibgallery")
-        .replace("<imageDefName>", "ubuntu")
-        .replace("<runOutputName>", "sig")
-        .replace(
-            "<imgBuilderId>",
-            &format!("/subscriptions/{SUB}/resourcegroups/{RG}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/aib"),
-        );
+    let text = aib_testkit::corpus::fill_placeholders(
+        &v.to_string(),
+        SUB,
+        RG,
+        &[
+            ("<region1>", "westus2"),
+            ("<region2>", "eastus"),
+            ("<sharedImageGalName>", "aibgallery"),
+            ("<imageDefName>", "ubuntu"),
+            ("<runOutputName>", "sig"),
+        ],
+    );
     let mut t = ImageTemplate::from_json(&text).unwrap().template;
     t.name = Some("helloImageTemplateforSIG".into());
     t

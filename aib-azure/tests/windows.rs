@@ -90,22 +90,21 @@ async fn corpus_template(s: &ArmServer, web: &StaticServer, tweak: impl FnOnce(&
         web.put("testPsScript.ps1", "mkdir c:\\buildArtifacts\r\nWrite-Output 'build path created'\r\n").into();
     props["customize"][2]["sourceUri"] = web.put("index.html", "<h1>hello from aib</h1>\n").into();
     tweak(props);
-    let text = v
-        .to_string()
-        .replace("[parameters('imageTemplateName')]", "helloImageTemplateWinSIG")
-        .replace("[parameters('svclocation')]", "westus2")
-        .replace("[parameters('api-version')]", "2022-02-14")
-        .replace("<region1>", "westus2")
-        .replace("<region2>", "eastus")
-        .replace("<subscriptionID>", SUB)
-        .replace("<rgName>", RG)
-        .replace("<sharedImageGalName>", "aibgallery")
-        .replace("<imageDefName>", "win2019")
-        .replace("<runOutputName>", "sig")
-        .replace(
-            "<imgBuilderId>",
-            &format!("/subscriptions/{SUB}/resourcegroups/{RG}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/aib"),
-        );
+    let text = aib_testkit::corpus::fill_placeholders(
+        &v.to_string(),
+        SUB,
+        RG,
+        &[
+            ("[parameters('imageTemplateName')]", "helloImageTemplateWinSIG"),
+            ("[parameters('svclocation')]", "westus2"),
+            ("[parameters('api-version')]", "2022-02-14"),
+            ("<region1>", "westus2"),
+            ("<region2>", "eastus"),
+            ("<sharedImageGalName>", "aibgallery"),
+            ("<imageDefName>", "win2019"),
+            ("<runOutputName>", "sig"),
+        ],
+    );
     ImageTemplate::from_json(&text).unwrap_or_else(|e| panic!("{e}")).template
 }
 

@@ -376,3 +376,54 @@ impl ProvisionRequest {
         ProvisionRequest { image, ..Default::default() }
     }
 }
+
+/// What a provisioner keeps about the build VMs it started (keys, addresses), by
+/// [`BuildVm::id`], from `provision` until the VM's resource is deleted. Clones share it.
+///
+/// ```
+/// use aib_core::{BuildVmTable, Error};
+/// let vms: BuildVmTable<u16> = BuildVmTable::default();
+/// vms.insert("vm-1", 2222);
+/// assert_eq!(*vms.get("vm-1", "example").unwrap(), 2222);
+/// vms.remove("vm-1");
+/// assert!(matches!(vms.get("vm-1", "example"), Err(Error::NotFound { .. })));
+/// ```
+#[derive(Debug)]
+pub struct BuildVmTable<T> {
+    vms: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<T>>>>,
+}
+
+impl<T> Default for BuildVmTable<T> {
+    fn default() -> Self {
+        BuildVmTable { vms: Arc::default() }
+    }
+}
+
+impl<T> Clone for BuildVmTable<T> {
+    fn clone(&self) -> Self {
+        BuildVmTable { vms: self.vms.clone() }
+    }
+}
+
+impl<T> BuildVmTable<T> {
+    /// Keeps `state` for the VM `id`.
+    pub fn insert(&self, id: impl Into<String>, state: T) {
+        self.vms.lock().unwrap_or_else(|e| e.into_inner()).insert(id.into(), Arc::new(state));
+    }
+
+    /// The state of the VM `id`; `NotFound` (naming `backend`) when this process did not
+    /// start it.
+    pub fn get(&self, id: &str, backend: &'static str) -> crate::Result<Arc<T>> {
+        self.vms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| crate::Error::NotFound { backend, what: format!("build VM {id} (started by another process?)") })
+    }
+
+    /// Forgets the VM `id` (its resource is gone).
+    pub fn remove(&self, id: &str) {
+        self.vms.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+    }
+}

@@ -17,7 +17,12 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// The SHA-256 fingerprint of a DER certificate, as lowercase hex.
 pub fn fingerprint_hex(der: &[u8]) -> String {
-    sha2::Sha256::digest(der).iter().map(|b| format!("{b:02x}")).collect()
+    pin_hex(&sha2::Sha256::digest(der).into())
+}
+
+/// A SHA-256 fingerprint as lowercase hex (what [`parse_fingerprint`] reads back).
+pub fn pin_hex(sha256: &[u8; 32]) -> String {
+    sha256.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Parses a SHA-256 fingerprint written as hex, with or without `:` separators.
@@ -54,8 +59,8 @@ impl ServerCertVerifier for Pinned {
         } else {
             Err(rustls::Error::General(format!(
                 "the server's certificate (SHA-256 {}) is not the pinned one ({})",
-                fingerprint_hex(end_entity.as_ref()),
-                self.sha256.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                pin_hex(&got),
+                pin_hex(&self.sha256)
             )))
         }
     }

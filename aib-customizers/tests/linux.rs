@@ -233,13 +233,12 @@ async fn a_corpus_linux_template_runs_every_linux_customizer_over_ssh() {
     c[2]["destination"] = html.clone().into();
     c[3]["inline"] = serde_json::json!([format!("mkdir -p {d}/buildArtifacts"), format!("cp {html} {d}/buildArtifacts/index.html")]);
     c[4]["inline"] = serde_json::json!(["echo would run: sudo apt install unattended-upgrades"]);
-    let text = v
-        .to_string()
-        .replace("<region>", "westus")
-        .replace("<subscriptionID>", "sub")
-        .replace("<rgName>", "rg")
-        .replace("<imageName>", "img")
-        .replace("<runOutputName>", "linux");
+    let text = aib_testkit::corpus::fill_placeholders(
+        &v.to_string(),
+        "sub",
+        "rg",
+        &[("<region>", "westus"), ("<imageName>", "img"), ("<runOutputName>", "linux")],
+    );
     let template = ImageTemplate::from_json(&text).unwrap().template;
 
     let fakes = aib_testkit::FakeBackend::new();

@@ -6,17 +6,16 @@
 use crate::qmp;
 use crate::tools::{Accelerator, BACKEND, OVMF_CODE, OVMF_VARS, image_info, run};
 use aib_core::{
-    AccessInfo, BuildVm, CapturedImage, Communicator, Error, ExecRequest, OutputStream, Platform, ProvisionRequest, Provisioner,
-    ResourceRecord, Result, RunContext, Scope, StepContext,
+    AccessInfo, BuildVm, BuildVmTable, CapturedImage, Communicator, Error, ExecRequest, OutputStream, Platform, ProvisionRequest,
+    Provisioner, ResourceRecord, Result, RunContext, Scope, StepContext,
 };
 use aib_customizers::Generalizer;
 use aib_customizers::quote::sh_quote;
 use aib_customizers::ssh::{HostKeyCheck, PrivateKey, SshCommunicator, SshConfig, ephemeral_key, private_key_openssh, public_key_line};
 use async_trait::async_trait;
-use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -37,7 +36,7 @@ pub struct QemuProvisioner {
     runs: PathBuf,
     accel: Accelerator,
     connect_timeout: Duration,
-    vms: Mutex<HashMap<String, Arc<Vm>>>,
+    vms: BuildVmTable<Vm>,
 }
 
 impl fmt::Debug for QemuProvisioner {
@@ -110,7 +109,7 @@ impl QemuProvisioner {
             runs: runs.into(),
             accel: Accelerator::probe(),
             connect_timeout: Duration::from_secs(20 * 60),
-            vms: Mutex::new(HashMap::new()),
+            vms: BuildVmTable::default(),
         }
     }
 
@@ -127,11 +126,7 @@ impl QemuProvisioner {
     }
 
     fn vm(&self, id: &str) -> Result<Arc<Vm>> {
-        self.vms
-            .lock()
-            .ok()
-            .and_then(|m| m.get(id).cloned())
-            .ok_or_else(|| Error::NotFound { backend: BACKEND, what: format!("build VM {id} (started by another process?)") })
+        self.vms.get(id, BACKEND)
     }
 
     async fn spawn(&self, workdir: &Path, args: &[String]) -> Result<tokio::process::Child> {
@@ -363,9 +358,7 @@ impl Provisioner for QemuProvisioner {
         vm.attributes.insert("accelerator".into(), format!("{:?}", self.accel).into());
         vm.attributes.insert("shape".into(), format!("{cpus} vCPU, {mem} MiB").into());
         let state = Vm { user_key, host_public, port, workdir: workdir.clone(), exited: rx, image: req.image.clone() };
-        if let Ok(mut m) = self.vms.lock() {
-            m.insert(vm.id.clone(), Arc::new(state));
-        }
+        self.vms.insert(vm.id.clone(), state);
         ctx.notice(format!("build VM started: {:?}, {cpus} vCPU, {mem} MiB, SSH on 127.0.0.1:{port}", self.accel));
         Ok(vm)
     }
@@ -493,6 +486,7 @@ impl Provisioner for QemuProvisioner {
             "dir" => match tokio::fs::remove_dir_all(&record.name).await {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&record.name, e)),
                 _ => {
+                    self.vms.remove(&record.name);
                     // The run's directory goes once its last VM is gone.
                     if let Some(parent) = Path::new(&record.name).parent() {
                         let _ = tokio::fs::remove_dir(parent).await;

@@ -156,17 +156,12 @@ async fn the_azure_provisioner_builds_on_a_real_debian_vm() {
     c[4]["inline"] = json!(["echo would run: sudo apt install unattended-upgrades", "test -f /buildArtifacts/index.html"]);
     v["properties"]["source"] =
         json!({"type": "PlatformImage", "publisher": "Debian", "offer": "debian-12", "sku": "12-gen2", "version": "latest"});
-    let text = v
-        .to_string()
-        .replace("<region>", "westus2")
-        .replace("<subscriptionID>", SUB)
-        .replace("<rgName>", "images")
-        .replace("<imageName>", "debian-azure")
-        .replace("<runOutputName>", "debian")
-        .replace(
-            "<imgBuilderId>",
-            &format!("/subscriptions/{SUB}/resourceGroups/images/providers/Microsoft.ManagedIdentity/userAssignedIdentities/aib"),
-        );
+    let text = aib_testkit::corpus::fill_placeholders(
+        &v.to_string(),
+        SUB,
+        "images",
+        &[("<region>", "westus2"), ("<imageName>", "debian-azure"), ("<runOutputName>", "debian")],
+    );
     let mut t = ImageTemplate::from_json(&text).unwrap().template;
     t.name = Some("debian-on-qemu".into());
 

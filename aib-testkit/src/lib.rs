@@ -33,6 +33,7 @@ pub mod arm;
 pub mod azurite;
 mod communicator;
 pub mod conformance;
+pub mod corpus;
 mod fakes;
 mod faults;
 pub mod guest;
