@@ -236,7 +236,7 @@ mod azure {
         let s2 = "#!/bin/sh\necho checksummed script ran\n";
         c[0]["scriptUri"] = web.put("customizeScript.sh", "#!/bin/sh\necho customizeScript ran\n").into();
         c[1]["scriptUri"] = web.put("customizeScript2.sh", s2).into();
-        c[1]["sha256Checksum"] = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(s2.as_bytes())).into();
+        c[1]["sha256Checksum"] = aib::customizers::fetch::sha256_hex(s2.as_bytes()).into();
         c[2]["sourceUri"] = web.put("index.html", "<h1>hello</h1>\n").into();
         c[4]["inline"] = json!([abort_on.unwrap_or("echo would run: sudo apt install unattended-upgrades")]);
         if abort_on.is_some() {

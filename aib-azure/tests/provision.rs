@@ -94,7 +94,7 @@ async fn corpus_template(s: &ArmServer, web: &StaticServer, vhd: bool) -> ImageT
     let cz = &mut v["properties"]["customize"];
     cz[0]["scriptUri"] = web.put("customizeScript.sh", s1).into();
     cz[1]["scriptUri"] = web.put("customizeScript2.sh", s2).into();
-    cz[1]["sha256Checksum"] = sha256(s2.as_bytes()).into();
+    cz[1]["sha256Checksum"] = aib_customizers::fetch::sha256_hex(s2.as_bytes()).into();
     cz[2]["sourceUri"] = web.put("index.html", "<h1>hello from aib</h1>\n").into();
     // No network from the guest: the package install is shown, not run.
     cz[4]["inline"] = json!(["echo would run: sudo apt install unattended-upgrades", "test -f /buildArtifacts/index.html"]);
@@ -122,11 +122,6 @@ async fn corpus_template(s: &ArmServer, web: &StaticServer, vhd: bool) -> ImageT
     let mut t = ImageTemplate::from_json(&text).unwrap().template;
     t.name = Some("helloImageTemplateforSIG".into());
     t
-}
-
-fn sha256(b: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
 }
 
 async fn build(

@@ -42,6 +42,8 @@ pub fn parse_fingerprint(s: &str) -> Option<[u8; 32]> {
 struct Pinned {
     sha256: [u8; 32],
     provider: Arc<CryptoProvider>,
+    /// Set when a server showed another certificate: that will not change by retrying.
+    refused: Arc<Mutex<Option<String>>>,
 }
 
 impl ServerCertVerifier for Pinned {
@@ -57,11 +59,11 @@ impl ServerCertVerifier for Pinned {
         if got == self.sha256 {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::General(format!(
-                "the server's certificate (SHA-256 {}) is not the pinned one ({})",
-                pin_hex(&got),
-                pin_hex(&self.sha256)
-            )))
+            let why = format!("the server's certificate (SHA-256 {}) is not the pinned one ({})", pin_hex(&got), pin_hex(&self.sha256));
+            if let Ok(mut r) = self.refused.lock() {
+                *r = Some(why.clone());
+            }
+            Err(rustls::Error::General(why))
         }
     }
 
@@ -92,6 +94,7 @@ impl ServerCertVerifier for Pinned {
 pub struct PinnedTlsTunnel {
     port: u16,
     last_error: Arc<Mutex<Option<String>>>,
+    refused: Arc<Mutex<Option<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -112,11 +115,12 @@ impl PinnedTlsTunnel {
     /// `host:port`, whose certificate must have the SHA-256 fingerprint `sha256`.
     pub async fn start(host: &str, port: u16, sha256: [u8; 32]) -> Result<Self> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let refused: Arc<Mutex<Option<String>>> = Arc::default();
         let config = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::generic(BACKEND, format!("TLS setup: {e}")))?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Pinned { sha256, provider }))
+            .with_custom_certificate_verifier(Arc::new(Pinned { sha256, provider, refused: refused.clone() }))
             .with_no_client_auth();
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let name = ServerName::try_from(host.to_string()).map_err(|e| Error::InvalidConfig {
@@ -149,7 +153,7 @@ impl PinnedTlsTunnel {
                 });
             }
         });
-        Ok(PinnedTlsTunnel { port: local, last_error, task })
+        Ok(PinnedTlsTunnel { port: local, last_error, refused, task })
     }
 
     /// The loopback port to connect to.
@@ -161,6 +165,12 @@ impl PinnedTlsTunnel {
     /// fingerprints).
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().ok().and_then(|l| l.clone())
+    }
+
+    /// Why the server's certificate was refused, once one was: it is not the pinned one, and
+    /// waiting will not make it so.
+    pub fn refused_certificate(&self) -> Option<String> {
+        self.refused.lock().ok().and_then(|r| r.clone())
     }
 }
 

@@ -251,10 +251,10 @@ impl WinRmCommunicator {
                 Err(e) => e.to_string(),
             };
             // A certificate that is not the pinned one will not become it: stop at once.
-            let tunnel_err = self.tunnel.as_ref().and_then(|t| t.last_error());
-            if let Some(t) = tunnel_err.as_deref().filter(|t| t.contains("not the pinned one")) {
-                return Err(Error::PermissionDenied { backend: BACKEND, source: t.to_string().into() });
+            if let Some(why) = self.tunnel.as_ref().and_then(|t| t.refused_certificate()) {
+                return Err(Error::PermissionDenied { backend: BACKEND, source: why.into() });
             }
+            let tunnel_err = self.tunnel.as_ref().and_then(|t| t.last_error());
             let err = match tunnel_err {
                 Some(t) => format!("{err}; tunnel: {t}"),
                 None => err,

@@ -147,11 +147,7 @@ async fn the_azure_provisioner_builds_on_a_real_debian_vm() {
     let s2 = "#!/bin/sh\necho checksummed script ran on $(hostname)\n";
     c[0]["scriptUri"] = web.put("customizeScript.sh", "#!/bin/sh\necho customizeScript ran on $(hostname)\n").into();
     c[1]["scriptUri"] = web.put("customizeScript2.sh", s2).into();
-    c[1]["sha256Checksum"] = {
-        use sha2::Digest;
-        sha2::Sha256::digest(s2.as_bytes()).iter().map(|b| format!("{b:02x}")).collect::<String>()
-    }
-    .into();
+    c[1]["sha256Checksum"] = aib_customizers::fetch::sha256_hex(s2.as_bytes()).into();
     c[2]["sourceUri"] = web.put("index.html", "<h1>hello</h1>\n").into();
     c[4]["inline"] = json!(["echo would run: sudo apt install unattended-upgrades", "test -f /buildArtifacts/index.html"]);
     v["properties"]["source"] =

@@ -6,7 +6,6 @@ use aib::local::LocalBackend;
 use aib::template::{ImageTemplate, ParseOptions};
 use aib::{Event, OutputStream, Pipeline, Provisioner, RunReport, RunState};
 use futures::StreamExt;
-use sha2::Digest;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -139,7 +138,7 @@ pub(crate) async fn build(template: PathBuf, state_dir: Option<PathBuf>, json: b
         Ok(p) => p,
         Err(r) => return r,
     };
-    let digest = hex::encode(sha2::Sha256::digest(text.as_bytes()));
+    let digest = aib::customizers::fetch::sha256_hex(text.as_bytes());
     let local = backend(state_dir, Some(digest))?;
     aib::local::tools::check()?;
     let pipeline = Pipeline::from_template(&parsed, &local.backend())?.ledger(local.ledger()?).log_dir(local.log_dir()).build()?;
