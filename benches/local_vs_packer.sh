@@ -83,7 +83,7 @@ for i in $(seq "$RUNS"); do
   t0=$(now); "$AIB" build "$W/aib.json" --state-dir "$STATE" --output json > "$W/aib-$i.json"; t1=$(now)
   aib_times+=("$(echo "$t1 - $t0" | bc)")
   rm -rf "$W/packer-out"; packer_json "$W/packer-out" > "$W/packer.json"
-  t0=$(now); PACKER_LOG=0 packer build -color=false "$W/packer.json" > "$W/packer-$i.log" 2>&1 || { tail -20 "$W/packer-$i.log"; exit 1; }; t1=$(now)
+  t0=$(now); PACKER_CACHE_DIR="$W/packer_cache" PACKER_LOG=0 packer build -color=false "$W/packer.json" > "$W/packer-$i.log" 2>&1 || { tail -20 "$W/packer-$i.log"; exit 1; }; t1=$(now)
   packer_times+=("$(echo "$t1 - $t0" | bc)")
   echo "run $i: aib ${aib_times[-1]} s, packer ${packer_times[-1]} s"
 done

@@ -11,7 +11,7 @@
 //! testkit's fakes; with the local or Azure backend the same code runs on a real VM.
 
 use aib::customizers::quote::sh_quote;
-use aib::template::{CustomizerSpec, ImageTemplate, ParseOptions};
+use aib::template::{Code, CustomizerSpec, Diagnostic, Diagnostics, ImageTemplate, ParseOptions};
 use aib::{Backend, Communicator, CommunicatorExt, Customizer, Error, ExecRequest, Pipeline, Registry, Result, StepContext};
 use aib_testkit::FakeBackend;
 use std::fmt;
@@ -29,27 +29,33 @@ impl fmt::Display for PackageList {
     }
 }
 
+/// The step's own fields, read with serde.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PackageListConfig {
+    packages: Vec<String>,
+}
+
 impl PackageList {
-    /// Reads the step's own fields; unknown `type`s keep every field for their plugin.
+    /// Reads the step's own fields; unknown `type`s keep every field (and where they are) for
+    /// their plugin, so a wrong field is reported at its JSON path.
     fn from_spec(spec: &CustomizerSpec) -> Result<Self> {
         let CustomizerSpec::Custom(c) = spec else {
             return Err(Error::InvalidConfig { backend: "PackageList", key: "type".into(), message: "not a PackageList step".into() });
         };
-        let packages: Vec<String> = c
-            .fields
-            .get("packages")
-            .and_then(|v| v.as_array())
-            .map(|a| a.iter().filter_map(|p| p.as_str().map(str::to_string)).collect())
-            .unwrap_or_default();
+        let config: PackageListConfig = c.config()?;
         let valid = |p: &String| !p.is_empty() && p.chars().all(|ch| ch.is_ascii_alphanumeric() || "+-.:=~".contains(ch));
-        if packages.is_empty() || !packages.iter().all(valid) {
-            return Err(Error::InvalidConfig {
-                backend: "PackageList",
-                key: "packages".into(),
-                message: "give a non-empty list of Debian package names".into(),
-            });
+        if let Some(i) = config.packages.iter().position(|p| !valid(p)) {
+            let d = Diagnostic::error(format!("{}.packages[{i}]", c.path), Code::InvalidValue, "not a Debian package name")
+                .with_hint("use letters, digits and + - . : = ~");
+            return Err(Error::InvalidTemplate { diagnostics: Diagnostics(vec![d]) });
         }
-        Ok(PackageList { packages })
+        if config.packages.is_empty() {
+            let d = Diagnostic::error(format!("{}.packages", c.path), Code::InvalidValue, "no packages")
+                .with_hint("list at least one Debian package");
+            return Err(Error::InvalidTemplate { diagnostics: Diagnostics(vec![d]) });
+        }
+        Ok(PackageList { packages: config.packages })
     }
 }
 
@@ -86,11 +92,19 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let parsed = ImageTemplate::from_json_with(TEMPLATE, &ParseOptions::default().with_types(backend.registry.type_names()))?;
     let report = Pipeline::from_template(&parsed.template, &backend)?.build()?.run().await;
     println!("{}: {}", report.run_state, report.message);
-    for entry in fakes.journal().iter().filter(|e| e.starts_with("exec ")) {
-        println!("  {entry}");
+    for command in fakes.journal().iter().filter_map(aib_testkit::Call::command) {
+        println!("  exec {command}");
     }
     if !report.succeeded() {
         return Err(report.message.into());
+    }
+
+    // A plugin's own fields are checked like AIB's: the error names the field's JSON path.
+    let bad = TEMPLATE.replace(r#"["nginx", "curl"]"#, r#"["nginx", 42]"#);
+    let parsed = ImageTemplate::from_json_with(&bad, &ParseOptions::default().with_types(backend.registry.type_names()))?;
+    match Pipeline::from_template(&parsed.template, &backend) {
+        Err(e) => println!("refused: {e}"),
+        Ok(_) => return Err("a package list with a number in it was accepted".into()),
     }
     Ok(())
 }

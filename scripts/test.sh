@@ -2,9 +2,10 @@
 # Runs every check of the workspace, in the order CI runs them:
 #   1. cargo fmt --check          formatting
 #   2. cargo clippy -D warnings   lints, every target and feature
-#   3. cargo test                 unit, integration, property and doc tests (fakes, no cloud)
-#   4. cargo doc                  documentation builds without warnings
-#   5. end to end (own step)      real QEMU builds of the example template: boot the image
+#   3. feature matrix             the facade without defaults, with `azure` alone, `customizers` alone
+#   4. cargo test                 unit, integration, property and doc tests (fakes, no cloud)
+#   5. cargo doc                  documentation builds without warnings
+#   6. end to end (own step)      real QEMU builds of the example template: boot the image
 #                                 produced, check customization and generalization; failure
 #                                 under cleanup and abort. Minutes under TCG. Skip with --quick.
 # Needs the Rust toolchain (cargo, rustfmt, clippy). Azure storage tests run against Azurite,
@@ -64,6 +65,11 @@ cargo fmt --all --check
 
 step "cargo clippy --workspace --all-targets --all-features -- -D warnings"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+step "feature matrix: cargo check -p aib --no-default-features [--features azure | customizers]"
+cargo check -p aib --no-default-features
+cargo check -p aib --no-default-features --features azure
+cargo check -p aib --no-default-features --features customizers
 
 step "cargo test --workspace --all-targets --all-features"
 cargo test --workspace --all-targets --all-features

@@ -133,6 +133,7 @@ fn the_plugin_example_builds_with_its_own_type() {
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.starts_with("Succeeded"), "{stdout}");
     assert!(stdout.contains("apt-get install -y --no-install-recommends 'nginx' 'curl'"), "{stdout}");
+    assert!(stdout.contains("refused: invalid template:") && stdout.contains("properties.customize[0].packages[1]"), "{stdout}");
 }
 
 /// `aib build --backend azure` and `aib gc --backend azure` against the ARM test server

@@ -6,9 +6,10 @@ use crate::client::ArmClient;
 use crate::distribute::{ManagedImageDistributor, SharedImageDistributor};
 use crate::error::BACKEND;
 use crate::export::DiskVhdDistributor;
-use crate::provision::{AzureProvisioner, CREATED_AT_TAG, CREATED_BY, RUN_TAG};
+use crate::naming::{CREATED_AT_TAG, CREATED_BY, RUN_TAG};
+use crate::provision::AzureProvisioner;
 use crate::sources::AzureSource;
-use aib_core::{Backend, Distributor, Error, Registry, Result, Source};
+use aib_core::{Backend, Distributor, Error, Registry, Result};
 use serde_json::Value;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -19,15 +20,14 @@ use std::time::{Duration, SystemTime};
 #[must_use]
 pub struct AzureBackendBuilder {
     provisioner: Option<crate::provision::AzureProvisionerBuilder>,
-    location: Option<String>,
     storage_endpoint: Option<String>,
 }
 
-/// The Azure backend for templates in one region.
+/// The Azure backend: one value serves templates in any region (each request carries the
+/// template's `location`).
 #[derive(Debug, Clone)]
 pub struct AzureBackend {
     provisioner: Arc<AzureProvisioner>,
-    location: String,
     storage_endpoint: Option<String>,
 }
 
@@ -35,12 +35,6 @@ impl AzureBackendBuilder {
     /// The provisioner's settings (ARM client, subscription, resource group, …).
     pub fn provisioner(mut self, p: crate::provision::AzureProvisionerBuilder) -> Self {
         self.provisioner = Some(p);
-        self
-    }
-
-    /// The templates' region (`location`), for resolving sources.
-    pub fn location(mut self, l: impl Into<String>) -> Self {
-        self.location = Some(l.into());
         self
     }
 
@@ -57,12 +51,7 @@ impl AzureBackendBuilder {
             .provisioner
             .ok_or_else(|| Error::InvalidConfig { backend: BACKEND, key: "provisioner".into(), message: "call .provisioner(..)".into() })?
             .build()?;
-        let location = self.location.filter(|l| !l.is_empty()).ok_or_else(|| Error::InvalidConfig {
-            backend: BACKEND,
-            key: "location".into(),
-            message: "the templates' region is required".into(),
-        })?;
-        Ok(AzureBackend { provisioner: Arc::new(p), location, storage_endpoint: self.storage_endpoint })
+        Ok(AzureBackend { provisioner: Arc::new(p), storage_endpoint: self.storage_endpoint })
     }
 }
 
@@ -101,12 +90,6 @@ impl AzureBackend {
         self.provisioner.clone()
     }
 
-    /// The same backend (client, provisioner, settings) for templates in `location`.
-    #[must_use]
-    pub fn in_location(&self, location: impl Into<String>) -> Self {
-        AzureBackend { location: location.into(), ..self.clone() }
-    }
-
     /// The ARM client.
     pub fn arm(&self) -> &ArmClient {
         self.provisioner.arm()
@@ -114,22 +97,19 @@ impl AzureBackend {
 
     /// Sources, customizers and the `ManagedImage`, `SharedImage` and `VHD` distributors.
     pub fn backend(&self) -> Backend {
-        let source = Arc::new(AzureSource::new(self.arm().clone(), self.provisioner.subscription(), &self.location));
-        let mut reg = Registry::new();
-        for t in ["PlatformImage", "ManagedImage", "SharedImageVersion"] {
-            let s = source.clone();
-            reg = reg.with_source(t, move |_| Ok(s.clone() as Arc<dyn Source>));
-        }
+        let source = Arc::new(AzureSource::new(self.arm().clone(), self.provisioner.subscription()));
+        use aib_core::template::type_names;
+        let mut reg = Registry::new().with_sources(&type_names::SOURCES, source);
         let arm = self.arm().clone();
-        reg = reg.with_distributor("ManagedImage", move |spec| {
+        reg = reg.with_distributor(type_names::MANAGED_IMAGE, move |spec| {
             Ok(Arc::new(ManagedImageDistributor::from_spec(arm.clone(), spec)?) as Arc<dyn Distributor>)
         });
         let arm = self.arm().clone();
-        reg = reg.with_distributor("SharedImage", move |spec| {
+        reg = reg.with_distributor(type_names::SHARED_IMAGE, move |spec| {
             Ok(Arc::new(SharedImageDistributor::from_spec(arm.clone(), spec)?) as Arc<dyn Distributor>)
         });
         let (arm, endpoint) = (self.arm().clone(), self.storage_endpoint.clone());
-        reg = reg.with_distributor("VHD", move |spec| {
+        reg = reg.with_distributor(type_names::VHD, move |spec| {
             Ok(Arc::new(DiskVhdDistributor::from_spec(arm.clone(), spec, endpoint.clone())?) as Arc<dyn Distributor>)
         });
         Backend::new(self.provisioner.clone(), aib_customizers::registry().merge(reg))

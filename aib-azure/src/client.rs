@@ -5,6 +5,7 @@
 
 use crate::credential::Credential;
 use crate::error::{ArmError, BACKEND, classify, parse_body, retryable_status};
+use aib_core::retry::Backoff;
 use aib_core::{Error, Result};
 use reqwest::Method;
 use reqwest::header::HeaderMap;
@@ -31,7 +32,7 @@ pub struct RetryConfig {
     pub max_backoff: Duration,
     /// Give up retrying once this much time has passed.
     pub retry_timeout: Duration,
-    /// Randomize backoffs (between half and all of the computed delay).
+    /// Randomize backoffs (anywhere between zero and the computed delay: full jitter).
     pub jitter: bool,
 }
 
@@ -64,13 +65,10 @@ impl RetryConfig {
         }
     }
 
-    fn backoff(&self, attempt: u32) -> Duration {
-        let d = self.initial_backoff.saturating_mul(1u32 << attempt.min(16)).min(self.max_backoff);
-        if !self.jitter {
-            return d;
-        }
-        let r = (uuid::Uuid::new_v4().as_u128() % 1000) as u32;
-        d / 2 + d / 2 * r / 1000
+    /// The backoff of one request: the shared [`Backoff`], with full jitter unless switched off.
+    fn backoff(&self) -> Backoff {
+        let b = Backoff::new(self.initial_backoff, self.max_backoff);
+        if self.jitter { b } else { b.without_jitter() }
     }
 }
 
@@ -286,6 +284,7 @@ impl ArmClient {
         let start = Instant::now();
         let idempotent = method != Method::POST;
         let mut attempt = 0u32;
+        let mut backoff = inner.retry.backoff();
         loop {
             let token = inner.credential.bearer(&inner.scope).await?;
             let mut rb = inner
@@ -317,7 +316,7 @@ impl ArmClient {
                     if !retryable_status(status) || (!repeatable && status != 429) || attempt >= inner.retry.max_retries {
                         return Err(classify(err, after));
                     }
-                    let d = after.unwrap_or_else(|| inner.retry.backoff(attempt));
+                    let d = after.unwrap_or_else(|| backoff.next_delay());
                     if start.elapsed() + d > inner.retry.retry_timeout {
                         return Err(classify(err, after));
                     }
@@ -329,7 +328,7 @@ impl ArmClient {
                     if !(transient && idempotent) || attempt >= inner.retry.max_retries {
                         return Err(Error::Disconnected { backend: BACKEND, source: format!("{what}: {e}").into() });
                     }
-                    inner.retry.backoff(attempt)
+                    backoff.next_delay()
                 }
             };
             attempt += 1;

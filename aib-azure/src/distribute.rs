@@ -8,9 +8,9 @@
 use crate::api::{COMPUTE_API, GALLERY_API};
 use crate::client::ArmClient;
 use crate::error::BACKEND;
-use crate::provision::region;
+use crate::naming::region;
 use aib_core::template::{DistributorSpec, Expr, ManagedImageTarget, SharedImageTarget, Versioning};
-use aib_core::{Artifact, CapturedImage, Distributor, Error, OutputStream, ResourceRecord, Result, Scope, StepContext};
+use aib_core::{Artifact, CapturedImage, DistributeRequest, Distributor, Error, OutputStream, ResourceRecord, Result, Scope, StepContext};
 use async_trait::async_trait;
 use serde_json::{Value, json};
 use std::fmt;
@@ -26,7 +26,7 @@ fn source_ref(image: &CapturedImage) -> Value {
 
 /// An artifact in the making: deleted if the run ends before it is published, kept after.
 fn record(ctx: &StepContext, kind: &str, id: &str) -> Result<String> {
-    ctx.run.ledger().record(ResourceRecord::new(BACKEND, kind, id, Scope::Run))
+    ctx.record(ResourceRecord::new(BACKEND, kind, id, Scope::Run))
 }
 
 /// Replicas done and wanted, from a version's `replicationStatus`.
@@ -66,7 +66,8 @@ impl ManagedImageDistributor {
 
 #[async_trait]
 impl Distributor for ManagedImageDistributor {
-    async fn distribute(&self, image: &CapturedImage, ctx: &StepContext) -> Result<Artifact> {
+    async fn distribute(&self, req: &DistributeRequest, ctx: &StepContext) -> Result<Artifact> {
+        let image = &req.image;
         let id = &self.target.image_id;
         // An image's source cannot change in place: replace it, as AIB does.
         match self.arm.get(id, COMPUTE_API).await {
@@ -77,8 +78,7 @@ impl Distributor for ManagedImageDistributor {
             Err(Error::NotFound { .. }) => {}
             Err(e) => return Err(e),
         }
-        let mut props =
-            json!({"hyperVGeneration": image.source.attributes.get("hyperVGeneration").and_then(|g| g.as_str()).unwrap_or("V2")});
+        let mut props = json!({"hyperVGeneration": image.source.hyper_v_generation.as_deref().unwrap_or("V2")});
         if is_vm(image) {
             props["sourceVirtualMachine"] = json!({"id": image.id});
         } else {
@@ -89,7 +89,7 @@ impl Distributor for ManagedImageDistributor {
         let body = json!({"location": self.target.location, "tags": tags, "properties": props});
         let rec = record(ctx, "image", id)?;
         let v = self.arm.put(id, COMPUTE_API, &body).await?;
-        ctx.run.ledger().keep(&rec)?;
+        ctx.keep(&rec)?;
         Ok(Artifact::with_id(v["id"].as_str().unwrap_or(id)))
     }
 }
@@ -166,7 +166,8 @@ impl SharedImageDistributor {
 
 #[async_trait]
 impl Distributor for SharedImageDistributor {
-    async fn distribute(&self, image: &CapturedImage, ctx: &StepContext) -> Result<Artifact> {
+    async fn distribute(&self, req: &DistributeRequest, ctx: &StepContext) -> Result<Artifact> {
+        let image = &req.image;
         let t = &self.target;
         let (definition, explicit) = match t.gallery_image_id.split_once("/versions/") {
             Some((d, v)) => (d.to_string(), Some(v.to_string())),
@@ -265,7 +266,7 @@ impl Distributor for SharedImageDistributor {
             }
             Err(e) => return Err(e),
         }
-        ctx.run.ledger().keep(&rec)?;
+        ctx.keep(&rec)?;
         ctx.output.progress(100, Some(100), "replication %");
         Ok(Artifact::with_id(id))
     }

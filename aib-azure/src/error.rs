@@ -31,6 +31,53 @@ impl fmt::Display for ArmError {
 
 impl std::error::Error for ArmError {}
 
+/// Errors of the Azure backend outside ARM's own (which are [`ArmError`]): Blob storage
+/// calls, mapped once into [`aib_core::Error`] by their HTTP status.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AzureError {
+    /// A Blob storage call failed.
+    #[error("{what}")]
+    Blob {
+        /// What was being done (`writing the page at 512`, `creating container vhds in acct`).
+        what: String,
+        /// The SDK's error.
+        #[source]
+        source: azure_core::Error,
+    },
+}
+
+impl AzureError {
+    /// A Blob storage failure while doing `what`.
+    pub fn blob(what: impl Into<String>, source: azure_core::Error) -> Self {
+        AzureError::Blob { what: what.into(), source }
+    }
+}
+
+/// The HTTP status of a storage SDK error, when the service answered.
+pub(crate) fn blob_status(e: &azure_core::Error) -> Option<u16> {
+    e.as_http_error().map(|h| u16::from(h.status()))
+}
+
+/// True when `e` is the service's 409 with error code `code` (`ContainerAlreadyExists`).
+pub(crate) fn is_conflict(e: &azure_core::Error, code: &str) -> bool {
+    e.as_http_error().is_some_and(|h| u16::from(h.status()) == 409 && h.error_code() == Some(code))
+}
+
+impl From<AzureError> for Error {
+    fn from(e: AzureError) -> Self {
+        let AzureError::Blob { source, .. } = &e;
+        match blob_status(source) {
+            Some(401) => Error::Unauthenticated { backend: BACKEND, source: Box::new(e) },
+            Some(403) => Error::PermissionDenied { backend: BACKEND, source: Box::new(e) },
+            Some(404) => Error::NotFound { backend: BACKEND, what: aib_core::report::error_chain(&e) },
+            Some(429) => Error::Throttled { backend: BACKEND, retry_after: None },
+            // No answer at all (a dropped connection, a timeout) may work the next time.
+            status => Error::Generic { backend: BACKEND, retryable: status.is_none_or(retryable_status), source: Box::new(e) },
+        }
+    }
+}
+
 /// Reads `{error:{code,message}}` (or the bare pre-2021 `{code,message}`).
 pub(crate) fn parse_body(body: &[u8]) -> (String, String) {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();

@@ -4,11 +4,12 @@
 //! progress in bytes; the SAS is revoked on every path and the copy's VHD footer checked.
 
 use crate::api::{DISK_API, STORAGE_API};
+use crate::blob::{env_credentials, parse_blob_uri, redact};
 use crate::client::ArmClient;
-use crate::error::BACKEND;
-use crate::vhd::{env_credentials, parse_blob_uri};
+use crate::error::{AzureError, BACKEND};
+use crate::naming::{CREATED_BY, staging_account_name};
 use aib_core::template::DistributorSpec;
-use aib_core::{Artifact, CapturedImage, Distributor, Error, OutputStream, Result, StepContext};
+use aib_core::{Artifact, CapturedImage, DistributeRequest, Distributor, Error, OutputStream, Result, StepContext};
 use async_trait::async_trait;
 use azure_storage::{CloudLocation, StorageCredentials};
 use azure_storage_blobs::blob::CopyStatus;
@@ -33,31 +34,8 @@ impl fmt::Display for DiskVhdDistributor {
     }
 }
 
-/// A URL or message with every SAS signature (`sig=…`) replaced.
-pub(crate) fn redact(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find("sig=") {
-        out.push_str(&rest[..i + 4]);
-        out.push_str("REDACTED");
-        rest = &rest[i + 4..];
-        let end = rest.find(|c: char| c == '&' || c == '"' || c == '\'' || c.is_whitespace()).unwrap_or(rest.len());
-        rest = &rest[end..];
-    }
-    out.push_str(rest);
-    out
-}
-
 fn invalid(m: impl Into<String>) -> Error {
     Error::InvalidConfig { backend: BACKEND, key: "distribute.uri".into(), message: m.into() }
-}
-
-/// The staging account's name: `aib` and 21 hex digits of the group's id (3–24 lowercase).
-pub fn staging_account_name(group_id: &str) -> String {
-    use sha2::Digest;
-    let h = sha2::Sha256::digest(group_id.to_ascii_lowercase());
-    let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
-    format!("aib{}", &hex[..21])
 }
 
 impl DiskVhdDistributor {
@@ -100,7 +78,7 @@ impl DiskVhdDistributor {
             Err(Error::NotFound { .. }) => {
                 ctx.output.line(OutputStream::Stdout, &format!("creating the staging storage account {name}"));
                 let body = json!({"location": image.location, "sku": {"name": "Standard_LRS"}, "kind": "StorageV2",
-                                  "tags": {"createdBy": crate::provision::CREATED_BY, "imageTemplateResourceGroupName": group.rsplit('/').next().unwrap_or_default()},
+                                  "tags": {"createdBy": CREATED_BY, "imageTemplateResourceGroupName": group.rsplit('/').next().unwrap_or_default()},
                                   "properties": {"minimumTlsVersion": "TLS1_2", "allowBlobPublicAccess": false, "supportsHttpsTrafficOnly": true}});
                 self.arm.put(&id, STORAGE_API, &body).await?;
                 self.arm.get(&id, STORAGE_API).await?
@@ -132,9 +110,9 @@ impl DiskVhdDistributor {
         let creds = StorageCredentials::access_key(signer, azure_core::auth::Secret::new(key));
         let container = ClientBuilder::with_location(location, creds).container_client("vhds");
         if let Err(e) = container.create().await
-            && !e.to_string().contains("ContainerAlreadyExists")
+            && !crate::error::is_conflict(&e, "ContainerAlreadyExists")
         {
-            return Err(Error::generic(BACKEND, format!("creating container vhds in {name}: {e}")));
+            return Err(AzureError::blob(format!("creating container vhds in {name}"), e).into());
         }
         let blob = format!("{}-{}.vhd", ctx.run.run_id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let url = format!("{endpoint}/vhds/{blob}");
@@ -208,7 +186,8 @@ async fn check_footer(blob: &BlobClient, size: u64) -> Result<()> {
 
 #[async_trait]
 impl Distributor for DiskVhdDistributor {
-    async fn distribute(&self, image: &CapturedImage, ctx: &StepContext) -> Result<Artifact> {
+    async fn distribute(&self, req: &DistributeRequest, ctx: &StepContext) -> Result<Artifact> {
+        let image = &req.image;
         let disk = image.attributes.get("osDiskId").and_then(Value::as_str).ok_or_else(|| Error::Unsupported {
             operation: format!("a VHD of `{}` (not an Azure build VM; upload local disks with BlobVhdDistributor)", image.id),
             backend: BACKEND,
@@ -250,9 +229,9 @@ mod tests {
     #[test]
     fn signatures_are_redacted() {
         assert_eq!(
-            super::redact("copy from http://h/c/b.vhd?sv=1&sig=abc%2B=&se=2 failed: x-ms-copy-source:https://a/b?sig=zz\nnext"),
+            crate::blob::redact("copy from http://h/c/b.vhd?sv=1&sig=abc%2B=&se=2 failed: x-ms-copy-source:https://a/b?sig=zz\nnext"),
             "copy from http://h/c/b.vhd?sv=1&sig=REDACTED&se=2 failed: x-ms-copy-source:https://a/b?sig=REDACTED\nnext"
         );
-        assert_eq!(super::redact("nothing secret"), "nothing secret");
+        assert_eq!(crate::blob::redact("nothing secret"), "nothing secret");
     }
 }

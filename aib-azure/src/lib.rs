@@ -27,11 +27,11 @@
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 //! use aib_azure::{ArmClient, AzureSource, Credential};
 //! use aib_core::template::{ImageSource, PlatformImageSource};
-//! use aib_core::{RunContext, Source};
+//! use aib_core::{ResolveRequest, Source, StepContext};
 //! let arm_server = aib_testkit::arm::ArmServer::start().await.unwrap();
 //! arm_server.add_marketplace_image("westus2", "Canonical", "ubuntu-24_04-lts", "server", "24.04.202501010");
 //! let arm = ArmClient::builder().endpoint(arm_server.url()).credential(Credential::static_token("t")).build().unwrap();
-//! let source = AzureSource::new(arm, "sub", "West US 2");
+//! let source = AzureSource::new(arm, "sub");
 //! let spec = ImageSource::PlatformImage(PlatformImageSource {
 //!     publisher: Some("Canonical".into()),
 //!     offer: Some("ubuntu-24_04-lts".into()),
@@ -39,7 +39,8 @@
 //!     version: Some("latest".into()),
 //!     plan_info: None,
 //! });
-//! let image = source.resolve(&spec, &RunContext::detached("doc").unwrap()).await.unwrap();
+//! let req = ResolveRequest::new(spec).with_location("West US 2"); // the template's `location`
+//! let image = source.resolve(&req, &StepContext::detached("resolve").unwrap()).await.unwrap();
 //! assert_eq!(image.exact_version.as_deref(), Some("24.04.202501010"));
 //! # });
 //! ```
@@ -47,25 +48,30 @@
 
 mod api;
 mod backend;
+mod blob;
 mod client;
 mod credential;
 mod distribute;
 mod error;
 mod export;
+mod naming;
 mod network;
 mod provision;
 mod sources;
+mod staging;
 pub mod upload;
 mod vhd;
 pub mod windows;
 
 pub use api::{COMPUTE_API, DISK_API, GALLERY_API, NETWORK_API, RESOURCES_API, STORAGE_API, api_version_for};
 pub use backend::{AzureBackend, AzureBackendBuilder, TagGcReport};
+pub use blob::parse_blob_uri;
 pub use client::{ArmClient, ArmClientBuilder, PUBLIC_ARM, RetryConfig};
 pub use credential::Credential;
 pub use distribute::{ManagedImageDistributor, SharedImageDistributor, next_version};
-pub use error::ArmError;
-pub use export::{DiskVhdDistributor, staging_account_name};
-pub use provision::{AzureProvisioner, AzureProvisionerBuilder, CREATED_AT_TAG, CREATED_BY, RUN_TAG, default_vm_size, staging_group_name};
+pub use error::{ArmError, AzureError};
+pub use export::DiskVhdDistributor;
+pub use naming::{CREATED_AT_TAG, CREATED_BY, RUN_TAG, staging_account_name, staging_group_name};
+pub use provision::{AzureProvisioner, AzureProvisionerBuilder, default_vm_size};
 pub use sources::AzureSource;
-pub use vhd::{BlobVhdDistributor, parse_blob_uri};
+pub use vhd::BlobVhdDistributor;

@@ -5,8 +5,9 @@
 use crate::api::NETWORK_API;
 use crate::client::ArmClient;
 use crate::error::BACKEND;
-use crate::provision::{AzureProvisioner, region};
-use aib_core::{Error, Result, RunContext};
+use crate::naming::region;
+use crate::staging::create;
+use aib_core::{Error, Result, StepContext};
 use serde_json::{Value, json};
 
 pub(crate) struct Plan<'a> {
@@ -43,9 +44,10 @@ fn net_id(p: &Plan<'_>, kind: &str, name: &str) -> String {
     format!("{}/providers/Microsoft.Network/{kind}/{name}", p.group)
 }
 
-pub(crate) async fn new_network(prov: &AzureProvisioner, ctx: &RunContext, p: &Plan<'_>) -> Result<Nic> {
+pub(crate) async fn new_network(arm: &ArmClient, ctx: &StepContext, p: &Plan<'_>) -> Result<Nic> {
     let nsg = net_id(p, "networkSecurityGroups", &format!("aib-nsg-{}", p.short));
-    prov.create(
+    create(
+        arm,
         ctx,
         "networkSecurityGroup",
         &nsg,
@@ -55,7 +57,8 @@ pub(crate) async fn new_network(prov: &AzureProvisioner, ctx: &RunContext, p: &P
     )
     .await?;
     let vnet = net_id(p, "virtualNetworks", &format!("aib-vnet-{}", p.short));
-    prov.create(
+    create(
+        arm,
         ctx,
         "virtualNetwork",
         &vnet,
@@ -64,7 +67,8 @@ pub(crate) async fn new_network(prov: &AzureProvisioner, ctx: &RunContext, p: &P
     )
     .await?;
     let pip = net_id(p, "publicIPAddresses", &format!("aib-pip-{}", p.short));
-    prov.create(
+    create(
+        arm,
         ctx,
         "publicIPAddress",
         &pip,
@@ -73,20 +77,20 @@ pub(crate) async fn new_network(prov: &AzureProvisioner, ctx: &RunContext, p: &P
     )
     .await?;
     let subnet = format!("{vnet}/subnets/default");
-    nic(prov, ctx, p, json!({"subnet": {"id": subnet}, "publicIPAddress": {"id": pip}, "privateIPAllocationMethod": "Dynamic"}), Some(pip))
+    nic(arm, ctx, p, json!({"subnet": {"id": subnet}, "publicIPAddress": {"id": pip}, "privateIPAllocationMethod": "Dynamic"}), Some(pip))
         .await
 }
 
 /// The build VM's NIC with one IP configuration.
-async fn nic(prov: &AzureProvisioner, ctx: &RunContext, p: &Plan<'_>, ip: Value, public_ip: Option<String>) -> Result<Nic> {
+async fn nic(arm: &ArmClient, ctx: &StepContext, p: &Plan<'_>, ip: Value, public_ip: Option<String>) -> Result<Nic> {
     let id = net_id(p, "networkInterfaces", &format!("aib-nic-{}", p.short));
     let body =
         json!({"location": p.location, "tags": p.tags, "properties": {"ipConfigurations": [{"name": "ipconfig1", "properties": ip}]}});
-    prov.create(ctx, "networkInterface", &id, &body).await?;
+    create(arm, ctx, "networkInterface", &id, &body).await?;
     Ok(Nic { id, public_ip })
 }
 
-pub(crate) async fn existing_subnet(prov: &AzureProvisioner, ctx: &RunContext, p: &Plan<'_>, subnet: &str) -> Result<Nic> {
+pub(crate) async fn existing_subnet(arm: &ArmClient, ctx: &StepContext, p: &Plan<'_>, subnet: &str) -> Result<Nic> {
     let Some((vnet, _)) = subnet.rsplit_once("/subnets/") else {
         return Err(Error::InvalidConfig {
             backend: BACKEND,
@@ -94,7 +98,7 @@ pub(crate) async fn existing_subnet(prov: &AzureProvisioner, ctx: &RunContext, p
             message: format!("`{subnet}` is not a subnet id (…/virtualNetworks/<vnet>/subnets/<subnet>)"),
         });
     };
-    let v = prov.arm().get(vnet, NETWORK_API).await?;
+    let v = arm.get(vnet, NETWORK_API).await?;
     let loc = region(v["location"].as_str().unwrap_or_default());
     if loc != p.location {
         return Err(Error::InvalidConfig {
@@ -103,6 +107,6 @@ pub(crate) async fn existing_subnet(prov: &AzureProvisioner, ctx: &RunContext, p
             message: format!("the virtual network {vnet} is in {loc}; it must be in the template's region {}", p.location),
         });
     }
-    prov.arm().get(subnet, NETWORK_API).await?;
-    nic(prov, ctx, p, json!({"subnet": {"id": subnet}, "privateIPAllocationMethod": "Dynamic"}), None).await
+    arm.get(subnet, NETWORK_API).await?;
+    nic(arm, ctx, p, json!({"subnet": {"id": subnet}, "privateIPAllocationMethod": "Dynamic"}), None).await
 }

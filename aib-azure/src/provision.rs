@@ -9,11 +9,13 @@
 use crate::api::{COMPUTE_API, DISK_API, RESOURCES_API, api_version_for};
 use crate::client::ArmClient;
 use crate::error::BACKEND;
+use crate::naming::{CREATED_AT_TAG, CREATED_BY, RUN_TAG, group_id, region, run_group_name, staging_account_name, staging_group_name};
 use crate::network;
 use crate::windows;
+use aib_core::retry::{Backoff, retry_while};
 use aib_core::{
     AccessInfo, BuildVm, BuildVmTable, CapturedImage, Communicator, Error, ExecRequest, OutputStream, Platform, ProvisionRequest,
-    Provisioner, ResourceRecord, Result, RunContext, Scope, StepContext,
+    Provisioner, Reclaim, ResourceRecord, Result, Scope, StepContext,
 };
 use aib_customizers::Generalizer;
 use aib_customizers::ssh::{HostKeyCheck, PrivateKey, SshCommunicator, SshConfig, ephemeral_key, private_key_openssh, public_key_line};
@@ -25,17 +27,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The tag value AIB puts in `createdBy`.
-pub const CREATED_BY: &str = "AzureVMImageBuilder";
-/// The tag naming the run that created a resource.
-pub const RUN_TAG: &str = "aibRunId";
-/// The tag with the creation time (RFC 3339), for `gc`'s age threshold.
-pub const CREATED_AT_TAG: &str = "aibCreatedAt";
-
-pub(crate) fn region(s: &str) -> String {
-    s.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase()
-}
-
 fn invalid(key: &str, message: impl Into<String>) -> Error {
     Error::InvalidConfig { backend: BACKEND, key: key.into(), message: message.into() }
 }
@@ -46,41 +37,6 @@ pub fn default_vm_size(hyper_v_generation: Option<&str>) -> &'static str {
         Some(g) if g.eq_ignore_ascii_case("V1") => "Standard_D1_v2",
         _ => "Standard_D2ds_v4",
     }
-}
-
-/// `IT_<resourceGroup>_<template>_<guid>`, cut to ARM's 90 characters by shortening the names,
-/// never the GUID. The GUID is derived from subscription, group and template, so the runs of
-/// one template share their staging group as AIB's do.
-pub fn staging_group_name(subscription: &str, resource_group: &str, template: &str) -> String {
-    use sha2::Digest;
-    let h = sha2::Sha256::digest(format!("{subscription}/{resource_group}/{template}").to_ascii_lowercase());
-    let mut guid = [0u8; 16];
-    guid.copy_from_slice(&h[..16]);
-    group_name(resource_group, template, uuid::Uuid::from_bytes(guid))
-}
-
-/// A run's own staging group: the same shape, a fresh GUID.
-fn run_group_name(resource_group: &str, template: &str) -> String {
-    group_name(resource_group, template, uuid::Uuid::new_v4())
-}
-
-fn group_name(resource_group: &str, template: &str, guid: uuid::Uuid) -> String {
-    let guid = guid.hyphenated().to_string();
-    let clean = |s: &str| s.chars().filter(|c| c.is_ascii_alphanumeric() || "-_.()".contains(*c)).collect::<String>();
-    let (mut rg, mut t) = (clean(resource_group), clean(template));
-    let fixed = "IT___".len() + guid.len();
-    while fixed + rg.len() + t.len() > 90 {
-        if rg.len() >= t.len() {
-            rg.pop()
-        } else {
-            t.pop()
-        };
-    }
-    format!("IT_{rg}_{t}_{guid}")
-}
-
-fn group_id(subscription: &str, name: &str) -> String {
-    format!("/subscriptions/{subscription}/resourceGroups/{name}")
 }
 
 /// How the provisioner logs in to a build VM.
@@ -298,7 +254,7 @@ impl AzureProvisioner {
     }
 
     /// Creates or checks the staging group; returns its id.
-    async fn staging_group(&self, req: &ProvisionRequest, location: &str, tags: &Map<String, Value>, ctx: &RunContext) -> Result<String> {
+    async fn staging_group(&self, req: &ProvisionRequest, location: &str, tags: &Map<String, Value>, ctx: &StepContext) -> Result<String> {
         let (id, named) = match &req.staging_resource_group {
             Some(id) => {
                 let p: Vec<&str> = id.trim_matches('/').split('/').collect();
@@ -336,9 +292,7 @@ impl AzureProvisioner {
                     // do not count.
                     let ours = |r: &Value| {
                         let name = r["name"].as_str().unwrap_or_default();
-                        r["tags"]["createdBy"] == CREATED_BY
-                            || name.starts_with("aib-osdisk-")
-                            || name == crate::export::staging_account_name(&id)
+                        r["tags"]["createdBy"] == CREATED_BY || name.starts_with("aib-osdisk-") || name == staging_account_name(&id)
                     };
                     let foreign: Vec<&str> = inside.iter().filter(|r| !ours(r)).filter_map(|r| r["id"].as_str()).collect();
                     if !foreign.is_empty() {
@@ -364,7 +318,7 @@ impl AzureProvisioner {
                 }
                 let keep = self.keep_staging;
                 if !keep {
-                    ctx.ledger().record(ResourceRecord::new(BACKEND, "resourceGroup", &id, Scope::Run))?;
+                    ctx.record(ResourceRecord::new(BACKEND, "resourceGroup", &id, Scope::Run))?;
                 }
                 self.arm.put(&id, RESOURCES_API, &json!({"location": location, "tags": t})).await?;
                 ctx.notice(format!("staging resource group {id} created{}", if keep { " (kept after the run)" } else { "" }));
@@ -376,7 +330,7 @@ impl AzureProvisioner {
 
     /// WinRM over HTTPS: Run Command sets up the listener and tells its certificate, which the
     /// client then pins.
-    async fn connect_winrm(&self, vm: &BuildVm, state: &Vm, password: &str, ctx: &RunContext) -> Result<Arc<dyn Communicator>> {
+    async fn connect_winrm(&self, vm: &BuildVm, state: &Vm, password: &str, ctx: &StepContext) -> Result<Arc<dyn Communicator>> {
         ctx.notice(format!("setting up WinRM over HTTPS on {} through Run Command", vm.id));
         let out = windows::run_command(&self.arm, &vm.id, &windows::setup_script(state.port), self.connect_timeout).await?;
         let pin = windows::certificate_pin(&out)?;
@@ -426,20 +380,14 @@ impl AzureProvisioner {
 
     /// Records, then creates (PUT, waiting for the operation).
     /// Returns the ledger record's id.
-    pub(crate) async fn create(&self, ctx: &RunContext, kind: &str, id: &str, body: &Value) -> Result<String> {
-        let record = ctx.ledger().record(ResourceRecord::new(BACKEND, kind, id, Scope::BuildVm))?;
-        self.arm.put(id, api_version_for(id), body).await?;
-        Ok(record)
+    async fn create(&self, ctx: &StepContext, kind: &str, id: &str, body: &Value) -> Result<String> {
+        crate::staging::create(&self.arm, ctx, kind, id, body).await
     }
 }
 
 #[async_trait]
 impl Provisioner for AzureProvisioner {
-    fn backend(&self) -> &'static str {
-        BACKEND
-    }
-
-    async fn provision(&self, req: &ProvisionRequest, ctx: &RunContext) -> Result<BuildVm> {
+    async fn provision(&self, req: &ProvisionRequest, ctx: &StepContext) -> Result<BuildVm> {
         let is_windows = req.image.platform == Platform::Windows;
         if is_windows && !windows::valid_admin_user(&self.admin_user) {
             return Err(invalid("adminUser", format!("`{}` is not allowed as a Windows admin name", self.admin_user)));
@@ -458,8 +406,8 @@ impl Provisioner for AzureProvisioner {
         let net =
             network::Plan { group: &group, short: &short, location: &location, tags: &tags_v, port, allowed_source: &self.allowed_source };
         let nic = match &vnet_cfg {
-            Some(subnet) => network::existing_subnet(self, ctx, &net, subnet).await?,
-            None => network::new_network(self, ctx, &net).await?,
+            Some(subnet) => network::existing_subnet(&self.arm, ctx, &net, subnet).await?,
+            None => network::new_network(&self.arm, ctx, &net).await?,
         };
 
         let user = &self.admin_user;
@@ -483,7 +431,7 @@ impl Provisioner for AzureProvisioner {
             });
             (profile, Login::Ssh { key: Box::new(key), host_public })
         };
-        let generation = req.image.attributes.get("hyperVGeneration").and_then(Value::as_str).map(str::to_string);
+        let generation = req.image.hyper_v_generation.clone();
         let size =
             req.vm_profile.vm_size.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| default_vm_size(generation.as_deref()).into());
         let (image_ref, plan) = image_reference(&req.image)?;
@@ -520,7 +468,7 @@ impl Provisioner for AzureProvisioner {
             body["identity"] = json!({"type": "UserAssigned", "userAssignedIdentities": ids.iter().map(|i| (i.clone(), json!({}))).collect::<Map<_, _>>()});
         }
         // The disk is recorded before the VM so that cleanup (newest first) deletes the VM first.
-        ctx.ledger().record(ResourceRecord::new(BACKEND, "disk", &disk_id, Scope::BuildVm))?;
+        ctx.record(ResourceRecord::new(BACKEND, "disk", &disk_id, Scope::BuildVm))?;
         ctx.notice(format!("creating build VM {vm_name} ({size}) in {group}"));
         let record = self.create(ctx, "virtualMachine", &vm_id, &body).await?;
         let address = nic.address(&self.arm).await?;
@@ -559,7 +507,7 @@ impl Provisioner for AzureProvisioner {
         Ok(vm)
     }
 
-    async fn connect(&self, vm: &BuildVm, ctx: &RunContext) -> Result<Arc<dyn Communicator>> {
+    async fn connect(&self, vm: &BuildVm, ctx: &StepContext) -> Result<Arc<dyn Communicator>> {
         let state = self.vm(&vm.id)?;
         let (key, host_public) = match &state.login {
             Login::Ssh { key, host_public } => (key, host_public),
@@ -581,7 +529,7 @@ impl Provisioner for AzureProvisioner {
             state.port,
             comm.last_connect_time().as_secs_f64()
         ));
-        let sink = ctx.output("connect");
+        let sink = ctx.output.clone();
         let st = comm
             .execute(
                 &ExecRequest::new(
@@ -641,25 +589,29 @@ impl Provisioner for AzureProvisioner {
         }
         Ok(image)
     }
+}
+
+#[async_trait]
+impl Reclaim for AzureProvisioner {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
 
     async fn delete(&self, record: &ResourceRecord) -> Result<()> {
         let api = api_version_for(&record.name);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
+        // A failed delete is tried again, then reported; credentials that cannot delete fail at once.
+        let again = |e: &Error| !matches!(e, Error::PermissionDenied { .. } | Error::Unauthenticated { .. } | Error::InvalidConfig { .. });
+        let r = retry_while(Backoff::new(Duration::from_millis(500), Duration::from_secs(5)), 3, again, || async {
             match self.arm.delete(&record.name, api).await {
-                Ok(()) | Err(Error::NotFound { .. }) => {
-                    self.vms.remove(&record.name);
-                    return Ok(());
-                }
-                // A failed delete is tried again, then reported.
-                Err(e) if attempt < 3 => {
-                    tracing::warn!(resource = %record.name, error = %e, attempt, "delete failed; trying again");
-                    tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
-                }
-                Err(e) => return Err(e),
+                Err(Error::NotFound { .. }) => Ok(()),
+                r => r.inspect_err(|e| tracing::warn!(resource = %record.name, error = %e, "delete failed")),
             }
+        })
+        .await;
+        if r.is_ok() {
+            self.vms.remove(&record.name);
         }
+        r
     }
 }
 

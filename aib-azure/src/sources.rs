@@ -5,24 +5,24 @@
 use crate::client::ArmClient;
 use crate::error::BACKEND;
 use aib_core::template::ImageSource;
-use aib_core::{Error, Platform, ResolvedImage, Result, RunContext, Source};
+use aib_core::{Error, Platform, ResolveRequest, ResolvedImage, Result, Source, StepContext};
 use async_trait::async_trait;
 use std::fmt;
 
 use crate::api::{COMPUTE_API, GALLERY_API, MARKETPLACE_API};
-use crate::provision::region;
+use crate::naming::region;
 
-/// Resolves template sources against ARM, for a template in `location`.
+/// Resolves template sources against ARM, in the region each request names (the template's
+/// `location`).
 #[derive(Debug, Clone)]
 pub struct AzureSource {
     arm: ArmClient,
     subscription: String,
-    location: String,
 }
 
 impl fmt::Display for AzureSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "AzureSource({})", self.location)
+        write!(f, "AzureSource({})", self.subscription)
     }
 }
 
@@ -35,21 +35,21 @@ fn invalid(key: &str, message: String) -> Error {
 }
 
 impl AzureSource {
-    /// A source for templates in `location`, defaulting to `subscription` for marketplace calls.
-    pub fn new(arm: ArmClient, subscription: impl Into<String>, location: impl Into<String>) -> Self {
-        AzureSource { arm, subscription: subscription.into(), location: region(&location.into()) }
+    /// A source using `subscription` for marketplace calls.
+    pub fn new(arm: ArmClient, subscription: impl Into<String>) -> Self {
+        AzureSource { arm, subscription: subscription.into() }
     }
 
-    async fn platform(&self, publisher: &str, offer: &str, sku: &str, version: &str) -> Result<ResolvedImage> {
+    async fn platform(&self, location: &str, publisher: &str, offer: &str, sku: &str, version: &str) -> Result<ResolvedImage> {
         let base = format!(
             "/subscriptions/{}/providers/Microsoft.Compute/locations/{}/publishers/{publisher}/artifacttypes/vmimage/offers/{offer}/skus/{sku}/versions",
-            self.subscription, self.location
+            self.subscription, location
         );
         let requested = format!("{publisher}:{offer}:{sku}:{version}");
         let exact = if version.eq_ignore_ascii_case("latest") {
             let list = self.arm.list(&base, COMPUTE_API).await?;
             list.iter().filter_map(|v| v["name"].as_str()).max_by_key(|v| version_key(v)).map(str::to_string).ok_or_else(|| {
-                Error::NotFound { backend: BACKEND, what: format!("marketplace image {publisher}:{offer}:{sku} in {}", self.location) }
+                Error::NotFound { backend: BACKEND, what: format!("marketplace image {publisher}:{offer}:{sku} in {location}") }
             })?
         } else {
             version.to_string()
@@ -61,7 +61,14 @@ impl AzureSource {
             .with_platform(if windows { Platform::Windows } else { Platform::Linux })
             .with_attribute("imageId", image["id"].clone());
         if let Some(g) = image["properties"]["hyperVGeneration"].as_str() {
-            r = r.with_attribute("hyperVGeneration", g);
+            r = r.with_hyper_v_generation(g);
+        }
+        if let Some(a) = image["properties"]["architecture"].as_str() {
+            r = r.with_architecture(a);
+        }
+        let features = image["properties"]["features"].as_array().into_iter().flatten();
+        if let Some(t) = features.filter(|f| f["name"] == "SecurityType").find_map(|f| f["value"].as_str()) {
+            r = r.with_security_type(t);
         }
         Ok(r)
     }
@@ -92,13 +99,13 @@ impl AzureSource {
         ))
     }
 
-    async fn managed(&self, id: &str) -> Result<ResolvedImage> {
+    async fn managed(&self, location: &str, id: &str) -> Result<ResolvedImage> {
         let image = self.arm.get(id, COMPUTE_API).await?;
         let loc = region(image["location"].as_str().unwrap_or_default());
-        if loc != self.location {
+        if loc != location {
             return Err(invalid(
                 "source.imageId",
-                format!("managed image {id} is in {loc}; the template is in {}: AIB needs the same region", self.location),
+                format!("managed image {id} is in {loc}; the template is in {location}: AIB needs the same region"),
             ));
         }
         let os = &image["properties"]["storageProfile"]["osDisk"];
@@ -112,12 +119,12 @@ impl AzureSource {
             Platform::Linux
         });
         if let Some(g) = image["properties"]["hyperVGeneration"].as_str() {
-            r = r.with_attribute("hyperVGeneration", g);
+            r = r.with_hyper_v_generation(g);
         }
         Ok(r)
     }
 
-    async fn gallery_version(&self, id: &str) -> Result<ResolvedImage> {
+    async fn gallery_version(&self, location: &str, id: &str) -> Result<ResolvedImage> {
         let (definition, version) =
             id.rsplit_once("/versions/").ok_or_else(|| invalid("source.imageVersionId", format!("`{id}` has no /versions/ segment")))?;
         let def = self.arm.get(definition, GALLERY_API).await?;
@@ -146,10 +153,10 @@ impl AzureSource {
             .filter_map(|r| r["name"].as_str())
             .map(region)
             .collect();
-        if !regions.is_empty() && !regions.contains(&self.location) {
+        if !regions.is_empty() && !regions.iter().any(|r| r == location) {
             return Err(invalid(
                 "source.imageVersionId",
-                format!("version {name} is replicated to {} but not to the template's region {}", regions.join(", "), self.location),
+                format!("version {name} is replicated to {} but not to the template's region {location}", regions.join(", ")),
             ));
         }
         let windows = def["properties"]["osType"].as_str().is_some_and(|o| o.eq_ignore_ascii_case("windows"));
@@ -157,7 +164,7 @@ impl AzureSource {
             .with_exact_version(name)
             .with_platform(if windows { Platform::Windows } else { Platform::Linux });
         if let Some(g) = def["properties"]["hyperVGeneration"].as_str() {
-            r = r.with_attribute("hyperVGeneration", g);
+            r = r.with_hyper_v_generation(g);
         }
         Ok(r)
     }
@@ -165,8 +172,13 @@ impl AzureSource {
 
 #[async_trait]
 impl Source for AzureSource {
-    async fn resolve(&self, spec: &ImageSource, _ctx: &RunContext) -> Result<ResolvedImage> {
-        match spec {
+    async fn resolve(&self, req: &ResolveRequest, _ctx: &StepContext) -> Result<ResolvedImage> {
+        let location = region(&req.location);
+        if location.is_empty() {
+            return Err(invalid("location", "the template has no `location`: the source is resolved in the build region".into()));
+        }
+        let location = location.as_str();
+        match &req.spec {
             ImageSource::PlatformImage(p) => {
                 let part = |s: &Option<String>, k: &str| {
                     s.clone().filter(|v| !v.is_empty()).ok_or_else(|| invalid(k, format!("`{k}` is required")))
@@ -174,6 +186,7 @@ impl Source for AzureSource {
                 let plan = p.plan_info.clone();
                 let mut r = self
                     .platform(
+                        location,
                         &part(&p.publisher, "publisher")?,
                         &part(&p.offer, "offer")?,
                         &part(&p.sku, "sku")?,
@@ -189,8 +202,8 @@ impl Source for AzureSource {
                 }
                 Ok(r)
             }
-            ImageSource::ManagedImage(m) => self.managed(&m.image_id).await,
-            ImageSource::SharedImageVersion(s) => self.gallery_version(&s.image_version_id).await,
+            ImageSource::ManagedImage(m) => self.managed(location, &m.image_id).await,
+            ImageSource::SharedImageVersion(s) => self.gallery_version(location, &s.image_version_id).await,
             ImageSource::Custom(c) => Err(Error::Unsupported { operation: format!("source type `{}`", c.type_name), backend: BACKEND }),
         }
     }

@@ -2,7 +2,11 @@
 //! page blob: only the allocated, non-zero ranges are sent, in parallel, each range retried on
 //! its own.
 
-use crate::error::BACKEND;
+use crate::error::{AzureError, BACKEND};
+use aib_core::retry::{Backoff, retry_while};
+
+/// Attempts per page write (the first and five retries).
+const PAGE_ATTEMPTS: u32 = 6;
 use aib_core::{Error, OutputSink, Result};
 use azure_storage::{CloudLocation, StorageCredentials};
 use azure_storage_blobs::prelude::{BA512Range, BlobClient, ClientBuilder};
@@ -34,8 +38,8 @@ impl BlobTarget {
     /// path-style emulator URL), with credentials from `AZURE_STORAGE_KEY` or
     /// `AZURE_STORAGE_SAS_TOKEN`.
     pub fn from_uri_env(uri: &str) -> Result<Self> {
-        let (location, account, container, blob) = crate::vhd::parse_blob_uri(uri)?;
-        Ok(BlobTarget { location, credentials: crate::vhd::env_credentials(&account)?, container, blob })
+        let (location, account, container, blob) = crate::blob::parse_blob_uri(uri)?;
+        Ok(BlobTarget { location, credentials: crate::blob::env_credentials(&account)?, container, blob })
     }
 
     fn client(&self) -> BlobClient {
@@ -127,25 +131,19 @@ pub async fn upload_page_blob(path: &Path, target: &BlobTarget, parallel: usize,
                 return Ok::<(), Error>(());
             }
             let range = BA512Range::new(offset, offset + len - 1).map_err(|e| Error::generic(BACKEND, e))?;
-            let mut attempt = 0;
-            loop {
+            // Only what may work again is retried: a 403 or 404 fails at once.
+            let backoff = Backoff::new(Duration::from_millis(400), Duration::from_secs(10));
+            retry_while(backoff, PAGE_ATTEMPTS, Error::is_retryable, || {
                 count.fetch_add(1, Ordering::Relaxed);
-                match blob.put_page(range, buf.clone()).await {
-                    Ok(_) => break,
-                    Err(e) if attempt < 5 => {
-                        tracing::debug!(offset, error = %e, "page write failed; retrying");
-                        attempt += 1;
-                        tokio::time::sleep(Duration::from_millis(200 * (1 << attempt))).await;
-                    }
-                    Err(e) => {
-                        return Err(Error::Generic {
-                            backend: BACKEND,
-                            retryable: true,
-                            source: format!("page write at {offset} after {attempt} retries: {e}").into(),
-                        });
-                    }
+                let (blob, buf) = (&blob, buf.clone());
+                async move {
+                    blob.put_page(range, buf).await.map(drop).map_err(|e| {
+                        tracing::debug!(offset, error = %e, "page write failed");
+                        Error::from(AzureError::blob(format!("writing the page at {offset}"), e))
+                    })
                 }
-            }
+            })
+            .await?;
             sent.fetch_add(len, Ordering::Relaxed);
             Ok(())
         }

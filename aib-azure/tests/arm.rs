@@ -2,7 +2,7 @@
 
 use aib_azure::{ArmClient, AzureSource, COMPUTE_API, Credential, RetryConfig};
 use aib_core::template::{ImageSource, ManagedImageSource, PlatformImageSource, SharedImageVersionSource};
-use aib_core::{Error, RunContext, Source};
+use aib_core::{Error, ResolveRequest, Source, StepContext};
 use aib_testkit::arm::{ArmFault, ArmServer};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -172,11 +172,12 @@ async fn the_budget_bounds_requests_per_subscription() {
 async fn sources_resolve_exact_versions_and_check_regions() {
     let s = ArmServer::start().await.unwrap();
     let c = client(&s);
-    let ctx = RunContext::detached("src").unwrap();
+    let ctx = StepContext::detached("resolve").unwrap();
+    let at = |spec: &ImageSource| ResolveRequest::new(spec.clone()).with_location("West US");
     for v in ["0.20240101.1", "0.20241115.3", "0.20240906.2"] {
         s.add_marketplace_image("westus", "Canonical", "ubuntu-24_04-lts", "server", v);
     }
-    let src = AzureSource::new(c.clone(), SUB, "West US");
+    let src = AzureSource::new(c.clone(), SUB);
     let spec = ImageSource::PlatformImage(PlatformImageSource {
         publisher: Some("Canonical".into()),
         offer: Some("ubuntu-24_04-lts".into()),
@@ -184,10 +185,10 @@ async fn sources_resolve_exact_versions_and_check_regions() {
         version: Some("latest".into()),
         plan_info: None,
     });
-    let r = src.resolve(&spec, &ctx).await.unwrap();
+    let r = src.resolve(&at(&spec), &ctx).await.unwrap();
     assert_eq!(r.exact_version.as_deref(), Some("0.20241115.3"));
     assert_eq!(r.exact, "Canonical:ubuntu-24_04-lts:server:0.20241115.3");
-    aib_testkit::conformance::source(&src, &spec).await;
+    aib_testkit::conformance::source(&src, &at(&spec)).await;
     let missing = ImageSource::PlatformImage(PlatformImageSource {
         publisher: Some("Canonical".into()),
         offer: Some("nope".into()),
@@ -195,7 +196,7 @@ async fn sources_resolve_exact_versions_and_check_regions() {
         version: Some("latest".into()),
         plan_info: None,
     });
-    assert!(matches!(src.resolve(&missing, &ctx).await.unwrap_err(), Error::NotFound { .. }));
+    assert!(matches!(src.resolve(&at(&missing), &ctx).await.unwrap_err(), Error::NotFound { .. }));
 
     let rg = format!("/subscriptions/{SUB}/resourceGroups/images");
     s.put_resource(
@@ -209,9 +210,9 @@ async fn sources_resolve_exact_versions_and_check_regions() {
     group(&c, "images").await;
     let managed =
         |n: &str| ImageSource::ManagedImage(ManagedImageSource { image_id: format!("{rg}/providers/Microsoft.Compute/images/{n}") });
-    let err = src.resolve(&managed("eu"), &ctx).await.unwrap_err();
+    let err = src.resolve(&at(&managed("eu")), &ctx).await.unwrap_err();
     assert!(err.to_string().contains("same region"), "{err}");
-    src.resolve(&managed("us"), &ctx).await.unwrap();
+    src.resolve(&at(&managed("us")), &ctx).await.unwrap();
 
     let def = format!("{rg}/providers/Microsoft.Compute/galleries/g/images/web");
     s.put_resource(
@@ -224,12 +225,12 @@ async fn sources_resolve_exact_versions_and_check_regions() {
     s.put_resource(&format!("{def}/versions/2.0.0"), version("2.0.0", true, &["West US"]));
     s.put_resource(&format!("{def}/versions/1.10.0"), version("1.10.0", false, &["East US"]));
     let sig = |v: &str| ImageSource::SharedImageVersion(SharedImageVersionSource { image_version_id: format!("{def}/versions/{v}") });
-    let err = src.resolve(&sig("latest"), &ctx).await.unwrap_err();
+    let err = src.resolve(&at(&sig("latest")), &ctx).await.unwrap_err();
     assert!(
         err.to_string().contains("1.10.0") && err.to_string().contains("westus"),
         "latest is 1.10.0, not in the template's region: {err}"
     );
-    let r = src.resolve(&sig("1.2.0"), &ctx).await.unwrap();
+    let r = src.resolve(&at(&sig("1.2.0")), &ctx).await.unwrap();
     assert_eq!(r.exact_version.as_deref(), Some("1.2.0"));
-    assert_eq!(r.attributes["hyperVGeneration"], "V2");
+    assert_eq!(r.hyper_v_generation.as_deref(), Some("V2"));
 }

@@ -2,7 +2,7 @@
 
 use aib_azure::{ArmClient, Credential, ManagedImageDistributor, RetryConfig, SharedImageDistributor};
 use aib_core::template::{DistributorSpec, Expr, ManagedImageTarget, SharedImageTarget, TargetRegion, Versioning};
-use aib_core::{CapturedImage, Distributor, Error, ResolvedImage, StepContext};
+use aib_core::{CapturedImage, DistributeRequest, Distributor, Error, ResolvedImage, StepContext};
 use aib_testkit::arm::ArmServer;
 use serde_json::json;
 use std::time::Duration;
@@ -39,6 +39,10 @@ async fn setup(s: &ArmServer, c: &ArmClient) -> String {
     def
 }
 
+fn req() -> DistributeRequest {
+    DistributeRequest::new(captured()).with_location("westus")
+}
+
 fn shared(def: &str, versioning: Option<Versioning>) -> DistributorSpec {
     DistributorSpec::SharedImage(SharedImageTarget {
         run_output_name: "sig".into(),
@@ -60,7 +64,7 @@ async fn shared_image_versions_follow_versioning_and_regions() {
     let def = setup(&s, &c).await;
     let (step, sink) = StepContext::capturing("distribute sig").unwrap();
     let d = SharedImageDistributor::from_spec(c.clone(), &shared(&def, Some(Versioning::Latest { major: Some(Expr::Value(1)) }))).unwrap();
-    let a = d.distribute(&captured(), &step).await.unwrap();
+    let a = d.distribute(&req(), &step).await.unwrap();
     assert_eq!(a.artifact_id.as_deref(), Some(format!("{def}/versions/1.0.1").as_str()));
     let v = s.resource(&format!("{def}/versions/1.0.1")).unwrap();
     let p = &v["properties"]["publishingProfile"];
@@ -74,12 +78,12 @@ async fn shared_image_versions_follow_versioning_and_regions() {
 
     // `Source` versioning takes the source's version; it cannot be published twice.
     let d = SharedImageDistributor::from_spec(c.clone(), &shared(&def, Some(Versioning::Source))).unwrap();
-    assert_eq!(d.distribute(&captured(), &step).await.unwrap().artifact_id.unwrap(), format!("{def}/versions/2.3.4"));
-    let err = d.distribute(&captured(), &step).await.unwrap_err();
+    assert_eq!(d.distribute(&req(), &step).await.unwrap().artifact_id.unwrap(), format!("{def}/versions/2.3.4"));
+    let err = d.distribute(&req(), &step).await.unwrap_err();
     assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
     aib_testkit::conformance::distributor(
         &SharedImageDistributor::from_spec(c.clone(), &shared(&format!("{def}/versions/3.0.0"), None)).unwrap(),
-        &captured(),
+        &req(),
     )
     .await;
 }
@@ -92,7 +96,7 @@ async fn a_replication_timeout_does_not_fail_a_version_that_exists() {
     s.set_polls(10_000);
     let (step, _) = StepContext::capturing("distribute sig").unwrap();
     let d = SharedImageDistributor::from_spec(c.clone(), &shared(&def, None)).unwrap();
-    let a = d.distribute(&captured(), &step).await.unwrap();
+    let a = d.distribute(&req(), &step).await.unwrap();
     assert_eq!(a.artifact_id.as_deref(), Some(format!("{def}/versions/1.0.1").as_str()));
     assert_eq!(s.resource(&format!("{def}/versions/1.0.1")).unwrap()["properties"]["provisioningState"], "Creating");
 }
@@ -111,11 +115,11 @@ async fn managed_images_are_created_or_replaced() {
     });
     let d = ManagedImageDistributor::from_spec(c.clone(), &spec).unwrap();
     let (step, _) = StepContext::capturing("distribute mi").unwrap();
-    assert_eq!(d.distribute(&captured(), &step).await.unwrap().artifact_id.as_deref(), Some(id.as_str()));
+    assert_eq!(d.distribute(&req(), &step).await.unwrap().artifact_id.as_deref(), Some(id.as_str()));
     let img = s.resource(&id).unwrap();
     assert_eq!(img["properties"]["sourceVirtualMachine"]["id"], captured().id);
     assert_eq!(img["tags"]["team"], "web");
-    d.distribute(&captured(), &step).await.unwrap();
+    d.distribute(&req(), &step).await.unwrap();
     assert!(s.requests().iter().any(|r| r.starts_with("DELETE") && r.ends_with("/images/web")), "the second publish replaced the image");
     assert!(s.resource(&id).is_some());
 }

@@ -73,9 +73,10 @@ async fn any_captured_disk_can_be_published_as_a_vhd_blob() {
     let scratch = dir.path().join("scratch");
     let d = BlobVhdDistributor::new(&uri, StorageCredentials::access_key(ACCOUNT, azure_core::auth::Secret::new(KEY)), &scratch).unwrap();
     // The conformance suite: an artifact, and nothing left in the ledger.
-    aib_testkit::conformance::distributor(&d, &image).await;
+    let req = aib_core::DistributeRequest::new(image);
+    aib_testkit::conformance::distributor(&d, &req).await;
     let (step, sink) = aib_core::StepContext::capturing("distribute vhd").unwrap();
-    let a = d.distribute(&image, &step).await.unwrap();
+    let a = d.distribute(&req, &step).await.unwrap();
     assert_eq!(a.artifact_uri.as_deref(), Some(uri.as_str()));
     assert!(step.run.ledger().outstanding().is_empty(), "the staged VHD was recorded and released");
     assert!(std::fs::read_dir(&scratch).unwrap().next().is_none(), "the staged VHD is removed");

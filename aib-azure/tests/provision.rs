@@ -3,7 +3,9 @@
 
 use aib_azure::{AzureBackend, AzureProvisioner, AzureSource, staging_group_name};
 use aib_core::template::ImageTemplate;
-use aib_core::{Event, Pipeline, ProvisionRequest, Provisioner, RunContext, RunState, Source};
+use aib_core::{
+    DistributeRequest, Event, Pipeline, ProvisionRequest, Provisioner, Reclaim, ResolveRequest, RunContext, RunState, Source, StepContext,
+};
 use aib_testkit::arm::storage::AzuriteDisks;
 use aib_testkit::arm::{ArmFault, ArmServer};
 use aib_testkit::azurite::Azurite;
@@ -17,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{Located, RG, SUB, client, group, leaked};
+use common::{RG, SUB, client, group, leaked, request};
 
 async fn server() -> ArmServer {
     let guests = SshdGuests::new().unwrap_or_else(|e| panic!("{e}"));
@@ -46,18 +48,23 @@ fn provisioner(s: &ArmServer) -> aib_azure::AzureProvisionerBuilder {
         .connect_timeout(Duration::from_secs(30))
 }
 
+/// A resolve request as a template in westus2 makes it.
+fn west(spec: &aib_core::template::ImageSource) -> ResolveRequest {
+    ResolveRequest::new(spec.clone()).with_location("westus2")
+}
+
 #[tokio::test]
 async fn provisioner_and_source_pass_the_conformance_suite() {
     let s = server().await;
     let c = client(&s);
-    let source = AzureSource::new(c.clone(), SUB, "westus2");
+    let source = AzureSource::new(c.clone(), SUB);
     let spec = ubuntu();
-    conformance::source(&source, &spec).await;
-    let ctx = RunContext::detached("resolve").unwrap();
-    let image = source.resolve(&spec, &ctx).await.unwrap();
+    conformance::source(&source, &west(&spec)).await;
+    let ctx = StepContext::detached("resolve").unwrap();
+    let image = source.resolve(&west(&spec), &ctx).await.unwrap();
     assert_eq!(image.exact_version.as_deref(), Some("20.04.202501010"));
     let p = provisioner(&s).build().unwrap();
-    conformance::provisioner(&Located(p, "westus2"), image, &conformance::Capabilities::linux_ssh()).await;
+    conformance::provisioner(&p, &request(image, "westus2"), &conformance::Capabilities::linux_ssh()).await;
     assert_eq!(leaked(&s), Vec::<String>::new(), "the build resources are gone");
     assert_eq!(s.running_guests(), 0);
     let staging = staging_group_name(SUB, RG, "image");
@@ -129,7 +136,7 @@ async fn build(
     t: &ImageTemplate,
     tweak: impl FnOnce(aib_core::PipelineBuilder) -> aib_core::PipelineBuilder,
 ) -> (aib_core::RunReport, Vec<Event>) {
-    let backend = AzureBackend::builder().provisioner(provisioner(s)).location(&t.location).build().unwrap();
+    let backend = AzureBackend::builder().provisioner(provisioner(s)).build().unwrap();
     let pipeline = tweak(Pipeline::from_template(t, &backend.backend()).unwrap()).build().unwrap();
     let mut run = pipeline.start();
     let events: Vec<Event> = run.events().collect().await;
@@ -265,7 +272,7 @@ async fn cancel_during_distribution_leaves_only_the_staging_group() {
     let s = server().await;
     let web = StaticServer::start().await.unwrap();
     let t = corpus_template(&s, &web, false).await;
-    let backend = AzureBackend::builder().provisioner(provisioner(&s)).location(&t.location).build().unwrap();
+    let backend = AzureBackend::builder().provisioner(provisioner(&s)).build().unwrap();
     let pipeline = Pipeline::from_template(&t, &backend.backend()).unwrap().build().unwrap();
     let mut run = pipeline.start();
     let cancel = run.cancellation();
@@ -318,15 +325,12 @@ async fn gc_by_tags_deletes_what_a_killed_run_left_but_not_live_runs() {
     let s = server().await;
     let c = client(&s);
     group(&c, RG, "westus2").await;
-    let backend = AzureBackend::builder().provisioner(provisioner(&s)).location("westus2").build().unwrap();
-    let source = AzureSource::new(c.clone(), SUB, "westus2");
+    let backend = AzureBackend::builder().provisioner(provisioner(&s)).build().unwrap();
+    let source = AzureSource::new(c.clone(), SUB);
     let ctx = RunContext::detached("killed-run").unwrap();
-    let image = source.resolve(&ubuntu(), &ctx).await.unwrap();
-    let mut req = ProvisionRequest::new(image);
-    req.location = "westus2".into();
-    req.template_name = "t".into();
-    req.tags.insert("aibRunId".into(), "killed-run".into());
-    backend.provisioner().provision(&req, &ctx).await.unwrap();
+    let image = source.resolve(&west(&ubuntu()), &ctx.step("resolve")).await.unwrap();
+    let req = ProvisionRequest::new(image).with_location("westus2").with_template_name("t").with_tag("aibRunId", "killed-run");
+    backend.provisioner().provision(&req, &ctx.step("provision")).await.unwrap();
     assert!(leaked(&s).len() >= 6, "{:?}", leaked(&s));
     let live: HashSet<String> = ["killed-run".to_string()].into();
     let r = backend.gc_tagged(&live, Duration::ZERO).await.unwrap();
@@ -344,7 +348,7 @@ async fn marketplace_plans_need_accepted_terms_and_reach_the_vm() {
     let s = server().await;
     let c = client(&s);
     group(&c, RG, "westus2").await;
-    let source = AzureSource::new(c.clone(), SUB, "westus2");
+    let source = AzureSource::new(c.clone(), SUB);
     let mut spec = ubuntu();
     if let aib_core::template::ImageSource::PlatformImage(p) = &mut spec {
         p.plan_info = Some(aib_core::template::PlanInfo {
@@ -353,15 +357,13 @@ async fn marketplace_plans_need_accepted_terms_and_reach_the_vm() {
             plan_publisher: "canonical".into(),
         });
     }
-    let ctx = RunContext::detached("plan").unwrap();
-    let e = source.resolve(&spec, &ctx).await.unwrap_err().to_string();
+    let ctx = StepContext::detached("plan").unwrap();
+    let e = source.resolve(&west(&spec), &ctx).await.unwrap_err().to_string();
     assert!(e.contains("source.planInfo") && e.contains("az vm image terms accept --publisher canonical"), "{e}");
     s.accept_terms("canonical", "0001-com-ubuntu-server-focal", "20_04-lts-gen2");
-    let image = source.resolve(&spec, &ctx).await.unwrap();
+    let image = source.resolve(&west(&spec), &ctx).await.unwrap();
     let p = provisioner(&s).build().unwrap();
-    let mut req = ProvisionRequest::new(image);
-    req.location = "westus2".into();
-    req.template_name = "plan".into();
+    let mut req = request(image, "westus2");
     let identity = format!("/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/build");
     req.vm_profile.user_assigned_identities = Some(aib_core::template::Expr::Value(vec![identity.clone()]));
     req.vm_profile.os_disk_size_gb = Some(aib_core::template::Expr::Value(64));
@@ -373,7 +375,7 @@ async fn marketplace_plans_need_accepted_terms_and_reach_the_vm() {
     assert_eq!(body["properties"]["hardwareProfile"]["vmSize"], "Standard_D2ds_v4", "AIB's default for a Gen2 source");
     assert!(body["tags"]["aibCreatedAt"].is_string() && body["tags"]["createdBy"] == "AzureVMImageBuilder");
     assert_eq!(body["plan"], json!({"name": "20_04-lts-gen2", "product": "0001-com-ubuntu-server-focal", "publisher": "canonical"}));
-    for r in ctx.ledger().outstanding().iter().rev() {
+    for r in ctx.run.ledger().outstanding().iter().rev() {
         p.delete(r).await.unwrap();
     }
     assert_eq!(leaked(&s), Vec::<String>::new());
@@ -386,22 +388,20 @@ async fn distributors_pass_the_conformance_suite() {
     let web = StaticServer::start().await.unwrap();
     let t = corpus_template(&s, &web, true).await;
     let c = client(&s);
-    let image = AzureSource::new(c.clone(), SUB, "westus2").resolve(&ubuntu(), &RunContext::detached("r").unwrap()).await.unwrap();
+    let image = AzureSource::new(c.clone(), SUB).resolve(&west(&ubuntu()), &StepContext::detached("r").unwrap()).await.unwrap();
     let p = provisioner(&s).build().unwrap();
     let ctx = RunContext::detached("distributor-conformance").unwrap();
-    let mut req = ProvisionRequest::new(image);
-    req.location = "westus2".into();
-    req.template_name = "conformance".into();
-    let vm = p.provision(&req, &ctx).await.unwrap();
-    let comm = p.connect(&vm, &ctx).await.unwrap();
+    let req = ProvisionRequest::new(image).with_location("westus2").with_template_name("conformance");
+    let vm = p.provision(&req, &ctx.step("provision")).await.unwrap();
+    let comm = p.connect(&vm, &ctx.step("connect")).await.unwrap();
     p.generalize(&vm, &*comm, &ctx.step("generalize")).await.unwrap();
     drop(comm);
     let captured = p.capture(&vm, &ctx.step("capture")).await.unwrap();
-    let backend = AzureBackend::builder().provisioner(provisioner(&s)).location("westus2").build().unwrap().backend();
+    let backend = AzureBackend::builder().provisioner(provisioner(&s)).build().unwrap().backend();
     assert_eq!(t.properties.distribute.len(), 3);
     for spec in &t.properties.distribute {
         let d = backend.registry.distributor(spec).unwrap();
-        conformance::distributor(&*d, &captured).await;
+        conformance::distributor(&*d, &DistributeRequest::new(captured.clone()).with_location("westus2")).await;
     }
     for r in ctx.ledger().outstanding().iter().rev() {
         p.delete(r).await.unwrap();

@@ -86,7 +86,7 @@ async fn real_build(source: serde_json::Value, customize: serde_json::Value, lin
     if let Ok(src) = std::env::var("AIB_TEST_AZURE_ALLOWED_SOURCE") {
         p = p.allowed_source(src);
     }
-    let backend = AzureBackend::builder().provisioner(p).location(&location).build().unwrap();
+    let backend = AzureBackend::builder().provisioner(p).build().unwrap();
     let run = Pipeline::from_template(&t, &backend.backend()).unwrap().build().unwrap().start();
     let report = run.wait().await;
     eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());

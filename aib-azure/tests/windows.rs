@@ -5,7 +5,7 @@
 
 use aib_azure::{AzureBackend, AzureProvisioner, AzureSource, staging_group_name};
 use aib_core::template::{ImageSource, ImageTemplate, PlatformImageSource};
-use aib_core::{Event, Pipeline, Platform, RunContext, RunState, Source};
+use aib_core::{Event, Pipeline, Platform, ResolveRequest, RunState, Source, StepContext};
 use aib_testkit::arm::ArmServer;
 use aib_testkit::conformance::{self, Capabilities};
 use aib_testkit::http::StaticServer;
@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod common;
-use common::{Located, RG, SUB, client, group, leaked};
+use common::{RG, SUB, client, group, leaked, request};
 
 async fn server() -> (ArmServer, WindowsGuests) {
     let guests = WindowsGuests::new().unwrap_or_else(|e| panic!("{e}"));
@@ -50,11 +50,12 @@ fn windows_server() -> ImageSource {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_windows_provisioner_passes_the_conformance_suite() {
     let (s, guests) = server().await;
-    let source = AzureSource::new(client(&s), SUB, "westus2");
-    let image = source.resolve(&windows_server(), &RunContext::detached("resolve").unwrap()).await.unwrap();
+    let source = AzureSource::new(client(&s), SUB);
+    let req = ResolveRequest::new(windows_server()).with_location("westus2");
+    let image = source.resolve(&req, &StepContext::detached("resolve").unwrap()).await.unwrap();
     assert_eq!((image.platform, image.exact_version.as_deref()), (Platform::Windows, Some("17763.6893.250210")));
     let p = provisioner(&s).build().unwrap();
-    conformance::provisioner(&Located(p, "westus2"), image, &Capabilities::windows_winrm()).await;
+    conformance::provisioner(&p, &request(image, "westus2"), &Capabilities::windows_winrm()).await;
     assert_eq!(leaked(&s), Vec::<String>::new(), "the build resources are gone");
     assert_eq!(s.running_guests(), 0);
     let machines = guests.machines();
@@ -109,7 +110,7 @@ async fn corpus_template(s: &ArmServer, web: &StaticServer, tweak: impl FnOnce(&
 }
 
 async fn build(s: &ArmServer, t: &ImageTemplate) -> (aib_core::RunReport, Vec<Event>) {
-    let backend = AzureBackend::builder().provisioner(provisioner(s)).location(&t.location).build().unwrap();
+    let backend = AzureBackend::builder().provisioner(provisioner(s)).build().unwrap();
     let pipeline = Pipeline::from_template(t, &backend.backend()).unwrap().build().unwrap();
     let mut run = pipeline.start();
     let events: Vec<Event> = run.events().collect().await;

@@ -1,8 +1,9 @@
 //! What a backend call gets besides its arguments: the run's ledger, its events and its
 //! cancellation.
 
+use crate::channel::EventSender;
 use crate::events::{Event, OutputSink, OutputStream};
-use crate::ledger::{Ledger, RunLedger};
+use crate::ledger::{Ledger, ResourceRecord, RunLedger};
 use crate::{Error, Result};
 use std::collections::VecDeque;
 use std::fmt;
@@ -10,7 +11,6 @@ use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Lines of the customization log kept in memory for the report.
@@ -37,13 +37,13 @@ impl CustomizationLog {
 /// Sends events, masks secrets and keeps the customization log.
 #[derive(Clone, Default)]
 pub(crate) struct Emitter {
-    tx: Option<mpsc::UnboundedSender<Event>>,
+    tx: Option<Arc<EventSender>>,
     secrets: Arc<Vec<String>>,
     pub(crate) log: Arc<Mutex<CustomizationLog>>,
 }
 
 impl Emitter {
-    pub(crate) fn new(tx: Option<mpsc::UnboundedSender<Event>>, secrets: Arc<Vec<String>>, log_file: Option<PathBuf>) -> Result<Self> {
+    pub(crate) fn new(tx: Option<EventSender>, secrets: Arc<Vec<String>>, log_file: Option<PathBuf>) -> Result<Self> {
         let mut log = CustomizationLog::default();
         if let Some(p) = log_file {
             if let Some(dir) = p.parent() {
@@ -52,7 +52,7 @@ impl Emitter {
             let f = File::create(&p).map_err(|e| Error::io(&p, e))?;
             log.file = Some((p, f));
         }
-        Ok(Emitter { tx, secrets, log: Arc::new(Mutex::new(log)) })
+        Ok(Emitter { tx: tx.map(Arc::new), secrets, log: Arc::new(Mutex::new(log)) })
     }
 
     pub(crate) fn mask(&self, s: &str) -> String {
@@ -67,7 +67,7 @@ impl Emitter {
 
     pub(crate) fn send(&self, e: Event) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(e);
+            tx.send(e);
         }
     }
 
@@ -95,8 +95,6 @@ impl fmt::Debug for RunContext {
 
 impl RunContext {
     pub(crate) fn new(run_id: String, ledger: RunLedger, emitter: Emitter, cancel: CancellationToken) -> Self {
-        let hook_emitter = emitter.clone();
-        ledger.set_hook(Arc::new(move |e| hook_emitter.send(e)));
         RunContext { run_id, ledger, emitter, cancel }
     }
 
@@ -117,9 +115,33 @@ impl RunContext {
         &self.run_id
     }
 
-    /// The run's ledger: record before creating, release after deleting.
+    /// The run's ledger. Write it through [`RunContext::record`], [`RunContext::release`]
+    /// and [`RunContext::keep`], which also emit the run's resource events.
     pub fn ledger(&self) -> &RunLedger {
         &self.ledger
+    }
+
+    /// Writes `record` to the ledger **before** the resource is created, emits
+    /// [`Event::ResourceCreated`], and returns the record's ledger id.
+    pub fn record(&self, record: ResourceRecord) -> Result<String> {
+        let record = self.ledger.add(record)?;
+        let id = record.id.clone();
+        self.emitter.send(Event::ResourceCreated { resource: record });
+        Ok(id)
+    }
+
+    /// Releases `id` from the ledger after the resource was deleted, and emits
+    /// [`Event::ResourceDeleted`].
+    pub fn release(&self, id: &str) -> Result<()> {
+        if let Some(resource) = self.ledger.release(id)? {
+            self.emitter.send(Event::ResourceDeleted { resource });
+        }
+        Ok(())
+    }
+
+    /// Releases `id` without deleting it: the resource is a published output, the user's now.
+    pub fn keep(&self, id: &str) -> Result<()> {
+        self.ledger.keep(id).map(drop)
     }
 
     /// Cancelled by the user (or the pipeline). Long operations should check it or select
@@ -135,8 +157,11 @@ impl RunContext {
         self.emitter.send(Event::Notice { message });
     }
 
-    /// The output sink of step `step`: lines go to events and the customization log.
-    pub fn output(&self, step: &str) -> Arc<dyn OutputSink> {
+    /// An output sink named `stream`, for output that is not the running step's own (a build
+    /// VM's serial console, which prints through every later step): lines go to events and
+    /// the customization log under that name. A step's own output is [`StepContext::output`].
+    pub fn output(&self, stream: &str) -> Arc<dyn OutputSink> {
+        let step = stream;
         Arc::new(StepOutput { step: step.to_string(), emitter: self.emitter.clone() })
     }
 
@@ -185,6 +210,41 @@ impl fmt::Debug for StepContext {
 }
 
 impl StepContext {
+    /// The run id ([`RunContext::run_id`]).
+    pub fn run_id(&self) -> &str {
+        self.run.run_id()
+    }
+
+    /// The run's ledger ([`RunContext::ledger`]).
+    pub fn ledger(&self) -> &RunLedger {
+        self.run.ledger()
+    }
+
+    /// [`RunContext::record`].
+    pub fn record(&self, record: ResourceRecord) -> Result<String> {
+        self.run.record(record)
+    }
+
+    /// [`RunContext::release`].
+    pub fn release(&self, id: &str) -> Result<()> {
+        self.run.release(id)
+    }
+
+    /// [`RunContext::keep`].
+    pub fn keep(&self, id: &str) -> Result<()> {
+        self.run.keep(id)
+    }
+
+    /// [`RunContext::notice`].
+    pub fn notice(&self, message: impl Into<String>) {
+        self.run.notice(message)
+    }
+
+    /// Cancelled by the user or the pipeline ([`RunContext::cancellation`]).
+    pub fn cancellation(&self) -> &CancellationToken {
+        self.run.cancellation()
+    }
+
     /// A detached step context (see [`RunContext::detached`]).
     pub fn detached(step: &str) -> Result<Self> {
         Ok(RunContext::detached("detached")?.step(step))

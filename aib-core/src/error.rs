@@ -162,10 +162,55 @@ impl Error {
         Error::Generic { backend, retryable: false, source: source.into() }
     }
 
+    /// The same error with every secret `mask` hides replaced, in its text fields and its
+    /// causes. A cause whose text holds a secret is replaced by its masked text (its type is
+    /// lost, its meaning kept); the variant always stays, so callers still `match` on it.
+    pub(crate) fn masked(self, mask: &dyn Fn(&str) -> String) -> Self {
+        let source = |b: BoxError| -> BoxError {
+            let text = error_chain(&*b);
+            let m = mask(&text);
+            if m == text { b } else { m.into() }
+        };
+        match self {
+            Error::InvalidConfig { backend, key, message } => Error::InvalidConfig { backend, key, message: mask(&message) },
+            Error::NotFound { backend, what } => Error::NotFound { backend, what: mask(&what) },
+            Error::AlreadyExists { backend, what } => Error::AlreadyExists { backend, what: mask(&what) },
+            Error::Unsupported { operation, backend } => Error::Unsupported { operation: mask(&operation), backend },
+            Error::Unauthenticated { backend, source: s } => Error::Unauthenticated { backend, source: source(s) },
+            Error::PermissionDenied { backend, source: s } => Error::PermissionDenied { backend, source: source(s) },
+            Error::Timeout { operation, after } => Error::Timeout { operation: mask(&operation), after },
+            Error::StepFailed { step, exit_code, message } => Error::StepFailed { step: mask(&step), exit_code, message: mask(&message) },
+            Error::ChecksumMismatch { what, expected, actual } => Error::ChecksumMismatch { what: mask(&what), expected, actual },
+            Error::Disconnected { backend, source: s } => Error::Disconnected { backend, source: source(s) },
+            Error::Generic { backend, retryable, source: s } => Error::Generic { backend, retryable, source: source(s) },
+            Error::Io { path, source: s } => {
+                let text = s.to_string();
+                let m = mask(&text);
+                Error::Io { path, source: if m == text { s } else { std::io::Error::new(s.kind(), m) } }
+            }
+            e @ (Error::InvalidTemplate { .. } | Error::Cancelled | Error::Throttled { .. }) => e,
+        }
+    }
+
     /// An [`Error::Io`] on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: Some(path.into()), source }
     }
+}
+
+/// An error with its `source` chain, on one line (causes already in the text are skipped).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
 }
 
 impl From<std::io::Error> for Error {
@@ -185,5 +230,18 @@ mod tests {
         assert!(Error::Generic { backend: "x", retryable: true, source: "boom".into() }.is_retryable());
         let e = Error::StepFailed { step: "s".into(), exit_code: Some(2), message: "m".into() };
         assert_eq!(e.to_string(), "step `s` failed with exit code 2: m");
+    }
+
+    #[test]
+    fn masking_keeps_the_variant_and_hides_the_secret_everywhere() {
+        let mask = |s: &str| s.replace("hunter2", "***");
+        let e = Error::StepFailed { step: "s".into(), exit_code: Some(4), message: "token=hunter2".into() }.masked(&mask);
+        assert!(matches!(&e, Error::StepFailed { exit_code: Some(4), message, .. } if message == "token=***"));
+        let e = Error::Generic { backend: "x", retryable: true, source: "bad key hunter2".into() }.masked(&mask);
+        assert!(e.is_retryable() && !format!("{e:?} {e}").contains("hunter2"), "{e:?}");
+        let clean: BoxError = Box::new(std::fmt::Error);
+        let e = Error::Generic { backend: "x", retryable: false, source: clean }.masked(&mask);
+        let Error::Generic { source, .. } = &e else { unreachable!() };
+        assert!(source.downcast_ref::<std::fmt::Error>().is_some(), "a cause without secrets keeps its type");
     }
 }

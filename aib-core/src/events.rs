@@ -1,62 +1,12 @@
 //! Run states (AIB's `runState`/`runSubState`) and the events a run emits.
 
 use crate::ledger::ResourceRecord;
-use futures::Stream;
+use crate::report::StepError;
 use serde::Serialize;
-use std::fmt;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
-use tokio::sync::mpsc;
 
-/// AIB's `lastRunStatus.runState`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-pub enum RunState {
-    /// The run is in progress.
-    Running,
-    /// Cancel was asked; cleanup is under way.
-    Canceling,
-    /// Every target was published.
-    Succeeded,
-    /// Some targets were published, some failed.
-    PartiallySucceeded,
-    /// The run failed.
-    Failed,
-    /// The run was cancelled.
-    Canceled,
-}
-
-impl RunState {
-    /// True for the four end states.
-    pub fn is_terminal(&self) -> bool {
-        !matches!(self, RunState::Running | RunState::Canceling)
-    }
-}
-
-/// AIB's `lastRunStatus.runSubState`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-pub enum RunSubState {
-    /// Waiting to start.
-    Queued,
-    /// Resolving the source and starting the build VM.
-    Building,
-    /// Running customizers.
-    Customizing,
-    /// Optimizing the image.
-    Optimizing,
-    /// Running validators.
-    Validating,
-    /// Publishing to the targets.
-    Distributing,
-}
-
-macro_rules! display_debug {
-    ($($t:ty),*) => { $(impl fmt::Display for $t {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { fmt::Debug::fmt(self, f) }
-    })* };
-}
-display_debug!(RunState, RunSubState);
+pub use crate::state::{RunState, RunSubState};
 
 /// Which output stream a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -80,7 +30,7 @@ pub enum Event {
         /// The sub-state, while running.
         sub_state: Option<RunSubState>,
         /// When.
-        #[serde(with = "crate::report::rfc3339")]
+        #[serde(with = "crate::serde_time::rfc3339")]
         at: SystemTime,
     },
     /// A step began.
@@ -93,10 +43,10 @@ pub enum Event {
         /// Step name.
         step: String,
         /// How long it took.
-        #[serde(with = "crate::report::millis")]
+        #[serde(with = "crate::serde_time::millis")]
         duration: Duration,
         /// `None` on success, else the error.
-        error: Option<String>,
+        error: Option<StepError>,
     },
     /// One line of output of a step.
     Output {
@@ -133,6 +83,20 @@ pub enum Event {
         /// Text.
         message: String,
     },
+    /// The reader fell behind: this many output lines and progress events were dropped
+    /// just before this point. State, step, resource and notice events are never dropped.
+    Lagged {
+        /// Events dropped.
+        dropped: u64,
+    },
+}
+
+impl Event {
+    /// True for events the channel may drop when its reader falls behind (output lines and
+    /// progress); every other event is always delivered.
+    pub fn is_lossy(&self) -> bool {
+        matches!(self, Event::Output { .. } | Event::Progress { .. })
+    }
 }
 
 /// Where steps write their output lines.
@@ -183,24 +147,5 @@ impl OutputSink for MemorySink {
         if let Ok(mut l) = self.lines.lock() {
             l.push((stream, line.to_string()));
         }
-    }
-}
-
-/// The receiving end of a run's events: a [`Stream`] that ends when the run has finished.
-#[derive(Debug)]
-pub struct EventStream {
-    rx: mpsc::UnboundedReceiver<Event>,
-}
-
-impl EventStream {
-    pub(crate) fn new(rx: mpsc::UnboundedReceiver<Event>) -> Self {
-        EventStream { rx }
-    }
-}
-
-impl Stream for EventStream {
-    type Item = Event;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
-        self.rx.poll_recv(cx)
     }
 }

@@ -6,8 +6,6 @@
 //! every write and locked (`flock`) while the run lives, so a sweep never touches the
 //! resources of a live run — in this process or another.
 
-use crate::events::Event;
-use crate::traits::Provisioner;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -18,7 +16,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 /// What happens to a resource when a step fails under `errorHandling: abort`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,7 +35,7 @@ pub enum Scope {
 pub struct ResourceRecord {
     /// Ledger id, unique within the run (assigned by [`RunLedger::record`]).
     pub id: String,
-    /// The backend that can delete it ([`Provisioner::backend`]).
+    /// The reclaimer that can delete it ([`crate::Reclaim::backend`]).
     pub backend: String,
     /// Kind (`vm`, `disk`, `process`, `port`, `file`).
     pub kind: String,
@@ -49,7 +47,7 @@ pub struct ResourceRecord {
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub attributes: Map<String, Value>,
     /// When it was recorded.
-    #[serde(with = "crate::report::rfc3339")]
+    #[serde(with = "crate::serde_time::rfc3339")]
     pub created_at: SystemTime,
 }
 
@@ -83,14 +81,14 @@ impl fmt::Display for ResourceRecord {
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "camelCase")]
-enum Entry {
+pub(crate) enum Entry {
     Add { resource: ResourceRecord },
     Release { id: String },
     Keep { id: String },
 }
 
 #[derive(Debug)]
-enum Store {
+pub(crate) enum Store {
     Memory(Mutex<HashMap<String, Vec<ResourceRecord>>>),
     Dir(PathBuf),
 }
@@ -98,7 +96,7 @@ enum Store {
 /// The ledger of all runs: in memory (tests, benchmarks) or in a directory (durable).
 #[derive(Debug, Clone)]
 pub struct Ledger {
-    store: Arc<Store>,
+    pub(crate) store: Arc<Store>,
 }
 
 impl Default for Ledger {
@@ -106,8 +104,6 @@ impl Default for Ledger {
         Ledger::in_memory()
     }
 }
-
-type Hook = Arc<dyn Fn(Event) + Send + Sync>;
 
 /// The ledger of one run. Cheap to clone; the run's file stays locked until the last clone
 /// is dropped.
@@ -123,7 +119,6 @@ struct RunInner {
     path: Option<PathBuf>,
     live: Mutex<Vec<ResourceRecord>>,
     seq: AtomicU64,
-    hook: Mutex<Option<Hook>>,
 }
 
 impl fmt::Debug for RunLedger {
@@ -154,14 +149,14 @@ impl Drop for RunInner {
     }
 }
 
-fn append(file: &Mutex<File>, path: &Path, entry: &Entry) -> Result<()> {
+pub(crate) fn append(file: &Mutex<File>, path: &Path, entry: &Entry) -> Result<()> {
     let mut line = serde_json::to_vec(entry).map_err(|e| Error::generic("ledger", e))?;
     line.push(b'\n');
     let mut f = file.lock().map_err(|_| Error::generic("ledger", "ledger lock poisoned"))?;
     f.write_all(&line).and_then(|_| f.sync_data()).map_err(|e| Error::io(path, e))
 }
 
-fn replay(path: &Path) -> Result<Vec<ResourceRecord>> {
+pub(crate) fn replay(path: &Path) -> Result<Vec<ResourceRecord>> {
     let f = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut live: Vec<ResourceRecord> = Vec::new();
     for line in BufReader::new(f).lines() {
@@ -223,7 +218,6 @@ impl Ledger {
                 path,
                 live: Mutex::new(Vec::new()),
                 seq: AtomicU64::new(0),
-                hook: Mutex::new(None),
             }),
         })
     }
@@ -257,80 +251,9 @@ impl Ledger {
             }
         }
     }
-
-    /// Deletes what crashed, killed or aborted runs left, through the backend that recorded
-    /// each resource, newest first. Live runs are never touched; runs younger than
-    /// `min_age` are left alone.
-    pub async fn gc(&self, backends: &[&dyn Provisioner], min_age: Duration) -> Result<GcReport> {
-        let mut report = GcReport::default();
-        let runs: Vec<(String, Option<PathBuf>)> = match &*self.store {
-            Store::Memory(m) => m.lock().map(|m| m.keys().map(|k| (k.clone(), None)).collect()).unwrap_or_default(),
-            Store::Dir(dir) => ledger_files(dir)?.into_iter().map(|(r, p)| (r, Some(p))).collect(),
-        };
-        for (run, path) in runs {
-            let (records, lock) = match &path {
-                None => {
-                    let recs = match &*self.store {
-                        Store::Memory(m) => m.lock().ok().and_then(|m| m.get(&run).cloned()).unwrap_or_default(),
-                        Store::Dir(_) => Vec::new(),
-                    };
-                    (recs, None)
-                }
-                Some(p) => {
-                    let Ok(f) = OpenOptions::new().append(true).read(true).open(p) else { continue };
-                    if f.try_lock().is_err() {
-                        report.live_runs += 1;
-                        continue;
-                    }
-                    (replay(p)?, Some(Mutex::new(f)))
-                }
-            };
-            if records.iter().any(|r| r.created_at.elapsed().unwrap_or_default() < min_age) {
-                report.too_young += 1;
-                continue;
-            }
-            let mut left = Vec::new();
-            for r in records.iter().rev() {
-                let Some(b) = backends.iter().find(|b| b.backend() == r.backend) else {
-                    report.failed.push((r.clone(), format!("no backend `{}` given to gc", r.backend)));
-                    left.push(r.clone());
-                    continue;
-                };
-                match b.delete(r).await {
-                    Ok(()) => {
-                        if let (Some(l), Some(p)) = (&lock, &path) {
-                            append(l, p, &Entry::Release { id: r.id.clone() })?;
-                        }
-                        report.deleted.push(r.clone());
-                    }
-                    Err(e) => {
-                        report.failed.push((r.clone(), e.to_string()));
-                        left.push(r.clone());
-                    }
-                }
-            }
-            match (&*self.store, &path) {
-                (Store::Memory(m), _) => {
-                    if let Ok(mut m) = m.lock() {
-                        if left.is_empty() {
-                            m.remove(&run);
-                        } else {
-                            m.insert(run.clone(), left.clone());
-                        }
-                    }
-                }
-                (Store::Dir(_), Some(p)) if left.is_empty() => {
-                    let _ = std::fs::remove_file(p);
-                }
-                _ => {}
-            }
-            report.runs += 1;
-        }
-        Ok(report)
-    }
 }
 
-fn ledger_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+pub(crate) fn ledger_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let e = e.map_err(|e| Error::io(dir, e))?;
@@ -343,39 +266,10 @@ fn ledger_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
-/// What [`Ledger::gc`] did.
-#[derive(Debug, Default)]
-#[non_exhaustive]
-pub struct GcReport {
-    /// Runs swept.
-    pub runs: usize,
-    /// Runs skipped because they are alive.
-    pub live_runs: usize,
-    /// Runs skipped because they are younger than `min_age`.
-    pub too_young: usize,
-    /// Resources deleted.
-    pub deleted: Vec<ResourceRecord>,
-    /// Resources that could not be deleted, and why (they stay in the ledger).
-    pub failed: Vec<(ResourceRecord, String)>,
-}
-
 impl RunLedger {
     /// The run id.
     pub fn run_id(&self) -> &str {
         &self.inner.run_id
-    }
-
-    pub(crate) fn set_hook(&self, hook: Hook) {
-        if let Ok(mut h) = self.inner.hook.lock() {
-            *h = Some(hook);
-        }
-    }
-
-    fn emit(&self, e: Event) {
-        let hook = self.inner.hook.lock().ok().and_then(|h| h.clone());
-        if let Some(h) = hook {
-            h(e);
-        }
     }
 
     fn write(&self, entry: &Entry) -> Result<()> {
@@ -387,17 +281,21 @@ impl RunLedger {
 
     /// Writes `record` durably and returns its ledger id. Call it *before* creating the
     /// resource: if the process dies in between, `gc` finds a record of something that may
-    /// not exist, and deleting what does not exist must succeed.
-    pub fn record(&self, mut record: ResourceRecord) -> Result<String> {
+    /// not exist, and deleting what does not exist must succeed. In a run, call
+    /// [`crate::RunContext::record`], which also tells the run's events.
+    pub fn record(&self, record: ResourceRecord) -> Result<String> {
+        self.add(record).map(|r| r.id)
+    }
+
+    /// [`RunLedger::record`], returning the record with its id.
+    pub(crate) fn add(&self, mut record: ResourceRecord) -> Result<ResourceRecord> {
         let n = self.inner.seq.fetch_add(1, Ordering::Relaxed);
         record.id = format!("{}-{n}", self.inner.run_id);
         self.write(&Entry::Add { resource: record.clone() })?;
-        let id = record.id.clone();
         if let Ok(mut l) = self.inner.live.lock() {
             l.push(record.clone());
         }
-        self.emit(Event::ResourceCreated { resource: record });
-        Ok(id)
+        Ok(record)
     }
 
     fn remove(&self, id: &str) -> Option<ResourceRecord> {
@@ -406,21 +304,18 @@ impl RunLedger {
         Some(l.remove(i))
     }
 
-    /// Releases `id` after the resource was deleted.
-    pub fn release(&self, id: &str) -> Result<()> {
+    /// Releases `id` after the resource was deleted; returns the record it held. In a run,
+    /// call [`crate::RunContext::release`], which also tells the run's events.
+    pub fn release(&self, id: &str) -> Result<Option<ResourceRecord>> {
         self.write(&Entry::Release { id: id.to_string() })?;
-        if let Some(r) = self.remove(id) {
-            self.emit(Event::ResourceDeleted { resource: r });
-        }
-        Ok(())
+        Ok(self.remove(id))
     }
 
     /// Releases `id` without deleting it: the resource became an output of the run (a
     /// published image) and is the user's now.
-    pub fn keep(&self, id: &str) -> Result<()> {
+    pub fn keep(&self, id: &str) -> Result<Option<ResourceRecord>> {
         self.write(&Entry::Keep { id: id.to_string() })?;
-        self.remove(id);
-        Ok(())
+        Ok(self.remove(id))
     }
 
     /// Resources recorded and not yet released, oldest first.

@@ -33,31 +33,43 @@
 //! let events: Vec<_> = run.events().collect().await;
 //! let report = run.wait().await;
 //! assert_eq!(report.run_state, RunState::Failed);
-//! assert!(report.message.contains("customize[0] install"));
+//! // Why, as a value: the step, and the typed error it failed with.
+//! let error = report.error.as_ref().unwrap();
+//! assert_eq!(error.step, "customize[0] install");
+//! assert!(matches!(*error.source, aib_core::Error::Generic { retryable: false, .. }));
 //! assert!(report.leftover_resources.is_empty()); // the build VM was deleted
 //! assert!(!events.is_empty());
 //! # });
 //! ```
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
+mod channel;
 pub mod context;
 pub mod error;
 pub mod events;
+pub mod gc;
 pub mod ledger;
 pub mod pipeline;
+pub mod reclaim;
 pub mod registry;
 pub mod report;
+pub mod retry;
+mod serde_time;
+pub mod state;
 pub mod template;
 pub mod traits;
 pub mod types;
 
+pub use channel::EventStream;
 pub use context::{RunContext, StepContext};
 pub use error::{BoxError, Error, Result};
-pub use events::{Event, EventStream, MemorySink, NullSink, OutputSink, OutputStream, RunState, RunSubState};
-pub use ledger::{GcReport, Ledger, ResourceRecord, RunLedger, Scope};
-pub use pipeline::{Pipeline, PipelineBuilder, RunHandle, RunOptions, StepOptions};
+pub use events::{Event, MemorySink, NullSink, OutputSink, OutputStream};
+pub use gc::GcReport;
+pub use ledger::{Ledger, ResourceRecord, RunLedger, Scope};
+pub use pipeline::{Pipeline, PipelineBuilder, RetryOn, RunHandle, RunOptions, StepOptions};
 pub use registry::{Backend, Registry};
-pub use report::{OutputState, RunOutput, RunReport, StepReport};
+pub use report::{OutputState, RunOutput, RunReport, StepError, StepReport};
+pub use state::{RunState, RunSubState};
 pub use template::ImageTemplate;
-pub use traits::{Communicator, CommunicatorExt, Customizer, Distributor, Provisioner, Source};
+pub use traits::{Communicator, CommunicatorExt, Customizer, Distributor, Provisioner, Reclaim, Source};
 pub use types::*;

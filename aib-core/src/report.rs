@@ -1,14 +1,98 @@
 //! The report a run ends with: AIB's `lastRunStatus` and run outputs, with aib's detail.
 
-use crate::events::{RunState, RunSubState};
+use crate::Error;
 use crate::ledger::ResourceRecord;
+use crate::state::{RunState, RunSubState};
 use crate::types::{AccessInfo, ResolvedImage};
-use serde::Serialize;
+use serde::{Serialize, Serializer};
+use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+/// Why a step (or the run around it) failed: the step, the sub-state it ran in, the
+/// attempts made, and the typed [`Error`] itself, which a program can `match` on.
+///
+/// It is `Clone` (the error is shared) and serializes the error's `source` chain as text;
+/// [`StepError::message`] is that text. In a run's reports and events the error has the
+/// run's secrets masked already, in every field and cause.
+///
+/// ```
+/// # use aib_core::{Error, RunSubState, report::StepError};
+/// let e = StepError::new("customize[0] install", RunSubState::Customizing, 1, Error::Cancelled);
+/// assert!(matches!(*e.source, Error::Cancelled));
+/// assert_eq!(e.to_string(), "step `customize[0] install` failed: cancelled");
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct StepError {
+    /// The step (`customize[2] install`), or `run` for what failed outside any step.
+    pub step: String,
+    /// The sub-state it ran in.
+    pub phase: RunSubState,
+    /// Attempts made (1 unless the step's options retry it).
+    pub attempts: u32,
+    /// The error.
+    pub source: Arc<Error>,
+    message: String,
+}
+
+impl StepError {
+    /// A step error; its message is the error's `source` chain on one line.
+    pub fn new(step: impl Into<String>, phase: RunSubState, attempts: u32, source: impl Into<Arc<Error>>) -> Self {
+        let source = source.into();
+        let message = error_chain(&*source);
+        StepError { step: step.into(), phase, attempts, source, message }
+    }
+
+    /// The error and its causes as one line.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for StepError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.step == RUN_STEP { f.write_str(&self.message) } else { write!(f, "step `{}` failed: {}", self.step, self.message) }
+    }
+}
+
+impl std::error::Error for StepError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+/// Equal when step, phase, attempts and message are: errors themselves have no equality.
+impl PartialEq for StepError {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.step, self.phase, self.attempts, &self.message) == (&other.step, other.phase, other.attempts, &other.message)
+    }
+}
+
+impl Eq for StepError {}
+
+impl Serialize for StepError {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("StepError", 4)?;
+        st.serialize_field("step", &self.step)?;
+        st.serialize_field("phase", &self.phase)?;
+        st.serialize_field("attempts", &self.attempts)?;
+        st.serialize_field("message", &self.message)?;
+        st.end()
+    }
+}
+
+/// The [`StepError::step`] of failures outside any step (the build timeout between steps,
+/// a ledger that cannot be opened).
+pub const RUN_STEP: &str = "run";
+
+pub use crate::error::error_chain;
 
 /// One state change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 #[serde(rename_all = "camelCase")]
 pub struct StateChange {
     /// `runState`.
@@ -16,12 +100,13 @@ pub struct StateChange {
     /// `runSubState`.
     pub run_sub_state: Option<RunSubState>,
     /// When.
-    #[serde(with = "rfc3339")]
+    #[serde(with = "crate::serde_time::rfc3339")]
     pub at: SystemTime,
 }
 
 /// One step of the run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 #[serde(rename_all = "camelCase")]
 pub struct StepReport {
     /// Step name.
@@ -29,15 +114,15 @@ pub struct StepReport {
     /// The sub-state it ran in.
     pub phase: RunSubState,
     /// When it started.
-    #[serde(with = "rfc3339")]
+    #[serde(with = "crate::serde_time::rfc3339")]
     pub started: SystemTime,
     /// How long it took (all attempts).
-    #[serde(with = "millis", rename = "durationMs")]
+    #[serde(with = "crate::serde_time::millis", rename = "durationMs")]
     pub duration: Duration,
     /// Attempts made.
     pub attempts: u32,
     /// The error, if it failed.
-    pub error: Option<String>,
+    pub error: Option<StepError>,
 }
 
 /// `Succeeded` or `Failed`, as AIB's RunOutput `provisioningState`.
@@ -51,6 +136,7 @@ pub enum OutputState {
 
 /// AIB's RunOutput: one per `distribute` target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 #[serde(rename_all = "camelCase")]
 pub struct RunOutput {
     /// `runOutputName`.
@@ -65,11 +151,12 @@ pub struct RunOutput {
     /// Published or not.
     pub provisioning_state: OutputState,
     /// Why not.
-    pub error: Option<String>,
+    pub error: Option<StepError>,
 }
 
 /// The end of a run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 #[serde(rename_all = "camelCase")]
 pub struct RunReport {
     /// Run id.
@@ -80,13 +167,16 @@ pub struct RunReport {
     pub run_state: RunState,
     /// Last `runSubState`.
     pub run_sub_state: Option<RunSubState>,
-    /// What happened, naming the step for failures.
+    /// What happened, naming the step for failures (the rendering of `error` and more).
     pub message: String,
+    /// Why the run did not succeed: the first failed step with its typed error (for a
+    /// `PartiallySucceeded` run, the first failed target's). `None` on success.
+    pub error: Option<StepError>,
     /// Start.
-    #[serde(with = "rfc3339")]
+    #[serde(with = "crate::serde_time::rfc3339")]
     pub start_time: SystemTime,
     /// End.
-    #[serde(with = "rfc3339")]
+    #[serde(with = "crate::serde_time::rfc3339")]
     pub end_time: SystemTime,
     /// Every state change.
     pub history: Vec<StateChange>,
@@ -118,6 +208,7 @@ impl RunReport {
             run_state: RunState::Failed,
             run_sub_state: None,
             message: String::new(),
+            error: None,
             start_time: now,
             end_time: now,
             history: Vec::new(),
@@ -145,28 +236,5 @@ impl RunReport {
     /// The step named `name`.
     pub fn step(&self, name: &str) -> Option<&StepReport> {
         self.steps.iter().find(|s| s.name == name)
-    }
-}
-
-pub(crate) mod rfc3339 {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::SystemTime;
-
-    pub(crate) fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_rfc3339_millis(*t))
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_rfc3339(&s).map_err(serde::de::Error::custom)
-    }
-}
-
-pub(crate) mod millis {
-    use serde::Serializer;
-    use std::time::Duration;
-
-    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis() as u64)
     }
 }

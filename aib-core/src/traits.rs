@@ -1,10 +1,18 @@
-//! The five backend traits. Each is small, object-safe and `#[async_trait]`; convenience
-//! lives on `*Ext` traits.
+//! The five backend traits and [`Reclaim`], which cleanup and `gc` need. Each is small,
+//! object-safe and `#[async_trait]`; convenience lives on `*Ext` traits.
+//!
+//! # Implementing
+//! Every method that runs as a step of a pipeline gets that step's [`StepContext`]: its name,
+//! its output sink (lines become events and the customization log), the run's ledger and
+//! cancellation. What a backend needs from the template comes in the request struct
+//! ([`ResolveRequest`], [`ProvisionRequest`], [`DistributeRequest`]), so one backend value
+//! serves any template. Errors are [`Error`] variants: map a private error enum into it once
+//! (`impl From<MyError> for aib_core::Error`), semantic variants first. Run
+//! `aib_testkit::conformance` against the implementation.
 
-use crate::context::{RunContext, StepContext};
+use crate::context::StepContext;
 use crate::events::OutputSink;
 use crate::ledger::ResourceRecord;
-use crate::template::ImageSource;
 use crate::types::*;
 use crate::{Error, Result};
 use async_trait::async_trait;
@@ -22,38 +30,48 @@ use std::sync::Arc;
 ///   (specialized, another region) is [`Error::InvalidConfig`].
 #[async_trait]
 pub trait Source: Debug + Display + Send + Sync + 'static {
-    /// Resolves `spec`.
-    async fn resolve(&self, spec: &ImageSource, ctx: &RunContext) -> Result<ResolvedImage>;
+    /// Resolves `req.spec`, in the step `resolve`.
+    async fn resolve(&self, req: &ResolveRequest, ctx: &StepContext) -> Result<ResolvedImage>;
 }
 
-/// Starts, generalizes, captures and deletes build VMs.
+/// Deletes what a run recorded: all that cleanup and `gc` need from a backend.
 ///
 /// # Contract
-/// - Every resource is written to `ctx.ledger()` **before** it is created, with
-///   [`crate::ledger::Scope::BuildVm`] for what makes up the VM, and released after it is
-///   deleted. The pipeline deletes whatever remains through [`Provisioner::delete`], newest
-///   first; `provision` need not clean up after itself on failure.
+/// - `delete` is idempotent: deleting what is already gone succeeds. `gc` calls it for
+///   records of crashed runs, possibly from another process and long after the run.
+/// - It handles every record whose [`ResourceRecord::backend`] is [`Reclaim::backend`];
+///   a record of a kind it does not know is [`Error::Unsupported`].
+#[async_trait]
+pub trait Reclaim: Debug + Send + Sync + 'static {
+    /// The name in [`ResourceRecord::backend`] of the records this reclaimer deletes.
+    fn backend(&self) -> &'static str;
+    /// Deletes one recorded resource.
+    async fn delete(&self, record: &ResourceRecord) -> Result<()>;
+}
+
+/// Starts, generalizes and captures build VMs, and deletes what it made ([`Reclaim`]).
+///
+/// # Contract
+/// - Every resource is written to the ledger ([`StepContext::record`]) **before** it is
+///   created, with [`crate::ledger::Scope::BuildVm`] for what makes up the VM, and released
+///   after it is deleted. The pipeline deletes whatever remains through
+///   [`Reclaim::delete`], newest first; `provision` need not clean up after itself on failure.
 /// - `connect` waits for the VM to accept connections (a booting VM is normal) until its
 ///   own deadline, and verifies the VM's host key or certificate.
 /// - `generalize` runs the deprovisioning (or the user's override script) and stops the VM.
 /// - `capture` turns the stopped VM's disk into a [`CapturedImage`]; resources it creates
 ///   are in the ledger like any other.
-/// - `delete` is idempotent: deleting what is already gone succeeds. `gc` calls it for
-///   records of crashed runs, possibly from another process.
+/// - Its records name it ([`Reclaim::backend`]); `delete` follows [`Reclaim`]'s contract.
 #[async_trait]
-pub trait Provisioner: Debug + Display + Send + Sync + 'static {
-    /// The name in [`ResourceRecord::backend`] of the records this provisioner writes.
-    fn backend(&self) -> &'static str;
-    /// Starts a build VM.
-    async fn provision(&self, req: &ProvisionRequest, ctx: &RunContext) -> Result<BuildVm>;
-    /// Connects to it.
-    async fn connect(&self, vm: &BuildVm, ctx: &RunContext) -> Result<Arc<dyn Communicator>>;
+pub trait Provisioner: Reclaim + Display {
+    /// Starts a build VM, in the step `provision`.
+    async fn provision(&self, req: &ProvisionRequest, ctx: &StepContext) -> Result<BuildVm>;
+    /// Connects to it, in the step `connect`.
+    async fn connect(&self, vm: &BuildVm, ctx: &StepContext) -> Result<Arc<dyn Communicator>>;
     /// Generalizes it and stops it.
     async fn generalize(&self, vm: &BuildVm, comm: &(dyn Communicator + 'static), ctx: &StepContext) -> Result<()>;
     /// Captures its disk.
     async fn capture(&self, vm: &BuildVm, ctx: &StepContext) -> Result<CapturedImage>;
-    /// Deletes one recorded resource.
-    async fn delete(&self, record: &ResourceRecord) -> Result<()>;
 }
 
 /// A connection to a build VM.
@@ -95,36 +113,45 @@ pub trait Customizer: Debug + Display + Send + Sync + 'static {
 /// Publishes a captured image to one target.
 ///
 /// # Contract
-/// - What it creates is written to the ledger first; once the artifact is published and is
-///   the user's, its record is released with [`crate::ledger::RunLedger::keep`]. A failed or
-///   cancelled publish leaves only records the pipeline will delete.
+/// - What it creates is written to the ledger first, under the [`Reclaim`] that deletes it
+///   (its own backend's, or [`crate::reclaim::FileReclaim`] for local files); once the
+///   artifact is published and is the user's, its record is released with
+///   [`StepContext::keep`]. A failed or cancelled publish leaves only records the pipeline
+///   will delete.
 /// - Distributors of one run run concurrently; they must not share mutable state without
 ///   synchronization.
 /// - Progress goes to `ctx.output.progress`.
 #[async_trait]
 pub trait Distributor: Debug + Display + Send + Sync + 'static {
-    /// Publishes `image`.
-    async fn distribute(&self, image: &CapturedImage, ctx: &StepContext) -> Result<Artifact>;
+    /// Publishes `req.image`.
+    async fn distribute(&self, req: &DistributeRequest, ctx: &StepContext) -> Result<Artifact>;
 }
 
 macro_rules! forward {
     ($($ptr:ident),*) => { $(
         #[async_trait]
         impl<T: Source + ?Sized> Source for $ptr<T> {
-            async fn resolve(&self, spec: &ImageSource, ctx: &RunContext) -> Result<ResolvedImage> {
-                (**self).resolve(spec, ctx).await
+            async fn resolve(&self, req: &ResolveRequest, ctx: &StepContext) -> Result<ResolvedImage> {
+                (**self).resolve(req, ctx).await
+            }
+        }
+
+        #[async_trait]
+        impl<T: Reclaim + ?Sized> Reclaim for $ptr<T> {
+            fn backend(&self) -> &'static str {
+                (**self).backend()
+            }
+            async fn delete(&self, record: &ResourceRecord) -> Result<()> {
+                (**self).delete(record).await
             }
         }
 
         #[async_trait]
         impl<T: Provisioner + ?Sized> Provisioner for $ptr<T> {
-            fn backend(&self) -> &'static str {
-                (**self).backend()
-            }
-            async fn provision(&self, req: &ProvisionRequest, ctx: &RunContext) -> Result<BuildVm> {
+            async fn provision(&self, req: &ProvisionRequest, ctx: &StepContext) -> Result<BuildVm> {
                 (**self).provision(req, ctx).await
             }
-            async fn connect(&self, vm: &BuildVm, ctx: &RunContext) -> Result<Arc<dyn Communicator>> {
+            async fn connect(&self, vm: &BuildVm, ctx: &StepContext) -> Result<Arc<dyn Communicator>> {
                 (**self).connect(vm, ctx).await
             }
             async fn generalize(&self, vm: &BuildVm, comm: &(dyn Communicator + 'static), ctx: &StepContext) -> Result<()> {
@@ -132,9 +159,6 @@ macro_rules! forward {
             }
             async fn capture(&self, vm: &BuildVm, ctx: &StepContext) -> Result<CapturedImage> {
                 (**self).capture(vm, ctx).await
-            }
-            async fn delete(&self, record: &ResourceRecord) -> Result<()> {
-                (**self).delete(record).await
             }
         }
 
@@ -163,8 +187,8 @@ macro_rules! forward {
 
         #[async_trait]
         impl<T: Distributor + ?Sized> Distributor for $ptr<T> {
-            async fn distribute(&self, image: &CapturedImage, ctx: &StepContext) -> Result<Artifact> {
-                (**self).distribute(image, ctx).await
+            async fn distribute(&self, req: &DistributeRequest, ctx: &StepContext) -> Result<Artifact> {
+                (**self).distribute(req, ctx).await
             }
         }
     )* };
@@ -173,6 +197,8 @@ forward!(Arc, Box);
 
 /// `dyn Source`.
 pub type DynSource = dyn Source;
+/// `dyn Reclaim`.
+pub type DynReclaim = dyn Reclaim;
 /// `dyn Provisioner`.
 pub type DynProvisioner = dyn Provisioner;
 /// `dyn Communicator`.
@@ -204,4 +230,4 @@ pub trait CommunicatorExt: Communicator {
 impl<T: Communicator + ?Sized> CommunicatorExt for T {}
 
 #[cfg(test)]
-fn _obj_safe(_: &dyn Source, _: &dyn Provisioner, _: &dyn Communicator, _: &dyn Customizer, _: &dyn Distributor) {}
+fn _obj_safe(_: &dyn Source, _: &dyn Reclaim, _: &dyn Provisioner, _: &dyn Communicator, _: &dyn Customizer, _: &dyn Distributor) {}

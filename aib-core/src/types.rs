@@ -33,7 +33,16 @@ pub struct ResolvedImage {
     pub exact_version: Option<String>,
     /// The guest OS.
     pub platform: Platform,
-    /// Backend-specific facts (a file path, a digest, a generation).
+    /// Hyper-V generation (`V1`, `V2`), when the source says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hyper_v_generation: Option<String>,
+    /// CPU architecture (`x64`, `Arm64`), when the source says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<String>,
+    /// Security type (`TrustedLaunch`, `ConfidentialVM`, …), when the source says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub security_type: Option<String>,
+    /// Backend-specific facts (a file path, a digest).
     #[serde(skip_serializing_if = "Map::is_empty")]
     pub attributes: Map<String, Value>,
 }
@@ -55,6 +64,27 @@ impl ResolvedImage {
     #[must_use]
     pub fn with_platform(mut self, p: Platform) -> Self {
         self.platform = p;
+        self
+    }
+
+    /// Sets the Hyper-V generation (`V1`, `V2`).
+    #[must_use]
+    pub fn with_hyper_v_generation(mut self, g: impl Into<String>) -> Self {
+        self.hyper_v_generation = Some(g.into());
+        self
+    }
+
+    /// Sets the CPU architecture (`x64`, `Arm64`).
+    #[must_use]
+    pub fn with_architecture(mut self, a: impl Into<String>) -> Self {
+        self.architecture = Some(a.into());
+        self
+    }
+
+    /// Sets the security type (`TrustedLaunch`, `ConfidentialVM`, …).
+    #[must_use]
+    pub fn with_security_type(mut self, t: impl Into<String>) -> Self {
+        self.security_type = Some(t.into());
         self
     }
 
@@ -374,6 +404,123 @@ impl ProvisionRequest {
     /// Boots `image` with defaults.
     pub fn new(image: ResolvedImage) -> Self {
         ProvisionRequest { image, ..Default::default() }
+    }
+
+    /// In region `location`.
+    #[must_use]
+    pub fn with_location(mut self, location: impl Into<String>) -> Self {
+        self.location = location.into();
+        self
+    }
+
+    /// For template `name`.
+    #[must_use]
+    pub fn with_template_name(mut self, name: impl Into<String>) -> Self {
+        self.template_name = name.into();
+        self
+    }
+
+    /// With tag `k` = `v`.
+    #[must_use]
+    pub fn with_tag(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
+        self.tags.insert(k.into(), v.into());
+        self
+    }
+}
+
+/// What a [`crate::Source`] is asked to resolve: the template's `source` and the facts of
+/// the template it belongs to.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ResolveRequest {
+    /// The template's `source`.
+    pub spec: crate::template::ImageSource,
+    /// The template's region (`location`): where the build VM will run.
+    pub location: String,
+    /// The template name.
+    pub template_name: String,
+}
+
+impl ResolveRequest {
+    /// Resolves `spec`, with no region or template name.
+    pub fn new(spec: crate::template::ImageSource) -> Self {
+        ResolveRequest { spec, location: String::new(), template_name: String::new() }
+    }
+
+    /// In region `location`.
+    #[must_use]
+    pub fn with_location(mut self, location: impl Into<String>) -> Self {
+        self.location = location.into();
+        self
+    }
+
+    /// For template `name`.
+    #[must_use]
+    pub fn with_template_name(mut self, name: impl Into<String>) -> Self {
+        self.template_name = name.into();
+        self
+    }
+}
+
+/// What a [`crate::Distributor`] is asked to publish: the captured image and the facts of
+/// the template and run it came from.
+#[derive(Debug, Clone, PartialEq, Default)]
+#[non_exhaustive]
+pub struct DistributeRequest {
+    /// The captured disk (its `source` says what the build started from: platform,
+    /// generation, architecture, security type).
+    pub image: CapturedImage,
+    /// The target's `runOutputName`.
+    pub run_output_name: String,
+    /// The template name.
+    pub template_name: String,
+    /// The build region (the template's `location`).
+    pub location: String,
+    /// Tags for what the target creates (`managedResourceTags`, `imageTemplateName`, `aibRunId`).
+    pub tags: crate::template::StringMap,
+    /// SHA-256 of the template, hex (for manifests that say what an image was built from).
+    pub template_digest: Option<String>,
+}
+
+impl DistributeRequest {
+    /// Publishes `image`, with no template facts.
+    pub fn new(image: CapturedImage) -> Self {
+        DistributeRequest { image, ..Default::default() }
+    }
+
+    /// As target `name`.
+    #[must_use]
+    pub fn with_run_output_name(mut self, name: impl Into<String>) -> Self {
+        self.run_output_name = name.into();
+        self
+    }
+
+    /// For template `name`.
+    #[must_use]
+    pub fn with_template_name(mut self, name: impl Into<String>) -> Self {
+        self.template_name = name.into();
+        self
+    }
+
+    /// Built in region `location`.
+    #[must_use]
+    pub fn with_location(mut self, location: impl Into<String>) -> Self {
+        self.location = location.into();
+        self
+    }
+
+    /// With tag `k` = `v`.
+    #[must_use]
+    pub fn with_tag(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
+        self.tags.insert(k.into(), v.into());
+        self
+    }
+
+    /// From a template whose SHA-256 is `digest` (hex).
+    #[must_use]
+    pub fn with_template_digest(mut self, digest: impl Into<String>) -> Self {
+        self.template_digest = Some(digest.into());
+        self
     }
 }
 

@@ -3,9 +3,10 @@
 //! under `abort`, exactly the build VM, which `gc` then removes).
 
 use aib_core::template::ImageTemplate;
-use aib_core::{Event, Ledger, Pipeline, RunReport, RunState, Scope};
+use aib_core::{Error, Event, Ledger, Pipeline, RunReport, RunState, Scope};
 use aib_testkit::{FakeBackend, Fault};
 use futures::StreamExt;
+use std::time::Duration;
 
 const TEMPLATE: &str = r#"{
   "location": "westus",
@@ -71,8 +72,10 @@ async fn error_at_every_step() {
         let report = pipeline(&fakes, &template(None), &ledger).run().await;
         let expected = if is_distribution(step) { RunState::PartiallySucceeded } else { RunState::Failed };
         assert_eq!(report.run_state, expected, "{step}: {}", report.message);
-        assert!(report.message.contains(step), "{step}: message `{}` must name the step", report.message);
-        assert!(report.message.contains("injected failure"), "{step}: the cause is kept: {}", report.message);
+        let e = report.error.as_ref().unwrap_or_else(|| panic!("{step}: a failed run has an error"));
+        assert_eq!(e.step, *step, "{step}: the error names the step");
+        assert!(matches!(*e.source, Error::Generic { backend: "fake", retryable: false, .. }), "{step}: the cause is kept: {:?}", e.source);
+        assert!(report.message.contains(step), "{step}: the message renders the error: {}", report.message);
         let failed: Vec<_> = report.steps.iter().filter(|s| s.error.is_some()).map(|s| s.name.as_str()).collect();
         assert_eq!(failed, vec![*step], "{step}: only that step fails");
         assert_clean(step, "error", &fakes, &report, &ledger);
@@ -87,6 +90,9 @@ async fn every_distributor_failing_fails_the_run() {
     let ledger = Ledger::in_memory();
     let report = pipeline(&fakes, &template(None), &ledger).run().await;
     assert_eq!(report.run_state, RunState::Failed);
+    let failed: Vec<&str> = report.run_outputs.iter().filter_map(|o| o.error.as_ref()).map(|e| e.step.as_str()).collect();
+    assert_eq!(failed, ["distribute disk", "distribute gallery"]);
+    assert_eq!(report.error.as_ref().map(|e| e.step.as_str()), Some("distribute disk"), "the first failed target");
     assert!(report.message.contains("distribute disk") && report.message.contains("distribute gallery"));
     assert_clean("distribute", "all", &fakes, &report, &ledger);
 }
@@ -99,8 +105,11 @@ async fn hang_past_the_build_timeout_at_every_step() {
         let ledger = Ledger::in_memory();
         let report = pipeline(&fakes, &template(None), &ledger).run().await;
         assert_eq!(report.run_state, RunState::Failed, "{step}");
-        assert!(report.message.contains("timed out after 30m"), "{step}: {}", report.message);
-        assert!(report.message.contains(step), "{step}: {}", report.message);
+        let e = report.error.as_ref().unwrap_or_else(|| panic!("{step}: a timed-out run has an error"));
+        assert!(matches!(*e.source, Error::Timeout { after, .. } if after == Duration::from_secs(30 * 60)), "{step}: {:?}", e.source);
+        assert_eq!(e.step, *step, "{step}: the step that was running");
+        assert!(report.step(step).is_some_and(|s| s.error.is_some()), "{step}: the interrupted step is in the report");
+        assert!(report.message.contains("timed out after 30m") && report.message.contains(step), "{step}: {}", report.message);
         assert_clean(step, "hang", &fakes, &report, &ledger);
     }
 }
@@ -124,6 +133,8 @@ async fn cancel_at_every_step() {
         }
         let report = run.wait().await;
         assert_eq!(report.run_state, RunState::Canceled, "{step}: {}", report.message);
+        let e = report.error.as_ref().unwrap_or_else(|| panic!("{step}: a cancelled run has an error"));
+        assert!(matches!(*e.source, Error::Cancelled) && e.step == *step, "{step}: {e:?}");
         assert!(report.message.contains(step), "{step}: {}", report.message);
         assert!(states.ends_with(&[RunState::Canceling, RunState::Canceled]), "{step}: {states:?}");
         assert_clean(step, "cancel", &fakes, &report, &ledger);

@@ -3,7 +3,7 @@
 
 use aib_core::template::{ErrorAction, ImageTemplate};
 use aib_core::{Event, Ledger, OutputState, Pipeline, RunState, RunSubState, StepOptions};
-use aib_testkit::{FakeBackend, Fault, Reply};
+use aib_testkit::{Call, FakeBackend, Fault, Reply};
 use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,16 +95,19 @@ async fn a_successful_run_follows_aib_states_and_streams_everything() {
     assert_eq!(std::fs::read_dir(dir.path().join("ledger")).unwrap().count(), 0);
     // The fakes were asked in order; the generalization ran on the build VM.
     let j = fakes.journal();
-    let pos = |p: &str| j.iter().position(|e| e.starts_with(p)).unwrap_or_else(|| panic!("{p} in {j:?}"));
-    assert!(
-        pos("resolve") < pos("provision")
-            && pos("provision") < pos("connect")
-            && pos("step customize") < pos("step validate")
-            && pos("step validate") < pos("generalize")
-            && pos("generalize") < pos("capture")
-            && pos("capture") < pos("distribute")
-    );
-    assert!(j.iter().any(|e| e.contains("waagent -force -deprovision+user")));
+    let pos = |f: &dyn Fn(&Call) -> bool| j.iter().position(f).unwrap_or_else(|| panic!("not in {j:?}"));
+    let order = [
+        pos(&|c| matches!(c, Call::Resolve { type_name, location } if type_name == "PlatformImage" && location == "westus")),
+        pos(&|c| matches!(c, Call::Provision { .. })),
+        pos(&|c| matches!(c, Call::Connect { .. })),
+        pos(&|c| c.step() == Some("customize[0] hello")),
+        pos(&|c| c.step() == Some("validate[0] check")),
+        pos(&|c| matches!(c, Call::Generalize { .. })),
+        pos(&|c| matches!(c, Call::Capture { .. })),
+        pos(&|c| matches!(c, Call::Distribute { .. })),
+    ];
+    assert!(order.is_sorted(), "calls out of order: {order:?} in {j:?}");
+    assert!(j.iter().filter_map(Call::command).any(|c| c.contains("waagent -force -deprovision+user")));
     // The report serializes as JSON with AIB's names.
     let json = serde_json::to_value(&report).unwrap();
     assert_eq!(json["runState"], "Succeeded");
@@ -154,7 +157,7 @@ async fn validation_failure_policies() {
     );
     let r = Pipeline::from_template(&t, &fakes.backend()).unwrap().build().unwrap().run().await;
     assert_eq!(r.run_state, RunState::Succeeded, "{}", r.message);
-    assert!(!fakes.journal().iter().any(|e| e.starts_with("step customize")));
+    assert!(!fakes.journal().iter().filter_map(Call::step).any(|s| s.starts_with("customize")));
 }
 
 #[tokio::test(start_paused = true)]
@@ -184,8 +187,69 @@ async fn step_options_retry_and_time_out() {
     fakes.faults().inject("customize[1] slow", Fault::Slow(Duration::from_secs(60)));
     let r = p.run().await;
     assert_eq!(r.run_state, RunState::Failed);
+    let e = r.error.as_ref().unwrap();
+    assert_eq!(e.step, "customize[1] slow");
+    assert!(matches!(*e.source, aib_core::Error::Timeout { after, .. } if after == Duration::from_secs(10)), "{:?}", e.source);
     assert!(r.message.contains("customize[1] slow") && r.message.contains("timed out after 10s"), "{}", r.message);
     assert!(fakes.live_resources().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn step_retries_cover_retryable_errors_unless_told_otherwise() {
+    let run = |options: StepOptions| async move {
+        let fakes = FakeBackend::new();
+        fakes.faults().inject_times("customize[0] script", Fault::Fail, 1);
+        Pipeline::builder()
+            .source(Arc::new(fakes.source()), aib_testkit::conformance::debian_spec())
+            .provisioner(Arc::new(fakes.provisioner()))
+            .customizer_named("customize[0] script", Arc::new(fakes.customizer(&["echo hi"])), options)
+            .target("disk", "VHD", Arc::new(fakes.distributor("VHD", "disk")))
+            .build()
+            .unwrap()
+            .run()
+            .await
+    };
+    // A failed script is not a reason to run it again.
+    let r = run(StepOptions::default().with_retries(3, Duration::from_secs(1))).await;
+    assert_eq!(r.run_state, RunState::Failed);
+    let e = r.error.as_ref().unwrap();
+    assert_eq!((e.step.as_str(), e.attempts), ("customize[0] script", 1));
+    assert!(!e.source.is_retryable());
+    // Unless the caller says any failure may be retried.
+    let r = run(StepOptions::default().with_retries(3, Duration::from_secs(1)).with_retry_on_any_error()).await;
+    assert_eq!(r.run_state, RunState::Succeeded, "{}", r.message);
+    assert_eq!(r.step("customize[0] script").unwrap().attempts, 2);
+}
+
+#[tokio::test]
+async fn a_reader_that_never_reads_loses_lines_not_states() {
+    let fakes = FakeBackend::new();
+    let lines: Vec<String> = (0..50).map(|i| format!("echo line-{i}")).collect();
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let p = Pipeline::builder()
+        .source(Arc::new(fakes.source()), aib_testkit::conformance::debian_spec())
+        .provisioner(Arc::new(fakes.provisioner()))
+        .customizer_named("customize[0] chatty", Arc::new(fakes.customizer(&lines)), StepOptions::default())
+        .target("disk", "VHD", Arc::new(fakes.distributor("VHD", "disk")))
+        .event_capacity(8)
+        .build()
+        .unwrap();
+    let mut run = p.start();
+    let events = run.events();
+    // Nothing reads until the run is over.
+    let report = run.wait().await;
+    assert!(report.succeeded(), "{}", report.message);
+    let events: Vec<Event> = events.collect().await;
+    let output = events.iter().filter(|e| matches!(e, Event::Output { .. })).count();
+    let dropped: u64 = events.iter().filter_map(|e| if let Event::Lagged { dropped } = e { Some(*dropped) } else { None }).sum();
+    assert!(output <= 8, "at most the capacity is held: {output}");
+    let progress = events.iter().filter(|e| matches!(e, Event::Progress { .. })).count();
+    // 50 lines and the distribution's 2 progress events: each one delivered or counted.
+    assert_eq!((output + progress) as u64 + dropped, 52, "every line is delivered or counted");
+    let states = events.iter().filter(|e| matches!(e, Event::State { .. })).count();
+    assert_eq!(states, report.history.len(), "no state event is ever dropped");
+    let finished = events.iter().filter(|e| matches!(e, Event::StepFinished { .. })).count();
+    assert_eq!(finished, report.steps.len());
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! Downloads scripts and files for customizers (`https`, `http`, `file`), with a size limit,
 //! verifying the `sha256Checksum` before the bytes go anywhere.
 
+use aib_core::retry::{Backoff, retry_while};
 use aib_core::{Error, Result};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
@@ -82,16 +83,8 @@ impl Fetcher {
                 tokio::fs::read(&path).await.map_err(|e| Error::io(&path, e))
             }
             "http" | "https" => {
-                let mut attempt = 0;
-                loop {
-                    attempt += 1;
-                    match self.get(uri).await {
-                        Err(e) if e.is_retryable() && attempt <= self.retries => {
-                            tokio::time::sleep(Duration::from_millis(500 * 2u64.pow(attempt - 1))).await;
-                        }
-                        r => return r,
-                    }
-                }
+                let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(8));
+                retry_while(backoff, self.retries + 1, Error::is_retryable, || self.get(uri)).await
             }
             other => Err(invalid(uri, &format!("scheme `{other}` is not supported; use https, http or file"))),
         }

@@ -137,7 +137,7 @@ mod tests {
         Generalizer::new(Platform::Linux).with_build_user("aib").run(&comm, &ctx).await.unwrap();
         let j = journal.entries();
         assert_eq!(j.len(), 1, "one command: {j:?}");
-        let cmd = &j[0];
+        let cmd = j[0].command().expect("an exec");
         assert!(cmd.contains("[ -f /tmp/DeprovisioningScript.sh ]"));
         assert!(cmd.contains("sudo -n waagent -force -deprovision+user && export HISTSIZE=0 && sync"));
         assert!(cmd.contains("rm -f /etc/ssh/ssh_host_*") && cmd.contains("truncate -s 0 /etc/machine-id"));

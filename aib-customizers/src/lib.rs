@@ -8,6 +8,45 @@
 //!   as validators where AIB allows;
 //! - [`Generalizer`]: AIB's hidden last step;
 //! - [`registry`]: every type, for a backend's [`aib_core::Registry`].
+//!
+//! A customizer runs over any [`aib_core::Communicator`]; in tests, the testkit's fake VM:
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use aib_core::{Customizer, Error, StepContext};
+//! use aib_customizers::{ScriptSource, ShellCustomizer};
+//! use aib_testkit::{FakeCommunicator, Reply};
+//!
+//! let vm = FakeCommunicator::default();
+//! let step = ShellCustomizer::new(ScriptSource::Inline(vec!["apt-get install -y nginx".into()]));
+//! // The inline lines are uploaded as one script and run; the fake answers for it.
+//! vm.reply("aib-script", Reply { stdout: vec!["nginx installed".into()], stderr: vec![], code: 0 });
+//! let (ctx, out) = StepContext::capturing("customize[0] nginx").unwrap();
+//! step.run(&vm, &ctx).await.unwrap();
+//! assert_eq!(out.stdout(), ["nginx installed"]);
+//!
+//! // A script that fails is `Error::StepFailed`, naming the step and the exit code.
+//! let vm = FakeCommunicator::default();
+//! vm.reply("aib-script", Reply { stdout: vec![], stderr: vec!["E: no space left".into()], code: 100 });
+//! let err = step.run(&vm, &ctx).await.unwrap_err();
+//! assert!(matches!(err, Error::StepFailed { exit_code: Some(100), ref step, .. } if step == "customize[0] nginx"));
+//! # });
+//! ```
+//!
+//! Over SSH to a real VM, with the host key checked from the first connection:
+//!
+//! ```no_run
+//! # async fn f() -> aib_core::Result<()> {
+//! use aib_customizers::ssh::{HostKeyCheck, SshCommunicator, SshConfig, ephemeral_key};
+//! let config = SshConfig::builder()
+//!     .host("203.0.113.7")
+//!     .user("aib")
+//!     .key(ephemeral_key()?)
+//!     .host_key(HostKeyCheck::Fingerprint("SHA256:…".into()))
+//!     .build()?;
+//! let vm = SshCommunicator::connect(config).await?;
+//! # Ok(()) }
+//! ```
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
 pub mod fetch;
@@ -20,6 +59,7 @@ mod restart;
 mod script;
 mod shell;
 pub mod ssh;
+mod ssh_error;
 pub mod tls_pin;
 mod update;
 pub mod windows;
@@ -31,41 +71,21 @@ pub use powershell::PowerShellCustomizer;
 pub use restart::{SHUTDOWN_IN_PROGRESS, WindowsRestartCustomizer};
 pub use script::ScriptSource;
 pub use shell::ShellCustomizer;
+pub use ssh_error::SshError;
 pub use update::{DEFAULT_CRITERIA, EXIT_MORE, EXIT_REBOOT, PENDING, WindowsUpdateCustomizer};
 
-use aib_core::template::CustomizerSpec;
-use aib_core::{Customizer, Error, Registry};
+use aib_core::{Customizer, Registry};
 use std::sync::Arc;
 
 /// A registry with AIB's customizer types (also usable as validators where AIB allows).
 pub fn registry() -> Registry {
-    Registry::new()
-        .with_customizer_and_validator("Shell", |spec| match spec {
-            CustomizerSpec::Shell(s) => Ok(Arc::new(ShellCustomizer::from_template(s)?) as Arc<dyn Customizer>),
-            other => Err(mismatch("Shell", other)),
-        })
-        .with_customizer_and_validator("File", |spec| match spec {
-            CustomizerSpec::File(s) => Ok(Arc::new(FileCustomizer::from_template(s)?) as Arc<dyn Customizer>),
-            other => Err(mismatch("File", other)),
-        })
-        .with_customizer_and_validator("PowerShell", |spec| match spec {
-            CustomizerSpec::PowerShell(s) => Ok(Arc::new(PowerShellCustomizer::from_template(s)?) as Arc<dyn Customizer>),
-            other => Err(mismatch("PowerShell", other)),
-        })
-        .with_customizer("WindowsRestart", |spec| match spec {
-            CustomizerSpec::WindowsRestart(s) => Ok(Arc::new(WindowsRestartCustomizer::from_template(s)?) as Arc<dyn Customizer>),
-            other => Err(mismatch("WindowsRestart", other)),
-        })
-        .with_customizer("WindowsUpdate", |spec| match spec {
-            CustomizerSpec::WindowsUpdate(s) => Ok(Arc::new(WindowsUpdateCustomizer::from_template(s)?) as Arc<dyn Customizer>),
-            other => Err(mismatch("WindowsUpdate", other)),
-        })
-}
-
-fn mismatch(want: &str, got: &CustomizerSpec) -> Error {
-    Error::InvalidConfig {
-        backend: "registry",
-        key: want.into(),
-        message: format!("factory for `{want}` got a `{}` step", got.type_name()),
+    fn arc(c: impl Customizer) -> Arc<dyn Customizer> {
+        Arc::new(c)
     }
+    Registry::new()
+        .with_shell(|s| ShellCustomizer::from_template(s).map(arc))
+        .with_file(|s| FileCustomizer::from_template(s).map(arc))
+        .with_powershell(|s| PowerShellCustomizer::from_template(s).map(arc))
+        .with_windows_restart(|s| WindowsRestartCustomizer::from_template(s).map(arc))
+        .with_windows_update(|s| WindowsUpdateCustomizer::from_template(s).map(arc))
 }

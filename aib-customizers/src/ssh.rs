@@ -4,6 +4,8 @@
 
 use crate::lines::LineSplitter;
 use crate::quote::{is_env_name, sh_quote};
+use crate::ssh_error::SshError;
+use aib_core::retry::Backoff;
 use aib_core::{
     Communicator, Error, ExecRequest, ExitStatus, OutputSink, OutputStream, Platform, ReconnectOptions, Result, UploadContent,
     UploadRequest,
@@ -291,7 +293,7 @@ impl SshCommunicator {
         &self.cfg
     }
 
-    async fn attempt(&self, mismatch: &Arc<std::sync::Mutex<Option<String>>>) -> std::result::Result<Session, String> {
+    async fn attempt(&self, mismatch: &Arc<std::sync::Mutex<Option<String>>>) -> std::result::Result<Session, SshError> {
         let config = Arc::new(client::Config {
             inactivity_timeout: self.cfg.inactivity_timeout,
             keepalive_interval: Some(self.cfg.keepalive_interval),
@@ -300,18 +302,19 @@ impl SshCommunicator {
             ..Default::default()
         });
         let verifier = Verifier { check: self.cfg.host_key.clone(), mismatch: mismatch.clone() };
-        let mut handle = client::connect(config, (self.cfg.host.as_str(), self.cfg.port), verifier).await.map_err(|e| e.to_string())?;
+        let mut handle = client::connect(config, (self.cfg.host.as_str(), self.cfg.port), verifier).await.map_err(SshError::Transport)?;
         let key = PrivateKeyWithHashAlg::new(self.cfg.key.clone(), None);
-        let auth = handle.authenticate_publickey(self.cfg.user.clone(), key).await.map_err(|e| e.to_string())?;
+        let auth = handle.authenticate_publickey(self.cfg.user.clone(), key).await.map_err(SshError::Transport)?;
         if !auth.success() {
-            return Err(format!("public key of user `{}` refused", self.cfg.user));
+            return Err(SshError::AuthRefused { user: self.cfg.user.clone() });
         }
         Ok(Arc::new(handle))
     }
 
     async fn open(&self, deadline: Duration) -> Result<Session> {
         let start = Instant::now();
-        let mut wait = self.cfg.retry_initial;
+        // A booting VM refuses for a while: poll on the shared backoff, up to the deadline.
+        let mut backoff = Backoff::new(self.cfg.retry_initial, self.cfg.retry_max).without_jitter();
         let mut attempts = 0u32;
         loop {
             attempts += 1;
@@ -326,7 +329,7 @@ impl SshCommunicator {
                     return Ok(s);
                 }
                 Ok(Err(e)) => e,
-                Err(_) => "the attempt timed out".to_string(),
+                Err(_) => SshError::AttemptTimedOut,
             };
             if let Some(seen) = mismatch.lock().ok().and_then(|m| m.clone()) {
                 return Err(Error::PermissionDenied {
@@ -338,15 +341,16 @@ impl SshCommunicator {
                     .into(),
                 });
             }
+            let wait = backoff.next_delay();
             if start.elapsed() + wait >= deadline {
+                let last = aib_core::report::error_chain(&err);
                 return Err(Error::Timeout {
-                    operation: format!("ssh connect to {}:{} ({attempts} attempts, last: {err})", self.cfg.host, self.cfg.port),
+                    operation: format!("ssh connect to {}:{} ({attempts} attempts, last: {last})", self.cfg.host, self.cfg.port),
                     after: deadline,
                 });
             }
             tracing::debug!(attempt = attempts, error = %err, "ssh connect failed; retrying");
             tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(self.cfg.retry_max);
         }
     }
 
@@ -403,16 +407,17 @@ impl SshCommunicator {
         Err(disconnected(format!("the connection dropped while `{}` ran, before it exited", short(&req.command))))
     }
 
-    async fn upload_sftp(&self, session: &Session, req: &UploadRequest) -> std::result::Result<u64, String> {
-        let ch = session.channel_open_session().await.map_err(|e| e.to_string())?;
-        ch.request_subsystem(true, "sftp").await.map_err(|e| e.to_string())?;
-        let sftp = russh_sftp::client::SftpSession::new(ch.into_stream()).await.map_err(|e| e.to_string())?;
-        let mut f = sftp.create(&req.destination).await.map_err(|e| format!("cannot create {}: {e}", req.destination))?;
+    async fn upload_sftp(&self, session: &Session, req: &UploadRequest) -> std::result::Result<u64, SshError> {
+        let sftp_err = |what: String| move |e: russh_sftp::client::error::Error| SshError::Sftp { what, source: Box::new(e) };
+        let ch = session.channel_open_session().await.map_err(SshError::Transport)?;
+        ch.request_subsystem(true, "sftp").await.map_err(SshError::Transport)?;
+        let sftp = russh_sftp::client::SftpSession::new(ch.into_stream()).await.map_err(sftp_err("starting the session".into()))?;
+        let mut f = sftp.create(&req.destination).await.map_err(sftp_err(format!("creating {}", req.destination)))?;
         let n = copy_content(&req.content, &mut f).await?;
-        f.shutdown().await.map_err(|e| e.to_string())?;
+        f.shutdown().await.map_err(SshError::Write)?;
         if let Some(mode) = req.mode {
             let attrs = russh_sftp::protocol::FileAttributes { permissions: Some(mode), ..Default::default() };
-            sftp.set_metadata(&req.destination, attrs).await.map_err(|e| e.to_string())?;
+            sftp.set_metadata(&req.destination, attrs).await.map_err(sftp_err(format!("setting the mode of {}", req.destination)))?;
         }
         let _ = sftp.close().await;
         Ok(n)
@@ -426,7 +431,7 @@ impl SshCommunicator {
         }
         ch.exec(true, cmd).await.map_err(disconnected)?;
         let mut writer = ch.make_writer();
-        let n = copy_content(&req.content, &mut writer).await.map_err(disconnected)?;
+        let n = copy_content(&req.content, &mut writer).await?;
         writer.shutdown().await.map_err(disconnected)?;
         drop(writer);
         ch.eof().await.map_err(disconnected)?;
@@ -467,27 +472,28 @@ fn short(cmd: &str) -> String {
     }
 }
 
-async fn copy_content<W: tokio::io::AsyncWrite + Unpin>(content: &UploadContent, w: &mut W) -> std::result::Result<u64, String> {
+async fn copy_content<W: tokio::io::AsyncWrite + Unpin>(content: &UploadContent, w: &mut W) -> std::result::Result<u64, SshError> {
     match content {
         UploadContent::Bytes(b) => {
-            w.write_all(b).await.map_err(|e| e.to_string())?;
+            w.write_all(b).await.map_err(SshError::Write)?;
             Ok(b.len() as u64)
         }
         UploadContent::File(p) => {
-            let mut f = tokio::fs::File::open(p).await.map_err(|e| format!("{}: {e}", p.display()))?;
+            let read = |source| SshError::Read { path: p.clone(), source };
+            let mut f = tokio::fs::File::open(p).await.map_err(read)?;
             let mut buf = vec![0u8; 256 * 1024];
             let mut n = 0u64;
             loop {
-                let k = f.read(&mut buf).await.map_err(|e| format!("{}: {e}", p.display()))?;
+                let k = f.read(&mut buf).await.map_err(read)?;
                 if k == 0 {
                     break;
                 }
-                w.write_all(&buf[..k]).await.map_err(|e| e.to_string())?;
+                w.write_all(&buf[..k]).await.map_err(SshError::Write)?;
                 n += k as u64;
             }
             Ok(n)
         }
-        _ => Err("unsupported upload content".into()),
+        _ => Err(SshError::UnsupportedContent),
     }
 }
 
@@ -512,6 +518,7 @@ impl Communicator for SshCommunicator {
             match self.upload_sftp(&session, req).await {
                 Ok(n) => return Ok(n),
                 Err(e) if session.is_closed() => return Err(disconnected(e)),
+                Err(e @ (SshError::Read { .. } | SshError::UnsupportedContent)) => return Err(e.into()),
                 Err(e) => tracing::debug!(error = %e, "SFTP upload failed; falling back to cat over exec"),
             }
         }

@@ -299,10 +299,30 @@ impl WinRmCommunicator {
             }
         };
         let (mut so, mut se) = (LineSplitter::default(), LineSplitter::default());
+        // The scheduled-task wrapper of elevated runs ends with its own marker line: it is
+        // aib's, not the command's, and the exit code comes back as the process's.
+        let stdout = |l: &str| {
+            if !l.starts_with(crate::windows::TASK_EXIT_MARK) {
+                out.line(OutputStream::Stdout, l)
+            }
+        };
+        // The timeout ends the wait, not the shell: it is closed below on every path but a
+        // dropped connection, so timed-out and failed commands do not pile up on the VM.
+        let deadline = req.timeout.map(|t| tokio::time::Instant::now() + t);
         let result = loop {
-            match shell.receive_next(&cmd_id).await {
+            let next = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, shell.receive_next(&cmd_id)).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        let after = req.timeout.unwrap_or_default();
+                        break Err(Error::Timeout { operation: req.command.lines().next().unwrap_or_default().to_string(), after });
+                    }
+                },
+                None => shell.receive_next(&cmd_id).await,
+            };
+            match next {
                 Ok(r) => {
-                    so.push(&r.stdout, |l| out.line(OutputStream::Stdout, l));
+                    so.push(&r.stdout, stdout);
                     se.push(&r.stderr, |l| out.line(OutputStream::Stderr, l));
                     if r.done {
                         break Ok(ExitStatus { code: r.exit_code, signal: None, disconnected: false });
@@ -318,9 +338,13 @@ impl WinRmCommunicator {
                 }
             }
         };
-        so.finish(|l| out.line(OutputStream::Stdout, l));
+        so.finish(stdout);
         se.finish(|l| out.line(OutputStream::Stderr, l));
-        if result.as_ref().is_ok_and(|s| !s.disconnected) {
+        let dropped = match &result {
+            Ok(s) => s.disconnected,
+            Err(e) => matches!(e, Error::Disconnected { .. }),
+        };
+        if !dropped {
             let _ = self.client.signal_terminate(&self.endpoint, shell.shell_id(), &cmd_id).await;
             let _ = shell.close().await;
         }
@@ -345,12 +369,7 @@ impl Communicator for WinRmCommunicator {
     }
 
     async fn execute(&self, req: &ExecRequest, out: &(dyn OutputSink + 'static)) -> Result<ExitStatus> {
-        match req.timeout {
-            Some(t) => tokio::time::timeout(t, self.run(req, out))
-                .await
-                .map_err(|_| Error::Timeout { operation: req.command.lines().next().unwrap_or_default().to_string(), after: t })?,
-            None => self.run(req, out).await,
-        }
+        self.run(req, out).await
     }
 
     async fn upload(&self, req: &UploadRequest) -> Result<u64> {

@@ -4,7 +4,7 @@
 use aib_core::template::ImageTemplate;
 use aib_core::{
     AccessInfo, Backend, BuildVm, CapturedImage, Communicator, Customizer, Error, Event, MemorySink, Pipeline, ProvisionRequest,
-    Provisioner, ResolvedImage, ResourceRecord, RunContext, RunState, Scope, StepContext,
+    Provisioner, Reclaim, ResolvedImage, ResourceRecord, RunState, Scope, StepContext,
 };
 use aib_customizers::fetch::{Fetcher, sha256_hex};
 use aib_customizers::ssh::{HostKeyCheck, SshCommunicator, SshConfig, ephemeral_key, public_key_line};
@@ -176,16 +176,23 @@ impl std::fmt::Display for SshdProvisioner {
 }
 
 #[async_trait]
-impl Provisioner for SshdProvisioner {
+impl Reclaim for SshdProvisioner {
     fn backend(&self) -> &'static str {
         "sshd-harness"
     }
-    async fn provision(&self, req: &ProvisionRequest, ctx: &RunContext) -> aib_core::Result<BuildVm> {
-        let id = ctx.ledger().record(ResourceRecord::new("sshd-harness", "vm", format!("127.0.0.1:{}", self.port), Scope::BuildVm))?;
+    async fn delete(&self, _record: &ResourceRecord) -> aib_core::Result<()> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Provisioner for SshdProvisioner {
+    async fn provision(&self, req: &ProvisionRequest, ctx: &StepContext) -> aib_core::Result<BuildVm> {
+        let id = ctx.record(ResourceRecord::new("sshd-harness", "vm", format!("127.0.0.1:{}", self.port), Scope::BuildVm))?;
         let access = AccessInfo::new("ssh", "127.0.0.1", self.port, &self.user, format!("ssh -p {} {}@127.0.0.1", self.port, self.user));
         Ok(BuildVm::new("harness", id, req.image.platform, access))
     }
-    async fn connect(&self, _vm: &BuildVm, _ctx: &RunContext) -> aib_core::Result<Arc<dyn Communicator>> {
+    async fn connect(&self, _vm: &BuildVm, _ctx: &StepContext) -> aib_core::Result<Arc<dyn Communicator>> {
         let key = ephemeral_key()?;
         self.sshd.authorize(&public_key_line(&key, "aib")?).map_err(|e| Error::generic("sshd-harness", e))?;
         let cfg = SshConfig::builder()
@@ -203,9 +210,6 @@ impl Provisioner for SshdProvisioner {
     }
     async fn capture(&self, _vm: &BuildVm, ctx: &StepContext) -> aib_core::Result<CapturedImage> {
         Ok(CapturedImage::new(format!("{}-disk", ctx.run.run_id()), "raw", "harness://disk", ResolvedImage::default()))
-    }
-    async fn delete(&self, _record: &ResourceRecord) -> aib_core::Result<()> {
-        Ok(())
     }
 }
 

@@ -227,3 +227,13 @@ async fn exit_codes_signals_env_sudo_and_timeouts() {
     // The connection is still usable after a timed-out command.
     assert!(c.execute(&ExecRequest::new("true"), &MemorySink::new()).await.unwrap().success());
 }
+
+#[tokio::test]
+async fn shell_steps_pass_the_customizer_conformance_suite() {
+    use aib_customizers::{ScriptSource, ShellCustomizer};
+    let sshd = start();
+    let c = connect(&sshd).await;
+    let failing = ShellCustomizer::new(ScriptSource::Inline(vec!["echo before".into(), "exit 5".into()]));
+    let printing = ShellCustomizer::new(ScriptSource::Inline(vec!["echo conformance-marker".into()]));
+    conformance::customizer(&failing, &printing, "conformance-marker", &c).await;
+}

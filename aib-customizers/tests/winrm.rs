@@ -5,7 +5,7 @@
 use aib_core::template::ImageTemplate;
 use aib_core::{
     AccessInfo, Backend, BuildVm, CapturedImage, Communicator, Customizer, Error, Event, ExecRequest, MemorySink, Pipeline,
-    ProvisionRequest, Provisioner, ResolvedImage, ResourceRecord, RunContext, RunState, Scope, StepContext, UploadRequest,
+    ProvisionRequest, Provisioner, Reclaim, ResolvedImage, ResourceRecord, RunState, Scope, StepContext, UploadRequest,
 };
 use aib_customizers::fetch::sha256_hex;
 use aib_customizers::winrm::{WinRmAuth, WinRmCommunicator, WinRmConfig, WinRmTransport};
@@ -204,16 +204,23 @@ impl std::fmt::Display for WinRmProvisioner {
 }
 
 #[async_trait]
-impl Provisioner for WinRmProvisioner {
+impl Reclaim for WinRmProvisioner {
     fn backend(&self) -> &'static str {
         "winrm-server"
     }
-    async fn provision(&self, req: &ProvisionRequest, ctx: &RunContext) -> aib_core::Result<BuildVm> {
-        let id = ctx.ledger().record(ResourceRecord::new("winrm-server", "vm", format!("127.0.0.1:{}", self.port), Scope::BuildVm))?;
+    async fn delete(&self, _record: &ResourceRecord) -> aib_core::Result<()> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Provisioner for WinRmProvisioner {
+    async fn provision(&self, req: &ProvisionRequest, ctx: &StepContext) -> aib_core::Result<BuildVm> {
+        let id = ctx.record(ResourceRecord::new("winrm-server", "vm", format!("127.0.0.1:{}", self.port), Scope::BuildVm))?;
         assert_eq!(req.image.source_type, "ManagedImage");
         Ok(BuildVm::new("win", id, aib_core::Platform::Windows, AccessInfo::new("winrm", "127.0.0.1", self.port, "packer", "")))
     }
-    async fn connect(&self, _vm: &BuildVm, _ctx: &RunContext) -> aib_core::Result<Arc<dyn Communicator>> {
+    async fn connect(&self, _vm: &BuildVm, _ctx: &StepContext) -> aib_core::Result<Arc<dyn Communicator>> {
         let cfg = WinRmConfig::builder()
             .host("127.0.0.1")
             .port(self.port)
@@ -228,9 +235,6 @@ impl Provisioner for WinRmProvisioner {
     }
     async fn capture(&self, _vm: &BuildVm, ctx: &StepContext) -> aib_core::Result<CapturedImage> {
         Ok(CapturedImage::new(format!("{}-disk", ctx.run.run_id()), "vhd", "winrm://disk", ResolvedImage::default()))
-    }
-    async fn delete(&self, _record: &ResourceRecord) -> aib_core::Result<()> {
-        Ok(())
     }
 }
 
@@ -301,4 +305,13 @@ async fn a_pinned_https_listener_is_reached_and_any_other_certificate_refused() 
     let source = std::error::Error::source(&err).map(|s| s.to_string()).unwrap_or_default();
     assert!(matches!(err, Error::PermissionDenied { .. }) && source.contains("not the pinned one"), "{err}: {source}");
     assert!(started.elapsed() < Duration::from_secs(5), "a wrong certificate fails at once, not at the deadline");
+}
+
+#[tokio::test]
+async fn powershell_steps_pass_the_customizer_conformance_suite() {
+    let (s, _) = server().await;
+    let c = WinRmCommunicator::connect(config(&s, "P@ss'w0rd")).await.unwrap();
+    let failing = PowerShellCustomizer::new(ScriptSource::Inline(vec!["Write-Output 'before'".into(), "exit 5".into()]));
+    let printing = PowerShellCustomizer::new(ScriptSource::Inline(vec!["Write-Output 'conformance-marker'".into()]));
+    conformance::customizer(&failing, &printing, "conformance-marker", &c).await;
 }

@@ -7,7 +7,7 @@ use crate::outputs::{FileDistributor, GalleryDistributor};
 use crate::qemu::QemuProvisioner;
 use crate::tools::{Accelerator, BACKEND};
 use aib_core::template::ImageSource;
-use aib_core::{Backend, Distributor, Error, Ledger, Registry, ResolvedImage, Result, RunContext, Source};
+use aib_core::{Backend, Distributor, Error, Ledger, Registry, ResolveRequest, ResolvedImage, Result, Source, StepContext};
 use async_trait::async_trait;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -31,7 +31,6 @@ pub struct LocalBackend {
     state: PathBuf,
     catalog: PathBuf,
     provisioner: Arc<QemuProvisioner>,
-    template_digest: Option<String>,
 }
 
 /// Builds a [`LocalBackend`].
@@ -41,7 +40,6 @@ pub struct LocalBackendBuilder {
     state: Option<PathBuf>,
     catalog: Option<PathBuf>,
     accel: Option<Accelerator>,
-    template_digest: Option<String>,
 }
 
 impl LocalBackendBuilder {
@@ -63,12 +61,6 @@ impl LocalBackendBuilder {
         self
     }
 
-    /// The digest of the template being built, for gallery manifests.
-    pub fn template_digest(mut self, d: impl Into<String>) -> Self {
-        self.template_digest = Some(d.into());
-        self
-    }
-
     /// Creates the state directory and builds. No VM starts here.
     pub fn build(self) -> Result<LocalBackend> {
         let state = self.state.unwrap_or_else(default_state_dir);
@@ -82,7 +74,7 @@ impl LocalBackendBuilder {
         }
         let catalog = self.catalog.unwrap_or_else(|| state.join("catalog"));
         std::fs::create_dir_all(&catalog).map_err(|e| Error::io(&catalog, e))?;
-        Ok(LocalBackend { state, catalog, provisioner: Arc::new(p), template_digest: self.template_digest })
+        Ok(LocalBackend { state, catalog, provisioner: Arc::new(p) })
     }
 }
 
@@ -124,22 +116,18 @@ impl LocalBackend {
 
     /// The backend: every AIB type, plus `LocalFile` outputs.
     pub fn backend(&self) -> Backend {
+        use aib_core::template::type_names;
         let source = Arc::new(LocalSource { catalog: self.catalog(), gallery: self.gallery() });
-        let mut reg = Registry::new();
-        for t in ["PlatformImage", "ManagedImage", "SharedImageVersion"] {
-            let s = source.clone();
-            reg = reg.with_source(t, move |_| Ok(s.clone() as Arc<dyn Source>));
-        }
+        let mut reg = Registry::new().with_sources(&type_names::SOURCES, source);
         let outputs = self.state.join("outputs");
-        for t in ["VHD", "LocalFile"] {
+        for t in [type_names::VHD, crate::outputs::LOCAL_FILE] {
             let o = outputs.clone();
             reg = reg.with_distributor(t, move |spec| Ok(Arc::new(FileDistributor::from_spec(spec, &o)?) as Arc<dyn Distributor>));
         }
-        for t in ["SharedImage", "ManagedImage"] {
-            let (g, d) = (self.gallery(), self.template_digest.clone());
-            reg = reg.with_distributor(t, move |spec| {
-                Ok(Arc::new(GalleryDistributor::from_spec(spec, g.clone(), d.clone())?) as Arc<dyn Distributor>)
-            });
+        for t in [type_names::SHARED_IMAGE, type_names::MANAGED_IMAGE] {
+            let g = self.gallery();
+            reg =
+                reg.with_distributor(t, move |spec| Ok(Arc::new(GalleryDistributor::from_spec(spec, g.clone())?) as Arc<dyn Distributor>));
         }
         Backend::new(self.provisioner.clone(), aib_customizers::registry().merge(reg))
     }
@@ -160,13 +148,12 @@ impl fmt::Display for LocalSource {
 
 #[async_trait]
 impl Source for LocalSource {
-    async fn resolve(&self, spec: &ImageSource, ctx: &RunContext) -> Result<ResolvedImage> {
-        match spec {
+    async fn resolve(&self, req: &ResolveRequest, ctx: &StepContext) -> Result<ResolvedImage> {
+        match &req.spec {
             ImageSource::PlatformImage(p) => {
                 let part = |s: &Option<String>| s.clone().unwrap_or_default();
-                let out = ctx.output("resolve");
                 self.catalog
-                    .resolve(&part(&p.publisher), &part(&p.offer), &part(&p.sku), p.version.as_deref().unwrap_or("latest"), &*out)
+                    .resolve(&part(&p.publisher), &part(&p.offer), &part(&p.sku), p.version.as_deref().unwrap_or("latest"), &*ctx.output)
                     .await
             }
             ImageSource::ManagedImage(m) => self.gallery.resolve_managed(&m.image_id).await,

@@ -232,7 +232,7 @@ impl Catalog {
     /// Boots a BIOS base once by direct kernel boot, installs GRUB from inside, generalizes it
     /// and flattens the result into `dest`.
     async fn install_grub(&self, plain: &Path, dir: &Path, dest: &Path, out: &dyn OutputSink) -> Result<()> {
-        use aib_core::{CommunicatorExt, ExecRequest, ProvisionRequest, Provisioner, RunContext};
+        use aib_core::{CommunicatorExt, ExecRequest, ProvisionRequest, Provisioner, Reclaim, RunContext};
         out.line(OutputStream::Stdout, "booting the BIOS base once to install GRUB (direct kernel boot)");
         let image = ResolvedImage::new("PlatformImage", "Debian:debian-12:12:bootstrap", "bootstrap")
             .with_attribute("disk", plain.display().to_string())
@@ -243,8 +243,8 @@ impl Catalog {
         let prov = crate::qemu::QemuProvisioner::new(&self.runs);
         let ctx = RunContext::detached(&format!("aib-grub-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]))?;
         let result = async {
-            let vm = prov.provision(&ProvisionRequest::new(image), &ctx).await?;
-            let comm = prov.connect(&vm, &ctx).await?;
+            let vm = prov.provision(&ProvisionRequest::new(image), &ctx.step("provision")).await?;
+            let comm = prov.connect(&vm, &ctx.step("connect")).await?;
             let step = ctx.step("install-grub");
             comm.run_checked(
                 "install-grub",
@@ -260,7 +260,7 @@ impl Catalog {
         .await;
         for r in ctx.ledger().outstanding().iter().rev() {
             prov.delete(r).await?;
-            ctx.ledger().release(&r.id)?;
+            ctx.release(&r.id)?;
         }
         result
     }

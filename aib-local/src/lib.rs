@@ -9,11 +9,32 @@
 //!   key, user networking on 127.0.0.1, the serial console in the run log, QMP power-down.
 //! - Outputs: fixed VHD (Azure's rules), qcow2 (zstd/zlib), raw, and a versioned local
 //!   [`Gallery`] that `SharedImage` and `ManagedImage` targets map onto.
+//!
+//! One backend value builds any template:
+//!
+//! ```no_run
+//! # async fn f() -> aib_core::Result<()> {
+//! use aib_core::{Pipeline, template::ImageTemplate};
+//! use aib_local::LocalBackend;
+//!
+//! let local = LocalBackend::builder().state_dir("/var/lib/aib").build()?;
+//! aib_local::tools::check()?; // QEMU and friends installed? The error says how to get them.
+//! for file in ["web.json", "db.json"] {
+//!     let t = ImageTemplate::from_json(&std::fs::read_to_string(file)?)?.template;
+//!     let report = Pipeline::from_template(&t, &local.backend())?.ledger(local.ledger()?).build()?.run().await;
+//!     println!("{file}: {} {}", report.run_state, report.message);
+//! }
+//! // What killed runs left (VMs, overlays, temp files), through the ledger:
+//! let left = local.ledger()?.gc(&[&*local.provisioner()], std::time::Duration::from_secs(3600)).await?;
+//! println!("gc: {} resources deleted", left.deleted.len());
+//! # Ok(()) }
+//! ```
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
 mod backend;
 pub mod catalog;
 pub mod debian;
+pub mod error;
 pub mod gallery;
 pub mod outputs;
 mod qemu;

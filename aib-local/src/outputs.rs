@@ -4,7 +4,7 @@
 use crate::gallery::Gallery;
 use crate::tools::{BACKEND, image_info, run};
 use aib_core::template::{DistributorSpec, ManagedImageTarget, SharedImageTarget};
-use aib_core::{Artifact, CapturedImage, Distributor, Error, OutputStream, ResourceRecord, Result, Scope, StepContext};
+use aib_core::{Artifact, CapturedImage, DistributeRequest, Distributor, Error, OutputStream, ResourceRecord, Result, Scope, StepContext};
 use async_trait::async_trait;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -95,7 +95,7 @@ async fn write_file(image: &CapturedImage, format: DiskFormat, dest: &Path, ctx:
         ));
     }
     let tmp = dest.with_extension(format!("{}.aib-tmp", format.extension()));
-    let id = ctx.run.ledger().record(ResourceRecord::new(BACKEND, "file", tmp.display().to_string(), Scope::Run))?;
+    let id = ctx.record(ResourceRecord::new(BACKEND, "file", tmp.display().to_string(), Scope::Run))?;
     ctx.output.progress(0, Some(info.virtual_size), "bytes");
     let mut args: Vec<String> = vec!["convert".into(), "-f".into(), image.format.clone()];
     args.extend(format.args().into_iter().map(String::from));
@@ -107,7 +107,7 @@ async fn write_file(image: &CapturedImage, format: DiskFormat, dest: &Path, ctx:
     }
     tokio::fs::rename(&tmp, dest).await.map_err(|e| Error::io(dest, e))?;
     // Renamed away: the temp file is gone and the output is the user's.
-    ctx.run.ledger().keep(&id)?;
+    ctx.keep(&id)?;
     ctx.output.progress(info.virtual_size, Some(info.virtual_size), "bytes");
     let meta = tokio::fs::metadata(dest).await.map_err(|e| Error::io(dest, e))?;
     use std::os::unix::fs::MetadataExt;
@@ -118,6 +118,9 @@ async fn write_file(image: &CapturedImage, format: DiskFormat, dest: &Path, ctx:
     );
     Ok(meta.len())
 }
+
+/// aib's `LocalFile` target type: a disk file in a chosen format.
+pub const LOCAL_FILE: &str = "LocalFile";
 
 /// Writes the image as a file: the `VHD` type (fixed VHD), and aib's `LocalFile` extension.
 #[derive(Debug, Clone)]
@@ -153,7 +156,7 @@ impl FileDistributor {
             DistributorSpec::Vhd(v) => {
                 Ok(Self::new(DiskFormat::VhdFixed, v.uri.as_deref().map(path_from).transpose()?, outputs.to_path_buf(), &v.run_output_name))
             }
-            DistributorSpec::Custom(c) if c.type_name == "LocalFile" => {
+            DistributorSpec::Custom(c) if c.type_name == LOCAL_FILE => {
                 let s = |k: &str| c.fields.get(k).and_then(|v| v.as_str());
                 let format = match (s("format").unwrap_or("qcow2"), s("compression").unwrap_or("zstd")) {
                     ("vhd", _) => DiskFormat::VhdFixed,
@@ -179,7 +182,8 @@ impl FileDistributor {
 
 #[async_trait]
 impl Distributor for FileDistributor {
-    async fn distribute(&self, image: &CapturedImage, ctx: &StepContext) -> Result<Artifact> {
+    async fn distribute(&self, req: &DistributeRequest, ctx: &StepContext) -> Result<Artifact> {
+        let image = &req.image;
         let dest = self
             .path
             .clone()
@@ -194,7 +198,6 @@ impl Distributor for FileDistributor {
 pub struct GalleryDistributor {
     gallery: Gallery,
     target: GalleryTarget,
-    template_digest: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -214,7 +217,7 @@ impl fmt::Display for GalleryDistributor {
 
 impl GalleryDistributor {
     /// From a `SharedImage` or `ManagedImage` distribute entry.
-    pub fn from_spec(spec: &DistributorSpec, gallery: Gallery, template_digest: Option<String>) -> Result<Self> {
+    pub fn from_spec(spec: &DistributorSpec, gallery: Gallery) -> Result<Self> {
         let target = match spec {
             DistributorSpec::SharedImage(t) => GalleryTarget::Shared(t.clone()),
             DistributorSpec::ManagedImage(t) => GalleryTarget::Managed(t.clone()),
@@ -226,15 +229,16 @@ impl GalleryDistributor {
                 });
             }
         };
-        Ok(GalleryDistributor { gallery, target, template_digest })
+        Ok(GalleryDistributor { gallery, target })
     }
 }
 
 #[async_trait]
 impl Distributor for GalleryDistributor {
-    async fn distribute(&self, image: &CapturedImage, ctx: &StepContext) -> Result<Artifact> {
+    async fn distribute(&self, req: &DistributeRequest, ctx: &StepContext) -> Result<Artifact> {
+        let image = &req.image;
         let (manifest, dir) = match &self.target {
-            GalleryTarget::Shared(t) => self.gallery.publish(image, t, ctx.run.run_id(), self.template_digest.as_deref()).await?,
+            GalleryTarget::Shared(t) => self.gallery.publish(image, t, ctx.run.run_id(), req.template_digest.as_deref()).await?,
             GalleryTarget::Managed(t) => {
                 let tags = t.artifact_tags.as_ref().and_then(|x| x.value()).cloned().unwrap_or_default();
                 self.gallery.put_managed_image(image, &t.image_id, ctx.run.run_id(), tags).await?

@@ -3,11 +3,12 @@
 //! is verified from the first connection), user-mode networking on 127.0.0.1, the serial
 //! console in the run log, and QMP for power-down. Everything goes through the ledger.
 
+use crate::error::LocalError;
 use crate::qmp;
 use crate::tools::{Accelerator, BACKEND, OVMF_CODE, OVMF_VARS, image_info, run};
 use aib_core::{
     AccessInfo, BuildVm, BuildVmTable, CapturedImage, Communicator, Error, ExecRequest, OutputStream, Platform, ProvisionRequest,
-    Provisioner, ResourceRecord, Result, RunContext, Scope, StepContext,
+    Provisioner, Reclaim, ResourceRecord, Result, Scope, StepContext,
 };
 use aib_customizers::Generalizer;
 use aib_customizers::quote::sh_quote;
@@ -77,8 +78,8 @@ pub fn vm_shape(vm_size: Option<&str>) -> (u32, u64) {
 }
 
 fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| Error::generic(BACKEND, format!("no free port: {e}")))?;
-    Ok(l.local_addr().map_err(|e| Error::generic(BACKEND, e))?.port())
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io("127.0.0.1:0", e))?;
+    Ok(l.local_addr().map_err(|e| Error::io("127.0.0.1:0", e))?.port())
 }
 
 fn pid_alive(pidfile: &Path, workdir: &Path) -> Option<u32> {
@@ -129,7 +130,7 @@ impl QemuProvisioner {
         self.vms.get(id, BACKEND)
     }
 
-    async fn spawn(&self, workdir: &Path, args: &[String]) -> Result<tokio::process::Child> {
+    async fn spawn(&self, workdir: &Path, args: &[String], port: u16) -> Result<tokio::process::Child> {
         let out = std::fs::File::create(workdir.join("qemu.out")).map_err(|e| Error::io(workdir, e))?;
         let mut child = tokio::process::Command::new("qemu-system-x86_64")
             .args(args)
@@ -143,7 +144,7 @@ impl QemuProvisioner {
         tokio::time::sleep(Duration::from_millis(700)).await;
         if let Ok(Some(status)) = child.try_wait() {
             let log = std::fs::read_to_string(workdir.join("qemu.out")).unwrap_or_default();
-            return Err(Error::generic(BACKEND, format!("qemu exited at start ({status}): {}", log.trim())));
+            return Err(LocalError::qemu_exited(status, log.trim().to_string(), port).into());
         }
         Ok(child)
     }
@@ -156,19 +157,15 @@ impl QemuProvisioner {
 
 #[async_trait]
 impl Provisioner for QemuProvisioner {
-    fn backend(&self) -> &'static str {
-        BACKEND
-    }
-
-    async fn provision(&self, req: &ProvisionRequest, ctx: &RunContext) -> Result<BuildVm> {
+    async fn provision(&self, req: &ProvisionRequest, ctx: &StepContext) -> Result<BuildVm> {
         let base = req.image.attributes.get("disk").and_then(|d| d.as_str()).map(PathBuf::from).ok_or_else(|| Error::InvalidConfig {
             backend: BACKEND,
             key: "source".into(),
             message: format!("`{}` was not resolved by the local backend (no disk file)", req.image.exact),
         })?;
         let base_format = req.image.attributes.get("diskFormat").and_then(|d| d.as_str()).unwrap_or("qcow2").to_string();
-        let workdir = self.runs.join(ctx.run_id()).join(format!("vm-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
-        let dir_id = ctx.ledger().record(ResourceRecord::new(BACKEND, "dir", workdir.display().to_string(), Scope::BuildVm))?;
+        let workdir = self.runs.join(ctx.run.run_id()).join(format!("vm-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+        let dir_id = ctx.record(ResourceRecord::new(BACKEND, "dir", workdir.display().to_string(), Scope::BuildVm))?;
         tokio::fs::create_dir_all(&workdir).await.map_err(|e| Error::io(&workdir, e))?;
 
         // Keys: the user's, and the host's, generated here so the first connection is verified.
@@ -202,7 +199,7 @@ impl Provisioner for QemuProvisioner {
         tokio::fs::create_dir_all(&seed).await.map_err(|e| Error::io(&seed, e))?;
         let ud = user_data(&public_key_line(&user_key, "aib-build")?, &private_key_openssh(&host_key)?, &host_public);
         tokio::fs::write(seed.join("user-data"), ud).await.map_err(|e| Error::io(&seed, e))?;
-        tokio::fs::write(seed.join("meta-data"), format!("instance-id: {}\nlocal-hostname: aib-build\n", ctx.run_id()))
+        tokio::fs::write(seed.join("meta-data"), format!("instance-id: {}\nlocal-hostname: aib-build\n", ctx.run.run_id()))
             .await
             .map_err(|e| Error::io(&seed, e))?;
         let iso = workdir.join("seed.iso");
@@ -235,8 +232,8 @@ impl Provisioner for QemuProvisioner {
         let (child, port) = loop {
             attempt += 1;
             let port = free_port()?;
-            let port_id = ctx.ledger().record(ResourceRecord::new(BACKEND, "port", format!("127.0.0.1:{port}"), Scope::BuildVm))?;
-            ctx.ledger().record(
+            let port_id = ctx.record(ResourceRecord::new(BACKEND, "port", format!("127.0.0.1:{port}"), Scope::BuildVm))?;
+            ctx.record(
                 ResourceRecord::new(BACKEND, "process", format!("qemu {}", workdir.display()), Scope::BuildVm)
                     .with_attribute("pidfile", pidfile.display().to_string())
                     .with_attribute("workdir", workdir.display().to_string())
@@ -274,7 +271,7 @@ impl Provisioner for QemuProvisioner {
                     "none",
                     "-no-reboot",
                     "-name",
-                    &format!("aib-{}", ctx.run_id()),
+                    &format!("aib-{}", ctx.run.run_id()),
                     "-drive",
                     &format!("file={},if=virtio,format=qcow2,discard=unmap,cache=unsafe", overlay.display()),
                     "-drive",
@@ -303,10 +300,11 @@ impl Provisioner for QemuProvisioner {
                 args.push("-drive".into());
                 args.push(format!("file={},if=virtio,format=qcow2,discard=unmap,cache=unsafe", d.display()));
             }
-            match self.spawn(&workdir, &args).await {
+            match self.spawn(&workdir, &args, port).await {
                 Ok(child) => break (child, port),
-                Err(e) if attempt < 5 && e.to_string().contains("host forwarding") => {
-                    ctx.ledger().release(&port_id)?;
+                // Another process took the port between the probe and QEMU's bind.
+                Err(e) if attempt < 5 && e.is_retryable() => {
+                    ctx.release(&port_id)?;
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -319,7 +317,7 @@ impl Provisioner for QemuProvisioner {
             let _ = tx.send(true);
         });
         // The serial console, line by line, into the run's events and log.
-        let out = ctx.output("console");
+        let out = ctx.run.output("console");
         let (console_path, mut done) = (console.clone(), rx.clone());
         tokio::spawn(async move {
             let mut pos = 0usize;
@@ -363,7 +361,7 @@ impl Provisioner for QemuProvisioner {
         Ok(vm)
     }
 
-    async fn connect(&self, vm: &BuildVm, ctx: &RunContext) -> Result<Arc<dyn Communicator>> {
+    async fn connect(&self, vm: &BuildVm, ctx: &StepContext) -> Result<Arc<dyn Communicator>> {
         let state = self.vm(&vm.id)?;
         if vm.platform == Platform::Windows {
             return Err(Error::Unsupported { operation: "Windows build VMs".into(), backend: BACKEND });
@@ -383,11 +381,11 @@ impl Provisioner for QemuProvisioner {
             _ = exited.wait_for(|e| *e) => {
                 let log = std::fs::read_to_string(state.workdir.join("console.log")).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(10).collect();
-                return Err(Error::generic(BACKEND, format!("the build VM stopped before SSH was up; console: {}", tail.into_iter().rev().collect::<Vec<_>>().join(" | "))));
+                return Err(LocalError::VmStopped { console: tail.into_iter().rev().collect::<Vec<_>>().join(" | ") }.into());
             }
         };
         ctx.notice(format!("connected over SSH after {:.1} s; waiting for cloud-init", comm.last_connect_time().as_secs_f64()));
-        let sink = ctx.output("connect");
+        let sink = ctx.output.clone();
         let st = comm
             .execute(
                 &ExecRequest::new("cloud-init status --wait >/dev/null; s=$?; cloud-init status; exit $s")
@@ -439,10 +437,10 @@ impl Provisioner for QemuProvisioner {
             .get("overlay")
             .and_then(|v| v.as_str())
             .map(PathBuf::from)
-            .ok_or_else(|| Error::generic(BACKEND, "no overlay"))?;
+            .ok_or_else(|| LocalError::VmState(format!("the build VM `{}` has no overlay disk", vm.id)))?;
         let state = self.vm(&vm.id)?;
         if !*state.exited.borrow() {
-            return Err(Error::generic(BACKEND, "the build VM is still running; capture needs it powered off"));
+            return Err(LocalError::VmState("the build VM is still running; capture needs it powered off".into()).into());
         }
         let info = image_info(&overlay, Some("qcow2")).await?;
         let source = state.image.clone();
@@ -461,6 +459,13 @@ impl Provisioner for QemuProvisioner {
         );
         Ok(img)
     }
+}
+
+#[async_trait]
+impl Reclaim for QemuProvisioner {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
 
     async fn delete(&self, record: &ResourceRecord) -> Result<()> {
         match record.kind.as_str() {
@@ -478,7 +483,7 @@ impl Provisioner for QemuProvisioner {
                     kill(pid, "-KILL").await;
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     if pid_alive(&pidfile, &workdir).is_some() {
-                        return Err(Error::generic(BACKEND, format!("qemu pid {pid} survived SIGKILL")));
+                        return Err(LocalError::VmState(format!("qemu pid {pid} survived SIGKILL")).into());
                     }
                 }
                 Ok(())

@@ -1,6 +1,7 @@
 //! The host programs local builds use, and how to run them: every argument is passed as its
 //! own argv entry (no shell), and a missing program is an error naming the install command.
 
+use crate::error::LocalError;
 use aib_core::{Error, Result};
 use std::ffi::OsStr;
 use std::path::Path;
@@ -29,16 +30,21 @@ where
         let shown: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
         let stderr = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
-        return Err(Error::generic(BACKEND, format!("`{program} {}` failed ({}): {}", shown.join(" "), out.status, tail.join(" | "))));
+        return Err(LocalError::ToolFailed {
+            command: format!("{program} {}", shown.join(" ")),
+            status: out.status,
+            stderr: tail.join(" | "),
+        }
+        .into());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 pub(crate) fn missing(program: &str, e: std::io::Error) -> Error {
     if e.kind() == std::io::ErrorKind::NotFound {
-        Error::NotFound { backend: BACKEND, what: format!("the program `{program}`: {SETUP_HINT}") }
+        LocalError::ToolMissing { program: program.to_string() }.into()
     } else {
-        Error::generic(BACKEND, format!("cannot run `{program}`: {e}"))
+        LocalError::Spawn { program: program.to_string(), source: e }.into()
     }
 }
 
@@ -115,7 +121,8 @@ pub(crate) async fn image_info(path: &Path, format: Option<&str>) -> Result<Imag
     }
     args.push(path.display().to_string());
     let out = run("qemu-img", &args).await?;
-    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| Error::generic(BACKEND, format!("qemu-img info: {e}")))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&out).map_err(|e| LocalError::BadOutput { program: "qemu-img info".into(), message: e.to_string() })?;
     Ok(ImageInfo { virtual_size: v["virtual-size"].as_u64().unwrap_or(0), actual_size: v["actual-size"].as_u64().unwrap_or(0) })
 }
 

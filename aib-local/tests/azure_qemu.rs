@@ -167,7 +167,7 @@ async fn the_azure_provisioner_builds_on_a_real_debian_vm() {
         .resource_group("images")
         .ssh_port(guests.port)
         .connect_timeout(Duration::from_secs(600));
-    let backend = aib_azure::AzureBackend::builder().provisioner(provisioner).location("westus2").build().unwrap();
+    let backend = aib_azure::AzureBackend::builder().provisioner(provisioner).build().unwrap();
     let mut run = Pipeline::from_template(&t, &backend.backend()).unwrap().build().unwrap().start();
     let events: Vec<Event> = run.events().collect().await;
     let report = run.wait().await;

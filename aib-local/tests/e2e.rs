@@ -7,7 +7,7 @@
 //! `cargo test -p aib-local --test e2e -- --ignored --test-threads=1`.
 
 use aib_core::template::ImageTemplate;
-use aib_core::{CommunicatorExt, ExecRequest, MemorySink, Pipeline, Provisioner, RunContext, RunReport, RunState, Source};
+use aib_core::{CommunicatorExt, ExecRequest, MemorySink, Pipeline, Provisioner, Reclaim, RunContext, RunReport, RunState, Source};
 use aib_local::LocalBackend;
 use common::{qemu_processes, shared_catalog};
 use std::path::{Path, PathBuf};
@@ -63,7 +63,8 @@ async fn builds_the_example_and_the_image_boots_customized_and_generalized() {
     let state = tempfile::tempdir().unwrap();
     let _guard = KillOnDrop(state.path().to_path_buf());
     let local = backend(state.path());
-    let report = build(&local, &example_template(|_| {})).await;
+    let t = example_template(|_| {});
+    let report = build(&local, &t).await;
     assert_eq!(report.run_state, RunState::Succeeded, "{}\n{:#?}", report.message, report.log_tail);
     assert!(report.source.as_ref().unwrap().exact_version.as_deref().unwrap().starts_with("12."));
 
@@ -82,7 +83,7 @@ async fn builds_the_example_and_the_image_boots_customized_and_generalized() {
     let m = &versions[0];
     assert_eq!(m.regions.get("northeurope"), Some(&2));
     assert_eq!(m.source_version, report.source.as_ref().unwrap().exact_version);
-    assert!(m.template_digest.is_none(), "no digest given through the API");
+    assert_eq!(m.template_digest.as_deref(), Some(t.digest().as_str()), "the pipeline hands the template's digest to the gallery");
 
     // Nothing of the build is left.
     assert_eq!(qemu_processes(state.path()), 0);
@@ -93,8 +94,8 @@ async fn builds_the_example_and_the_image_boots_customized_and_generalized() {
     assert_eq!(image.exact_version.as_deref(), Some("1.0.0"));
     let prov = local.provisioner();
     let ctx = RunContext::detached("e2e-boot").unwrap();
-    let vm = prov.provision(&aib_core::ProvisionRequest::new(image), &ctx).await.unwrap();
-    let comm = prov.connect(&vm, &ctx).await.unwrap();
+    let vm = prov.provision(&aib_core::ProvisionRequest::new(image), &ctx.step("provision")).await.unwrap();
+    let comm = prov.connect(&vm, &ctx.step("connect")).await.unwrap();
     assert_eq!(sh(&*comm, "cat /etc/aib-release").await, "built by aib");
     let root_gib: u64 = sh(&*comm, "df --output=size -B1G / | tail -1").await.trim().parse().unwrap();
     assert!(root_gib >= 3, "osDiskSizeGB 4 grew the root file system: {root_gib} GiB");
@@ -179,10 +180,13 @@ async fn the_local_source_and_qemu_provisioner_pass_the_conformance_suite() {
     let local = backend(state.path());
     let spec = aib_testkit::conformance::debian_spec();
     let source = local.backend().registry.source(&spec).unwrap();
-    aib_testkit::conformance::source(&*source, &spec).await;
-    let image = source.resolve(&spec, &RunContext::detached("conformance").unwrap()).await.unwrap();
+    let req = aib_core::ResolveRequest::new(spec.clone());
+    aib_testkit::conformance::source(&*source, &req).await;
+    let image = source.resolve(&req, &aib_core::StepContext::detached("resolve").unwrap()).await.unwrap();
     let prov = local.provisioner();
-    aib_testkit::conformance::provisioner(&*prov, image, &aib_testkit::conformance::Capabilities::linux_ssh()).await;
+    // `-no-reboot`: a guest restart ends the VM, so the restart rule does not apply.
+    let caps = aib_testkit::conformance::Capabilities::linux_ssh();
+    aib_testkit::conformance::provisioner(&*prov, &aib_core::ProvisionRequest::new(image), &caps).await;
     assert_eq!(qemu_processes(state.path()), 0);
     assert!(empty(&state.path().join("runs")));
 }
@@ -209,8 +213,8 @@ async fn a_gen1_bios_image_builds_and_its_vhd_boots_with_bios() {
         .with_attribute("firmware", "bios");
     let prov = local.provisioner();
     let ctx = RunContext::detached("e2e-gen1").unwrap();
-    let vm = prov.provision(&aib_core::ProvisionRequest::new(image), &ctx).await.unwrap();
-    let comm = prov.connect(&vm, &ctx).await.unwrap();
+    let vm = prov.provision(&aib_core::ProvisionRequest::new(image), &ctx.step("provision")).await.unwrap();
+    let comm = prov.connect(&vm, &ctx.step("connect")).await.unwrap();
     assert_eq!(sh(&*comm, "cat /etc/aib-release").await, "built by aib");
     assert_eq!(sh(&*comm, "if [ -d /sys/firmware/efi ]; then echo uefi; else echo bios; fi").await, "bios");
     drop(comm);

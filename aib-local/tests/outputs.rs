@@ -2,7 +2,7 @@
 //! VHD footer, versioning, atomic and concurrent publishing, and the conformance suite.
 
 use aib_core::template::{Expr, ImageSource, SharedImageTarget, SharedImageVersionSource, TargetRegion, Versioning};
-use aib_core::{CapturedImage, Distributor, Error, ResolvedImage, RunContext, Source};
+use aib_core::{CapturedImage, DistributeRequest, Distributor, Error, ResolveRequest, ResolvedImage, RunContext, Source, StepContext};
 use aib_local::Gallery;
 use aib_local::outputs::{DiskFormat, FileDistributor, GalleryDistributor, check_vhd};
 use std::path::Path;
@@ -49,7 +49,7 @@ async fn file_outputs_and_a_vhd_azure_accepts() {
     {
         let dest = dir.path().join(format!("out-{format:?}.{ext}"));
         let d = FileDistributor::new(format, Some(dest.clone()), dir.path().join("outputs"), "x");
-        let a = d.distribute(&image, &ctx.step("distribute x")).await.unwrap();
+        let a = d.distribute(&DistributeRequest::new(image.clone()), &ctx.step("distribute x")).await.unwrap();
         assert_eq!(a.artifact_uri.as_deref(), Some(format!("file://{}", dest.display()).as_str()));
         assert!(dest.exists());
         assert!(ctx.ledger().outstanding().is_empty(), "the temp file is not a leftover");
@@ -94,7 +94,8 @@ async fn gallery_versions_follow_aib_and_publish_atomically() {
     // A gallery version is a source like any other.
     let src = aib_local::LocalBackend::builder().state_dir(dir.path()).build().unwrap();
     let spec = ImageSource::SharedImageVersion(SharedImageVersionSource { image_version_id: format!("{DEF}/versions/latest") });
-    let r = src.backend().registry.source(&spec).unwrap().resolve(&spec, &RunContext::detached("r").unwrap()).await.unwrap();
+    let req = ResolveRequest::new(spec.clone());
+    let r = src.backend().registry.source(&spec).unwrap().resolve(&req, &StepContext::detached("resolve").unwrap()).await.unwrap();
     assert_eq!(r.exact_version.as_deref(), Some("12.20261129.0"));
 }
 
@@ -123,11 +124,11 @@ async fn concurrent_publishers_get_distinct_versions() {
 #[tokio::test]
 async fn local_distributors_pass_the_conformance_suite() {
     let dir = tempfile::tempdir().unwrap();
-    let image = tiny_image(dir.path(), "1.0.0").await;
+    let image = DistributeRequest::new(tiny_image(dir.path(), "1.0.0").await).with_template_digest("abc");
     let vhd = FileDistributor::new(DiskFormat::VhdFixed, None, dir.path().join("outputs"), "disk");
     aib_testkit::conformance::distributor(&vhd, &image).await;
     let spec = aib_core::template::DistributorSpec::SharedImage(target(None, DEF));
-    let sig = GalleryDistributor::from_spec(&spec, Gallery::new(dir.path().join("gallery")), None).unwrap();
+    let sig = GalleryDistributor::from_spec(&spec, Gallery::new(dir.path().join("gallery"))).unwrap();
     aib_testkit::conformance::distributor(&sig, &image).await;
     let managed = aib_core::template::DistributorSpec::ManagedImage(aib_core::template::ManagedImageTarget {
         run_output_name: "mi".into(),
@@ -135,7 +136,7 @@ async fn local_distributors_pass_the_conformance_suite() {
         location: "westeurope".into(),
         artifact_tags: None,
     });
-    let mi = GalleryDistributor::from_spec(&managed, Gallery::new(dir.path().join("gallery")), None).unwrap();
+    let mi = GalleryDistributor::from_spec(&managed, Gallery::new(dir.path().join("gallery"))).unwrap();
     aib_testkit::conformance::distributor(&mi, &image).await;
     // Replacing a managed image keeps one.
     aib_testkit::conformance::distributor(&mi, &image).await;

@@ -1,7 +1,7 @@
 //! `FakeCommunicator`: a build VM in memory that understands a few shell words.
 
-use crate::Journal;
 use crate::faults::{Fault, Faults, fire};
+use crate::{Call, Journal};
 use aib_core::{
     Communicator, Error, ExecRequest, ExitStatus, OutputSink, OutputStream, Platform, ReconnectOptions, Result, UploadContent,
     UploadRequest,
@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// A scripted reply to commands that contain a pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,13 +92,24 @@ impl FakeCommunicator {
         &self.faults
     }
 
-    fn run_word(&self, word: &str, out: &(dyn OutputSink + 'static)) -> Option<i32> {
+    async fn run_word(&self, word: &str, req: &ExecRequest, out: &(dyn OutputSink + 'static)) -> Option<i32> {
         let word = word.trim();
+        let expand = |text: &str| -> String {
+            let text = text.trim();
+            match text.strip_prefix("\"$").and_then(|t| t.strip_suffix('"')).or_else(|| text.strip_prefix('$')) {
+                Some(var) => req.env.iter().find(|(k, _)| k == var).map(|(_, v)| v.clone()).unwrap_or_default(),
+                None => text.trim_matches('\'').to_string(),
+            }
+        };
         if let Some(rest) = word.strip_prefix("echo ") {
             match rest.strip_suffix(">&2") {
-                Some(e) => out.line(OutputStream::Stderr, e.trim().trim_matches('\'')),
-                None => out.line(OutputStream::Stdout, rest.trim().trim_matches('\'')),
+                Some(e) => out.line(OutputStream::Stderr, &expand(e)),
+                None => out.line(OutputStream::Stdout, &expand(rest)),
             }
+        } else if word == "id -u" {
+            out.line(OutputStream::Stdout, if req.elevated { "0" } else { "1000" });
+        } else if let Some(n) = word.strip_prefix("sleep ") {
+            tokio::time::sleep(Duration::from_secs_f64(n.trim().parse().unwrap_or(0.0))).await;
         } else if let Some(n) = word.strip_prefix("exit ") {
             return Some(n.trim().parse().unwrap_or(255));
         } else if word == "false" {
@@ -127,22 +139,47 @@ impl Communicator for FakeCommunicator {
     }
 
     async fn execute(&self, req: &ExecRequest, out: &(dyn OutputSink + 'static)) -> Result<ExitStatus> {
-        self.journal.push(format!("exec {}", req.command));
+        self.journal.push(Call::Exec { command: req.command.clone() });
+        if let Some((k, _)) = req.env.iter().find(|(k, _)| k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')) {
+            return Err(Error::InvalidConfig {
+                backend: "fake",
+                key: "env".into(),
+                message: format!("`{k}` is not a valid variable name"),
+            });
+        }
+        match req.timeout {
+            Some(t) => tokio::time::timeout(t, self.run(req, out))
+                .await
+                .map_err(|_| Error::Timeout { operation: req.command.clone(), after: t })?,
+            None => self.run(req, out).await,
+        }
+    }
+
+    async fn upload(&self, req: &UploadRequest) -> Result<u64> {
+        self.upload_bytes(req).await
+    }
+
+    async fn reconnect(&self, _opts: &ReconnectOptions) -> Result<()> {
+        self.faults.apply("reconnect").await?;
+        self.journal.push(Call::Reconnect);
+        if let Ok(mut s) = self.state.lock() {
+            if !s.connected {
+                s.reboots += 1;
+            }
+            s.connected = true;
+        }
+        Ok(())
+    }
+}
+
+impl FakeCommunicator {
+    async fn run(&self, req: &ExecRequest, out: &(dyn OutputSink + 'static)) -> Result<ExitStatus> {
         if !self.state.lock().map(|s| s.connected).unwrap_or(false) {
             return Err(Error::Disconnected { backend: "fake", source: "not connected (reconnect after a restart)".into() });
         }
         match self.faults.take("exec") {
             Some(Fault::ExitCode(c)) => return Ok(ExitStatus::code(c)),
-            Some(f) => {
-                let timeout = req.timeout;
-                let fut = fire("exec", f);
-                match timeout {
-                    Some(t) => {
-                        tokio::time::timeout(t, fut).await.map_err(|_| Error::Timeout { operation: req.command.clone(), after: t })??
-                    }
-                    None => fut.await?,
-                }
-            }
+            Some(f) => fire("exec", f).await?,
             None => {}
         }
         let reply =
@@ -160,21 +197,21 @@ impl Communicator for FakeCommunicator {
                 }
                 return Ok(ExitStatus { code: None, signal: None, disconnected: true });
             }
-            if let Some(code) = self.run_word(w, out) {
+            if let Some(code) = self.run_word(w, req, out).await {
                 return Ok(ExitStatus::code(code));
             }
         }
         Ok(ExitStatus::code(0))
     }
 
-    async fn upload(&self, req: &UploadRequest) -> Result<u64> {
+    async fn upload_bytes(&self, req: &UploadRequest) -> Result<u64> {
         self.faults.apply("upload").await?;
         let bytes: Vec<u8> = match &req.content {
             UploadContent::Bytes(b) => b.to_vec(),
             UploadContent::File(p) => tokio::fs::read(p).await.map_err(|e| Error::io(p, e))?,
             _ => return Err(Error::Unsupported { operation: "this upload content".into(), backend: "fake" }),
         };
-        self.journal.push(format!("upload {} ({} bytes)", req.destination, bytes.len()));
+        self.journal.push(Call::Upload { destination: req.destination.clone(), bytes: bytes.len() as u64 });
         let n = bytes.len() as u64;
         if let Ok(mut s) = self.state.lock() {
             if !s.connected {
@@ -183,17 +220,5 @@ impl Communicator for FakeCommunicator {
             s.files.insert(req.destination.clone(), bytes);
         }
         Ok(n)
-    }
-
-    async fn reconnect(&self, _opts: &ReconnectOptions) -> Result<()> {
-        self.faults.apply("reconnect").await?;
-        self.journal.push("reconnect".into());
-        if let Ok(mut s) = self.state.lock() {
-            if !s.connected {
-                s.reboots += 1;
-            }
-            s.connected = true;
-        }
-        Ok(())
     }
 }

@@ -1,14 +1,14 @@
 //! Fake Source, Provisioner, Customizer and Distributor: `Clone` handles over one shared
 //! in-memory "cloud" that records what they were asked and obeys the fault table.
 
-use crate::Journal;
 use crate::communicator::FakeCommunicator;
 use crate::faults::Faults;
+use crate::{Call, Journal};
 use aib_core::template::{CustomizerSpec, DistributorSpec, Expr, ImageSource};
 use aib_core::{
-    AccessInfo, Artifact, Backend, BuildVm, CapturedImage, Communicator, CommunicatorExt, Customizer, Distributor, Error, ExecRequest,
-    Platform, ProvisionRequest, Provisioner, ReconnectOptions, Registry, ResolvedImage, ResourceRecord, Result, RunContext, Scope, Source,
-    StepContext, UploadRequest,
+    AccessInfo, Artifact, Backend, BuildVm, CapturedImage, Communicator, CommunicatorExt, Customizer, DistributeRequest, Distributor,
+    Error, ExecRequest, Platform, ProvisionRequest, Provisioner, Reclaim, ReconnectOptions, Registry, ResolveRequest, ResolvedImage,
+    ResourceRecord, Result, Scope, Source, StepContext, UploadRequest,
 };
 use async_trait::async_trait;
 use std::collections::BTreeMap;
@@ -49,7 +49,7 @@ impl FakeBackend {
     }
 
     /// Everything the fakes were asked, in order.
-    pub fn journal(&self) -> Vec<String> {
+    pub fn journal(&self) -> Vec<Call> {
         self.journal.entries()
     }
 
@@ -90,36 +90,32 @@ impl FakeBackend {
 
     /// A [`Backend`] with every AIB type, all fake.
     pub fn backend(&self) -> Backend {
+        use aib_core::template::type_names as t;
         let me = self.clone();
-        let mut reg = Registry::new();
-        for t in ["PlatformImage", "ManagedImage", "SharedImageVersion"] {
-            let m = me.clone();
-            reg = reg.with_source(t, move |_| Ok(Arc::new(m.source()) as Arc<dyn Source>));
-        }
-        for t in ["Shell", "PowerShell", "File"] {
-            let m = me.clone();
-            reg =
-                reg.with_customizer_and_validator(t, move |spec| Ok(Arc::new(FakeCustomizer::from_spec(&m, spec)) as Arc<dyn Customizer>));
-        }
-        for t in ["WindowsRestart", "WindowsUpdate"] {
-            let m = me.clone();
-            reg = reg.with_customizer(t, move |spec| Ok(Arc::new(FakeCustomizer::from_spec(&m, spec)) as Arc<dyn Customizer>));
-        }
-        for t in ["ManagedImage", "SharedImage", "VHD"] {
-            let m = me.clone();
-            reg = reg.with_distributor(t, move |spec| Ok(Arc::new(FakeDistributor::from_spec(&m, spec)) as Arc<dyn Distributor>));
+        let customizer = move |spec: CustomizerSpec| Ok(Arc::new(FakeCustomizer::from_spec(&me, &spec)) as Arc<dyn Customizer>);
+        let (c1, c2, c3, c4, c5) = (customizer.clone(), customizer.clone(), customizer.clone(), customizer.clone(), customizer);
+        let mut reg = Registry::new()
+            .with_sources(&t::SOURCES, Arc::new(self.source()))
+            .with_shell(move |s| c1(CustomizerSpec::Shell(s.clone())))
+            .with_powershell(move |s| c2(CustomizerSpec::PowerShell(s.clone())))
+            .with_file(move |s| c3(CustomizerSpec::File(s.clone())))
+            .with_windows_restart(move |s| c4(CustomizerSpec::WindowsRestart(s.clone())))
+            .with_windows_update(move |s| c5(CustomizerSpec::WindowsUpdate(s.clone())));
+        for d in t::DISTRIBUTORS {
+            let m = self.clone();
+            reg = reg.with_distributor(d, move |spec| Ok(Arc::new(FakeDistributor::from_spec(&m, spec)) as Arc<dyn Distributor>));
         }
         Backend::new(Arc::new(self.provisioner()), reg)
     }
 
-    fn create(&self, ctx: &RunContext, kind: &str, scope: Scope) -> Result<(String, String)> {
+    fn create(&self, ctx: &StepContext, kind: &str, scope: Scope) -> Result<(String, String)> {
         let n = self.cloud.lock().map(|mut c| {
             c.counter += 1;
             c.counter
         });
-        let name = format!("{}-{kind}-{}", ctx.run_id(), n.unwrap_or(0));
+        let name = format!("{}-{kind}-{}", ctx.run.run_id(), n.unwrap_or(0));
         // Recorded before it exists.
-        let id = ctx.ledger().record(ResourceRecord::new(BACKEND, kind, &name, scope))?;
+        let id = ctx.record(ResourceRecord::new(BACKEND, kind, &name, scope))?;
         if let Ok(mut c) = self.cloud.lock() {
             c.live.insert(name.clone(), kind.to_string());
         }
@@ -141,8 +137,9 @@ impl fmt::Display for FakeSource {
 
 #[async_trait]
 impl Source for FakeSource {
-    async fn resolve(&self, spec: &ImageSource, _ctx: &RunContext) -> Result<ResolvedImage> {
-        self.fakes.journal.push(format!("resolve {}", spec.type_name()));
+    async fn resolve(&self, req: &ResolveRequest, _ctx: &StepContext) -> Result<ResolvedImage> {
+        let spec = &req.spec;
+        self.fakes.journal.push(Call::Resolve { type_name: spec.type_name().into(), location: req.location.clone() });
         self.fakes.faults.apply("resolve").await?;
         let (requested, exact, version, platform) = match spec {
             ImageSource::PlatformImage(p) => {
@@ -184,13 +181,25 @@ impl fmt::Display for FakeProvisioner {
 }
 
 #[async_trait]
-impl Provisioner for FakeProvisioner {
+impl Reclaim for FakeProvisioner {
     fn backend(&self) -> &'static str {
         BACKEND
     }
 
-    async fn provision(&self, req: &ProvisionRequest, ctx: &RunContext) -> Result<BuildVm> {
-        self.fakes.journal.push(format!("provision {}", req.image.exact));
+    async fn delete(&self, record: &ResourceRecord) -> Result<()> {
+        self.fakes.faults.apply("delete").await?;
+        self.fakes.journal.push(Call::Delete { kind: record.kind.clone(), name: record.name.clone() });
+        if let Ok(mut c) = self.fakes.cloud.lock() {
+            c.live.remove(&record.name);
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Provisioner for FakeProvisioner {
+    async fn provision(&self, req: &ProvisionRequest, ctx: &StepContext) -> Result<BuildVm> {
+        self.fakes.journal.push(Call::Provision { image: req.image.exact.clone() });
         let (vm, _) = self.fakes.create(ctx, "vm", Scope::BuildVm)?;
         self.fakes.create(ctx, "disk", Scope::BuildVm)?;
         self.fakes.faults.apply("provision").await?;
@@ -198,8 +207,8 @@ impl Provisioner for FakeProvisioner {
         Ok(BuildVm::new(format!("fake-vm-{vm}"), vm, req.image.platform, access))
     }
 
-    async fn connect(&self, vm: &BuildVm, _ctx: &RunContext) -> Result<Arc<dyn Communicator>> {
-        self.fakes.journal.push(format!("connect {}", vm.id));
+    async fn connect(&self, vm: &BuildVm, _ctx: &StepContext) -> Result<Arc<dyn Communicator>> {
+        self.fakes.journal.push(Call::Connect { vm: vm.id.clone() });
         self.fakes.faults.apply("connect").await?;
         let c = FakeCommunicator::new(vm.platform, self.fakes.faults.clone(), self.fakes.journal.clone());
         if let Ok(mut cloud) = self.fakes.cloud.lock() {
@@ -209,7 +218,7 @@ impl Provisioner for FakeProvisioner {
     }
 
     async fn generalize(&self, vm: &BuildVm, comm: &(dyn Communicator + 'static), ctx: &StepContext) -> Result<()> {
-        self.fakes.journal.push(format!("generalize {}", vm.id));
+        self.fakes.journal.push(Call::Generalize { vm: vm.id.clone() });
         self.fakes.faults.apply(&ctx.name).await?;
         let cmd = match vm.platform {
             Platform::Linux => "sudo waagent -force -deprovision+user && export HISTSIZE=0 && sync",
@@ -219,22 +228,13 @@ impl Provisioner for FakeProvisioner {
     }
 
     async fn capture(&self, vm: &BuildVm, ctx: &StepContext) -> Result<CapturedImage> {
-        self.fakes.journal.push(format!("capture {}", vm.id));
-        let (id, _) = self.fakes.create(&ctx.run, "image", Scope::Run)?;
+        self.fakes.journal.push(Call::Capture { vm: vm.id.clone() });
+        let (id, _) = self.fakes.create(ctx, "image", Scope::Run)?;
         self.fakes.faults.apply(&ctx.name).await?;
         let mut img = CapturedImage::new(id.clone(), "vhd", format!("fake://images/{id}"), ResolvedImage::default());
         img.platform = vm.platform;
         img.size_bytes = Some(30 << 30);
         Ok(img)
-    }
-
-    async fn delete(&self, record: &ResourceRecord) -> Result<()> {
-        self.fakes.faults.apply("delete").await?;
-        self.fakes.journal.push(format!("delete {} {}", record.kind, record.name));
-        if let Ok(mut c) = self.fakes.cloud.lock() {
-            c.live.remove(&record.name);
-        }
-        Ok(())
     }
 }
 
@@ -293,7 +293,7 @@ impl FakeCustomizer {
 #[async_trait]
 impl Customizer for FakeCustomizer {
     async fn run(&self, comm: &(dyn Communicator + 'static), ctx: &StepContext) -> Result<()> {
-        self.fakes.journal.push(format!("step {}", ctx.name));
+        self.fakes.journal.push(Call::Step { name: ctx.name.clone() });
         self.fakes.faults.apply(&ctx.name).await?;
         match &self.plan {
             Plan::Exec(cmd) => comm.run_checked(&ctx.name, &ExecRequest::new(cmd.clone()), &*ctx.output).await,
@@ -345,9 +345,10 @@ impl FakeDistributor {
 
 #[async_trait]
 impl Distributor for FakeDistributor {
-    async fn distribute(&self, image: &CapturedImage, ctx: &StepContext) -> Result<Artifact> {
-        self.fakes.journal.push(format!("distribute {} {}", self.type_name, self.run_output_name));
-        let (id, name) = self.fakes.create(&ctx.run, "artifact", Scope::Run)?;
+    async fn distribute(&self, req: &DistributeRequest, ctx: &StepContext) -> Result<Artifact> {
+        let image = &req.image;
+        self.fakes.journal.push(Call::Distribute { type_name: self.type_name.clone(), run_output_name: self.run_output_name.clone() });
+        let (id, name) = self.fakes.create(ctx, "artifact", Scope::Run)?;
         ctx.output.progress(0, image.size_bytes, "bytes");
         self.fakes.faults.apply(&ctx.name).await?;
         ctx.output.progress(image.size_bytes.unwrap_or(0), image.size_bytes, "bytes");
@@ -361,7 +362,7 @@ impl Distributor for FakeDistributor {
             _ => Artifact::with_id(self.target.clone()),
         };
         // Published: the artifact is the user's now, not a leftover.
-        ctx.run.ledger().keep(&id)?;
+        ctx.keep(&id)?;
         if let Ok(mut c) = self.fakes.cloud.lock() {
             c.live.remove(&name);
             c.artifacts.push((self.run_output_name.clone(), artifact.clone()));

@@ -23,7 +23,8 @@
 //! fakes.faults().inject("capture", Fault::Hang);
 //! let report = Pipeline::from_template(&t, &fakes.backend()).unwrap().build().unwrap().run().await;
 //! assert_eq!(report.run_state, RunState::Failed);
-//! assert!(report.message.contains("timed out") && report.message.contains("capture"));
+//! let error = report.error.unwrap();
+//! assert!(matches!(*error.source, aib_core::Error::Timeout { .. }) && error.step == "capture");
 //! assert!(fakes.live_resources().is_empty());
 //! # });
 //! ```
@@ -51,22 +52,111 @@ pub use faults::{Fault, Faults, fire};
 
 use std::sync::{Arc, Mutex};
 
-/// An ordered record of what fakes were asked. Clones share it.
-#[derive(Debug, Clone, Default)]
-pub struct Journal {
-    entries: Arc<Mutex<Vec<String>>>,
+/// One call a fake received, as a value tests can match and compare.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Call {
+    /// `Source::resolve` of a source `type`.
+    Resolve {
+        /// The source type (`PlatformImage`, …).
+        type_name: String,
+        /// The template's region, as the request carried it.
+        location: String,
+    },
+    /// `Provisioner::provision` of an exact image.
+    Provision {
+        /// [`aib_core::ResolvedImage::exact`].
+        image: String,
+    },
+    /// `Provisioner::connect`.
+    Connect {
+        /// The VM id.
+        vm: String,
+    },
+    /// A customizer or validator step ran.
+    Step {
+        /// Step name (`customize[0] install`).
+        name: String,
+    },
+    /// `Communicator::execute`.
+    Exec {
+        /// The command line.
+        command: String,
+    },
+    /// `Communicator::upload`.
+    Upload {
+        /// Where to.
+        destination: String,
+        /// Bytes written.
+        bytes: u64,
+    },
+    /// `Communicator::reconnect`.
+    Reconnect,
+    /// `Provisioner::generalize`.
+    Generalize {
+        /// The VM id.
+        vm: String,
+    },
+    /// `Provisioner::capture`.
+    Capture {
+        /// The VM id.
+        vm: String,
+    },
+    /// `Distributor::distribute`.
+    Distribute {
+        /// Distributor `type`.
+        type_name: String,
+        /// `runOutputName`.
+        run_output_name: String,
+    },
+    /// `Reclaim::delete`.
+    Delete {
+        /// Record kind.
+        kind: String,
+        /// Record name.
+        name: String,
+    },
 }
 
-impl Journal {
-    /// Appends an entry.
-    pub fn push(&self, e: String) {
-        if let Ok(mut v) = self.entries.lock() {
-            v.push(e);
+impl Call {
+    /// The step name of a [`Call::Step`].
+    pub fn step(&self) -> Option<&str> {
+        match self {
+            Call::Step { name } => Some(name),
+            _ => None,
         }
     }
 
-    /// Every entry so far.
-    pub fn entries(&self) -> Vec<String> {
+    /// The command of a [`Call::Exec`].
+    pub fn command(&self) -> Option<&str> {
+        match self {
+            Call::Exec { command } => Some(command),
+            _ => None,
+        }
+    }
+}
+
+/// An ordered record of what fakes were asked. Clones share it.
+#[derive(Debug, Clone, Default)]
+pub struct Journal {
+    entries: Arc<Mutex<Vec<Call>>>,
+}
+
+impl Journal {
+    /// Appends a call.
+    pub fn push(&self, c: Call) {
+        if let Ok(mut v) = self.entries.lock() {
+            v.push(c);
+        }
+    }
+
+    /// Every call so far.
+    pub fn entries(&self) -> Vec<Call> {
         self.entries.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// The position of the first call that `f` matches.
+    pub fn position(&self, f: impl Fn(&Call) -> bool) -> Option<usize> {
+        self.entries().iter().position(f)
     }
 }

@@ -12,10 +12,9 @@
 
 #![allow(missing_docs, missing_debug_implementations, unused_parens)]
 
-use aib_core::template::ImageSource;
 use aib_core::{
-    Artifact, BuildVm, CapturedImage, Communicator, ExecRequest, ExitStatus, OutputSink, Platform, ProvisionRequest, ReconnectOptions,
-    ResolvedImage, ResourceRecord, Result, RunContext, StepContext, UploadRequest,
+    Artifact, BuildVm, CapturedImage, Communicator, DistributeRequest, ExecRequest, ExitStatus, OutputSink, Platform, ProvisionRequest,
+    ReconnectOptions, ResolveRequest, ResolvedImage, ResourceRecord, Result, StepContext, UploadRequest,
 };
 use async_trait::async_trait;
 use std::fmt;
@@ -25,7 +24,7 @@ mockall::mock! {
     pub Source {}
     #[async_trait]
     impl aib_core::Source for Source {
-        async fn resolve(&self, spec: &ImageSource, ctx: &RunContext) -> Result<ResolvedImage>;
+        async fn resolve(&self, req: &ResolveRequest, ctx: &StepContext) -> Result<ResolvedImage>;
     }
     impl fmt::Display for Source {
         fn fmt<'a>(&self, f: &mut fmt::Formatter<'a>) -> fmt::Result;
@@ -35,13 +34,16 @@ mockall::mock! {
 mockall::mock! {
     pub Provisioner {}
     #[async_trait]
-    impl aib_core::Provisioner for Provisioner {
+    impl aib_core::Reclaim for Provisioner {
         fn backend(&self) -> &'static str;
-        async fn provision(&self, req: &ProvisionRequest, ctx: &RunContext) -> Result<BuildVm>;
-        async fn connect(&self, vm: &BuildVm, ctx: &RunContext) -> Result<Arc<dyn Communicator>>;
+        async fn delete(&self, record: &ResourceRecord) -> Result<()>;
+    }
+    #[async_trait]
+    impl aib_core::Provisioner for Provisioner {
+        async fn provision(&self, req: &ProvisionRequest, ctx: &StepContext) -> Result<BuildVm>;
+        async fn connect(&self, vm: &BuildVm, ctx: &StepContext) -> Result<Arc<dyn Communicator>>;
         async fn generalize(&self, vm: &BuildVm, comm: &(dyn Communicator + 'static), ctx: &StepContext) -> Result<()>;
         async fn capture(&self, vm: &BuildVm, ctx: &StepContext) -> Result<CapturedImage>;
-        async fn delete(&self, record: &ResourceRecord) -> Result<()>;
     }
     impl fmt::Display for Provisioner {
         fn fmt<'a>(&self, f: &mut fmt::Formatter<'a>) -> fmt::Result;
@@ -77,7 +79,7 @@ mockall::mock! {
     pub Distributor {}
     #[async_trait]
     impl aib_core::Distributor for Distributor {
-        async fn distribute(&self, image: &CapturedImage, ctx: &StepContext) -> Result<Artifact>;
+        async fn distribute(&self, req: &DistributeRequest, ctx: &StepContext) -> Result<Artifact>;
     }
     impl fmt::Display for Distributor {
         fn fmt<'a>(&self, f: &mut fmt::Formatter<'a>) -> fmt::Result;

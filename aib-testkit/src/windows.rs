@@ -105,20 +105,39 @@ fn quoted(s: &str, after: &str) -> Option<String> {
     None
 }
 
-/// Runs the statements the machine understands; others succeed silently.
-fn interpret(m: &mut WindowsState, script: &str, out: &mut String, err: &mut String) -> i32 {
-    interpret_at(m, script, out, err, 0)
+/// What one script runs with: its environment, whether it is elevated, and how long it
+/// sleeps (`Start-Sleep`).
+#[derive(Default)]
+struct Session {
+    env: HashMap<String, String>,
+    elevated: bool,
+    sleep: Duration,
 }
 
-fn interpret_at(m: &mut WindowsState, script: &str, out: &mut String, err: &mut String, depth: usize) -> i32 {
+/// Runs the statements the machine understands; others succeed silently.
+fn interpret(m: &mut WindowsState, script: &str, out: &mut String, err: &mut String) -> i32 {
+    interpret_at(m, &mut Session::default(), script, out, err, 0)
+}
+
+fn interpret_at(m: &mut WindowsState, session: &mut Session, script: &str, out: &mut String, err: &mut String, depth: usize) -> i32 {
     if depth > 16 {
         err.push_str("The script call depth overflowed.\n");
         return 1;
     }
     let mut last = 0;
     for stmt in script.split(['\n', ';']).map(str::trim).filter(|s| !s.is_empty()) {
-        if let Some(v) = stmt.strip_prefix("Write-Output ").or_else(|| stmt.strip_prefix("echo ")) {
-            out.push_str(v.trim().trim_matches('\'').trim_matches('"'));
+        if stmt.contains("IsInRole(") {
+            out.push_str(if session.elevated { "True\n" } else { "False\n" });
+        } else if let Some((name, value)) = stmt.strip_prefix("$env:").and_then(|a| a.split_once('=')) {
+            session.env.insert(name.trim().to_string(), quoted(value, "").unwrap_or_default());
+        } else if let Some(secs) = stmt.strip_prefix("Start-Sleep -Seconds ") {
+            session.sleep += Duration::from_secs(secs.trim().parse().unwrap_or(0));
+        } else if let Some(v) = stmt.strip_prefix("Write-Output ").or_else(|| stmt.strip_prefix("echo ")) {
+            let v = v.trim();
+            match v.strip_prefix("$env:") {
+                Some(name) => out.push_str(session.env.get(name).map(String::as_str).unwrap_or_default()),
+                None => out.push_str(v.trim_matches('\'').trim_matches('"')),
+            }
             out.push('\n');
         } else if let Some(dir) = stmt.strip_prefix("mkdir ").or_else(|| stmt.strip_prefix("md ")) {
             m.directories.insert(dir.trim().trim_matches(['\'', '"']).to_ascii_lowercase());
@@ -140,7 +159,7 @@ fn interpret_at(m: &mut WindowsState, script: &str, out: &mut String, err: &mut 
         } else if let Some(rest) = stmt.strip_prefix("& ") {
             let p = quoted(rest, "").unwrap_or_default();
             let body = m.files.get(&p).cloned().unwrap_or_default();
-            last = interpret_at(m, &String::from_utf8_lossy(&body), out, err, depth + 1);
+            last = interpret_at(m, session, &String::from_utf8_lossy(&body), out, err, depth + 1);
         } else if stmt.starts_with("Remove-Item")
             && let Some(p) = quoted(stmt, "-LiteralPath")
         {
@@ -201,9 +220,10 @@ impl FakeWindows {
                 return m.update_rounds.pop_front().unwrap_or_else(|| WinRmReply::output("aib-wu:found 0\n", 0));
             }
             let (mut out, mut err) = (String::new(), String::new());
-            let code = interpret(&mut m, &inner, &mut out, &mut err);
+            let mut session = Session { elevated: true, ..Session::default() };
+            let code = interpret_at(&mut m, &mut session, &inner, &mut out, &mut err, 0);
             out.push_str(&format!("{TASK_EXIT_MARK}{code}\n"));
-            return WinRmReply::output(out, code).with_stderr(err);
+            return WinRmReply::output(out, code).with_stderr(err).with_busy_for(session.sleep);
         }
         if script.contains("[IO.File]::WriteAllBytes(") && script.contains("[byte[]]@()") {
             if let Some(p) = quoted(&script, "WriteAllBytes(") {
@@ -262,8 +282,9 @@ impl FakeWindows {
             return WinRmReply::restart(Duration::from_millis(300));
         }
         let (mut out, mut err) = (String::new(), String::new());
-        let code = interpret(&mut m, &script, &mut out, &mut err);
-        WinRmReply::output(out, code).with_stderr(err).in_chunks(2)
+        let mut session = Session::default();
+        let code = interpret_at(&mut m, &mut session, &script, &mut out, &mut err, 0);
+        WinRmReply::output(out, code).with_stderr(err).in_chunks(2).with_busy_for(session.sleep)
     }
 }
 

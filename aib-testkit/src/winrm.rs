@@ -36,6 +36,9 @@ pub struct WinRmReply {
     pub chunks: usize,
     /// Go down for this long instead of answering (a restart).
     pub restart_for: Option<Duration>,
+    /// Keep the command running this long before its output is delivered (Receive answers
+    /// `Running` meanwhile, as WinRM does when its operation timeout passes).
+    pub busy_for: Option<Duration>,
 }
 
 impl WinRmReply {
@@ -48,6 +51,12 @@ impl WinRmReply {
     #[must_use]
     pub fn with_stderr(mut self, s: impl Into<String>) -> Self {
         self.stderr = s.into();
+        self
+    }
+
+    /// Runs for `d` before the output comes.
+    pub fn with_busy_for(mut self, d: Duration) -> Self {
+        self.busy_for = Some(d).filter(|d| !d.is_zero());
         self
     }
 
@@ -72,6 +81,7 @@ struct Pending {
     chunks: VecDeque<(Vec<u8>, Vec<u8>)>,
     exit_code: i32,
     restart_for: Option<Duration>,
+    busy_until: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -237,7 +247,8 @@ impl WinRmServer {
                 let id = uuid::Uuid::new_v4().to_string().to_uppercase();
                 let n = reply.chunks.max(1);
                 let chunks = split(reply.stdout.as_bytes(), n).into_iter().zip(split(reply.stderr.as_bytes(), n)).collect();
-                st.commands.insert(id.clone(), Pending { chunks, exit_code: reply.exit_code, restart_for: reply.restart_for });
+                let busy_until = reply.busy_for.map(|d| Instant::now() + d);
+                st.commands.insert(id.clone(), Pending { chunks, exit_code: reply.exit_code, restart_for: reply.restart_for, busy_until });
                 ok(&format!("<rsp:CommandResponse><rsp:CommandId>{id}</rsp:CommandId></rsp:CommandResponse>"))
             }
             "Receive" => {
@@ -246,6 +257,13 @@ impl WinRmServer {
                 if let Some(down) = p.restart_for.take() {
                     st.down_until = Some(Instant::now() + down);
                     return Response::dropped();
+                }
+                if let Some(left) = p.busy_until.and_then(|u| u.checked_duration_since(Instant::now())) {
+                    drop(st);
+                    std::thread::sleep(left.min(Duration::from_millis(200)));
+                    return ok(&format!(
+                        r#"<rsp:ReceiveResponse><rsp:CommandState CommandId="{id}" State="{SHELL_NS}/CommandState/Running"></rsp:CommandState></rsp:ReceiveResponse>"#
+                    ));
                 }
                 let (out, err) = p.chunks.pop_front().unwrap_or_default();
                 let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);

@@ -40,7 +40,7 @@ pub(crate) struct AzureArgs {
 }
 
 #[cfg(feature = "azure")]
-fn backend(args: &AzureArgs, location: &str) -> Result<aib::azure::AzureBackend, Box<dyn std::error::Error>> {
+fn backend(args: &AzureArgs) -> Result<aib::azure::AzureBackend, Box<dyn std::error::Error>> {
     use aib::azure::{AzureBackend, AzureProvisioner};
     let mut client = aib::azure::ArmClientBuilder::from_env()?;
     if let Some(e) = &args.arm_endpoint {
@@ -65,7 +65,7 @@ fn backend(args: &AzureArgs, location: &str) -> Result<aib::azure::AzureBackend,
     if let Some(a) = &args.allowed_source {
         p = p.allowed_source(a);
     }
-    let mut b = AzureBackend::builder().provisioner(p).location(location);
+    let mut b = AzureBackend::builder().provisioner(p);
     if let Some(e) = &args.storage_endpoint {
         b = b.storage_endpoint(e);
     }
@@ -83,13 +83,12 @@ fn state(state_dir: Option<PathBuf>) -> Result<PathBuf, Box<dyn std::error::Erro
 
 #[cfg(feature = "azure")]
 pub(crate) async fn build(template: PathBuf, args: AzureArgs, state_dir: Option<PathBuf>, json: bool) -> CliResult {
-    // One backend: its types check the template, then it builds in the template's region.
-    let azure = backend(&args, "unknown")?;
+    // One backend: its types check the template, then it builds it in the template's region.
+    let azure = backend(&args)?;
     let (_, t) = match parse(&template, azure.backend().registry.type_names(), json) {
         Ok(p) => p,
         Err(r) => return r,
     };
-    let azure = azure.in_location(&t.location);
     let dir = state(state_dir)?;
     let pipeline = aib::Pipeline::from_template(&t, &azure.backend())?
         .ledger(aib::Ledger::open(dir.join("ledger"))?)
@@ -104,7 +103,7 @@ pub(crate) async fn gc(args: AzureArgs, state_dir: Option<PathBuf>, min_age: Opt
     let ledger = aib::Ledger::open(dir.join("ledger"))?;
     // Deleting needs no template resource group: what to delete comes from the ledger and tags.
     let args = AzureArgs { resource_group: args.resource_group.clone().or_else(|| Some("gc".into())), ..args };
-    let azure = backend(&args, "any")?;
+    let azure = backend(&args)?;
     let provisioner = azure.provisioner();
     let p: &dyn aib::Provisioner = &*provisioner;
     let report = ledger.gc(&[p], std::time::Duration::from_secs(min_age.unwrap_or(0))).await?;

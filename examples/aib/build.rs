@@ -30,13 +30,10 @@ pub(crate) fn runtime(f: impl std::future::Future<Output = CliResult>) -> ExitCo
     }
 }
 
-fn backend(state_dir: Option<PathBuf>, digest: Option<String>) -> Result<LocalBackend, aib::Error> {
+fn backend(state_dir: Option<PathBuf>) -> Result<LocalBackend, aib::Error> {
     let mut b = LocalBackend::builder();
     if let Some(d) = state_dir {
         b = b.state_dir(d);
-    }
-    if let Some(d) = digest {
-        b = b.template_digest(d);
     }
     b.build()
 }
@@ -133,15 +130,19 @@ pub(crate) fn parse(template: &Path, types: aib::template::TypeNames, json: bool
 }
 
 pub(crate) async fn build(template: PathBuf, state_dir: Option<PathBuf>, json: bool) -> CliResult {
-    let types = backend(state_dir.clone(), None)?.backend().registry.type_names();
-    let (text, parsed) = match parse(&template, types, json) {
+    // One backend: its types check the template, then it builds it.
+    let local = backend(state_dir)?;
+    let (text, parsed) = match parse(&template, local.backend().registry.type_names(), json) {
         Ok(p) => p,
         Err(r) => return r,
     };
-    let digest = aib::customizers::fetch::sha256_hex(text.as_bytes());
-    let local = backend(state_dir, Some(digest))?;
     aib::local::tools::check()?;
-    let pipeline = Pipeline::from_template(&parsed, &local.backend())?.ledger(local.ledger()?).log_dir(local.log_dir()).build()?;
+    let pipeline = Pipeline::from_template(&parsed, &local.backend())?
+        // The gallery manifest names the template file by its bytes.
+        .template_digest(aib::customizers::fetch::sha256_hex(text.as_bytes()))
+        .ledger(local.ledger()?)
+        .log_dir(local.log_dir())
+        .build()?;
     run(pipeline, json).await
 }
 
@@ -205,7 +206,7 @@ fn summary(r: &RunReport) {
 }
 
 pub(crate) async fn gc(state_dir: Option<PathBuf>, min_age: u64) -> CliResult {
-    let local = backend(state_dir, None)?;
+    let local = backend(state_dir)?;
     let provisioner = local.provisioner();
     let p: &dyn Provisioner = &*provisioner;
     let report = local.ledger()?.gc(&[p], Duration::from_secs(min_age)).await?;
@@ -231,7 +232,7 @@ pub(crate) fn gc_summary(report: &aib::GcReport) -> ExitCode {
 }
 
 pub(crate) async fn images(state_dir: Option<PathBuf>, import: Option<(String, String, String, bool)>) -> CliResult {
-    let local = backend(state_dir, None)?;
+    let local = backend(state_dir)?;
     if let Some((urn, source, sha, windows)) = import {
         let e = local.catalog().import(&urn, &source, &sha, windows).await?;
         println!("imported {} ({} MiB, sha256 {})", e.urn, e.size >> 20, e.sha256);

@@ -3,11 +3,10 @@
 
 #![allow(dead_code)]
 
-use aib_azure::{ArmClient, AzureProvisioner, Credential, RetryConfig};
-use aib_core::{ProvisionRequest, Provisioner, RunContext};
+use aib_azure::{ArmClient, Credential, RetryConfig};
+use aib_core::ProvisionRequest;
 use aib_testkit::arm::ArmServer;
 use serde_json::json;
-use std::sync::Arc;
 use std::time::Duration;
 
 pub(crate) const SUB: &str = "00000000-0000-0000-0000-0000000000a1";
@@ -38,42 +37,7 @@ pub(crate) fn leaked(s: &ArmServer) -> Vec<String> {
         .collect()
 }
 
-/// The conformance suite asks with a bare request; a template would give the region.
-#[derive(Debug)]
-pub(crate) struct Located(pub(crate) AzureProvisioner, pub(crate) &'static str);
-
-impl std::fmt::Display for Located {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-#[async_trait::async_trait]
-impl Provisioner for Located {
-    fn backend(&self) -> &'static str {
-        self.0.backend()
-    }
-    async fn provision(&self, req: &ProvisionRequest, ctx: &RunContext) -> aib_core::Result<aib_core::BuildVm> {
-        let mut r = req.clone();
-        r.location = self.1.into();
-        r.template_name = "image".into();
-        self.0.provision(&r, ctx).await
-    }
-    async fn connect(&self, vm: &aib_core::BuildVm, ctx: &RunContext) -> aib_core::Result<Arc<dyn aib_core::Communicator>> {
-        self.0.connect(vm, ctx).await
-    }
-    async fn generalize(
-        &self,
-        vm: &aib_core::BuildVm,
-        comm: &(dyn aib_core::Communicator + 'static),
-        ctx: &aib_core::StepContext,
-    ) -> aib_core::Result<()> {
-        self.0.generalize(vm, comm, ctx).await
-    }
-    async fn capture(&self, vm: &aib_core::BuildVm, ctx: &aib_core::StepContext) -> aib_core::Result<aib_core::CapturedImage> {
-        self.0.capture(vm, ctx).await
-    }
-    async fn delete(&self, record: &aib_core::ResourceRecord) -> aib_core::Result<()> {
-        self.0.delete(record).await
-    }
+/// A build-VM request as a template in `location` makes it.
+pub(crate) fn request(image: aib_core::ResolvedImage, location: &str) -> ProvisionRequest {
+    ProvisionRequest::new(image).with_location(location).with_template_name("image")
 }

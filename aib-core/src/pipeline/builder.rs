@@ -1,12 +1,13 @@
 //! `PipelineBuilder`: every setting, validated in `build()`.
 
-use super::{Inner, Pipeline, Step, Target};
+use super::{Inner, Pipeline, PipelineConfig, Step, Target};
 use crate::ledger::Ledger;
 use crate::registry::Backend;
 use crate::template::{
-    Code, Diagnostic, Diagnostics, DistributorSpec, ErrorAction, ImageSource, ImageTemplate, StringMap, VmProfile, is_valid_name, lit,
+    Code, Diagnostic, Diagnostics, DistributorSpec, ErrorAction, ImageSource, ImageTemplate, MAX_BUILD_TIMEOUT, StringMap, VmProfile,
+    is_valid_name, lit,
 };
-use crate::traits::{Customizer, Distributor, Provisioner, Source};
+use crate::traits::{Customizer, Distributor, Provisioner, Reclaim, Source};
 use crate::{Error, Result};
 use std::collections::HashSet;
 use std::fmt;
@@ -14,16 +15,30 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Which failures a step's retries cover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum RetryOn {
+    /// Only errors that say trying again may help ([`Error::is_retryable`]: a dropped
+    /// connection, throttling). A script that failed is not run again.
+    #[default]
+    Retryable,
+    /// Any failure but cancellation, a failing script included (Packer's `max_retries`).
+    Any,
+}
+
 /// Per-step options beyond AIB's template (Packer has them): timeout, retries, pause.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct StepOptions {
     /// Fail the step after this long.
     pub timeout: Option<Duration>,
-    /// Run the step again this many times after a failure.
+    /// Run the step again up to this many times after a failure that `retry_on` covers.
     pub max_retries: u32,
     /// Wait before a retry; doubles each time.
     pub retry_backoff: Duration,
+    /// Which failures are retried.
+    pub retry_on: RetryOn,
     /// Wait before the step starts.
     pub pause_before: Option<Duration>,
 }
@@ -36,11 +51,20 @@ impl StepOptions {
         self
     }
 
-    /// Retries up to `n` times, waiting `backoff`, then twice that, and so on.
+    /// Retries up to `n` times after a retryable error ([`Error::is_retryable`]), waiting
+    /// `backoff`, then twice that, and so on.
     #[must_use]
     pub fn with_retries(mut self, n: u32, backoff: Duration) -> Self {
         self.max_retries = n;
         self.retry_backoff = backoff;
+        self
+    }
+
+    /// Retries after any failure but cancellation, not only retryable ones: for a step that
+    /// is known to be flaky and safe to run twice.
+    #[must_use]
+    pub fn with_retry_on_any_error(mut self) -> Self {
+        self.retry_on = RetryOn::Any;
         self
     }
 
@@ -55,35 +79,17 @@ impl StepOptions {
 /// Builds a [`Pipeline`]. Setters never fail; `build()` checks everything.
 #[must_use]
 pub struct PipelineBuilder {
-    name: String,
     source: Option<(Arc<dyn Source>, ImageSource)>,
     provisioner: Option<Arc<dyn Provisioner>>,
-    cleaners: Vec<Arc<dyn Provisioner>>,
-    customizers: Vec<Step>,
-    validators: Vec<Step>,
-    targets: Vec<Target>,
-    vm_profile: VmProfile,
-    data_disks_gb: Vec<u32>,
-    tags: StringMap,
-    location: String,
-    staging_resource_group: Option<String>,
-    timeout: Duration,
-    cleanup_timeout: Duration,
-    on_customizer_error: ErrorAction,
-    on_validation_error: ErrorAction,
-    continue_distribute_on_failure: bool,
-    source_validation_only: bool,
-    ledger: Option<Ledger>,
-    log_dir: Option<PathBuf>,
-    secrets: Vec<String>,
+    cfg: PipelineConfig,
 }
 
 impl fmt::Debug for PipelineBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PipelineBuilder")
-            .field("name", &self.name)
-            .field("steps", &self.customizers.len())
-            .field("targets", &self.targets.len())
+            .field("name", &self.cfg.name)
+            .field("steps", &self.cfg.customizers.len())
+            .field("targets", &self.cfg.targets.len())
             .finish_non_exhaustive()
     }
 }
@@ -110,27 +116,31 @@ impl PipelineBuilder {
     /// An empty builder: 240-minute timeout, `cleanup` on errors, an in-memory ledger.
     pub fn new() -> Self {
         PipelineBuilder {
-            name: "image".into(),
             source: None,
             provisioner: None,
-            cleaners: Vec::new(),
-            customizers: Vec::new(),
-            validators: Vec::new(),
-            targets: Vec::new(),
-            vm_profile: VmProfile::default(),
-            data_disks_gb: Vec::new(),
-            tags: StringMap::new(),
-            location: String::new(),
-            staging_resource_group: None,
-            timeout: crate::template::DEFAULT_BUILD_TIMEOUT,
-            cleanup_timeout: Duration::from_secs(15 * 60),
-            on_customizer_error: ErrorAction::Cleanup,
-            on_validation_error: ErrorAction::Cleanup,
-            continue_distribute_on_failure: false,
-            source_validation_only: false,
-            ledger: None,
-            log_dir: None,
-            secrets: Vec::new(),
+            cfg: PipelineConfig {
+                name: "image".into(),
+                cleaners: Vec::new(),
+                customizers: Vec::new(),
+                validators: Vec::new(),
+                targets: Vec::new(),
+                vm_profile: VmProfile::default(),
+                data_disks_gb: Vec::new(),
+                tags: StringMap::new(),
+                location: String::new(),
+                staging_resource_group: None,
+                template_digest: None,
+                timeout: crate::template::DEFAULT_BUILD_TIMEOUT,
+                cleanup_timeout: Duration::from_secs(15 * 60),
+                on_customizer_error: ErrorAction::Cleanup,
+                on_validation_error: ErrorAction::Cleanup,
+                continue_distribute_on_failure: false,
+                source_validation_only: false,
+                ledger: Ledger::default(),
+                log_dir: None,
+                secrets: Arc::new(Vec::new()),
+                event_capacity: crate::channel::DEFAULT_CAPACITY,
+            },
         }
     }
 
@@ -166,32 +176,33 @@ impl PipelineBuilder {
                     StepOptions::default(),
                 );
             }
-            b.continue_distribute_on_failure = lit(&v.continue_distribute_on_failure).unwrap_or(false);
-            b.source_validation_only = lit(&v.source_validation_only).unwrap_or(false);
+            b.cfg.continue_distribute_on_failure = lit(&v.continue_distribute_on_failure).unwrap_or(false);
+            b.cfg.source_validation_only = lit(&v.source_validation_only).unwrap_or(false);
         }
         for d in &p.distribute {
             b = b.target(d.run_output_name(), d.type_name(), reg.distributor(d)?);
         }
         if let Some(eh) = &p.error_handling {
-            b.on_customizer_error = eh.on_customizer_error.unwrap_or_default();
-            b.on_validation_error = eh.on_validation_error.unwrap_or_default();
+            b.cfg.on_customizer_error = eh.on_customizer_error.unwrap_or_default();
+            b.cfg.on_validation_error = eh.on_validation_error.unwrap_or_default();
         }
         if let Some(vm) = &p.vm_profile {
-            b.vm_profile = vm.clone();
+            b.cfg.vm_profile = vm.clone();
         }
-        b.data_disks_gb = p.additional_data_disks.iter().flatten().filter_map(|d| lit(&d.size_gb)).map(|n| n.max(0) as u32).collect();
-        b.tags = lit(&p.managed_resource_tags).unwrap_or_default();
-        b.location = t.location.clone();
-        b.staging_resource_group = p.staging_resource_group.clone().filter(|s| !s.is_empty());
+        b.cfg.data_disks_gb = p.additional_data_disks.iter().flatten().filter_map(|d| lit(&d.size_gb)).map(|n| n.max(0) as u32).collect();
+        b.cfg.tags = lit(&p.managed_resource_tags).unwrap_or_default();
+        b.cfg.location = t.location.clone();
+        b.cfg.staging_resource_group = p.staging_resource_group.clone().filter(|s| !s.is_empty());
         if let Some(name) = &t.name {
-            b.tags.insert("imageTemplateName".into(), name.clone());
+            b.cfg.tags.insert("imageTemplateName".into(), name.clone());
         }
+        b.cfg.template_digest = Some(t.digest());
         Ok(b)
     }
 
     /// The template name (used for resource names and tags).
     pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
+        self.cfg.name = name.into();
         self
     }
 
@@ -207,40 +218,41 @@ impl PipelineBuilder {
         self
     }
 
-    /// Another backend able to delete what distributors of another backend record (a local
-    /// build distributed to Azure).
-    pub fn cleaner(mut self, p: Arc<dyn Provisioner>) -> Self {
-        self.cleaners.push(p);
+    /// Another reclaimer, able to delete what distributors of another backend record (a
+    /// local build distributed to Azure). The provisioner and [`crate::reclaim::FileReclaim`]
+    /// are always there.
+    pub fn cleaner(mut self, r: Arc<dyn Reclaim>) -> Self {
+        self.cfg.cleaners.push(r);
         self
     }
 
     /// Appends a customizer, named after its `Display`.
     pub fn customizer(self, c: Arc<dyn Customizer>) -> Self {
-        let name = format!("customize[{}] {c}", self.customizers.len());
+        let name = format!("customize[{}] {c}", self.cfg.customizers.len());
         self.customizer_named(name, c, StepOptions::default())
     }
 
     /// Appends a customizer with a name and options.
     pub fn customizer_named(mut self, name: impl Into<String>, c: Arc<dyn Customizer>, options: StepOptions) -> Self {
-        self.customizers.push(Step { name: name.into(), customizer: c, options });
+        self.cfg.customizers.push(Step { name: name.into(), customizer: c, options });
         self
     }
 
     /// Appends a validator, named after its `Display`.
     pub fn validator(self, c: Arc<dyn Customizer>) -> Self {
-        let name = format!("validate[{}] {c}", self.validators.len());
+        let name = format!("validate[{}] {c}", self.cfg.validators.len());
         self.validator_named(name, c, StepOptions::default())
     }
 
     /// Appends a validator with a name and options.
     pub fn validator_named(mut self, name: impl Into<String>, c: Arc<dyn Customizer>, options: StepOptions) -> Self {
-        self.validators.push(Step { name: name.into(), customizer: c, options });
+        self.cfg.validators.push(Step { name: name.into(), customizer: c, options });
         self
     }
 
     /// Adds a distribution target.
     pub fn target(mut self, run_output_name: impl Into<String>, type_name: impl Into<String>, d: Arc<dyn Distributor>) -> Self {
-        self.targets.push(Target { run_output_name: run_output_name.into(), type_name: type_name.into(), distributor: d });
+        self.cfg.targets.push(Target { run_output_name: run_output_name.into(), type_name: type_name.into(), distributor: d });
         self
     }
 
@@ -252,79 +264,94 @@ impl PipelineBuilder {
 
     /// The build VM profile.
     pub fn vm_profile(mut self, vm: VmProfile) -> Self {
-        self.vm_profile = vm;
+        self.cfg.vm_profile = vm;
         self
     }
 
     /// The region to build in (the template's `location`).
     pub fn location(mut self, location: impl Into<String>) -> Self {
-        self.location = location.into();
+        self.cfg.location = location.into();
         self
     }
 
     /// The resource group to stage the build in (the template's `stagingResourceGroup`).
     pub fn staging_resource_group(mut self, id: impl Into<String>) -> Self {
-        self.staging_resource_group = Some(id.into());
+        self.cfg.staging_resource_group = Some(id.into());
         self
     }
 
     /// Tags for everything the run creates.
     pub fn tag(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
-        self.tags.insert(k.into(), v.into());
+        self.cfg.tags.insert(k.into(), v.into());
         self
     }
 
     /// Whole-run timeout (AIB's `buildTimeoutInMinutes`).
     pub fn timeout(mut self, t: Duration) -> Self {
-        self.timeout = t;
+        self.cfg.timeout = t;
         self
     }
 
     /// Budget for cleanup after the run ended (any path).
     pub fn cleanup_timeout(mut self, t: Duration) -> Self {
-        self.cleanup_timeout = t;
+        self.cfg.cleanup_timeout = t;
         self
     }
 
     /// What to do when a customizer fails.
     pub fn on_customizer_error(mut self, a: ErrorAction) -> Self {
-        self.on_customizer_error = a;
+        self.cfg.on_customizer_error = a;
         self
     }
 
     /// What to do when a validator fails.
     pub fn on_validation_error(mut self, a: ErrorAction) -> Self {
-        self.on_validation_error = a;
+        self.cfg.on_validation_error = a;
         self
     }
 
     /// Distribute even when validation failed (the run still fails).
     pub fn continue_distribute_on_failure(mut self, yes: bool) -> Self {
-        self.continue_distribute_on_failure = yes;
+        self.cfg.continue_distribute_on_failure = yes;
         self
     }
 
     /// Skip customizers; validate the source image as it is.
     pub fn source_validation_only(mut self, yes: bool) -> Self {
-        self.source_validation_only = yes;
+        self.cfg.source_validation_only = yes;
         self
     }
 
     /// The ledger (a durable one for crash-safe cleanup).
     pub fn ledger(mut self, l: Ledger) -> Self {
-        self.ledger = Some(l);
+        self.cfg.ledger = l;
         self
     }
 
     /// Writes `<dir>/<run-id>/customization.log`.
     pub fn log_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.log_dir = Some(dir.into());
+        self.cfg.log_dir = Some(dir.into());
         self
     }
 
-    /// A value masked as `***` in every output line, notice and log.
+    /// A value masked as `***` in every output line, notice, error and log.
     pub fn secret(mut self, s: impl Into<String>) -> Self {
-        self.secrets.push(s.into());
+        Arc::make_mut(&mut self.cfg.secrets).push(s.into());
+        self
+    }
+
+    /// The SHA-256 (hex) of the template, for manifests of what an image was built from;
+    /// [`PipelineBuilder::from_template`] sets the digest of the parsed template.
+    pub fn template_digest(mut self, digest: impl Into<String>) -> Self {
+        self.cfg.template_digest = Some(digest.into());
+        self
+    }
+
+    /// How many output lines and progress events the events stream holds for a reader that
+    /// falls behind before it drops them (counted in [`crate::Event::Lagged`]); other events
+    /// are never dropped. Default 4096.
+    pub fn event_capacity(mut self, n: usize) -> Self {
+        self.cfg.event_capacity = n;
         self
     }
 
@@ -332,11 +359,12 @@ impl PipelineBuilder {
     pub fn build(self) -> Result<Pipeline> {
         let (source, source_spec) = self.source.ok_or_else(|| invalid("source", "no source: call .source(..) or build from a template"))?;
         let provisioner = self.provisioner.ok_or_else(|| invalid("provisioner", "no provisioner: call .provisioner(..)"))?;
-        if self.targets.is_empty() {
+        let cfg = self.cfg;
+        if cfg.targets.is_empty() {
             return Err(invalid("distribute", "no distribution target: add at least one with .target(..)"));
         }
         let mut seen = HashSet::new();
-        for t in &self.targets {
+        for t in &cfg.targets {
             if !is_valid_name(&t.run_output_name) {
                 return Err(invalid("runOutputName", format!("`{}` does not match ^[A-Za-z0-9-_.]{{1,64}}$", t.run_output_name)));
             }
@@ -344,47 +372,26 @@ impl PipelineBuilder {
                 return Err(invalid("runOutputName", format!("`{}` is used twice", t.run_output_name)));
             }
         }
-        if self.timeout.is_zero() || self.timeout > Duration::from_secs(960 * 60) {
-            return Err(invalid("timeout", "the build timeout must be above zero and at most 960 minutes"));
+        if cfg.timeout.is_zero() || cfg.timeout > MAX_BUILD_TIMEOUT {
+            let max = crate::template::MAX_BUILD_TIMEOUT_MINUTES;
+            return Err(invalid("timeout", format!("the build timeout must be above zero and at most {max} minutes")));
         }
-        if self.source_validation_only && !self.customizers.is_empty() {
+        if cfg.source_validation_only && !cfg.customizers.is_empty() {
             return Err(invalid("sourceValidationOnly", "source validation runs no customizers; remove them"));
         }
-        if self.secrets.iter().any(String::is_empty) {
+        if cfg.secrets.iter().any(String::is_empty) {
             return Err(invalid("secret", "an empty secret would mask nothing"));
         }
+        if cfg.event_capacity == 0 {
+            return Err(invalid("event_capacity", "the events stream needs room for at least one line"));
+        }
         let mut seen_steps = HashSet::new();
-        for s in self.customizers.iter().chain(&self.validators) {
+        for s in cfg.customizers.iter().chain(&cfg.validators) {
             if !seen_steps.insert(s.name.as_str()) {
                 return Err(invalid("step", format!("two steps are named `{}`", s.name)));
             }
         }
-        Ok(Pipeline {
-            inner: Arc::new(Inner {
-                name: self.name,
-                source,
-                source_spec,
-                provisioner,
-                cleaners: self.cleaners,
-                customizers: self.customizers,
-                validators: self.validators,
-                targets: self.targets,
-                vm_profile: self.vm_profile,
-                data_disks_gb: self.data_disks_gb,
-                tags: self.tags,
-                location: self.location,
-                staging_resource_group: self.staging_resource_group,
-                timeout: self.timeout,
-                cleanup_timeout: self.cleanup_timeout,
-                on_customizer_error: self.on_customizer_error,
-                on_validation_error: self.on_validation_error,
-                continue_distribute_on_failure: self.continue_distribute_on_failure,
-                source_validation_only: self.source_validation_only,
-                ledger: self.ledger.unwrap_or_default(),
-                log_dir: self.log_dir,
-                secrets: Arc::new(self.secrets),
-            }),
-        })
+        Ok(Pipeline { inner: Arc::new(Inner { cfg, source, source_spec, provisioner }) })
     }
 }
 

@@ -25,14 +25,13 @@
 mod builder;
 mod run;
 
-pub use builder::{PipelineBuilder, StepOptions};
+pub use builder::{PipelineBuilder, RetryOn, StepOptions};
 pub use run::RunHandle;
 
-use crate::events::EventStream;
 use crate::ledger::Ledger;
 use crate::report::RunReport;
 use crate::template::{ErrorAction, ImageSource, StringMap, VmProfile};
-use crate::traits::{Customizer, Distributor, Provisioner, Source};
+use crate::traits::{Customizer, Distributor, Provisioner, Reclaim, Source};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -53,13 +52,12 @@ pub(crate) struct Target {
     pub(crate) distributor: Arc<dyn Distributor>,
 }
 
-#[derive(Debug)]
-pub(crate) struct Inner {
+/// Every setting of a pipeline but its source and provisioner: the builder fills it, and
+/// `build()` checks it and freezes it in [`Inner`].
+#[derive(Debug, Clone)]
+pub(crate) struct PipelineConfig {
     pub(crate) name: String,
-    pub(crate) source: Arc<dyn Source>,
-    pub(crate) source_spec: ImageSource,
-    pub(crate) provisioner: Arc<dyn Provisioner>,
-    pub(crate) cleaners: Vec<Arc<dyn Provisioner>>,
+    pub(crate) cleaners: Vec<Arc<dyn Reclaim>>,
     pub(crate) customizers: Vec<Step>,
     pub(crate) validators: Vec<Step>,
     pub(crate) targets: Vec<Target>,
@@ -68,6 +66,7 @@ pub(crate) struct Inner {
     pub(crate) tags: StringMap,
     pub(crate) location: String,
     pub(crate) staging_resource_group: Option<String>,
+    pub(crate) template_digest: Option<String>,
     pub(crate) timeout: Duration,
     pub(crate) cleanup_timeout: Duration,
     pub(crate) on_customizer_error: ErrorAction,
@@ -77,6 +76,16 @@ pub(crate) struct Inner {
     pub(crate) ledger: Ledger,
     pub(crate) log_dir: Option<PathBuf>,
     pub(crate) secrets: Arc<Vec<String>>,
+    pub(crate) event_capacity: usize,
+}
+
+/// A built pipeline: its checked settings, source and provisioner.
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) cfg: PipelineConfig,
+    pub(crate) source: Arc<dyn Source>,
+    pub(crate) source_spec: ImageSource,
+    pub(crate) provisioner: Arc<dyn Provisioner>,
 }
 
 /// A validated pipeline, ready to run any number of times (each run gets its own id,
@@ -89,11 +98,11 @@ pub struct Pipeline {
 impl fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pipeline")
-            .field("name", &self.inner.name)
+            .field("name", &self.inner.cfg.name)
             .field("source", &self.inner.source_spec.type_name())
-            .field("customizers", &self.inner.customizers.len())
-            .field("validators", &self.inner.validators.len())
-            .field("targets", &self.inner.targets.iter().map(|t| &t.run_output_name).collect::<Vec<_>>())
+            .field("customizers", &self.inner.cfg.customizers.len())
+            .field("validators", &self.inner.cfg.validators.len())
+            .field("targets", &self.inner.cfg.targets.iter().map(|t| &t.run_output_name).collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -152,14 +161,14 @@ impl Pipeline {
     pub fn start_with(&self, opts: RunOptions) -> RunHandle {
         let run_id = opts.run_id.unwrap_or_else(new_run_id);
         let cancel = opts.cancel.unwrap_or_default();
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, rx) = crate::channel::channel(self.inner.cfg.event_capacity);
         let join = tokio::spawn(run::execute(self.inner.clone(), run_id.clone(), cancel.clone(), Some(tx)));
-        RunHandle::new(run_id, EventStream::new(rx), cancel, join)
+        RunHandle::new(run_id, rx, cancel, join)
     }
 
     /// The pipeline's ledger.
     pub fn ledger(&self) -> &Ledger {
-        &self.inner.ledger
+        &self.inner.cfg.ledger
     }
 }
 

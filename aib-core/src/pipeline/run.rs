@@ -1,13 +1,18 @@
 //! One run: states, steps, the build timeout, cancellation, error policies and cleanup.
 
-use super::{Inner, Step};
+use super::{Inner, Step, StepOptions};
+use crate::channel::EventSender;
+use crate::channel::EventStream;
 use crate::context::{Emitter, RunContext, StepContext};
-use crate::events::{Event, EventStream, RunState, RunSubState};
+use crate::events::Event;
 use crate::ledger::Scope;
-use crate::report::{OutputState, RunOutput, RunReport, StateChange, StepReport};
+use crate::reclaim::FileReclaim;
+use crate::report::{OutputState, RUN_STEP, RunOutput, RunReport, StateChange, StepError, StepReport, error_chain};
+use crate::retry::Backoff;
+use crate::state::{RunState, RunSubState};
 use crate::template::ErrorAction;
-use crate::traits::Communicator;
-use crate::types::{BuildVm, ProvisionRequest, ResolvedImage};
+use crate::traits::{Communicator, Reclaim};
+use crate::types::{BuildVm, DistributeRequest, ProvisionRequest, ResolveRequest, ResolvedImage};
 use crate::{Error, Result};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -36,7 +41,7 @@ impl RunHandle {
 
     /// The event stream (once; later calls get an empty stream). It ends when the run ends.
     pub fn events(&mut self) -> EventStream {
-        self.events.take().unwrap_or_else(|| EventStream::new(tokio::sync::mpsc::unbounded_channel().1))
+        self.events.take().unwrap_or_else(EventStream::ended)
     }
 
     /// Cancels the run: it goes to `Canceling`, cleans up, and ends `Canceled`.
@@ -57,10 +62,21 @@ impl RunHandle {
             Err(e) => {
                 let mut r = RunReport::failed(run_id, String::new());
                 r.message = format!("the run task ended abnormally: {e}; run `gc` to remove what it left");
+                r.error = Some(StepError::new(RUN_STEP, RunSubState::Queued, 1, Error::generic("pipeline", r.message.clone())));
                 r
             }
         }
     }
+}
+
+/// A step running now (distributions run together).
+#[derive(Clone)]
+struct Running {
+    name: String,
+    phase: RunSubState,
+    started: SystemTime,
+    t0: Instant,
+    attempts: u32,
 }
 
 /// What the run records as it goes; it outlives the work future (which a timeout or a
@@ -70,8 +86,7 @@ struct Record {
     history: Vec<StateChange>,
     sub_state: Option<RunSubState>,
     steps: Vec<StepReport>,
-    /// Steps running now (distributions run together).
-    current: Vec<String>,
+    current: Vec<Running>,
     source: Option<ResolvedImage>,
     vm: Option<BuildVm>,
     outputs: Vec<RunOutput>,
@@ -83,341 +98,393 @@ type Shared = Arc<Mutex<Record>>;
 struct Outcome {
     state: RunState,
     message: String,
+    error: Option<StepError>,
     keep_vm: bool,
 }
 
-impl Outcome {
-    fn failed(message: String) -> Self {
-        Outcome { state: RunState::Failed, message, keep_vm: false }
+/// Why the work stopped early: the step's error, and whether the build VM stays.
+struct Failure {
+    error: StepError,
+    keep_vm: bool,
+    prefix: &'static str,
+}
+
+impl From<StepError> for Failure {
+    fn from(error: StepError) -> Self {
+        Failure { error, keep_vm: false, prefix: "" }
     }
 }
 
-fn set_state(rec: &Shared, emitter: &Emitter, state: RunState, sub: Option<RunSubState>) {
-    let at = SystemTime::now();
-    if let Ok(mut r) = rec.lock() {
-        if sub.is_some() {
-            r.sub_state = sub;
-        }
-        let sub_state = r.sub_state;
-        r.history.push(StateChange { run_state: state, run_sub_state: sub_state, at });
-        emitter.log(format!("[aib] runState={state} runSubState={}", sub_state.map(|s| s.to_string()).unwrap_or_default()));
-        emitter.send(Event::State { state, sub_state, at });
+impl From<Failure> for Outcome {
+    fn from(f: Failure) -> Self {
+        Outcome { state: RunState::Failed, message: format!("{}{}", f.prefix, f.error), error: Some(f.error), keep_vm: f.keep_vm }
     }
 }
 
-/// Runs one step with its options, recording it; the error message names the step.
-async fn step<T, F, Fut>(
-    rec: &Shared,
-    ctx: &RunContext,
-    name: &str,
-    phase: RunSubState,
-    options: &crate::pipeline::StepOptions,
-    mut f: F,
-) -> Result<T, String>
-where
-    F: FnMut(StepContext) -> Fut,
-    Fut: Future<Output = Result<T>>,
-{
-    if let Some(p) = options.pause_before {
-        tokio::time::sleep(p).await;
-    }
-    let started = SystemTime::now();
-    let t0 = Instant::now();
-    if let Ok(mut r) = rec.lock() {
-        r.current.push(name.to_string());
-    }
-    ctx.emitter().log(format!("[aib] starting step {name}"));
-    ctx.emitter().send(Event::StepStarted { step: name.to_string() });
-    let mut attempts = 0;
-    let mut backoff = options.retry_backoff;
-    let result = loop {
-        attempts += 1;
-        let sc = ctx.step(name);
-        let r = match options.timeout {
-            Some(t) => match tokio::time::timeout(t, f(sc)).await {
-                Ok(r) => r,
-                Err(_) => Err(Error::Timeout { operation: name.to_string(), after: t }),
-            },
-            None => f(sc).await,
-        };
-        match r {
-            Err(e) if attempts <= options.max_retries && !matches!(e, Error::Cancelled) => {
-                ctx.notice(format!("step {name} failed (attempt {attempts} of {}): {e}; retrying", options.max_retries + 1));
-                tokio::time::sleep(backoff).await;
-                backoff = backoff.saturating_mul(2);
-            }
-            r => break r,
-        }
-    };
-    let duration = t0.elapsed();
-    let error = result.as_ref().err().map(|e| ctx.emitter().mask(&error_chain(e)));
-    ctx.emitter().log(format!(
-        "[aib] ending step {name} after {}{}",
-        humantime::format_duration(round(duration)),
-        error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
-    ));
-    ctx.emitter().send(Event::StepFinished { step: name.to_string(), duration, error: error.clone() });
-    if let Ok(mut r) = rec.lock() {
-        r.current.retain(|c| c != name);
-        r.steps.push(StepReport { name: name.to_string(), phase, started, duration, attempts, error: error.clone() });
-    }
-    result.map_err(|_| format!("step `{name}` failed: {}", error.unwrap_or_default()))
-}
-
-/// "step `a`" or "steps `a`, `b`": what was running, for timeout and cancel messages.
-fn running(rec: &Shared) -> Option<String> {
-    let r = rec.lock().ok()?;
-    match r.current.as_slice() {
-        [] => None,
-        [one] => Some(format!("step `{one}`")),
-        many => Some(format!("steps {}", many.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", "))),
-    }
+/// One run of a pipeline: its settings, context and record, and the step helper.
+struct Run<'a> {
+    inner: &'a Inner,
+    ctx: &'a RunContext,
+    rec: Shared,
 }
 
 fn round(d: Duration) -> Duration {
     Duration::from_millis(d.as_millis() as u64)
 }
 
-/// An error with its `source` chain, on one line.
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
-}
-
-async fn run_steps(rec: &Shared, ctx: &RunContext, steps: &[Step], phase: RunSubState, comm: &Arc<dyn Communicator>) -> Result<(), String> {
-    for s in steps {
-        let c = s.customizer.clone();
-        step(rec, ctx, &s.name, phase, &s.options, |sc| {
-            let c = c.clone();
-            let comm = comm.clone();
-            async move { c.run(&*comm, &sc).await }
-        })
-        .await?;
-    }
-    Ok(())
-}
-
-async fn work(inner: &Inner, ctx: &RunContext, rec: &Shared) -> Outcome {
-    let none = &crate::pipeline::StepOptions::default();
-    let em = ctx.emitter();
-    set_state(rec, em, RunState::Running, Some(RunSubState::Building));
-    let image =
-        match step(
-            rec,
-            ctx,
-            "resolve",
-            RunSubState::Building,
-            none,
-            |sc| async move { inner.source.resolve(&inner.source_spec, &sc.run).await },
-        )
-        .await
-        {
-            Ok(i) => i,
-            Err(m) => return Outcome::failed(m),
-        };
-    ctx.notice(format!("source resolved to {}", image.exact));
-    if let Ok(mut r) = rec.lock() {
-        r.source = Some(image.clone());
-    }
-    let mut req = ProvisionRequest::new(image);
-    req.vm_profile = inner.vm_profile.clone();
-    req.data_disks_gb = inner.data_disks_gb.clone();
-    req.tags = inner.tags.clone();
-    req.tags.insert("aibRunId".into(), ctx.run_id().to_string());
-    req.template_name = inner.name.clone();
-    req.location = inner.location.clone();
-    req.staging_resource_group = inner.staging_resource_group.clone();
-    let req = &req;
-    let vm =
-        match step(rec, ctx, "provision", RunSubState::Building, none, |sc| async move { inner.provisioner.provision(req, &sc.run).await })
-            .await
-        {
-            Ok(vm) => vm,
-            Err(m) => return Outcome::failed(m),
-        };
-    if let Ok(mut r) = rec.lock() {
-        r.vm = Some(vm.clone());
-    }
-    let vm = &vm;
-    let comm = match step(
-        rec,
-        ctx,
-        "connect",
-        RunSubState::Building,
-        none,
-        |sc| async move { inner.provisioner.connect(vm, &sc.run).await },
-    )
-    .await
-    {
-        Ok(c) => c,
-        Err(m) => return Outcome::failed(m),
-    };
-
-    if !inner.source_validation_only && !inner.customizers.is_empty() {
-        set_state(rec, em, RunState::Running, Some(RunSubState::Customizing));
-        if let Err(m) = run_steps(rec, ctx, &inner.customizers, RunSubState::Customizing, &comm).await {
-            return Outcome { state: RunState::Failed, message: m, keep_vm: inner.on_customizer_error == ErrorAction::Abort };
-        }
+impl Run<'_> {
+    fn emitter(&self) -> &Emitter {
+        self.ctx.emitter()
     }
 
-    let mut validation_failure = None;
-    if !inner.validators.is_empty() {
-        set_state(rec, em, RunState::Running, Some(RunSubState::Validating));
-        if let Err(m) = run_steps(rec, ctx, &inner.validators, RunSubState::Validating, &comm).await {
-            let keep_vm = inner.on_validation_error == ErrorAction::Abort;
-            if !inner.continue_distribute_on_failure || keep_vm {
-                return Outcome { state: RunState::Failed, message: format!("validation failed: {m}"), keep_vm };
+    fn set_state(&self, state: RunState, sub: Option<RunSubState>) {
+        let at = SystemTime::now();
+        if let Ok(mut r) = self.rec.lock() {
+            if sub.is_some() {
+                r.sub_state = sub;
             }
-            ctx.notice(format!("validation failed ({m}); distributing anyway (continueDistributeOnFailure)"));
-            validation_failure = Some(m);
+            let sub_state = r.sub_state;
+            r.history.push(StateChange { run_state: state, run_sub_state: sub_state, at });
+            self.emitter().log(format!("[aib] runState={state} runSubState={}", sub_state.map(|s| s.to_string()).unwrap_or_default()));
+            self.emitter().send(Event::State { state, sub_state, at });
         }
     }
 
-    let phase = rec.lock().ok().and_then(|r| r.sub_state).unwrap_or(RunSubState::Customizing);
-    let comm_ref = &comm;
-    if let Err(m) =
-        step(rec, ctx, "generalize", phase, none, |sc| async move { inner.provisioner.generalize(vm, &**comm_ref, &sc).await }).await
+    fn sub_state(&self) -> RunSubState {
+        self.rec.lock().ok().and_then(|r| r.sub_state).unwrap_or(RunSubState::Queued)
+    }
+
+    /// Records the end of a step: log line, event, report.
+    fn finish(&self, running: &Running, error: Option<StepError>) {
+        let duration = running.t0.elapsed();
+        let name = &running.name;
+        self.emitter().log(format!(
+            "[aib] ending step {name} after {}{}",
+            humantime::format_duration(round(duration)),
+            error.as_ref().map(|e| format!(": {}", e.message())).unwrap_or_default()
+        ));
+        self.emitter().send(Event::StepFinished { step: name.clone(), duration, error: error.clone() });
+        if let Ok(mut r) = self.rec.lock() {
+            r.current.retain(|c| c.name != *name);
+            r.steps.push(StepReport {
+                name: name.clone(),
+                phase: running.phase,
+                started: running.started,
+                duration,
+                attempts: running.attempts,
+                error,
+            });
+        }
+    }
+
+    /// Runs one step with its options, recording it; the error names the step.
+    async fn step<T, F, Fut>(&self, name: &str, phase: RunSubState, options: &StepOptions, mut f: F) -> Result<T, StepError>
+    where
+        F: FnMut(StepContext) -> Fut,
+        Fut: Future<Output = Result<T>>,
     {
-        return Outcome::failed(m);
-    }
-    let captured = match step(rec, ctx, "capture", phase, none, |sc| async move { inner.provisioner.capture(vm, &sc).await }).await {
-        Ok(c) => c,
-        Err(m) => return Outcome::failed(m),
-    };
-    drop(comm);
-
-    set_state(rec, em, RunState::Running, Some(RunSubState::Distributing));
-    let captured = &captured;
-    let jobs = inner.targets.iter().map(|t| async move {
-        let name = format!("distribute {}", t.run_output_name);
-        let r =
-            step(rec, ctx, &name, RunSubState::Distributing, none, |sc| async move { t.distributor.distribute(captured, &sc).await }).await;
-        let (artifact, error) = match r {
-            Ok(a) => (a, None),
-            Err(m) => (Default::default(), Some(m)),
+        if let Some(p) = options.pause_before {
+            tokio::time::sleep(p).await;
+        }
+        let mut running = Running { name: name.to_string(), phase, started: SystemTime::now(), t0: Instant::now(), attempts: 0 };
+        if let Ok(mut r) = self.rec.lock() {
+            r.current.push(running.clone());
+        }
+        self.emitter().log(format!("[aib] starting step {name}"));
+        self.emitter().send(Event::StepStarted { step: name.to_string() });
+        let mut backoff = Backoff::new(options.retry_backoff, options.retry_backoff.saturating_mul(64)).without_jitter();
+        let result = loop {
+            running.attempts += 1;
+            if let Ok(mut r) = self.rec.lock()
+                && let Some(c) = r.current.iter_mut().find(|c| c.name == name)
+            {
+                c.attempts = running.attempts;
+            }
+            let sc = self.ctx.step(name);
+            let r = match options.timeout {
+                Some(t) => match tokio::time::timeout(t, f(sc)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Error::Timeout { operation: name.to_string(), after: t }),
+                },
+                None => f(sc).await,
+            };
+            match r {
+                Err(e) if running.attempts <= options.max_retries && retries(options, &e) => {
+                    self.ctx.notice(format!(
+                        "step {name} failed (attempt {} of {}): {}; retrying",
+                        running.attempts,
+                        options.max_retries + 1,
+                        error_chain(&e)
+                    ));
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                r => break r,
+            }
         };
-        RunOutput {
-            name: t.run_output_name.clone(),
-            kind: t.type_name.clone(),
-            artifact_id: artifact.artifact_id,
-            artifact_uri: artifact.artifact_uri,
-            provisioning_state: if error.is_none() { OutputState::Succeeded } else { OutputState::Failed },
-            error,
+        match result {
+            Ok(v) => {
+                self.finish(&running, None);
+                Ok(v)
+            }
+            Err(e) => {
+                let mask = |s: &str| self.emitter().mask(s);
+                let e = StepError::new(name, phase, running.attempts, e.masked(&mask));
+                self.finish(&running, Some(e.clone()));
+                Err(e)
+            }
         }
-    });
-    let outputs = futures::future::join_all(jobs).await;
-    let failed: Vec<&RunOutput> = outputs.iter().filter(|o| o.error.is_some()).collect();
-    let outcome = if let Some(m) = validation_failure {
-        Outcome::failed(format!("validation failed: {m}; the image was distributed anyway (continueDistributeOnFailure)"))
-    } else if failed.is_empty() {
-        Outcome { state: RunState::Succeeded, message: format!("published {} target(s)", outputs.len()), keep_vm: false }
-    } else if failed.len() == outputs.len() {
-        Outcome::failed(failed.iter().filter_map(|o| o.error.clone()).collect::<Vec<_>>().join("; "))
-    } else {
-        let names: Vec<&str> = failed.iter().map(|o| o.name.as_str()).collect();
-        Outcome {
-            state: RunState::PartiallySucceeded,
-            message: format!(
-                "{} of {} targets failed ({}): {}",
-                failed.len(),
-                outputs.len(),
-                names.join(", "),
-                failed.iter().filter_map(|o| o.error.clone()).collect::<Vec<_>>().join("; ")
-            ),
-            keep_vm: false,
-        }
-    };
-    if let Ok(mut r) = rec.lock() {
-        r.outputs = outputs;
     }
-    outcome
-}
 
-/// Deletes everything the run still holds, newest first; under `abort`, the build VM stays.
-async fn cleanup(inner: &Inner, ctx: &RunContext, keep_vm: bool) -> Vec<String> {
-    let mut errors = Vec::new();
-    for r in ctx.ledger().outstanding().iter().rev() {
-        if keep_vm && r.scope == Scope::BuildVm {
-            continue;
+    async fn steps(&self, steps: &[Step], phase: RunSubState, comm: &Arc<dyn Communicator>) -> Result<(), StepError> {
+        for s in steps {
+            let c = s.customizer.clone();
+            self.step(&s.name, phase, &s.options, |sc| {
+                let c = c.clone();
+                let comm = comm.clone();
+                async move { c.run(&*comm, &sc).await }
+            })
+            .await?;
         }
-        let deleter = std::iter::once(&inner.provisioner).chain(&inner.cleaners).find(|p| p.backend() == r.backend);
-        let Some(p) = deleter else {
-            errors.push(format!("{r}: no backend `{}` to delete it; add one with PipelineBuilder::cleaner", r.backend));
-            continue;
-        };
-        match p.delete(r).await {
-            Ok(()) => {
-                if let Err(e) = ctx.ledger().release(&r.id) {
-                    errors.push(format!("{r}: deleted, but the ledger could not be updated: {e}"));
+        Ok(())
+    }
+
+    /// "step `a`" or "steps `a`, `b`": what was running, for timeout and cancel messages.
+    fn running(&self) -> Option<String> {
+        let r = self.rec.lock().ok()?;
+        match r.current.as_slice() {
+            [] => None,
+            [one] => Some(format!("step `{}`", one.name)),
+            many => Some(format!("steps {}", many.iter().map(|s| format!("`{}`", s.name)).collect::<Vec<_>>().join(", "))),
+        }
+    }
+
+    /// Ends the steps a timeout or cancel interrupted with `error`; returns the run's error,
+    /// which names the first of them.
+    fn interrupt(&self, error: Error) -> StepError {
+        let current = self.rec.lock().map(|r| r.current.clone()).unwrap_or_default();
+        let error = Arc::new(error);
+        let mut first = None;
+        for c in &current {
+            let e = StepError::new(c.name.clone(), c.phase, c.attempts.max(1), error.clone());
+            self.finish(c, Some(e.clone()));
+            first.get_or_insert(e);
+        }
+        first.unwrap_or_else(|| StepError::new(RUN_STEP, self.sub_state(), 1, error))
+    }
+
+    async fn work(&self) -> Result<Outcome, Failure> {
+        let (inner, cfg) = (self.inner, &self.inner.cfg);
+        let none = &StepOptions::default();
+        self.set_state(RunState::Running, Some(RunSubState::Building));
+        let rreq = &ResolveRequest::new(inner.source_spec.clone()).with_location(&cfg.location).with_template_name(&cfg.name);
+        let image = self.step("resolve", RunSubState::Building, none, |sc| async move { inner.source.resolve(rreq, &sc).await }).await?;
+        self.ctx.notice(format!("source resolved to {}", image.exact));
+        if let Ok(mut r) = self.rec.lock() {
+            r.source = Some(image.clone());
+        }
+        let mut req = ProvisionRequest::new(image).with_location(&cfg.location).with_template_name(&cfg.name);
+        req.vm_profile = cfg.vm_profile.clone();
+        req.data_disks_gb = cfg.data_disks_gb.clone();
+        req.tags = self.tags();
+        req.staging_resource_group = cfg.staging_resource_group.clone();
+        let req = &req;
+        let vm =
+            self.step("provision", RunSubState::Building, none, |sc| async move { inner.provisioner.provision(req, &sc).await }).await?;
+        if let Ok(mut r) = self.rec.lock() {
+            r.vm = Some(vm.clone());
+        }
+        let vm = &vm;
+        let comm = self.step("connect", RunSubState::Building, none, |sc| async move { inner.provisioner.connect(vm, &sc).await }).await?;
+
+        if !cfg.source_validation_only && !cfg.customizers.is_empty() {
+            self.set_state(RunState::Running, Some(RunSubState::Customizing));
+            self.steps(&cfg.customizers, RunSubState::Customizing, &comm).await.map_err(|error| Failure {
+                error,
+                keep_vm: cfg.on_customizer_error == ErrorAction::Abort,
+                prefix: "",
+            })?;
+        }
+
+        let mut validation_failure = None;
+        if !cfg.validators.is_empty() {
+            self.set_state(RunState::Running, Some(RunSubState::Validating));
+            if let Err(error) = self.steps(&cfg.validators, RunSubState::Validating, &comm).await {
+                let keep_vm = cfg.on_validation_error == ErrorAction::Abort;
+                if !cfg.continue_distribute_on_failure || keep_vm {
+                    return Err(Failure { error, keep_vm, prefix: "validation failed: " });
+                }
+                self.ctx.notice(format!("validation failed ({error}); distributing anyway (continueDistributeOnFailure)"));
+                validation_failure = Some(error);
+            }
+        }
+
+        let phase = self.sub_state();
+        let comm_ref = &comm;
+        self.step("generalize", phase, none, |sc| async move { inner.provisioner.generalize(vm, &**comm_ref, &sc).await }).await?;
+        let captured = self.step("capture", phase, none, |sc| async move { inner.provisioner.capture(vm, &sc).await }).await?;
+        drop(comm);
+
+        self.set_state(RunState::Running, Some(RunSubState::Distributing));
+        let tags = self.tags();
+        let jobs = cfg.targets.iter().map(|t| {
+            let mut dreq = DistributeRequest::new(captured.clone())
+                .with_run_output_name(&t.run_output_name)
+                .with_template_name(&cfg.name)
+                .with_location(&cfg.location);
+            dreq.tags = tags.clone();
+            dreq.template_digest = cfg.template_digest.clone();
+            async move {
+                let name = format!("distribute {}", t.run_output_name);
+                let dreq = &dreq;
+                let r =
+                    self.step(&name, RunSubState::Distributing, none, |sc| async move { t.distributor.distribute(dreq, &sc).await }).await;
+                let (artifact, error) = match r {
+                    Ok(a) => (a, None),
+                    Err(e) => (Default::default(), Some(e)),
+                };
+                RunOutput {
+                    name: t.run_output_name.clone(),
+                    kind: t.type_name.clone(),
+                    artifact_id: artifact.artifact_id,
+                    artifact_uri: artifact.artifact_uri,
+                    provisioning_state: if error.is_none() { OutputState::Succeeded } else { OutputState::Failed },
+                    error,
                 }
             }
-            Err(e) => errors.push(format!("{r}: {}", error_chain(&e))),
+        });
+        let outputs = futures::future::join_all(jobs).await;
+        let failed: Vec<&StepError> = outputs.iter().filter_map(|o| o.error.as_ref()).collect();
+        let joined = || failed.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ");
+        let outcome = if let Some(e) = validation_failure {
+            let message = format!("validation failed: {e}; the image was distributed anyway (continueDistributeOnFailure)");
+            Outcome { state: RunState::Failed, message, error: Some(e), keep_vm: false }
+        } else if failed.is_empty() {
+            Outcome { state: RunState::Succeeded, message: format!("published {} target(s)", outputs.len()), error: None, keep_vm: false }
+        } else if failed.len() == outputs.len() {
+            Outcome { state: RunState::Failed, message: joined(), error: failed.first().map(|e| (*e).clone()), keep_vm: false }
+        } else {
+            let names: Vec<&str> = outputs.iter().filter(|o| o.error.is_some()).map(|o| o.name.as_str()).collect();
+            Outcome {
+                state: RunState::PartiallySucceeded,
+                message: format!("{} of {} targets failed ({}): {}", failed.len(), outputs.len(), names.join(", "), joined()),
+                error: failed.first().map(|e| (*e).clone()),
+                keep_vm: false,
+            }
+        };
+        if let Ok(mut r) = self.rec.lock() {
+            r.outputs = outputs;
         }
+        Ok(outcome)
     }
-    errors
+
+    /// The tags of everything the run creates: the template's, and `aibRunId`.
+    fn tags(&self) -> crate::template::StringMap {
+        let mut tags = self.inner.cfg.tags.clone();
+        tags.insert("aibRunId".into(), self.ctx.run_id().to_string());
+        tags
+    }
+
+    /// Deletes everything the run still holds, newest first; under `abort`, the build VM stays.
+    async fn cleanup(&self, keep_vm: bool) -> Vec<String> {
+        let inner = self.inner;
+        let files: Arc<dyn Reclaim> = Arc::new(FileReclaim);
+        let provisioner: Arc<dyn Reclaim> = inner.provisioner.clone();
+        let reclaimers: Vec<&Arc<dyn Reclaim>> = std::iter::once(&provisioner).chain(&inner.cfg.cleaners).chain([&files]).collect();
+        let mut errors = Vec::new();
+        for r in self.ctx.ledger().outstanding().iter().rev() {
+            if keep_vm && r.scope == Scope::BuildVm {
+                continue;
+            }
+            let Some(p) = reclaimers.iter().find(|p| p.backend() == r.backend) else {
+                errors.push(format!("{r}: no backend `{}` to delete it; add one with PipelineBuilder::cleaner", r.backend));
+                continue;
+            };
+            match p.delete(r).await {
+                Ok(()) => {
+                    if let Err(e) = self.ctx.release(&r.id) {
+                        errors.push(format!("{r}: deleted, but the ledger could not be updated: {e}"));
+                    }
+                }
+                Err(e) => errors.push(format!("{r}: {}", self.emitter().mask(&error_chain(&e)))),
+            }
+        }
+        errors
+    }
 }
 
-pub(crate) async fn execute(
-    inner: Arc<Inner>,
-    run_id: String,
-    cancel: CancellationToken,
-    tx: Option<tokio::sync::mpsc::UnboundedSender<Event>>,
-) -> RunReport {
+fn retries(options: &StepOptions, e: &Error) -> bool {
+    !matches!(e, Error::Cancelled)
+        && match options.retry_on {
+            super::RetryOn::Any => true,
+            _ => e.is_retryable(),
+        }
+}
+
+pub(crate) async fn execute(inner: Arc<Inner>, run_id: String, cancel: CancellationToken, tx: Option<EventSender>) -> RunReport {
+    let cfg = &inner.cfg;
     let rec: Shared = Arc::new(Mutex::new(Record::default()));
-    let log_path = inner.log_dir.as_ref().map(|d| d.join(&run_id).join("customization.log"));
-    let mut report = RunReport::failed(run_id.clone(), inner.name.clone());
+    let log_path = cfg.log_dir.as_ref().map(|d| d.join(&run_id).join("customization.log"));
+    let mut report = RunReport::failed(run_id.clone(), cfg.name.clone());
     report.run_sub_state = Some(RunSubState::Queued);
     report.customization_log = log_path.clone();
-    let emitter = match Emitter::new(tx, inner.secrets.clone(), log_path) {
+    let early = |report: &mut RunReport, what: &str, e: Error| {
+        let e =
+            e.masked(&|s: &str| cfg.secrets.iter().filter(|x| !x.is_empty()).fold(s.to_string(), |acc, x| acc.replace(x.as_str(), "***")));
+        report.message = format!("{what}: {}", error_chain(&e));
+        report.error = Some(StepError::new(RUN_STEP, RunSubState::Queued, 1, e));
+    };
+    let emitter = match Emitter::new(tx, cfg.secrets.clone(), log_path) {
         Ok(e) => e,
         Err(e) => {
-            report.message = format!("cannot open the customization log: {e}");
+            early(&mut report, "cannot open the customization log", e);
             report.customization_log = None;
             return report;
         }
     };
-    let ledger = match inner.ledger.begin(&run_id) {
+    let ledger = match cfg.ledger.begin(&run_id) {
         Ok(l) => l,
         Err(e) => {
-            report.message = format!("cannot open the run's ledger: {e}");
+            early(&mut report, "cannot open the run's ledger", e);
             return report;
         }
     };
     let ctx = RunContext::new(run_id, ledger, emitter.clone(), cancel.clone());
-    set_state(&rec, &emitter, RunState::Running, Some(RunSubState::Queued));
+    let run = Run { inner: &inner, ctx: &ctx, rec: rec.clone() };
+    run.set_state(RunState::Running, Some(RunSubState::Queued));
 
-    let deadline = tokio::time::Instant::now() + inner.timeout;
+    let deadline = tokio::time::Instant::now() + cfg.timeout;
     let outcome = tokio::select! {
         biased;
         _ = cancel.cancelled() => None,
-        r = tokio::time::timeout_at(deadline, work(&inner, &ctx, &rec)) => Some(r.unwrap_or_else(|_| {
-            let at = running(&rec).unwrap_or_else(|| "between steps".into());
-            Outcome::failed(format!("the build timed out after {} (buildTimeoutInMinutes) during {at}", humantime::format_duration(inner.timeout)))
-        })),
+        r = tokio::time::timeout_at(deadline, run.work()) => Some(match r {
+            Ok(Ok(o)) => o,
+            Ok(Err(f)) => f.into(),
+            Err(_) => {
+                let at = run.running().unwrap_or_else(|| "between steps".into());
+                let error = run.interrupt(Error::Timeout { operation: "the build (buildTimeoutInMinutes)".into(), after: cfg.timeout });
+                let message = format!(
+                    "the build timed out after {} (buildTimeoutInMinutes) during {at}",
+                    humantime::format_duration(cfg.timeout)
+                );
+                Outcome { state: RunState::Failed, message, error: Some(error), keep_vm: false }
+            }
+        }),
     };
     let outcome = match outcome {
         Some(o) => o,
         None => {
-            set_state(&rec, &emitter, RunState::Canceling, None);
-            let at = running(&rec).map(|s| format!(" during {s}")).unwrap_or_default();
-            Outcome { state: RunState::Canceled, message: format!("the run was cancelled{at}"), keep_vm: false }
+            let at = run.running().map(|s| format!(" during {s}")).unwrap_or_default();
+            let error = run.interrupt(Error::Cancelled);
+            run.set_state(RunState::Canceling, None);
+            Outcome { state: RunState::Canceled, message: format!("the run was cancelled{at}"), error: Some(error), keep_vm: false }
         }
     };
 
-    let cleanup_errors = match tokio::time::timeout(inner.cleanup_timeout, cleanup(&inner, &ctx, outcome.keep_vm)).await {
+    let cleanup_errors = match tokio::time::timeout(cfg.cleanup_timeout, run.cleanup(outcome.keep_vm)).await {
         Ok(e) => e,
-        Err(_) => vec![format!("cleanup did not finish within {}", humantime::format_duration(inner.cleanup_timeout))],
+        Err(_) => vec![format!("cleanup did not finish within {}", humantime::format_duration(cfg.cleanup_timeout))],
     };
-    set_state(&rec, &emitter, outcome.state, None);
+    run.set_state(outcome.state, None);
 
     let mut message = outcome.message;
     let r = rec.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default();
@@ -435,7 +502,8 @@ pub(crate) async fn execute(
     }
     report.run_state = outcome.state;
     report.run_sub_state = r.sub_state;
-    report.message = message;
+    report.message = emitter.mask(&message);
+    report.error = outcome.error;
     report.history = r.history;
     report.steps = r.steps;
     report.source = r.source;

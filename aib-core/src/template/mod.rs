@@ -55,6 +55,12 @@ pub struct ParsedTemplate {
 /// AIB's default `buildTimeoutInMinutes` (used for 0 and when absent).
 pub const DEFAULT_BUILD_TIMEOUT: Duration = Duration::from_secs(240 * 60);
 
+/// AIB's largest `buildTimeoutInMinutes`, in minutes.
+pub const MAX_BUILD_TIMEOUT_MINUTES: u32 = 960;
+
+/// AIB's largest build timeout (`buildTimeoutInMinutes` 960).
+pub const MAX_BUILD_TIMEOUT: Duration = Duration::from_secs(MAX_BUILD_TIMEOUT_MINUTES as u64 * 60);
+
 /// `WindowsRestart.restartCommand` default.
 pub const DEFAULT_RESTART_COMMAND: &str = "shutdown /r /f /t 0 /c \"packer restart\"";
 
@@ -115,6 +121,14 @@ impl ImageTemplate {
         let mut out = Vec::new();
         collect_expressions(&self.to_json_value(), String::new(), &mut out);
         out
+    }
+
+    /// SHA-256 (hex) of the template as parsed, serialized as aib writes it: the same for two
+    /// files that differ only in whitespace.
+    pub fn digest(&self) -> String {
+        use sha2::Digest;
+        let bytes = serde_json::to_vec(&self.to_json_value()).unwrap_or_default();
+        sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// `buildTimeoutInMinutes` as a duration (0 or absent: 240 minutes).

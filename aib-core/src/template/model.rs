@@ -129,6 +129,40 @@ pub struct ImageTemplateProperties {
     pub managed_resource_tags: Option<Expr<StringMap>>,
 }
 
+/// AIB's `type` names, in one place: validation, every backend's registry and the fakes use
+/// these lists, and the specs' `type_name()` these constants.
+pub mod type_names {
+    /// `source.type` of a marketplace image.
+    pub const PLATFORM_IMAGE: &str = "PlatformImage";
+    /// `source.type` (and `distribute[].type`) of a managed image.
+    pub const MANAGED_IMAGE: &str = "ManagedImage";
+    /// `source.type` of a gallery image version.
+    pub const SHARED_IMAGE_VERSION: &str = "SharedImageVersion";
+    /// The Shell customizer and validator.
+    pub const SHELL: &str = "Shell";
+    /// The PowerShell customizer and validator.
+    pub const POWERSHELL: &str = "PowerShell";
+    /// The File customizer and validator.
+    pub const FILE: &str = "File";
+    /// The WindowsRestart customizer.
+    pub const WINDOWS_RESTART: &str = "WindowsRestart";
+    /// The WindowsUpdate customizer.
+    pub const WINDOWS_UPDATE: &str = "WindowsUpdate";
+    /// `distribute[].type` of a gallery image version.
+    pub const SHARED_IMAGE: &str = "SharedImage";
+    /// `distribute[].type` of a VHD.
+    pub const VHD: &str = "VHD";
+
+    /// Every `source.type`.
+    pub const SOURCES: [&str; 3] = [PLATFORM_IMAGE, MANAGED_IMAGE, SHARED_IMAGE_VERSION];
+    /// Every `customize[].type`.
+    pub const CUSTOMIZERS: [&str; 5] = [SHELL, POWERSHELL, FILE, WINDOWS_RESTART, WINDOWS_UPDATE];
+    /// Every `validate.inVMValidations[].type`.
+    pub const VALIDATORS: [&str; 3] = [SHELL, POWERSHELL, FILE];
+    /// Every `distribute[].type`.
+    pub const DISTRIBUTORS: [&str; 3] = [MANAGED_IMAGE, SHARED_IMAGE, VHD];
+}
+
 /// A step or target whose `type` is not one of AIB's: kept whole so that a plugin
 /// registered under that `type` can read its own fields.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -137,12 +171,48 @@ pub struct CustomSpec {
     pub type_name: String,
     /// Every other field, as written.
     pub fields: Map<String, Value>,
+    /// Where the step is in the template (`properties.customize[3]`); empty when the spec was
+    /// made in code.
+    pub path: String,
 }
 
 impl CustomSpec {
     /// The optional `name` field.
     pub fn name(&self) -> Option<&str> {
         self.fields.get("name").and_then(Value::as_str)
+    }
+
+    /// The step's fields read as the plugin's own configuration `T` (serde; `type` is not
+    /// among them). A field of the wrong shape is [`crate::Error::InvalidTemplate`] with a
+    /// diagnostic at the field's JSON path, such as `properties.customize[3].packages[1]`.
+    ///
+    /// ```
+    /// use aib_core::template::CustomSpec;
+    /// #[derive(serde::Deserialize)]
+    /// struct PackageList { packages: Vec<String> }
+    /// let spec = CustomSpec {
+    ///     type_name: "PackageList".into(),
+    ///     fields: serde_json::from_str(r#"{"packages": ["nginx", 7]}"#).unwrap(),
+    ///     path: "properties.customize[3]".into(),
+    /// };
+    /// let e = spec.config::<PackageList>().err().unwrap();
+    /// assert!(e.to_string().contains("properties.customize[3].packages[1]"), "{e}");
+    /// ```
+    pub fn config<T: serde::de::DeserializeOwned>(&self) -> crate::Result<T> {
+        let mut fields = self.fields.clone();
+        fields.remove("name");
+        serde_path_to_error::deserialize(Value::Object(fields)).map_err(|e| {
+            let at = e.path().to_string();
+            let path = match (self.path.is_empty(), at.as_str()) {
+                (true, ".") => String::new(),
+                (true, _) => at.clone(),
+                (false, ".") => self.path.clone(),
+                (false, _) => format!("{}.{at}", self.path),
+            };
+            let d = super::Diagnostic::error(&path, super::Code::InvalidValue, e.inner().to_string())
+                .with_hint(format!("see the `{}` plugin's documentation for this field", self.type_name));
+            crate::Error::InvalidTemplate { diagnostics: super::Diagnostics(vec![d]) }
+        })
     }
 }
 
@@ -170,9 +240,9 @@ impl ImageSource {
     /// The `type` name.
     pub fn type_name(&self) -> &str {
         match self {
-            ImageSource::PlatformImage(_) => "PlatformImage",
-            ImageSource::ManagedImage(_) => "ManagedImage",
-            ImageSource::SharedImageVersion(_) => "SharedImageVersion",
+            ImageSource::PlatformImage(_) => type_names::PLATFORM_IMAGE,
+            ImageSource::ManagedImage(_) => type_names::MANAGED_IMAGE,
+            ImageSource::SharedImageVersion(_) => type_names::SHARED_IMAGE_VERSION,
             ImageSource::Custom(c) => &c.type_name,
         }
     }
@@ -248,11 +318,11 @@ impl CustomizerSpec {
     /// The `type` name.
     pub fn type_name(&self) -> &str {
         match self {
-            CustomizerSpec::Shell(_) => "Shell",
-            CustomizerSpec::PowerShell(_) => "PowerShell",
-            CustomizerSpec::File(_) => "File",
-            CustomizerSpec::WindowsRestart(_) => "WindowsRestart",
-            CustomizerSpec::WindowsUpdate(_) => "WindowsUpdate",
+            CustomizerSpec::Shell(_) => type_names::SHELL,
+            CustomizerSpec::PowerShell(_) => type_names::POWERSHELL,
+            CustomizerSpec::File(_) => type_names::FILE,
+            CustomizerSpec::WindowsRestart(_) => type_names::WINDOWS_RESTART,
+            CustomizerSpec::WindowsUpdate(_) => type_names::WINDOWS_UPDATE,
             CustomizerSpec::Custom(c) => &c.type_name,
         }
     }
@@ -287,9 +357,9 @@ impl ValidatorSpec {
     /// The `type` name.
     pub fn type_name(&self) -> &str {
         match self {
-            ValidatorSpec::Shell(_) => "Shell",
-            ValidatorSpec::PowerShell(_) => "PowerShell",
-            ValidatorSpec::File(_) => "File",
+            ValidatorSpec::Shell(_) => type_names::SHELL,
+            ValidatorSpec::PowerShell(_) => type_names::POWERSHELL,
+            ValidatorSpec::File(_) => type_names::FILE,
             ValidatorSpec::Custom(c) => &c.type_name,
         }
     }
@@ -421,9 +491,9 @@ impl DistributorSpec {
     /// The `type` name.
     pub fn type_name(&self) -> &str {
         match self {
-            DistributorSpec::ManagedImage(_) => "ManagedImage",
-            DistributorSpec::SharedImage(_) => "SharedImage",
-            DistributorSpec::Vhd(_) => "VHD",
+            DistributorSpec::ManagedImage(_) => type_names::MANAGED_IMAGE,
+            DistributorSpec::SharedImage(_) => type_names::SHARED_IMAGE,
+            DistributorSpec::Vhd(_) => type_names::VHD,
             DistributorSpec::Custom(c) => &c.type_name,
         }
     }

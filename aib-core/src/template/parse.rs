@@ -3,6 +3,7 @@
 use super::decode::{ApiVersion, Cx, Obj, array, int, string};
 use super::diag::Code;
 use super::model::*;
+use super::type_names;
 use serde_json::{Map, Value};
 
 const V2021_10: ApiVersion = ApiVersion::new(2021, 10, 1);
@@ -188,10 +189,10 @@ fn discriminator(cx: &mut Cx, o: &mut Obj<'_>, key: &'static str, code: Code, wh
 }
 
 /// Everything but `type`, for plugin-defined types.
-fn custom(v: &Value, type_name: String) -> CustomSpec {
+fn custom(v: &Value, type_name: String, path: &str) -> CustomSpec {
     let mut fields = v.as_object().cloned().unwrap_or_default();
     fields.retain(|k, _| k != "type");
-    CustomSpec { type_name, fields }
+    CustomSpec { type_name, fields, path: path.to_string() }
 }
 
 fn source(cx: &mut Cx, v: &Value, path: &str) -> Option<ImageSource> {
@@ -199,7 +200,7 @@ fn source(cx: &mut Cx, v: &Value, path: &str) -> Option<ImageSource> {
     let ty = discriminator(cx, &mut o, "type", Code::BadSourceType, "source")?;
     o.read_only(cx, "exactVersion");
     let s = match ty.as_str() {
-        "PlatformImage" => {
+        type_names::PLATFORM_IMAGE => {
             let publisher = o.str(cx, "publisher");
             let offer = o.str(cx, "offer");
             let sku = o.str(cx, "sku");
@@ -215,11 +216,11 @@ fn source(cx: &mut Cx, v: &Value, path: &str) -> Option<ImageSource> {
             });
             ImageSource::PlatformImage(PlatformImageSource { publisher, offer, sku, version, plan_info })
         }
-        "ManagedImage" => {
+        type_names::MANAGED_IMAGE => {
             let image_id = o.req_str(cx, "imageId", Code::BadManagedImageSource, "set `imageId` to the managed image's resource id");
             ImageSource::ManagedImage(ManagedImageSource { image_id })
         }
-        "SharedImageVersion" => {
+        type_names::SHARED_IMAGE_VERSION => {
             let image_version_id = o.req_str(
                 cx,
                 "imageVersionId",
@@ -228,7 +229,7 @@ fn source(cx: &mut Cx, v: &Value, path: &str) -> Option<ImageSource> {
             );
             ImageSource::SharedImageVersion(SharedImageVersionSource { image_version_id })
         }
-        _ => return Some(ImageSource::Custom(custom(v, ty))),
+        _ => return Some(ImageSource::Custom(custom(v, ty, path))),
     };
     o.finish(cx);
     Some(s)
@@ -279,22 +280,22 @@ fn customizer(cx: &mut Cx, v: &Value, path: &str) -> Option<CustomizerSpec> {
     let mut o = Obj::new(cx, v, path)?;
     let ty = discriminator(cx, &mut o, "type", Code::BadCustomizerType, "customizer")?;
     let c = match ty.as_str() {
-        "Shell" => CustomizerSpec::Shell(step(cx, &mut o, shell)),
-        "PowerShell" => CustomizerSpec::PowerShell(step(cx, &mut o, powershell)),
-        "File" => CustomizerSpec::File(step(cx, &mut o, file)),
-        "WindowsRestart" => CustomizerSpec::WindowsRestart(step(cx, &mut o, |cx, o, name| WindowsRestartStep {
+        type_names::SHELL => CustomizerSpec::Shell(step(cx, &mut o, shell)),
+        type_names::POWERSHELL => CustomizerSpec::PowerShell(step(cx, &mut o, powershell)),
+        type_names::FILE => CustomizerSpec::File(step(cx, &mut o, file)),
+        type_names::WINDOWS_RESTART => CustomizerSpec::WindowsRestart(step(cx, &mut o, |cx, o, name| WindowsRestartStep {
             name,
             restart_command: o.str(cx, "restartCommand"),
             restart_check_command: o.str(cx, "restartCheckCommand"),
             restart_timeout: o.str(cx, "restartTimeout"),
         })),
-        "WindowsUpdate" => CustomizerSpec::WindowsUpdate(step(cx, &mut o, |cx, o, name| WindowsUpdateStep {
+        type_names::WINDOWS_UPDATE => CustomizerSpec::WindowsUpdate(step(cx, &mut o, |cx, o, name| WindowsUpdateStep {
             name,
             search_criteria: o.str(cx, "searchCriteria"),
             filters: o.str_array(cx, "filters"),
             update_limit: o.int(cx, "updateLimit"),
         })),
-        _ => return Some(CustomizerSpec::Custom(custom(v, ty))),
+        _ => return Some(CustomizerSpec::Custom(custom(v, ty, path))),
     };
     o.finish(cx);
     Some(c)
@@ -304,9 +305,9 @@ fn validator(cx: &mut Cx, v: &Value, path: &str) -> Option<ValidatorSpec> {
     let mut o = Obj::new(cx, v, path)?;
     let ty = discriminator(cx, &mut o, "type", Code::BadValidatorType, "validator")?;
     let c = match ty.as_str() {
-        "Shell" => ValidatorSpec::Shell(step(cx, &mut o, shell)),
-        "PowerShell" => ValidatorSpec::PowerShell(step(cx, &mut o, powershell)),
-        "File" => {
+        type_names::SHELL => ValidatorSpec::Shell(step(cx, &mut o, shell)),
+        type_names::POWERSHELL => ValidatorSpec::PowerShell(step(cx, &mut o, powershell)),
+        type_names::FILE => {
             if cx.api.is_some_and(|a| a < V2022_07) {
                 cx.strict_or_warn(
                     &super::decode::join(path, "type"),
@@ -317,7 +318,7 @@ fn validator(cx: &mut Cx, v: &Value, path: &str) -> Option<ValidatorSpec> {
             }
             ValidatorSpec::File(step(cx, &mut o, file))
         }
-        _ => return Some(ValidatorSpec::Custom(custom(v, ty))),
+        _ => return Some(ValidatorSpec::Custom(custom(v, ty, path))),
     };
     o.finish(cx);
     Some(c)
@@ -423,14 +424,14 @@ fn distributor(cx: &mut Cx, v: &Value, path: &str) -> Option<DistributorSpec> {
         o.req_str(cx, "runOutputName", Code::BadRunOutputName, "name the run output, unique in this template: ^[A-Za-z0-9-_.]{1,64}$")
     };
     let d = match ty.as_str() {
-        "ManagedImage" => {
+        type_names::MANAGED_IMAGE => {
             let run_output_name = run_output(cx, &mut o);
             let artifact_tags = o.str_map(cx, "artifactTags");
             let image_id = o.req_str(cx, "imageId", Code::MissingField, "set `imageId` to …/providers/Microsoft.Compute/images/NAME");
             let location = o.req_str(cx, "location", Code::MissingField, "set `location` to the image's region");
             DistributorSpec::ManagedImage(ManagedImageTarget { run_output_name, artifact_tags, image_id, location })
         }
-        "SharedImage" => {
+        type_names::SHARED_IMAGE => {
             let run_output_name = run_output(cx, &mut o);
             let artifact_tags = o.str_map(cx, "artifactTags");
             let gallery_image_id =
@@ -474,13 +475,13 @@ fn distributor(cx: &mut Cx, v: &Value, path: &str) -> Option<DistributorSpec> {
                 replication_mode,
             })
         }
-        "VHD" => {
+        type_names::VHD => {
             let run_output_name = run_output(cx, &mut o);
             let artifact_tags = o.str_map(cx, "artifactTags");
             let uri = o.str_since(cx, "uri", V2022_07);
             DistributorSpec::Vhd(VhdTarget { run_output_name, artifact_tags, uri })
         }
-        _ => return Some(DistributorSpec::Custom(custom(v, ty))),
+        _ => return Some(DistributorSpec::Custom(custom(v, ty, path))),
     };
     o.finish(cx);
     Some(d)

@@ -23,11 +23,12 @@ impl Default for TypeNames {
     /// AIB's own types.
     fn default() -> Self {
         let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        use super::type_names as t;
         TypeNames {
-            sources: set(&["PlatformImage", "ManagedImage", "SharedImageVersion"]),
-            customizers: set(&["Shell", "PowerShell", "File", "WindowsRestart", "WindowsUpdate"]),
-            validators: set(&["Shell", "PowerShell", "File"]),
-            distributors: set(&["ManagedImage", "SharedImage", "VHD"]),
+            sources: set(&t::SOURCES),
+            customizers: set(&t::CUSTOMIZERS),
+            validators: set(&t::VALIDATORS),
+            distributors: set(&t::DISTRIBUTORS),
         }
     }
 }
@@ -620,8 +621,9 @@ pub(crate) fn check(t: &ImageTemplate, prefix: &str, types: &TypeNames, out: &mu
     }
     if let Some(Expr::Value(n)) = &p.build_timeout_in_minutes {
         let tp = join(&props, "buildTimeoutInMinutes");
-        if !(0..=960).contains(n) {
-            c.error(&tp, Code::OutOfRange, format!("buildTimeoutInMinutes {n} is out of range"), "use 0 (the default, 240) to 960");
+        if !(0..=super::MAX_BUILD_TIMEOUT_MINUTES as i32).contains(n) {
+            let hint = format!("use 0 (the default, 240) to {}", super::MAX_BUILD_TIMEOUT_MINUTES);
+            c.error(&tp, Code::OutOfRange, format!("buildTimeoutInMinutes {n} is out of range"), hint);
         } else if (1..6).contains(n) {
             c.warn(&tp, Code::Discouraged, format!("{n} minutes is below the effective minimum of 6"), "allow at least 6 minutes");
         }

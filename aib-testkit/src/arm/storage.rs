@@ -115,7 +115,7 @@ mod azurite {
                 let client = ClientBuilder::with_location(CloudLocation::Custom { account: account.into(), uri: endpoint }, creds);
                 let container = client.container_client("md-disks");
                 if let Err(e) = container.create().await
-                    && !e.to_string().contains("ContainerAlreadyExists")
+                    && e.as_http_error().is_none_or(|h| h.error_code() != Some("ContainerAlreadyExists"))
                 {
                     return Err(format!("creating the disks container: {e}"));
                 }
