@@ -24,4 +24,6 @@ sed "s#<repoRoot>#${root}#g" examples/templates/debian-local.json > "$template"
 
 echo "==> aib build examples/templates/debian-local.json (state: ${AIB_STATE_DIR:-~/.cache/aib/local})"
 "$CARGO_TARGET_DIR/debug/examples/aib" validate "$template" >/dev/null
-exec "$CARGO_TARGET_DIR/debug/examples/aib" build "$template" "$@"
+# The template's scripts are file:// URIs under examples/templates/files: the one host
+# directory this build may read (templates get no host files unless the operator says so).
+exec "$CARGO_TARGET_DIR/debug/examples/aib" build "$template" --allow-file-root "$root/examples/templates/files" "$@"

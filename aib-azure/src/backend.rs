@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime};
 pub struct AzureBackendBuilder {
     provisioner: Option<crate::provision::AzureProvisionerBuilder>,
     storage_endpoint: Option<String>,
+    file_roots: Vec<std::path::PathBuf>,
 }
 
 /// The Azure backend: one value serves templates in any region (each request carries the
@@ -29,6 +30,7 @@ pub struct AzureBackendBuilder {
 pub struct AzureBackend {
     provisioner: Arc<AzureProvisioner>,
     storage_endpoint: Option<String>,
+    file_roots: Vec<std::path::PathBuf>,
 }
 
 impl AzureBackendBuilder {
@@ -45,13 +47,22 @@ impl AzureBackendBuilder {
         self
     }
 
+    /// Lets templates read `file://` scripts and files of this machine under `dir` (off by
+    /// default).
+    pub fn allow_file_root(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.file_roots.push(dir.into());
+        self
+    }
+
     /// Checks the settings.
     pub fn build(self) -> Result<AzureBackend> {
         let p = self
             .provisioner
             .ok_or_else(|| Error::InvalidConfig { backend: BACKEND, key: "provisioner".into(), message: "call .provisioner(..)".into() })?
             .build()?;
-        Ok(AzureBackend { provisioner: Arc::new(p), storage_endpoint: self.storage_endpoint })
+        let file_roots =
+            self.file_roots.into_iter().map(|d| std::fs::canonicalize(&d).map_err(|e| Error::io(&d, e))).collect::<Result<_>>()?;
+        Ok(AzureBackend { provisioner: Arc::new(p), storage_endpoint: self.storage_endpoint, file_roots })
     }
 }
 
@@ -112,7 +123,8 @@ impl AzureBackend {
         reg = reg.with_distributor(type_names::VHD, move |spec| {
             Ok(Arc::new(DiskVhdDistributor::from_spec(arm.clone(), spec, endpoint.clone())?) as Arc<dyn Distributor>)
         });
-        Backend::new(self.provisioner.clone(), aib_customizers::registry().merge(reg))
+        let fetcher = self.file_roots.iter().fold(aib_customizers::fetch::Fetcher::new(), |f, r| f.with_file_root(r));
+        Backend::new(self.provisioner.clone(), aib_customizers::registry_with(fetcher).merge(reg))
     }
 
     /// Deletes what runs left behind, found by their tags (`createdBy`, `aibRunId`): for when

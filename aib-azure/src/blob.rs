@@ -11,17 +11,7 @@ pub(crate) fn invalid(m: String) -> Error {
 
 /// A URL or message with every SAS signature (`sig=…`) replaced.
 pub(crate) fn redact(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find("sig=") {
-        out.push_str(&rest[..i + 4]);
-        out.push_str("REDACTED");
-        rest = &rest[i + 4..];
-        let end = rest.find(|c: char| c == '&' || c == '"' || c == '\'' || c.is_whitespace()).unwrap_or(rest.len());
-        rest = &rest[end..];
-    }
-    out.push_str(rest);
-    out
+    aib_core::redact::signatures(s)
 }
 
 /// Splits a blob URI into its location, container and blob.
@@ -55,6 +45,28 @@ pub fn parse_blob_uri(uri_with_sas: &str) -> Result<(CloudLocation, String, Stri
     }
     let endpoint = format!("{scheme}://{host}/{account}");
     Ok((CloudLocation::Custom { account: account.to_string(), uri: endpoint }, account.to_string(), container.to_string(), blob.join("/")))
+}
+
+/// Whether the environment's storage credentials may go to `uri`, a template's blob URI: only
+/// to Azure Storage itself over https (`https://ACCOUNT.blob.core.windows.net/…`), or to an
+/// endpoint the operator configured (`operator_endpoint`, such as an emulator). A template
+/// never chooses the host the operator's credentials are sent to.
+pub(crate) fn check_template_target(field: &str, uri: &str, operator_endpoint: Option<&str>) -> Result<()> {
+    let clean = uri.split(['?', '#']).next().unwrap_or(uri);
+    let azure = clean
+        .strip_prefix("https://")
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|host| host.strip_suffix(".blob.core.windows.net"))
+        .is_some_and(|acct| !acct.is_empty() && acct.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+    let operator = operator_endpoint.map(|e| e.trim_end_matches('/')).is_some_and(|e| clean.starts_with(&format!("{e}/")));
+    if azure || operator {
+        return Ok(());
+    }
+    Err(Error::outside_boundary(
+        field,
+        format!("`{}` is not Azure Storage over https: the builder's storage credentials are never sent there", redact(clean)),
+        "use https://ACCOUNT.blob.core.windows.net/CONTAINER/NAME.vhd; an emulator or another endpoint is the operator's to configure (`--storage-endpoint`)",
+    ))
 }
 
 /// Storage credentials for `account` from `AZURE_STORAGE_KEY` or `AZURE_STORAGE_SAS_TOKEN`.

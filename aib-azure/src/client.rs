@@ -202,7 +202,15 @@ struct Reply {
     body: Value,
 }
 
+/// The longest `Retry-After` honoured: a server (or a man in the middle) asking for more is
+/// waited on this long, never the value's overflow.
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
 fn retry_after(h: &HeaderMap) -> Option<Duration> {
+    retry_after_unclamped(h).map(|d| d.min(MAX_RETRY_AFTER))
+}
+
+fn retry_after_unclamped(h: &HeaderMap) -> Option<Duration> {
     let v =
         h.get("retry-after-ms").or_else(|| h.get("x-ms-retry-after-ms")).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if let Some(ms) = v {
@@ -317,7 +325,7 @@ impl ArmClient {
                         return Err(classify(err, after));
                     }
                     let d = after.unwrap_or_else(|| backoff.next_delay());
-                    if start.elapsed() + d > inner.retry.retry_timeout {
+                    if start.elapsed().saturating_add(d) > inner.retry.retry_timeout {
                         return Err(classify(err, after));
                     }
                     tracing::debug!(%what, status, ?d, "ARM answered {status}; retrying");
@@ -440,7 +448,7 @@ impl ArmClient {
     }
 
     async fn sleep_until(&self, what: &str, deadline: Instant, pause: Duration) -> Result<()> {
-        if Instant::now() + pause > deadline {
+        if Instant::now().checked_add(pause).is_none_or(|t| t > deadline) {
             return Err(Error::Timeout { operation: what.to_string(), after: self.inner.lro_timeout });
         }
         tokio::time::sleep(pause).await;
@@ -460,4 +468,18 @@ fn op_error(what: &str, body: &Value) -> Error {
     let code = body["error"]["code"].as_str().unwrap_or("OperationFailed").to_string();
     let message = body["error"]["message"].as_str().unwrap_or("the long-running operation failed").to_string();
     classify(ArmError { status: 0, code, message, request: what.to_string() }, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_retry_after_is_clamped_not_overflowed() {
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", "18446744073709551615".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(MAX_RETRY_AFTER));
+        h.insert("retry-after-ms", "18446744073709551615".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(MAX_RETRY_AFTER));
+    }
 }

@@ -46,6 +46,7 @@ impl DiskVhdDistributor {
         // Credentials come from the environment; a query (a SAS) is never kept or shown.
         let uri = v.uri.as_deref().filter(|u| !u.is_empty()).map(|u| u.split('?').next().unwrap_or(u).to_string());
         if let Some(u) = &uri {
+            crate::blob::check_template_target("uri", u, storage_endpoint.as_deref())?;
             parse_blob_uri(u)?;
         }
         Ok(DiskVhdDistributor { arm, uri, storage_endpoint, copy_timeout: Duration::from_secs(4 * 3600) })

@@ -413,6 +413,8 @@ impl Provisioner for AzureProvisioner {
         let user = &self.admin_user;
         let (os_profile, login) = if is_windows {
             let password = windows::generate_password(user);
+            // Whatever prints it (an error record quoting a script line) shows `***`.
+            ctx.add_secret(&password);
             let profile = json!({"computerName": format!("aib-{short}"), "adminUsername": user, "adminPassword": password,
                                  "windowsConfiguration": {"provisionVMAgent": true}});
             (profile, Login::WinRm { password })

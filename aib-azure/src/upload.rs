@@ -62,6 +62,9 @@ pub struct UploadStats {
 /// Data ranges of a file, from `qemu-img map` (holes and zero extents are left out).
 pub async fn data_ranges(path: &Path) -> Result<Vec<(u64, u64)>> {
     let out = tokio::process::Command::new("qemu-img")
+        .env_clear()
+        .envs(aib_core::boundary::tool_env())
+        .kill_on_drop(true)
         .args(["map", "--output=json", "-f", "raw"])
         .arg(path)
         .output()

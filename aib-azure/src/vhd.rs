@@ -47,11 +47,14 @@ impl BlobVhdDistributor {
         })
     }
 
-    /// From a template `VHD` entry with a `uri`; credentials from `AZURE_STORAGE_KEY` or
-    /// `AZURE_STORAGE_SAS_TOKEN`.
+    /// From a template `VHD` entry with a `uri` on Azure Storage (https); credentials from
+    /// `AZURE_STORAGE_KEY` or `AZURE_STORAGE_SAS_TOKEN`. Any other host is refused: the
+    /// environment's credentials go nowhere a template chooses (use [`BlobVhdDistributor::new`]
+    /// with explicit credentials for an emulator).
     pub fn from_spec(spec: &DistributorSpec, scratch: impl Into<PathBuf>) -> Result<Self> {
         let DistributorSpec::Vhd(v) = spec else { return Err(invalid(format!("`{}` is not a VHD target", spec.type_name()))) };
         let uri = v.uri.as_deref().ok_or_else(|| invalid("this distributor needs the VHD `uri`".into()))?;
+        crate::blob::check_template_target("uri", uri, None)?;
         let (_, account, _, _) = parse_blob_uri(uri)?;
         let credentials = env_credentials(&account)?;
         Self::new(uri, credentials, scratch)
@@ -74,6 +77,9 @@ impl Distributor for BlobVhdDistributor {
         // Recorded under the file reclaimer: any pipeline and `gc` delete a staged VHD.
         let id = ctx.record(FileReclaim::file(&vhd))?;
         let out = tokio::process::Command::new("qemu-img")
+            .env_clear()
+            .envs(aib_core::boundary::tool_env())
+            .kill_on_drop(true)
             .args(["convert", "-f", &image.format, "-O", "vpc", "-o", "subformat=fixed,force_size=on", &image.location])
             .arg(&vhd)
             .output()

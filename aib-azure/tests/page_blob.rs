@@ -91,10 +91,37 @@ async fn any_captured_disk_can_be_published_as_a_vhd_blob() {
     let spec = aib_core::template::DistributorSpec::Vhd(aib_core::template::VhdTarget {
         run_output_name: "v".into(),
         artifact_tags: None,
-        uri: Some(uri.clone()),
+        uri: Some("https://acct.blob.core.windows.net/vhds/from-local.vhd".into()),
     });
     if std::env::var_os("AZURE_STORAGE_KEY").is_none() && std::env::var_os("AZURE_STORAGE_SAS_TOKEN").is_none() {
         let e = BlobVhdDistributor::from_spec(&spec, &scratch).unwrap_err();
         assert!(e.to_string().contains("not authenticated") || format!("{e:?}").contains("AZURE_STORAGE_KEY"), "{e:?}");
     }
+}
+
+/// The environment's storage credentials go only to Azure Storage over https, or to an
+/// endpoint the operator configured: a template naming another host is refused at its `uri`.
+#[test]
+fn a_template_cannot_send_the_storage_credentials_to_a_host_it_chooses() {
+    use aib_core::template::{Code, DistributorSpec, VhdTarget};
+    let spec = |uri: &str| DistributorSpec::Vhd(VhdTarget { run_output_name: "v".into(), artifact_tags: None, uri: Some(uri.into()) });
+    let arm = aib_azure::ArmClient::builder()
+        .endpoint("http://127.0.0.1:9")
+        .credential(aib_azure::Credential::static_token("t"))
+        .build()
+        .unwrap();
+    for uri in
+        ["http://evil.example/acct/vhds/x.vhd", "https://evil.example/acct/vhds/x.vhd", "http://acct.blob.core.windows.net/vhds/x.vhd"]
+    {
+        for e in [
+            aib_azure::BlobVhdDistributor::from_spec(&spec(uri), "/tmp").unwrap_err(),
+            aib_azure::DiskVhdDistributor::from_spec(arm.clone(), &spec(uri), None).unwrap_err(),
+        ] {
+            assert!(matches!(&e, aib_core::Error::InvalidField { field, code: Code::OutsideBoundary, .. } if field == "uri"), "{uri}: {e}");
+        }
+    }
+    // The operator's emulator is the operator's to configure.
+    let emulator = "http://127.0.0.1:10000/devstoreaccount1";
+    aib_azure::DiskVhdDistributor::from_spec(arm.clone(), &spec(&format!("{emulator}/vhds/x.vhd")), Some(emulator.into())).unwrap();
+    assert!(aib_azure::DiskVhdDistributor::from_spec(arm, &spec(&format!("{emulator}/vhds/x.vhd")), None).is_err());
 }

@@ -34,11 +34,16 @@ impl CustomizationLog {
     }
 }
 
+/// `O_NOFOLLOW`: a planted link is never written through.
+fn libc_nofollow() -> i32 {
+    libc::O_NOFOLLOW
+}
+
 /// Sends events, masks secrets and keeps the customization log.
 #[derive(Clone, Default)]
 pub(crate) struct Emitter {
     tx: Option<Arc<EventSender>>,
-    secrets: Arc<Vec<String>>,
+    secrets: Arc<std::sync::RwLock<Vec<String>>>,
     pub(crate) log: Arc<Mutex<CustomizationLog>>,
 }
 
@@ -46,18 +51,30 @@ impl Emitter {
     pub(crate) fn new(tx: Option<EventSender>, secrets: Arc<Vec<String>>, log_file: Option<PathBuf>) -> Result<Self> {
         let mut log = CustomizationLog::default();
         if let Some(p) = log_file {
+            use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+            // The log holds what the build printed: readable by its owner only.
             if let Some(dir) = p.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+                std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| Error::io(dir, e))?;
             }
-            let f = File::create(&p).map_err(|e| Error::io(&p, e))?;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .custom_flags(libc_nofollow())
+                .open(&p)
+                .map_err(|e| Error::io(&p, e))?;
             log.file = Some((p, f));
         }
+        let secrets = Arc::new(std::sync::RwLock::new(secrets.iter().filter(|s| !s.is_empty()).cloned().collect()));
         Ok(Emitter { tx: tx.map(Arc::new), secrets, log: Arc::new(Mutex::new(log)) })
     }
 
+    /// `s` with every registered secret as `***` and every SAS signature redacted.
     pub(crate) fn mask(&self, s: &str) -> String {
-        let mut out = s.to_string();
-        for secret in self.secrets.iter().filter(|s| !s.is_empty()) {
+        let mut out = crate::redact::signatures(s);
+        let secrets = self.secrets.read().map(|s| s.clone()).unwrap_or_default();
+        for secret in secrets.iter() {
             if out.contains(secret.as_str()) {
                 out = out.replace(secret.as_str(), "***");
             }
@@ -150,6 +167,19 @@ impl RunContext {
         &self.cancel
     }
 
+    /// Masks `secret` as `***` from now on in every output line, notice, error and log of the
+    /// run: for passwords and keys a backend generates. Empty and very short values (under 4
+    /// characters) are ignored: masking them would garble the output.
+    pub fn add_secret(&self, secret: impl Into<String>) {
+        let secret = secret.into();
+        if secret.len() >= 4
+            && let Ok(mut s) = self.emitter.secrets.write()
+            && !s.contains(&secret)
+        {
+            s.push(secret);
+        }
+    }
+
     /// A notice for the user.
     pub fn notice(&self, message: impl Into<String>) {
         let message = self.emitter.mask(&message.into());
@@ -238,6 +268,11 @@ impl StepContext {
     /// [`RunContext::notice`].
     pub fn notice(&self, message: impl Into<String>) {
         self.run.notice(message)
+    }
+
+    /// [`RunContext::add_secret`].
+    pub fn add_secret(&self, secret: impl Into<String>) {
+        self.run.add_secret(secret)
     }
 
     /// Cancelled by the user or the pipeline ([`RunContext::cancellation`]).

@@ -21,6 +21,21 @@ pub enum Error {
         /// What is wrong, with JSON paths.
         diagnostics: Diagnostics,
     },
+    /// One field of a template step or target has a value the backend refuses (the operator's
+    /// settings, a backend rule). `field` is relative to the step (`scriptUri`, `path`);
+    /// [`crate::PipelineBuilder::from_template`] turns it into
+    /// [`Error::InvalidTemplate`] at the field's JSON path.
+    #[error("{field}: {code}: {message} ({hint})")]
+    InvalidField {
+        /// The field, relative to its step or target.
+        field: String,
+        /// Why, as a diagnostic code.
+        code: crate::template::Code,
+        /// What is wrong.
+        message: String,
+        /// How to fix it.
+        hint: String,
+    },
     /// A builder or backend setting is wrong.
     #[error("{backend}: invalid configuration `{key}`: {message}")]
     InvalidConfig {
@@ -173,6 +188,7 @@ impl Error {
         };
         match self {
             Error::InvalidConfig { backend, key, message } => Error::InvalidConfig { backend, key, message: mask(&message) },
+            Error::InvalidField { field, code, message, hint } => Error::InvalidField { field, code, message: mask(&message), hint },
             Error::NotFound { backend, what } => Error::NotFound { backend, what: mask(&what) },
             Error::AlreadyExists { backend, what } => Error::AlreadyExists { backend, what: mask(&what) },
             Error::Unsupported { operation, backend } => Error::Unsupported { operation: mask(&operation), backend },
@@ -189,6 +205,28 @@ impl Error {
                 Error::Io { path, source: if m == text { s } else { std::io::Error::new(s.kind(), m) } }
             }
             e @ (Error::InvalidTemplate { .. } | Error::Cancelled | Error::Throttled { .. }) => e,
+        }
+    }
+
+    /// An [`Error::InvalidField`] with code [`crate::template::Code::OutsideBoundary`].
+    pub fn outside_boundary(field: impl Into<String>, message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Error::InvalidField {
+            field: field.into(),
+            code: crate::template::Code::OutsideBoundary,
+            message: message.into(),
+            hint: hint.into(),
+        }
+    }
+
+    /// This error as a template diagnostic at `path` (the step or target the field belongs
+    /// to), when it is an [`Error::InvalidField`]; other errors are returned unchanged.
+    pub fn at(self, path: &str) -> Self {
+        match self {
+            Error::InvalidField { field, code, message, hint } => {
+                let d = crate::template::Diagnostic::error(format!("{path}.{field}"), code, message).with_hint(hint);
+                Error::InvalidTemplate { diagnostics: Diagnostics(vec![d]) }
+            }
+            e => e,
         }
     }
 

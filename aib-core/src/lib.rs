@@ -43,6 +43,7 @@
 //! ```
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
+pub mod boundary;
 mod channel;
 pub mod context;
 pub mod error;
@@ -51,6 +52,7 @@ pub mod gc;
 pub mod ledger;
 pub mod pipeline;
 pub mod reclaim;
+pub mod redact;
 pub mod registry;
 pub mod report;
 pub mod retry;

@@ -308,3 +308,67 @@ fn templates_with_unresolved_expressions_do_not_build() {
     let e = Pipeline::from_template(&t, &fakes.backend()).unwrap_err();
     assert!(e.to_string().contains("BadCustomizerType"), "{e}");
 }
+
+#[tokio::test]
+async fn a_panicking_step_still_ends_in_cleanup() {
+    #[derive(Debug)]
+    struct Panics;
+    impl std::fmt::Display for Panics {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Panics")
+        }
+    }
+    #[async_trait::async_trait]
+    impl aib_core::Customizer for Panics {
+        async fn run(&self, _: &(dyn aib_core::Communicator + 'static), _: &aib_core::StepContext) -> aib_core::Result<()> {
+            panic!("a plugin bug")
+        }
+    }
+    let fakes = FakeBackend::new();
+    let report = Pipeline::builder()
+        .source(Arc::new(fakes.source()), aib_testkit::conformance::debian_spec())
+        .provisioner(Arc::new(fakes.provisioner()))
+        .customizer(Arc::new(Panics))
+        .target("disk", "VHD", Arc::new(fakes.distributor("VHD", "disk")))
+        .build()
+        .unwrap()
+        .run()
+        .await;
+    assert_eq!(report.run_state, RunState::Failed);
+    let e = report.error.as_ref().unwrap();
+    assert_eq!(e.step, "customize[0] Panics");
+    assert!(e.message().contains("a plugin bug"), "{e}");
+    assert!(report.leftover_resources.is_empty() && fakes.live_resources().is_empty(), "the build VM was deleted after the panic");
+}
+
+#[tokio::test]
+async fn a_run_id_cannot_place_the_log_outside_the_log_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let fakes = FakeBackend::new();
+    let p = Pipeline::from_template(&template(serde_json::json!({})), &fakes.backend())
+        .unwrap()
+        .log_dir(dir.path().join("logs"))
+        .build()
+        .unwrap();
+    let report = p.run_with(aib_core::RunOptions::default().with_run_id("../../escaped")).await;
+    assert_eq!(report.run_state, RunState::Failed);
+    assert!(matches!(report.error.as_ref().map(|e| &*e.source), Some(aib_core::Error::InvalidConfig { .. })), "{:?}", report.error);
+    assert!(!dir.path().join("escaped").exists() && !dir.path().join("logs").exists(), "nothing was created from the bad id");
+    assert!(report.customization_log.is_none());
+}
+
+#[tokio::test]
+async fn the_customization_log_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let fakes = FakeBackend::new();
+    let p = Pipeline::from_template(&template(serde_json::json!({})), &fakes.backend())
+        .unwrap()
+        .log_dir(dir.path().join("logs"))
+        .build()
+        .unwrap();
+    let report = p.run().await;
+    let log = report.customization_log.unwrap();
+    assert_eq!(std::fs::metadata(&log).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(log.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
+}

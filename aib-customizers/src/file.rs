@@ -23,7 +23,7 @@ pub struct FileCustomizer {
 
 impl fmt::Display for FileCustomizer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "File({} -> {})", self.source_uri, self.destination)
+        write!(f, "File({} -> {})", aib_core::redact::url(&self.source_uri), self.destination)
     }
 }
 
@@ -136,7 +136,7 @@ impl Customizer for FileCustomizer {
         }
         ctx.output.line(
             aib_core::OutputStream::Stdout,
-            &format!("copied {} ({size} bytes, sha256 {want}) to {}", self.source_uri, self.destination),
+            &format!("copied {} ({size} bytes, sha256 {want}) to {}", aib_core::redact::url(&self.source_uri), self.destination),
         );
         Ok(())
     }

@@ -75,17 +75,38 @@ pub use ssh_error::SshError;
 pub use update::{DEFAULT_CRITERIA, EXIT_MORE, EXIT_REBOOT, PENDING, WindowsUpdateCustomizer};
 
 use aib_core::{Customizer, Registry};
+use fetch::Fetcher;
 use std::sync::Arc;
 
-/// A registry with AIB's customizer types (also usable as validators where AIB allows).
+/// A registry with AIB's customizer types (also usable as validators where AIB allows), with
+/// default downloads: `https`/`http` only, `file://` off.
 pub fn registry() -> Registry {
+    registry_with(Fetcher::new())
+}
+
+/// [`registry`] with the operator's download settings: `fetcher`'s size limit and the
+/// directories its `file://` sources may read ([`Fetcher::with_file_root`]). A template step
+/// whose `scriptUri`/`sourceUri` the fetcher would refuse is refused when the pipeline is
+/// built, at the field's JSON path.
+pub fn registry_with(fetcher: Fetcher) -> Registry {
     fn arc(c: impl Customizer) -> Arc<dyn Customizer> {
         Arc::new(c)
     }
+    let uri = |f: &Fetcher, field: &str, u: &Option<String>| u.as_deref().filter(|u| !u.is_empty()).map_or(Ok(()), |u| f.check(field, u));
+    let (f1, f2, f3) = (fetcher.clone(), fetcher.clone(), fetcher);
     Registry::new()
-        .with_shell(|s| ShellCustomizer::from_template(s).map(arc))
-        .with_file(|s| FileCustomizer::from_template(s).map(arc))
-        .with_powershell(|s| PowerShellCustomizer::from_template(s).map(arc))
+        .with_shell(move |s| {
+            uri(&f1, "scriptUri", &s.script_uri)?;
+            ShellCustomizer::from_template(s).map(|c| arc(c.with_fetcher(f1.clone())))
+        })
+        .with_file(move |s| {
+            uri(&f2, "sourceUri", &s.source_uri)?;
+            FileCustomizer::from_template(s).map(|c| arc(c.with_fetcher(f2.clone())))
+        })
+        .with_powershell(move |s| {
+            uri(&f3, "scriptUri", &s.script_uri)?;
+            PowerShellCustomizer::from_template(s).map(|c| arc(c.with_fetcher(f3.clone())))
+        })
         .with_windows_restart(|s| WindowsRestartCustomizer::from_template(s).map(arc))
         .with_windows_update(|s| WindowsUpdateCustomizer::from_template(s).map(arc))
 }

@@ -26,7 +26,7 @@ impl fmt::Display for PowerShellCustomizer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.source {
             ScriptSource::Inline(l) => write!(f, "PowerShell(inline, {} lines)", l.len()),
-            ScriptSource::Uri { uri, .. } => write!(f, "PowerShell({uri})"),
+            ScriptSource::Uri { uri, .. } => write!(f, "PowerShell({})", aib_core::redact::url(uri)),
         }
     }
 }
@@ -122,7 +122,7 @@ impl Customizer for PowerShellCustomizer {
         }
         let what = match &self.source {
             ScriptSource::Inline(_) => "the inline script".to_string(),
-            ScriptSource::Uri { uri, .. } => format!("script {uri}"),
+            ScriptSource::Uri { uri, .. } => format!("script {}", aib_core::redact::url(uri)),
         };
         Err(failed(&ctx.name, &status, &format!("{what} (valid exit codes {:?})", self.valid_exit_codes), &tail))
     }

@@ -24,7 +24,7 @@ impl fmt::Display for ShellCustomizer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.source {
             ScriptSource::Inline(l) => write!(f, "Shell(inline, {} lines)", l.len()),
-            ScriptSource::Uri { uri, .. } => write!(f, "Shell({uri})"),
+            ScriptSource::Uri { uri, .. } => write!(f, "Shell({})", aib_core::redact::url(uri)),
         }
     }
 }
@@ -112,7 +112,7 @@ impl Customizer for ShellCustomizer {
                     None => "the inline script".to_string(),
                 }
             }
-            ScriptSource::Uri { uri, .. } => format!("script {uri}"),
+            ScriptSource::Uri { uri, .. } => format!("script {}", aib_core::redact::url(uri)),
         };
         Err(failed(&ctx.name, &status, &what, &tail))
     }

@@ -198,6 +198,17 @@ fn map_err(e: WinrmError) -> Error {
     }
 }
 
+/// The proxy variable that would route a plain-HTTP request to `host` through a proxy, if any
+/// (`NO_PROXY` entries `*`, the host itself, or `127.0.0.0/8` for loopback exempt it).
+fn system_proxy_for(host: &str) -> Option<&'static str> {
+    let set = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    let var = ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"].into_iter().find(|k| set(k).is_some())?;
+    let no_proxy = set("no_proxy").or_else(|| set("NO_PROXY")).unwrap_or_default();
+    let loopback = host == "127.0.0.1" || host == "localhost" || host == "::1";
+    let exempt = no_proxy.split(',').map(str::trim).any(|e| e == "*" || e.eq_ignore_ascii_case(host) || (loopback && e == "127.0.0.0/8"));
+    (!exempt).then_some(var)
+}
+
 /// `powershell.exe` arguments running `script`.
 fn powershell_args(script: &str) -> Vec<String> {
     let utf16: Vec<u8> = script.encode_utf16().flat_map(|u| u.to_le_bytes()).collect();
@@ -227,8 +238,22 @@ impl WinRmCommunicator {
             encryption: if tunnel.is_some() { EncryptionMode::Never } else { EncryptionMode::Auto },
             ..Default::default()
         };
-        let client = WinrmClient::new(config, WinrmCredentials::new(cfg.user.clone(), cfg.password.clone(), "")).map_err(map_err)?;
         let endpoint = if tunnel.is_some() { "127.0.0.1".to_string() } else { cfg.host.clone() };
+        // Plain HTTP (to the pinned tunnel, or an explicit `Http` transport) carries Basic
+        // credentials and every script: a system proxy must not be on the way. winrm-rs's HTTP
+        // client honours `HTTP_PROXY`, so refuse before the first request instead.
+        if !config.use_tls
+            && let Some(var) = system_proxy_for(&endpoint)
+        {
+            return Err(Error::InvalidConfig {
+                backend: BACKEND,
+                key: var.into(),
+                message: format!(
+                    "a system proxy is set and would receive WinRM's credentials and scripts in plain HTTP to {endpoint}; add {endpoint} to NO_PROXY or unset {var}"
+                ),
+            });
+        }
+        let client = WinrmClient::new(config, WinrmCredentials::new(cfg.user.clone(), cfg.password.clone(), "")).map_err(map_err)?;
         let c = WinRmCommunicator { cfg, client, endpoint, tunnel };
         c.wait_until_up(c.cfg.connect_timeout).await?;
         Ok(c)

@@ -13,14 +13,44 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// The default state directory: `$AIB_STATE_DIR`, else `~/.cache/aib/local`.
-pub fn default_state_dir() -> PathBuf {
+/// The default state directory: `$AIB_STATE_DIR`, else `$XDG_CACHE_HOME/aib/local`, else
+/// `~/.cache/aib/local`. Never a shared temp directory: with none of the three set it is an
+/// error that says so (another user could plant ledger records in `/tmp`).
+pub fn default_state_dir() -> Result<PathBuf> {
     if let Some(d) = std::env::var_os("AIB_STATE_DIR") {
-        return PathBuf::from(d);
+        return Ok(PathBuf::from(d));
     }
     let home =
         std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
-    home.unwrap_or_else(std::env::temp_dir).join("aib").join("local")
+    home.map(|h| h.join("aib").join("local")).ok_or_else(|| Error::InvalidConfig {
+        backend: BACKEND,
+        key: "state_dir".into(),
+        message: "no AIB_STATE_DIR, XDG_CACHE_HOME or HOME to put the state directory in; set one, or give --state-dir".into(),
+    })
+}
+
+/// Creates `dir` (0700) if missing and refuses it when another user owns it or can write it:
+/// its ledger tells `gc` what to delete.
+fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| Error::io(dir, e))?;
+    let meta = std::fs::metadata(dir).map_err(|e| Error::io(dir, e))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let mode = meta.permissions().mode();
+    if meta.uid() != me || mode & 0o022 != 0 {
+        return Err(Error::InvalidConfig {
+            backend: BACKEND,
+            key: "state_dir".into(),
+            message: format!(
+                "{} is owned by uid {} with mode {:o}: another user could change what gc deletes; use a directory of your own (chmod go-w)",
+                dir.display(),
+                meta.uid(),
+                mode & 0o7777
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The local backend. Layout of the state directory:
@@ -31,6 +61,8 @@ pub struct LocalBackend {
     state: PathBuf,
     catalog: PathBuf,
     provisioner: Arc<QemuProvisioner>,
+    output_roots: Vec<PathBuf>,
+    file_roots: Vec<PathBuf>,
 }
 
 /// Builds a [`LocalBackend`].
@@ -40,6 +72,8 @@ pub struct LocalBackendBuilder {
     state: Option<PathBuf>,
     catalog: Option<PathBuf>,
     accel: Option<Accelerator>,
+    output_roots: Vec<PathBuf>,
+    file_roots: Vec<PathBuf>,
 }
 
 impl LocalBackendBuilder {
@@ -61,12 +95,28 @@ impl LocalBackendBuilder {
         self
     }
 
+    /// Lets templates write file outputs (a `VHD` `uri` or a `LocalFile` `path`) under `dir`,
+    /// besides `<state>/outputs`. Only the operator says this: a template can never widen it.
+    pub fn allow_output_root(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.output_roots.push(dir.into());
+        self
+    }
+
+    /// Lets templates read `file://` scripts and files under `dir` (off by default).
+    pub fn allow_file_root(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.file_roots.push(dir.into());
+        self
+    }
+
     /// Creates the state directory and builds. No VM starts here.
     pub fn build(self) -> Result<LocalBackend> {
-        let state = self.state.unwrap_or_else(default_state_dir);
+        let state = match self.state {
+            Some(s) => s,
+            None => default_state_dir()?,
+        };
+        private_dir(&state)?;
         for d in ["catalog", "gallery", "runs", "outputs", "ledger", "logs"] {
-            let p = state.join(d);
-            std::fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+            private_dir(&state.join(d))?;
         }
         let mut p = QemuProvisioner::new(state.join("runs"));
         if let Some(a) = self.accel {
@@ -74,7 +124,11 @@ impl LocalBackendBuilder {
         }
         let catalog = self.catalog.unwrap_or_else(|| state.join("catalog"));
         std::fs::create_dir_all(&catalog).map_err(|e| Error::io(&catalog, e))?;
-        Ok(LocalBackend { state, catalog, provisioner: Arc::new(p) })
+        // Roots are compared resolved, so a link inside one cannot lead out of it.
+        let resolve = |d: PathBuf| std::fs::canonicalize(&d).map_err(|e| Error::io(&d, e));
+        let output_roots = self.output_roots.into_iter().map(resolve).collect::<Result<Vec<_>>>()?;
+        let file_roots = self.file_roots.into_iter().map(resolve).collect::<Result<Vec<_>>>()?;
+        Ok(LocalBackend { state, catalog, provisioner: Arc::new(p), output_roots, file_roots })
     }
 }
 
@@ -120,16 +174,21 @@ impl LocalBackend {
         let source = Arc::new(LocalSource { catalog: self.catalog(), gallery: self.gallery() });
         let mut reg = Registry::new().with_sources(&type_names::SOURCES, source);
         let outputs = self.state.join("outputs");
+        let mut allowed = vec![std::fs::canonicalize(&outputs).unwrap_or(outputs.clone())];
+        allowed.extend(self.output_roots.iter().cloned());
         for t in [type_names::VHD, crate::outputs::LOCAL_FILE] {
-            let o = outputs.clone();
-            reg = reg.with_distributor(t, move |spec| Ok(Arc::new(FileDistributor::from_spec(spec, &o)?) as Arc<dyn Distributor>));
+            let (o, roots) = (outputs.clone(), allowed.clone());
+            reg = reg.with_distributor(t, move |spec| {
+                Ok(Arc::new(FileDistributor::from_spec(spec, &o)?.confined_to(roots.clone())?) as Arc<dyn Distributor>)
+            });
         }
         for t in [type_names::SHARED_IMAGE, type_names::MANAGED_IMAGE] {
             let g = self.gallery();
             reg =
                 reg.with_distributor(t, move |spec| Ok(Arc::new(GalleryDistributor::from_spec(spec, g.clone())?) as Arc<dyn Distributor>));
         }
-        Backend::new(self.provisioner.clone(), aib_customizers::registry().merge(reg))
+        let fetcher = self.file_roots.iter().fold(aib_customizers::fetch::Fetcher::new(), |f, r| f.with_file_root(r));
+        Backend::new(self.provisioner.clone(), aib_customizers::registry_with(fetcher).merge(reg))
     }
 }
 

@@ -102,6 +102,9 @@ async fn systemd_boot_efi(work: &Path) -> Result<PathBuf> {
     tokio::fs::create_dir_all(&dir).await.map_err(|e| Error::io(&dir, e))?;
     // Downloaded as root into our own directory (apt's sandbox user could not write there).
     let out = tokio::process::Command::new("apt-get")
+        .env_clear()
+        .envs(aib_core::boundary::tool_env())
+        .kill_on_drop(true)
         .args(["download", "-qq", "-o", "APT::Sandbox::User=root", "systemd-boot-efi"])
         .current_dir(&dir)
         .output()
@@ -236,6 +239,9 @@ pub async fn build(work: &Path, dest: &Path, out: &dyn OutputSink, fw: Firmware)
     run("truncate", ["-s", &format!("{root_mib}M"), &rootimg]).await?;
     run("mkfs.ext4", ["-q", "-L", "root", "-d", &root.display().to_string(), &rootimg]).await?;
     let mut child = tokio::process::Command::new("sfdisk")
+        .env_clear()
+        .envs(aib_core::boundary::tool_env())
+        .kill_on_drop(true)
         .args(["-q", "--no-reread", "--no-tell-kernel", &disk])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())

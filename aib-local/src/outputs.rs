@@ -94,8 +94,20 @@ async fn write_file(image: &CapturedImage, format: DiskFormat, dest: &Path, ctx:
             format!("the disk's virtual size {} is not a whole number of MiB; Azure would refuse the VHD", info.virtual_size),
         ));
     }
-    let tmp = dest.with_extension(format!("{}.aib-tmp", format.extension()));
+    // A fresh name, created exclusively (never a link someone planted) and private until done.
+    let file_name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dest.with_file_name(format!(".{file_name}.{}.aib-tmp", &uuid::Uuid::new_v4().simple().to_string()[..12]));
     let id = ctx.record(ResourceRecord::new(BACKEND, "file", tmp.display().to_string(), Scope::Run))?;
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+            .map_err(|e| Error::io(&tmp, e))?;
+    }
     ctx.output.progress(0, Some(info.virtual_size), "bytes");
     let mut args: Vec<String> = vec!["convert".into(), "-f".into(), image.format.clone()];
     args.extend(format.args().into_iter().map(String::from));
@@ -129,6 +141,10 @@ pub struct FileDistributor {
     path: Option<PathBuf>,
     outputs: PathBuf,
     name: String,
+    /// The template field `path` came from (`uri` of a VHD, `path` of a LocalFile).
+    field: &'static str,
+    /// Where files may be written (resolved); empty = anywhere (API use without a backend).
+    roots: Vec<PathBuf>,
 }
 
 impl fmt::Display for FileDistributor {
@@ -140,7 +156,45 @@ impl fmt::Display for FileDistributor {
 impl FileDistributor {
     /// Writes `format` to `path`, or to `<outputs>/<run id>/<name>.<ext>` when `path` is `None`.
     pub fn new(format: DiskFormat, path: Option<PathBuf>, outputs: PathBuf, name: &str) -> Self {
-        FileDistributor { format, path, outputs, name: name.to_string() }
+        FileDistributor { format, path, outputs, name: name.to_string(), field: "path", roots: Vec::new() }
+    }
+
+    /// Writes only under `roots` (resolved directories): a template's path elsewhere is
+    /// refused now, and a path that resolves elsewhere at write time (a link in a parent) is
+    /// refused then, before anything is written.
+    pub fn confined_to(mut self, roots: Vec<PathBuf>) -> Result<Self> {
+        if let Some(p) = &self.path
+            && !roots.iter().any(|r| p.starts_with(r))
+        {
+            return Err(Error::outside_boundary(
+                self.field,
+                format!("`{}` is outside the directories this builder writes outputs to", p.display()),
+                format!(
+                    "leave it out (the file goes under {}), or the operator allows a directory with `aib build --allow-output-root DIR`",
+                    self.outputs.display()
+                ),
+            ));
+        }
+        self.roots = roots;
+        Ok(self)
+    }
+
+    /// Checks, just before writing, that `dest` is a new file or a regular file in a resolved
+    /// allowed directory.
+    async fn check_dest(&self, dest: &Path) -> Result<()> {
+        if self.roots.is_empty() {
+            return Ok(());
+        }
+        let refuse = |why: String| Error::PermissionDenied { backend: BACKEND, source: why.into() };
+        let parent = dest.parent().ok_or_else(|| refuse(format!("{} has no directory", dest.display())))?;
+        let real = tokio::fs::canonicalize(parent).await.map_err(|e| Error::io(parent, e))?;
+        if !self.roots.iter().any(|r| real.starts_with(r)) {
+            return Err(refuse(format!("{} resolves to {}, outside the allowed output directories", parent.display(), real.display())));
+        }
+        match tokio::fs::symlink_metadata(dest).await {
+            Ok(m) if !m.is_file() => Err(refuse(format!("{} exists and is not a regular file; nothing was written", dest.display()))),
+            _ => Ok(()),
+        }
     }
 
     /// From a `VHD` or `LocalFile` distribute entry.
@@ -148,13 +202,14 @@ impl FileDistributor {
         let invalid = |m: String| Error::InvalidConfig { backend: BACKEND, key: spec.run_output_name().to_string(), message: m };
         let path_from = |uri: &str| -> Result<PathBuf> {
             match uri.strip_prefix("file://") {
-                Some(p) if p.starts_with('/') => Ok(PathBuf::from(p)),
+                Some(p) if p.starts_with('/') && !p.split('/').any(|x| x == ".." || x == ".") => Ok(PathBuf::from(p)),
                 _ => Err(invalid(format!("`{uri}`: the local backend writes files; use file:///path (blob URIs need the Azure backend)"))),
             }
         };
         match spec {
             DistributorSpec::Vhd(v) => {
-                Ok(Self::new(DiskFormat::VhdFixed, v.uri.as_deref().map(path_from).transpose()?, outputs.to_path_buf(), &v.run_output_name))
+                let path = v.uri.as_deref().filter(|u| !u.is_empty()).map(path_from).transpose()?;
+                Ok(FileDistributor { field: "uri", ..Self::new(DiskFormat::VhdFixed, path, outputs.to_path_buf(), &v.run_output_name) })
             }
             DistributorSpec::Custom(c) if c.type_name == LOCAL_FILE => {
                 let s = |k: &str| c.fields.get(k).and_then(|v| v.as_str());
@@ -188,6 +243,10 @@ impl Distributor for FileDistributor {
             .path
             .clone()
             .unwrap_or_else(|| self.outputs.join(ctx.run.run_id()).join(format!("{}.{}", self.name, self.format.extension())));
+        if let Some(dir) = dest.parent() {
+            tokio::fs::create_dir_all(dir).await.map_err(|e| Error::io(dir, e))?;
+        }
+        self.check_dest(&dest).await?;
         write_file(image, self.format, &dest, ctx).await?;
         Ok(Artifact::with_uri(format!("file://{}", dest.display())))
     }

@@ -134,6 +134,8 @@ impl QemuProvisioner {
         let out = std::fs::File::create(workdir.join("qemu.out")).map_err(|e| Error::io(workdir, e))?;
         let mut child = tokio::process::Command::new("qemu-system-x86_64")
             .args(args)
+            .env_clear()
+            .envs(aib_core::boundary::tool_env())
             .stdin(std::process::Stdio::null())
             .stdout(out.try_clone().map_err(|e| Error::io(workdir, e))?)
             .stderr(out)

@@ -25,7 +25,16 @@ where
     S: AsRef<OsStr>,
 {
     let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().to_os_string()).collect();
-    let out = Command::new(program).args(&args).stdin(Stdio::null()).output().await.map_err(|e| missing(program, e))?;
+    // No cloud secrets in the tool's environment; it dies with a cancelled or timed-out run.
+    let out = Command::new(program)
+        .args(&args)
+        .env_clear()
+        .envs(aib_core::boundary::tool_env())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| missing(program, e))?;
     if !out.status.success() {
         let shown: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -187,6 +196,18 @@ impl Accelerator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn tools_see_only_the_allowed_environment() {
+        // Whatever this process holds (CARGO_*, and in CI perhaps AZURE_* secrets), a tool gets
+        // the allowlist only.
+        let out = run("env", std::iter::empty::<&str>()).await.unwrap();
+        let keys: Vec<&str> = out.lines().filter_map(|l| l.split_once('=').map(|(k, _)| k)).collect();
+        assert!(!keys.is_empty());
+        for k in keys {
+            assert!(aib_core::boundary::TOOL_ENV.contains(&k), "`{k}` reached a tool");
+        }
+    }
 
     #[test]
     fn this_machine_kind_gets_tcg_unless_told() {

@@ -21,7 +21,14 @@ fn repo() -> PathBuf {
 
 fn backend(state: &Path) -> LocalBackend {
     aib_local::tools::check().unwrap_or_else(|e| panic!("{e}"));
-    LocalBackend::builder().state_dir(state).catalog_dir(shared_catalog()).build().unwrap()
+    // The example template's scripts are file:// URIs in this checkout: the operator allows
+    // that one directory, and nothing else of the host.
+    LocalBackend::builder()
+        .state_dir(state)
+        .catalog_dir(shared_catalog())
+        .allow_file_root(repo().join("examples/templates/files"))
+        .build()
+        .unwrap()
 }
 
 fn example_template(patch: impl FnOnce(&mut serde_json::Value)) -> ImageTemplate {

@@ -106,6 +106,17 @@ impl FakeCommunicator {
                 Some(e) => out.line(OutputStream::Stderr, &expand(e)),
                 None => out.line(OutputStream::Stdout, &expand(rest)),
             }
+        } else if let Some(rest) = word.strip_prefix("sha256sum ") {
+            // `sha256sum 'FILE' | cut -d' ' -f1`: how steps verify what they uploaded.
+            let path = rest.split('|').next().unwrap_or_default().trim().trim_matches('\'');
+            match self.file(path) {
+                Some(c) => {
+                    use sha2::Digest;
+                    let hex: String = sha2::Sha256::digest(&c).iter().map(|b| format!("{b:02x}")).collect();
+                    out.line(OutputStream::Stdout, &hex);
+                }
+                None => return Some(1),
+            }
         } else if word == "id -u" {
             out.line(OutputStream::Stdout, if req.elevated { "0" } else { "1000" });
         } else if let Some(n) = word.strip_prefix("sleep ") {

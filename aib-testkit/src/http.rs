@@ -197,7 +197,9 @@ impl StaticServer {
         let files: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
         let f = files.clone();
         let server = HttpServer::start(move |req| {
-            let body = f.lock().ok().and_then(|m| m.get(req.path.trim_start_matches('/')).cloned());
+            // A query (a SAS token) does not change which file is served, as with blob storage.
+            let name = req.path.split('?').next().unwrap_or_default().trim_start_matches('/').to_string();
+            let body = f.lock().ok().and_then(|m| m.get(&name).cloned());
             async move {
                 match (req.method.as_str(), body) {
                     ("GET", Some(b)) => Response::new(200, b),

@@ -1,6 +1,6 @@
 //! `aib build --backend azure` and `aib gc --backend azure`.
 
-use crate::build::CliResult;
+use crate::build::{Boundary, CliResult};
 #[cfg(feature = "azure")]
 use crate::build::{gc_summary, parse, run};
 #[cfg(feature = "azure")]
@@ -40,7 +40,7 @@ pub(crate) struct AzureArgs {
 }
 
 #[cfg(feature = "azure")]
-fn backend(args: &AzureArgs) -> Result<aib::azure::AzureBackend, Box<dyn std::error::Error>> {
+fn backend(args: &AzureArgs, boundary: &Boundary) -> Result<aib::azure::AzureBackend, Box<dyn std::error::Error>> {
     use aib::azure::{AzureBackend, AzureProvisioner};
     let mut client = aib::azure::ArmClientBuilder::from_env()?;
     if let Some(e) = &args.arm_endpoint {
@@ -66,6 +66,9 @@ fn backend(args: &AzureArgs) -> Result<aib::azure::AzureBackend, Box<dyn std::er
         p = p.allowed_source(a);
     }
     let mut b = AzureBackend::builder().provisioner(p);
+    for d in &boundary.file_roots {
+        b = b.allow_file_root(d);
+    }
     if let Some(e) = &args.storage_endpoint {
         b = b.storage_endpoint(e);
     }
@@ -74,7 +77,10 @@ fn backend(args: &AzureArgs) -> Result<aib::azure::AzureBackend, Box<dyn std::er
 
 #[cfg(feature = "azure")]
 fn state(state_dir: Option<PathBuf>) -> Result<PathBuf, Box<dyn std::error::Error>> {
-    let d = state_dir.unwrap_or_else(|| aib::local::default_state_dir().with_file_name("azure"));
+    let d = match state_dir {
+        Some(d) => d,
+        None => aib::local::default_state_dir()?.with_file_name("azure"),
+    };
     for sub in ["ledger", "logs"] {
         std::fs::create_dir_all(d.join(sub)).map_err(|e| format!("{}: {e}", d.join(sub).display()))?;
     }
@@ -82,9 +88,9 @@ fn state(state_dir: Option<PathBuf>) -> Result<PathBuf, Box<dyn std::error::Erro
 }
 
 #[cfg(feature = "azure")]
-pub(crate) async fn build(template: PathBuf, args: AzureArgs, state_dir: Option<PathBuf>, json: bool) -> CliResult {
+pub(crate) async fn build(template: PathBuf, args: AzureArgs, boundary: Boundary, state_dir: Option<PathBuf>, json: bool) -> CliResult {
     // One backend: its types check the template, then it builds it in the template's region.
-    let azure = backend(&args)?;
+    let azure = backend(&args, &boundary)?;
     let (_, t) = match parse(&template, azure.backend().registry.type_names(), json) {
         Ok(p) => p,
         Err(r) => return r,
@@ -103,7 +109,7 @@ pub(crate) async fn gc(args: AzureArgs, state_dir: Option<PathBuf>, min_age: Opt
     let ledger = aib::Ledger::open(dir.join("ledger"))?;
     // Deleting needs no template resource group: what to delete comes from the ledger and tags.
     let args = AzureArgs { resource_group: args.resource_group.clone().or_else(|| Some("gc".into())), ..args };
-    let azure = backend(&args)?;
+    let azure = backend(&args, &Boundary::default())?;
     let provisioner = azure.provisioner();
     let p: &dyn aib::Provisioner = &*provisioner;
     let report = ledger.gc(&[p], std::time::Duration::from_secs(min_age.unwrap_or(0))).await?;
@@ -126,7 +132,7 @@ pub(crate) async fn gc(args: AzureArgs, state_dir: Option<PathBuf>, min_age: Opt
 }
 
 #[cfg(not(feature = "azure"))]
-pub(crate) async fn build(_: PathBuf, _: AzureArgs, _: Option<PathBuf>, _: bool) -> CliResult {
+pub(crate) async fn build(_: PathBuf, _: AzureArgs, _: Boundary, _: Option<PathBuf>, _: bool) -> CliResult {
     Err("this aib was built without Azure: cargo run --features azure --example aib -- …".into())
 }
 

@@ -30,10 +30,28 @@ pub(crate) fn runtime(f: impl std::future::Future<Output = CliResult>) -> ExitCo
     }
 }
 
-fn backend(state_dir: Option<PathBuf>) -> Result<LocalBackend, aib::Error> {
+/// What the operator lets a template reach on this machine; a template can never widen it.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub(crate) struct Boundary {
+    /// Let templates read `file://` scripts and files under DIR (off by default). Repeatable.
+    #[arg(long = "allow-file-root", value_name = "DIR")]
+    pub file_roots: Vec<PathBuf>,
+    /// Let templates write file outputs (a VHD `uri`, a LocalFile `path`) under DIR, besides
+    /// the state directory's `outputs/`. Repeatable.
+    #[arg(long = "allow-output-root", value_name = "DIR")]
+    pub output_roots: Vec<PathBuf>,
+}
+
+fn backend(state_dir: Option<PathBuf>, boundary: &Boundary) -> Result<LocalBackend, aib::Error> {
     let mut b = LocalBackend::builder();
     if let Some(d) = state_dir {
         b = b.state_dir(d);
+    }
+    for d in &boundary.file_roots {
+        b = b.allow_file_root(d);
+    }
+    for d in &boundary.output_roots {
+        b = b.allow_output_root(d);
     }
     b.build()
 }
@@ -129,9 +147,9 @@ pub(crate) fn parse(template: &Path, types: aib::template::TypeNames, json: bool
     Ok((text, parsed.template))
 }
 
-pub(crate) async fn build(template: PathBuf, state_dir: Option<PathBuf>, json: bool) -> CliResult {
+pub(crate) async fn build(template: PathBuf, state_dir: Option<PathBuf>, boundary: Boundary, json: bool) -> CliResult {
     // One backend: its types check the template, then it builds it.
-    let local = backend(state_dir)?;
+    let local = backend(state_dir, &boundary)?;
     let (text, parsed) = match parse(&template, local.backend().registry.type_names(), json) {
         Ok(p) => p,
         Err(r) => return r,
@@ -206,7 +224,7 @@ fn summary(r: &RunReport) {
 }
 
 pub(crate) async fn gc(state_dir: Option<PathBuf>, min_age: u64) -> CliResult {
-    let local = backend(state_dir)?;
+    let local = backend(state_dir, &Boundary::default())?;
     let provisioner = local.provisioner();
     let p: &dyn Provisioner = &*provisioner;
     let report = local.ledger()?.gc(&[p], Duration::from_secs(min_age)).await?;
@@ -232,7 +250,7 @@ pub(crate) fn gc_summary(report: &aib::GcReport) -> ExitCode {
 }
 
 pub(crate) async fn images(state_dir: Option<PathBuf>, import: Option<(String, String, String, bool)>) -> CliResult {
-    let local = backend(state_dir)?;
+    let local = backend(state_dir, &Boundary::default())?;
     if let Some((urn, source, sha, windows)) = import {
         let e = local.catalog().import(&urn, &source, &sha, windows).await?;
         println!("imported {} ({} MiB, sha256 {})", e.urn, e.size >> 20, e.sha256);

@@ -4,6 +4,7 @@
 //! aib validate [--format json] FILE…     check templates (exit 0 valid, 1 invalid, 2 usage/I/O)
 //! aib schema                             the template's JSON Schema
 //! aib build TEMPLATE [--backend local|azure] [--state-dir DIR] [--output json]
+//!           [--allow-file-root DIR]… [--allow-output-root DIR]…
 //!           [--resource-group RG] [--arm-endpoint URL] [--storage-endpoint URL] [--ssh-port N]
 //!                                        build an image (exit 0 Succeeded, 1 Failed/Canceled, 3 PartiallySucceeded)
 //! aib gc [--backend local|azure] [--state-dir DIR] [--min-age-secs N]
@@ -73,6 +74,8 @@ enum Command {
         /// `json` prints the run report.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         output: Format,
+        #[command(flatten)]
+        boundary: build::Boundary,
         #[command(flatten)]
         azure: azure::AzureArgs,
     },
@@ -160,11 +163,11 @@ fn main() -> ExitCode {
             println!("{}", serde_json::to_string_pretty(&aib::template::template_schema()).unwrap_or_default());
             ExitCode::SUCCESS
         }
-        Command::Build { template, backend: BackendKind::Local, state_dir, output, .. } => {
-            build::runtime(build::build(template, state_dir, output == Format::Json))
+        Command::Build { template, backend: BackendKind::Local, state_dir, output, boundary, .. } => {
+            build::runtime(build::build(template, state_dir, boundary, output == Format::Json))
         }
-        Command::Build { template, backend: BackendKind::Azure, state_dir, output, azure } => {
-            build::runtime(azure::build(template, azure, state_dir, output == Format::Json))
+        Command::Build { template, backend: BackendKind::Azure, state_dir, output, boundary, azure } => {
+            build::runtime(azure::build(template, azure, boundary, state_dir, output == Format::Json))
         }
         Command::Gc { backend: BackendKind::Local, state_dir, min_age_secs, .. } => {
             build::runtime(build::gc(state_dir, min_age_secs.unwrap_or(0)))
@@ -198,6 +201,9 @@ fn main() -> ExitCode {
                 }
                 s.add_marketplace_image(p[0], p[1], p[2], p[3], p[4]);
             }
+            // Ctrl-C is caught from before the first line is printed: a caller that reads the
+            // line and signals at once stops the server cleanly.
+            let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
             println!("ARM test server listening on {}", s.url());
             if let Some(port) = s.guest_port() {
                 println!("VM guests: sshd on port {port} of each VM's address (aib build --ssh-port {port})");
@@ -205,7 +211,7 @@ fn main() -> ExitCode {
             if let Some(port) = s.windows_guest_port() {
                 println!("Windows VM guests: WinRM over HTTPS on port {port} of each VM's address (aib build --winrm-port {port})");
             }
-            tokio::signal::ctrl_c().await?;
+            interrupt.recv().await;
             Ok(ExitCode::SUCCESS)
         }),
         Command::Images { state_dir, action } => build::runtime(build::images(

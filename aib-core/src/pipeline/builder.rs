@@ -165,22 +165,21 @@ impl PipelineBuilder {
             .source(reg.source(&p.source)?, p.source.clone())
             .timeout(t.build_timeout());
         for (i, c) in p.customize.iter().enumerate() {
-            b = b.customizer_named(step_name("customize", i, c.name(), c.type_name()), reg.customizer(c)?, StepOptions::default());
+            let customizer = reg.customizer(c).map_err(|e| e.at(&format!("properties.customize[{i}]")))?;
+            b = b.customizer_named(step_name("customize", i, c.name(), c.type_name()), customizer, StepOptions::default());
         }
         if let Some(v) = &p.validate {
             for (i, c) in v.in_vm_validations.iter().enumerate() {
                 let spec = c.as_customizer();
-                b = b.validator_named(
-                    step_name("validate", i, spec.name(), spec.type_name()),
-                    reg.customizer(&spec)?,
-                    StepOptions::default(),
-                );
+                let validator = reg.customizer(&spec).map_err(|e| e.at(&format!("properties.validate.inVMValidations[{i}]")))?;
+                b = b.validator_named(step_name("validate", i, spec.name(), spec.type_name()), validator, StepOptions::default());
             }
             b.cfg.continue_distribute_on_failure = lit(&v.continue_distribute_on_failure).unwrap_or(false);
             b.cfg.source_validation_only = lit(&v.source_validation_only).unwrap_or(false);
         }
-        for d in &p.distribute {
-            b = b.target(d.run_output_name(), d.type_name(), reg.distributor(d)?);
+        for (i, d) in p.distribute.iter().enumerate() {
+            let distributor = reg.distributor(d).map_err(|e| e.at(&format!("properties.distribute[{i}]")))?;
+            b = b.target(d.run_output_name(), d.type_name(), distributor);
         }
         if let Some(eh) = &p.error_handling {
             b.cfg.on_customizer_error = eh.on_customizer_error.unwrap_or_default();

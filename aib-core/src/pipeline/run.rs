@@ -14,7 +14,9 @@ use crate::template::ErrorAction;
 use crate::traits::{Communicator, Reclaim};
 use crate::types::{BuildVm, DistributeRequest, ProvisionRequest, ResolveRequest, ResolvedImage};
 use crate::{Error, Result};
+use futures::FutureExt;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::task::JoinHandle;
@@ -433,18 +435,20 @@ pub(crate) async fn execute(inner: Arc<Inner>, run_id: String, cancel: Cancellat
         report.message = format!("{what}: {}", error_chain(&e));
         report.error = Some(StepError::new(RUN_STEP, RunSubState::Queued, 1, e));
     };
+    // The ledger first: it checks the run id before any path is made from it.
+    let ledger = match cfg.ledger.begin(&run_id) {
+        Ok(l) => l,
+        Err(e) => {
+            early(&mut report, "cannot open the run's ledger", e);
+            report.customization_log = None;
+            return report;
+        }
+    };
     let emitter = match Emitter::new(tx, cfg.secrets.clone(), log_path) {
         Ok(e) => e,
         Err(e) => {
             early(&mut report, "cannot open the customization log", e);
             report.customization_log = None;
-            return report;
-        }
-    };
-    let ledger = match cfg.ledger.begin(&run_id) {
-        Ok(l) => l,
-        Err(e) => {
-            early(&mut report, "cannot open the run's ledger", e);
             return report;
         }
     };
@@ -456,9 +460,15 @@ pub(crate) async fn execute(inner: Arc<Inner>, run_id: String, cancel: Cancellat
     let outcome = tokio::select! {
         biased;
         _ = cancel.cancelled() => None,
-        r = tokio::time::timeout_at(deadline, run.work()) => Some(match r {
-            Ok(Ok(o)) => o,
-            Ok(Err(f)) => f.into(),
+        r = tokio::time::timeout_at(deadline, AssertUnwindSafe(run.work()).catch_unwind()) => Some(match r {
+            Ok(Ok(Ok(o))) => o,
+            Ok(Ok(Err(f))) => f.into(),
+            // A panic in a backend or plugin still ends in cleanup, like any failure.
+            Ok(Err(panic)) => {
+                let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
+                let error = run.interrupt(Error::generic("pipeline", format!("panicked: {what}")));
+                Outcome { state: RunState::Failed, message: format!("{error}; cleaned up after the panic"), error: Some(error), keep_vm: false }
+            }
             Err(_) => {
                 let at = run.running().unwrap_or_else(|| "between steps".into());
                 let error = run.interrupt(Error::Timeout { operation: "the build (buildTimeoutInMinutes)".into(), after: cfg.timeout });

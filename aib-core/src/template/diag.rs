@@ -96,6 +96,9 @@ codes! {
     BadResourceId,
     /// A URI is malformed or uses an unsupported scheme.
     BadUri,
+    /// The value would reach past the build VM (a host file, a host path, the host's
+    /// network, the operator's credentials) and the operator's settings do not allow it.
+    OutsideBoundary,
     /// `restartTimeout` is not a duration such as `5m` or `1h30m`.
     BadRestartTimeout,
     /// The template has no `distribute` target.
