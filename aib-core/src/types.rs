@@ -380,6 +380,42 @@ impl ReconnectOptions {
     }
 }
 
+/// The setters every request with template facts has: `with_location`,
+/// `with_template_name` and, where it has tags, `with_tag`.
+macro_rules! template_fact_setters {
+    ($t:ty) => {
+        impl $t {
+            /// In region `location` (the template's `location`).
+            #[must_use]
+            pub fn with_location(mut self, location: impl Into<String>) -> Self {
+                self.location = location.into();
+                self
+            }
+
+            /// For template `name`.
+            #[must_use]
+            pub fn with_template_name(mut self, name: impl Into<String>) -> Self {
+                self.template_name = name.into();
+                self
+            }
+        }
+    };
+    ($t:ty, tags) => {
+        template_fact_setters!($t);
+        impl $t {
+            /// With tag `k` = `v`.
+            #[must_use]
+            pub fn with_tag(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
+                self.tags.insert(k.into(), v.into());
+                self
+            }
+        }
+    };
+}
+template_fact_setters!(ResolveRequest);
+template_fact_setters!(ProvisionRequest, tags);
+template_fact_setters!(DistributeRequest, tags);
+
 /// What the provisioner is asked to start.
 #[derive(Debug, Clone, PartialEq, Default)]
 #[non_exhaustive]
@@ -405,27 +441,6 @@ impl ProvisionRequest {
     pub fn new(image: ResolvedImage) -> Self {
         ProvisionRequest { image, ..Default::default() }
     }
-
-    /// In region `location`.
-    #[must_use]
-    pub fn with_location(mut self, location: impl Into<String>) -> Self {
-        self.location = location.into();
-        self
-    }
-
-    /// For template `name`.
-    #[must_use]
-    pub fn with_template_name(mut self, name: impl Into<String>) -> Self {
-        self.template_name = name.into();
-        self
-    }
-
-    /// With tag `k` = `v`.
-    #[must_use]
-    pub fn with_tag(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
-        self.tags.insert(k.into(), v.into());
-        self
-    }
 }
 
 /// What a [`crate::Source`] is asked to resolve: the template's `source` and the facts of
@@ -445,20 +460,6 @@ impl ResolveRequest {
     /// Resolves `spec`, with no region or template name.
     pub fn new(spec: crate::template::ImageSource) -> Self {
         ResolveRequest { spec, location: String::new(), template_name: String::new() }
-    }
-
-    /// In region `location`.
-    #[must_use]
-    pub fn with_location(mut self, location: impl Into<String>) -> Self {
-        self.location = location.into();
-        self
-    }
-
-    /// For template `name`.
-    #[must_use]
-    pub fn with_template_name(mut self, name: impl Into<String>) -> Self {
-        self.template_name = name.into();
-        self
     }
 }
 
@@ -492,27 +493,6 @@ impl DistributeRequest {
     #[must_use]
     pub fn with_run_output_name(mut self, name: impl Into<String>) -> Self {
         self.run_output_name = name.into();
-        self
-    }
-
-    /// For template `name`.
-    #[must_use]
-    pub fn with_template_name(mut self, name: impl Into<String>) -> Self {
-        self.template_name = name.into();
-        self
-    }
-
-    /// Built in region `location`.
-    #[must_use]
-    pub fn with_location(mut self, location: impl Into<String>) -> Self {
-        self.location = location.into();
-        self
-    }
-
-    /// With tag `k` = `v`.
-    #[must_use]
-    pub fn with_tag(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
-        self.tags.insert(k.into(), v.into());
         self
     }
 

@@ -230,6 +230,12 @@ fn cases() -> Vec<Case> {
             BadRunOutputName,
         ),
         case(
+            "runOutputName of dots only (a directory in every path it is part of)",
+            &[set("/properties/distribute/0/runOutputName", json!(".."))],
+            "properties.distribute[0].runOutputName",
+            BadRunOutputName,
+        ),
+        case(
             "duplicate runOutputName",
             &[set(&format!("{d1}/runOutputName"), json!("vhd"))],
             "properties.distribute[1].runOutputName",

@@ -341,15 +341,15 @@ async fn a_panicking_step_still_ends_in_cleanup() {
     assert!(report.leftover_resources.is_empty() && fakes.live_resources().is_empty(), "the build VM was deleted after the panic");
 }
 
+/// The test template on fakes, writing its customization log under `logs`.
+fn logged(logs: &std::path::Path) -> Pipeline {
+    Pipeline::from_template(&template(serde_json::json!({})), &FakeBackend::new().backend()).unwrap().log_dir(logs).build().unwrap()
+}
+
 #[tokio::test]
 async fn a_run_id_cannot_place_the_log_outside_the_log_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let fakes = FakeBackend::new();
-    let p = Pipeline::from_template(&template(serde_json::json!({})), &fakes.backend())
-        .unwrap()
-        .log_dir(dir.path().join("logs"))
-        .build()
-        .unwrap();
+    let p = logged(&dir.path().join("logs"));
     let report = p.run_with(aib_core::RunOptions::default().with_run_id("../../escaped")).await;
     assert_eq!(report.run_state, RunState::Failed);
     assert!(matches!(report.error.as_ref().map(|e| &*e.source), Some(aib_core::Error::InvalidConfig { .. })), "{:?}", report.error);
@@ -361,12 +361,7 @@ async fn a_run_id_cannot_place_the_log_outside_the_log_directory() {
 async fn the_customization_log_is_private() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let fakes = FakeBackend::new();
-    let p = Pipeline::from_template(&template(serde_json::json!({})), &fakes.backend())
-        .unwrap()
-        .log_dir(dir.path().join("logs"))
-        .build()
-        .unwrap();
+    let p = logged(&dir.path().join("logs"));
     let report = p.run().await;
     let log = report.customization_log.unwrap();
     assert_eq!(std::fs::metadata(&log).unwrap().permissions().mode() & 0o777, 0o600);

@@ -175,8 +175,7 @@ impl Provisioner for QemuProvisioner {
         let host_key = ephemeral_key()?;
         let host_public = public_key_line(&host_key, "aib-build-host")?;
         let key_file = workdir.join("id_ed25519");
-        tokio::fs::write(&key_file, private_key_openssh(&user_key)?).await.map_err(|e| Error::io(&key_file, e))?;
-        set_mode(&key_file, 0o600)?;
+        write_private(&key_file, private_key_openssh(&user_key)?.as_bytes())?;
 
         let overlay = workdir.join("overlay.qcow2");
         run(
@@ -200,7 +199,8 @@ impl Provisioner for QemuProvisioner {
         let seed = workdir.join("seed");
         tokio::fs::create_dir_all(&seed).await.map_err(|e| Error::io(&seed, e))?;
         let ud = user_data(&public_key_line(&user_key, "aib-build")?, &private_key_openssh(&host_key)?, &host_public);
-        tokio::fs::write(seed.join("user-data"), ud).await.map_err(|e| Error::io(&seed, e))?;
+        // The user-data holds the VM's host private key: created private, never readable first.
+        write_private(&seed.join("user-data"), ud.as_bytes())?;
         tokio::fs::write(seed.join("meta-data"), format!("instance-id: {}\nlocal-hostname: aib-build\n", ctx.run.run_id()))
             .await
             .map_err(|e| Error::io(&seed, e))?;
@@ -512,9 +512,19 @@ impl Reclaim for QemuProvisioner {
     }
 }
 
-fn set_mode(p: &Path, mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).map_err(|e| Error::io(p, e))
+/// Creates `p` 0600 (exclusively, never through a link) and writes `data`: secrets are never
+/// readable by others, not even for a moment.
+fn write_private(p: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(p)
+        .map_err(|e| Error::io(p, e))?;
+    f.write_all(data).map_err(|e| Error::io(p, e))
 }
 
 #[cfg(test)]

@@ -33,9 +33,10 @@ impl Default for TypeNames {
     }
 }
 
-/// `^[A-Za-z0-9-_.]{1,64}$`: template names and `runOutputName`.
+/// `^[A-Za-z0-9-_.]{1,64}$`: template names and `runOutputName`; a name of dots only (`.`,
+/// `..`) is refused too, as it names a directory wherever it becomes part of a path.
 pub fn is_valid_name(s: &str) -> bool {
-    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) && !s.bytes().all(|b| b == b'.')
 }
 
 /// True for 64 hex characters.
