@@ -73,10 +73,11 @@ impl Emitter {
     /// `s` with every registered secret as `***` and every SAS signature redacted.
     pub(crate) fn mask(&self, s: &str) -> String {
         let mut out = crate::redact::signatures(s);
-        let secrets = self.secrets.read().map(|s| s.clone()).unwrap_or_default();
-        for secret in secrets.iter() {
-            if out.contains(secret.as_str()) {
-                out = out.replace(secret.as_str(), "***");
+        if let Ok(secrets) = self.secrets.read() {
+            for secret in secrets.iter() {
+                if out.contains(secret.as_str()) {
+                    out = out.replace(secret.as_str(), "***");
+                }
             }
         }
         out

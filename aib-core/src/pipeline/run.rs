@@ -194,7 +194,8 @@ impl Run<'_> {
         }
         self.emitter().log(format!("[aib] starting step {name}"));
         self.emitter().send(Event::StepStarted { step: name.to_string() });
-        let mut backoff = Backoff::new(options.retry_backoff, options.retry_backoff.saturating_mul(64)).without_jitter();
+        // Made on the first retry: most steps never need one.
+        let mut backoff: Option<Backoff> = None;
         let result = loop {
             running.attempts += 1;
             if let Ok(mut r) = self.rec.lock()
@@ -218,7 +219,10 @@ impl Run<'_> {
                         options.max_retries + 1,
                         error_chain(&e)
                     ));
-                    tokio::time::sleep(backoff.next_delay()).await;
+                    let b = backoff.get_or_insert_with(|| {
+                        Backoff::new(options.retry_backoff, options.retry_backoff.saturating_mul(64)).without_jitter()
+                    });
+                    tokio::time::sleep(b.next_delay()).await;
                 }
                 r => break r,
             }

@@ -127,8 +127,26 @@ impl ImageTemplate {
     /// files that differ only in whitespace.
     pub fn digest(&self) -> String {
         use sha2::Digest;
-        let bytes = serde_json::to_vec(&self.to_json_value()).unwrap_or_default();
-        sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+        /// Hashes what is written to it: the JSON is never built in memory.
+        struct Hashing(sha2::Sha256);
+        impl std::io::Write for Hashing {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.update(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut h = Hashing(sha2::Sha256::new());
+        let _ = serde_json::to_writer(&mut h, self);
+        let sum = h.0.finalize();
+        let mut hex = String::with_capacity(64);
+        for b in sum.iter() {
+            use std::fmt::Write;
+            let _ = write!(hex, "{b:02x}");
+        }
+        hex
     }
 
     /// `buildTimeoutInMinutes` as a duration (0 or absent: 240 minutes).
