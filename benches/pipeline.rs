@@ -35,6 +35,12 @@ async fn whole_run(fakes: &FakeBackend) -> RunState {
 
 fn benches(c: &mut Criterion) {
     c.bench_function("parse+validate template", |b| b.iter(|| ImageTemplate::from_json(black_box(TEMPLATE)).unwrap()));
+    let t = ImageTemplate::from_json(TEMPLATE).unwrap().template;
+    c.bench_function("template digest", |b| b.iter(|| black_box(&t).digest()));
+    let fakes = FakeBackend::new();
+    c.bench_function("plan (from_template + build)", |b| {
+        b.iter(|| Pipeline::from_template(black_box(&t), &fakes.backend()).unwrap().build().unwrap())
+    });
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let fakes = FakeBackend::new();

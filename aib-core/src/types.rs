@@ -479,8 +479,56 @@ pub struct DistributeRequest {
     pub location: String,
     /// Tags for what the target creates (`managedResourceTags`, `imageTemplateName`, `aibRunId`).
     pub tags: crate::template::StringMap,
-    /// SHA-256 of the template, hex (for manifests that say what an image was built from).
-    pub template_digest: Option<String>,
+    /// SHA-256 of the template, hex (for manifests that say what an image was built from),
+    /// computed the first time a target asks ([`TemplateDigest::get`]).
+    pub template_digest: TemplateDigest,
+}
+
+/// A template's SHA-256 (hex), computed when first asked: hashing a template is not free and
+/// most targets never ask. Clones share the value.
+#[derive(Clone, Default)]
+pub struct TemplateDigest {
+    value: Arc<std::sync::OnceLock<String>>,
+    template: Option<Arc<crate::template::ImageTemplate>>,
+}
+
+impl TemplateDigest {
+    /// The digest of `template` ([`crate::template::ImageTemplate::digest`]), when asked.
+    pub fn of(template: Arc<crate::template::ImageTemplate>) -> Self {
+        TemplateDigest { value: Arc::default(), template: Some(template) }
+    }
+
+    /// A digest computed elsewhere (of the template file's bytes, say).
+    pub fn given(digest: impl Into<String>) -> Self {
+        let value = std::sync::OnceLock::new();
+        let _ = value.set(digest.into());
+        TemplateDigest { value: Arc::new(value), template: None }
+    }
+
+    /// The digest, if there is a template or a given value.
+    pub fn get(&self) -> Option<&str> {
+        if let Some(v) = self.value.get() {
+            return Some(v);
+        }
+        let t = self.template.as_ref()?;
+        Some(self.value.get_or_init(|| t.digest()))
+    }
+}
+
+impl fmt::Debug for TemplateDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.value.get() {
+            Some(v) => write!(f, "TemplateDigest({v})"),
+            None if self.template.is_some() => f.write_str("TemplateDigest(not computed yet)"),
+            None => f.write_str("TemplateDigest(none)"),
+        }
+    }
+}
+
+impl PartialEq for TemplateDigest {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
 }
 
 impl DistributeRequest {
@@ -499,7 +547,7 @@ impl DistributeRequest {
     /// From a template whose SHA-256 is `digest` (hex).
     #[must_use]
     pub fn with_template_digest(mut self, digest: impl Into<String>) -> Self {
-        self.template_digest = Some(digest.into());
+        self.template_digest = TemplateDigest::given(digest);
         self
     }
 }

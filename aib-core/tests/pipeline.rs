@@ -367,3 +367,29 @@ async fn the_customization_log_is_private() {
     assert_eq!(std::fs::metadata(&log).unwrap().permissions().mode() & 0o777, 0o600);
     assert_eq!(std::fs::metadata(log.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
 }
+
+#[tokio::test]
+async fn targets_get_the_templates_digest_when_they_ask() {
+    #[derive(Debug, Default)]
+    struct Asks(std::sync::Mutex<Option<String>>);
+    impl std::fmt::Display for Asks {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Asks")
+        }
+    }
+    #[async_trait::async_trait]
+    impl aib_core::Distributor for Asks {
+        async fn distribute(&self, req: &aib_core::DistributeRequest, _: &aib_core::StepContext) -> aib_core::Result<aib_core::Artifact> {
+            *self.0.lock().unwrap() = req.template_digest.get().map(str::to_string);
+            Ok(aib_core::Artifact::with_uri("fake://asked"))
+        }
+    }
+    let fakes = FakeBackend::new();
+    let t = template(serde_json::json!({}));
+    let asks = Arc::new(Asks::default());
+    let mut b = Pipeline::from_template(&t, &fakes.backend()).unwrap();
+    b = b.target("asks", "VHD", asks.clone());
+    assert!(b.build().unwrap().run().await.succeeded());
+    assert_eq!(asks.0.lock().unwrap().as_deref(), Some(t.digest().as_str()));
+    assert_eq!(t.digest().len(), 64);
+}

@@ -297,7 +297,7 @@ impl Distributor for GalleryDistributor {
     async fn distribute(&self, req: &DistributeRequest, ctx: &StepContext) -> Result<Artifact> {
         let image = &req.image;
         let (manifest, dir) = match &self.target {
-            GalleryTarget::Shared(t) => self.gallery.publish(image, t, ctx.run.run_id(), req.template_digest.as_deref()).await?,
+            GalleryTarget::Shared(t) => self.gallery.publish(image, t, ctx.run.run_id(), req.template_digest.get()).await?,
             GalleryTarget::Managed(t) => {
                 let tags = t.artifact_tags.as_ref().and_then(|x| x.value()).cloned().unwrap_or_default();
                 self.gallery.put_managed_image(image, &t.image_id, ctx.run.run_id(), tags).await?

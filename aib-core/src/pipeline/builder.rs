@@ -129,7 +129,7 @@ impl PipelineBuilder {
                 tags: StringMap::new(),
                 location: String::new(),
                 staging_resource_group: None,
-                template_digest: None,
+                template_digest: crate::types::TemplateDigest::default(),
                 timeout: crate::template::DEFAULT_BUILD_TIMEOUT,
                 cleanup_timeout: Duration::from_secs(15 * 60),
                 on_customizer_error: ErrorAction::Cleanup,
@@ -195,7 +195,7 @@ impl PipelineBuilder {
         if let Some(name) = &t.name {
             b.cfg.tags.insert("imageTemplateName".into(), name.clone());
         }
-        b.cfg.template_digest = Some(t.digest());
+        b.cfg.template_digest = crate::types::TemplateDigest::of(Arc::new(t.clone()));
         Ok(b)
     }
 
@@ -342,7 +342,7 @@ impl PipelineBuilder {
     /// The SHA-256 (hex) of the template, for manifests of what an image was built from;
     /// [`PipelineBuilder::from_template`] sets the digest of the parsed template.
     pub fn template_digest(mut self, digest: impl Into<String>) -> Self {
-        self.cfg.template_digest = Some(digest.into());
+        self.cfg.template_digest = crate::types::TemplateDigest::given(digest);
         self
     }
 

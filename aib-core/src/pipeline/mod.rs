@@ -66,7 +66,7 @@ pub(crate) struct PipelineConfig {
     pub(crate) tags: StringMap,
     pub(crate) location: String,
     pub(crate) staging_resource_group: Option<String>,
-    pub(crate) template_digest: Option<String>,
+    pub(crate) template_digest: crate::types::TemplateDigest,
     pub(crate) timeout: Duration,
     pub(crate) cleanup_timeout: Duration,
     pub(crate) on_customizer_error: ErrorAction,
