@@ -30,7 +30,8 @@ pub struct AzureBackendBuilder {
 pub struct AzureBackend {
     provisioner: Arc<AzureProvisioner>,
     storage_endpoint: Option<String>,
-    file_roots: Vec<std::path::PathBuf>,
+    /// Downloads for customizers, with the operator's `file://` roots.
+    fetcher: aib_customizers::fetch::Fetcher,
 }
 
 impl AzureBackendBuilder {
@@ -60,9 +61,11 @@ impl AzureBackendBuilder {
             .provisioner
             .ok_or_else(|| Error::InvalidConfig { backend: BACKEND, key: "provisioner".into(), message: "call .provisioner(..)".into() })?
             .build()?;
-        let file_roots =
-            self.file_roots.into_iter().map(|d| std::fs::canonicalize(&d).map_err(|e| Error::io(&d, e))).collect::<Result<_>>()?;
-        Ok(AzureBackend { provisioner: Arc::new(p), storage_endpoint: self.storage_endpoint, file_roots })
+        let mut fetcher = aib_customizers::fetch::Fetcher::new();
+        for d in self.file_roots {
+            fetcher = fetcher.with_file_root(std::fs::canonicalize(&d).map_err(|e| Error::io(&d, e))?);
+        }
+        Ok(AzureBackend { provisioner: Arc::new(p), storage_endpoint: self.storage_endpoint, fetcher })
     }
 }
 
@@ -123,8 +126,7 @@ impl AzureBackend {
         reg = reg.with_distributor(type_names::VHD, move |spec| {
             Ok(Arc::new(DiskVhdDistributor::from_spec(arm.clone(), spec, endpoint.clone())?) as Arc<dyn Distributor>)
         });
-        let fetcher = self.file_roots.iter().fold(aib_customizers::fetch::Fetcher::new(), |f, r| f.with_file_root(r));
-        Backend::new(self.provisioner.clone(), aib_customizers::registry_with(fetcher).merge(reg))
+        Backend::new(self.provisioner.clone(), aib_customizers::registry_with(self.fetcher.clone()).merge(reg))
     }
 
     /// Deletes what runs left behind, found by their tags (`createdBy`, `aibRunId`): for when

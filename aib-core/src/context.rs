@@ -34,9 +34,16 @@ impl CustomizationLog {
     }
 }
 
-/// `O_NOFOLLOW`: a planted link is never written through.
-fn libc_nofollow() -> i32 {
-    libc::O_NOFOLLOW
+/// `s` with every one of `secrets` as `***` and every SAS signature redacted: the one masking
+/// rule of a run, before and after its emitter exists.
+pub(crate) fn mask(secrets: &[String], s: &str) -> String {
+    let mut out = crate::redact::signatures(s);
+    for secret in secrets.iter().filter(|x| !x.is_empty()) {
+        if out.contains(secret.as_str()) {
+            out = out.replace(secret.as_str(), "***");
+        }
+    }
+    out
 }
 
 /// Sends events, masks secrets and keeps the customization log.
@@ -61,7 +68,8 @@ impl Emitter {
                 .create(true)
                 .truncate(true)
                 .mode(0o600)
-                .custom_flags(libc_nofollow())
+                // A planted link is never written through.
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(&p)
                 .map_err(|e| Error::io(&p, e))?;
             log.file = Some((p, f));
@@ -72,15 +80,10 @@ impl Emitter {
 
     /// `s` with every registered secret as `***` and every SAS signature redacted.
     pub(crate) fn mask(&self, s: &str) -> String {
-        let mut out = crate::redact::signatures(s);
-        if let Ok(secrets) = self.secrets.read() {
-            for secret in secrets.iter() {
-                if out.contains(secret.as_str()) {
-                    out = out.replace(secret.as_str(), "***");
-                }
-            }
+        match self.secrets.read() {
+            Ok(secrets) => mask(&secrets, s),
+            Err(_) => crate::redact::signatures(s),
         }
-        out
     }
 
     pub(crate) fn send(&self, e: Event) {

@@ -61,8 +61,10 @@ pub struct LocalBackend {
     state: PathBuf,
     catalog: PathBuf,
     provisioner: Arc<QemuProvisioner>,
+    /// Where file outputs may go, resolved: `<state>/outputs` and the operator's roots.
     output_roots: Vec<PathBuf>,
-    file_roots: Vec<PathBuf>,
+    /// Downloads for customizers, with the operator's `file://` roots.
+    fetcher: aib_customizers::fetch::Fetcher,
 }
 
 /// Builds a [`LocalBackend`].
@@ -126,9 +128,15 @@ impl LocalBackendBuilder {
         std::fs::create_dir_all(&catalog).map_err(|e| Error::io(&catalog, e))?;
         // Roots are compared resolved, so a link inside one cannot lead out of it.
         let resolve = |d: PathBuf| std::fs::canonicalize(&d).map_err(|e| Error::io(&d, e));
-        let output_roots = self.output_roots.into_iter().map(resolve).collect::<Result<Vec<_>>>()?;
-        let file_roots = self.file_roots.into_iter().map(resolve).collect::<Result<Vec<_>>>()?;
-        Ok(LocalBackend { state, catalog, provisioner: Arc::new(p), output_roots, file_roots })
+        let mut output_roots = vec![resolve(state.join("outputs"))?];
+        for r in self.output_roots {
+            output_roots.push(resolve(r)?);
+        }
+        let mut fetcher = aib_customizers::fetch::Fetcher::new();
+        for r in self.file_roots {
+            fetcher = fetcher.with_file_root(resolve(r)?);
+        }
+        Ok(LocalBackend { state, catalog, provisioner: Arc::new(p), output_roots, fetcher })
     }
 }
 
@@ -174,10 +182,8 @@ impl LocalBackend {
         let source = Arc::new(LocalSource { catalog: self.catalog(), gallery: self.gallery() });
         let mut reg = Registry::new().with_sources(&type_names::SOURCES, source);
         let outputs = self.state.join("outputs");
-        let mut allowed = vec![std::fs::canonicalize(&outputs).unwrap_or(outputs.clone())];
-        allowed.extend(self.output_roots.iter().cloned());
         for t in [type_names::VHD, crate::outputs::LOCAL_FILE] {
-            let (o, roots) = (outputs.clone(), allowed.clone());
+            let (o, roots) = (outputs.clone(), self.output_roots.clone());
             reg = reg.with_distributor(t, move |spec| {
                 Ok(Arc::new(FileDistributor::from_spec(spec, &o)?.confined_to(roots.clone())?) as Arc<dyn Distributor>)
             });
@@ -187,8 +193,7 @@ impl LocalBackend {
             reg =
                 reg.with_distributor(t, move |spec| Ok(Arc::new(GalleryDistributor::from_spec(spec, g.clone())?) as Arc<dyn Distributor>));
         }
-        let fetcher = self.file_roots.iter().fold(aib_customizers::fetch::Fetcher::new(), |f, r| f.with_file_root(r));
-        Backend::new(self.provisioner.clone(), aib_customizers::registry_with(fetcher).merge(reg))
+        Backend::new(self.provisioner.clone(), aib_customizers::registry_with(self.fetcher.clone()).merge(reg))
     }
 }
 

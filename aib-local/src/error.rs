@@ -87,11 +87,7 @@ impl LocalError {
     /// for the SSH forwarding is [`LocalError::PortTaken`], anything else
     /// [`LocalError::QemuExited`].
     pub(crate) fn qemu_exited(status: ExitStatus, log: String, port: u16) -> Self {
-        if log.contains("host forwarding") || log.contains("Could not set up host forwarding rule") {
-            LocalError::PortTaken { port, log }
-        } else {
-            LocalError::QemuExited { status, log }
-        }
+        if log.contains("host forwarding") { LocalError::PortTaken { port, log } } else { LocalError::QemuExited { status, log } }
     }
 }
 

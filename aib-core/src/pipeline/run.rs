@@ -434,8 +434,7 @@ pub(crate) async fn execute(inner: Arc<Inner>, run_id: String, cancel: Cancellat
     report.run_sub_state = Some(RunSubState::Queued);
     report.customization_log = log_path.clone();
     let early = |report: &mut RunReport, what: &str, e: Error| {
-        let e =
-            e.masked(&|s: &str| cfg.secrets.iter().filter(|x| !x.is_empty()).fold(s.to_string(), |acc, x| acc.replace(x.as_str(), "***")));
+        let e = e.masked(&|s: &str| crate::context::mask(&cfg.secrets, s));
         report.message = format!("{what}: {}", error_chain(&e));
         report.error = Some(StepError::new(RUN_STEP, RunSubState::Queued, 1, e));
     };

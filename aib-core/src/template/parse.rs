@@ -3,7 +3,6 @@
 use super::decode::{ApiVersion, Cx, Obj, array, int, string};
 use super::diag::Code;
 use super::model::*;
-use super::type_names;
 use serde_json::{Map, Value};
 
 const V2021_10: ApiVersion = ApiVersion::new(2021, 10, 1);
