@@ -134,7 +134,9 @@ impl AzureBackend {
     /// `min_age`, or without a creation tag are left alone. Staging groups are kept.
     pub async fn gc_tagged(&self, live_runs: &HashSet<String>, min_age: Duration) -> Result<TagGcReport> {
         let sub = self.provisioner.subscription();
-        let all = self.arm().list(&format!("/subscriptions/{sub}/resources"), RESOURCES_API).await?;
+        // ARM filters by tag (Resources_List `$filter`), so a large subscription is not listed whole.
+        let filter = format!("$filter=tagName%20eq%20%27createdBy%27%20and%20tagValue%20eq%20%27{CREATED_BY}%27");
+        let all = self.arm().list(&format!("/subscriptions/{sub}/resources?{filter}"), RESOURCES_API).await?;
         let now = SystemTime::now();
         let mut found: Vec<&Value> =
             all.iter().filter(|r| r["tags"]["createdBy"] == CREATED_BY && r["tags"][RUN_TAG].is_string()).collect();

@@ -1,10 +1,12 @@
-//! One ARM client for every concurrent build: bearer tokens, retries of 429/5xx honouring
-//! `Retry-After` with jittered exponential backoff, a request budget per subscription, and
-//! long-running operations polled (`Azure-AsyncOperation`, `Location`, `provisioningState`)
-//! under their own deadline. ARM error bodies are surfaced as they are.
+//! One ARM client for every concurrent build: bearer tokens, retries of 429/5xx and of
+//! transient 409s honouring `Retry-After` with jittered exponential backoff, a request budget
+//! per subscription, and long-running operations polled as ARM's async API reference says
+//! (`Azure-AsyncOperation`, `Location`, `provisioningState`; the result of an operation whose
+//! spec says `final-state-via: location` read from `Location`) under their own deadline. ARM
+//! error bodies are surfaced as they are, with their details and support ids.
 
 use crate::credential::Credential;
-use crate::error::{ArmError, BACKEND, classify, parse_body, retryable_status};
+use crate::error::{ArmError, BACKEND, classify, retryable_status};
 use aib_core::retry::Backoff;
 use aib_core::{Error, Result};
 use reqwest::Method;
@@ -19,6 +21,19 @@ use tokio::sync::Semaphore;
 
 /// Public Azure's Resource Manager.
 pub const PUBLIC_ARM: &str = "https://management.azure.com";
+
+/// The pause between status polls when ARM sends no `Retry-After`.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Where a long-running operation's result is, as its spec's
+/// `x-ms-long-running-operation-options.final-state-via` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FinalState {
+    /// The resource itself (PUT), or nothing (DELETE, actions without output).
+    Resource,
+    /// The `Location` URL, once the operation ended (Run Command, grant disk access).
+    Location,
+}
 
 /// Retry settings for transport failures and 429/5xx answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,7 +130,8 @@ impl ArmClientBuilder {
         self
     }
 
-    /// Poll interval when the service gives no `Retry-After` (default 5 s).
+    /// Poll interval when the service gives no `Retry-After` (default 60 s, the interval ARM's
+    /// async API reference asks clients to use then).
     pub fn poll_interval(mut self, t: Duration) -> Self {
         self.poll_interval = Some(t);
         self
@@ -159,7 +175,7 @@ impl ArmClientBuilder {
                 budget,
                 budgets: Mutex::new(HashMap::new()),
                 lro_timeout: self.lro_timeout.unwrap_or(Duration::from_secs(3600)),
-                poll_interval: self.poll_interval.unwrap_or(Duration::from_secs(5)),
+                poll_interval: self.poll_interval.unwrap_or(DEFAULT_POLL_INTERVAL),
                 in_flight: AtomicUsize::new(0),
                 peak: AtomicUsize::new(0),
                 sent: AtomicUsize::new(0),
@@ -216,12 +232,9 @@ fn retry_after_unclamped(h: &HeaderMap) -> Option<Duration> {
     if let Some(ms) = v {
         return Some(Duration::from_millis(ms));
     }
-    let s = h.get("retry-after")?.to_str().ok()?;
-    if let Ok(secs) = s.trim().parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = humantime::parse_rfc3339_weak(s).ok()?;
-    Some(at.duration_since(std::time::SystemTime::now()).unwrap_or_default())
+    // ARM's `Retry-After` is a whole number of seconds, never an HTTP date.
+    let secs = h.get("retry-after")?.to_str().ok()?.trim().parse::<u64>().ok()?;
+    Some(Duration::from_secs(secs))
 }
 
 fn header(h: &HeaderMap, k: &str) -> Option<String> {
@@ -300,8 +313,12 @@ impl ArmClient {
                 .request(method.clone(), url)
                 .header("Authorization", token)
                 .header("x-ms-client-request-id", uuid::Uuid::new_v4().to_string());
-            if let Some(b) = body {
-                rb = rb.json(b);
+            match body {
+                Some(b) => rb = rb.json(b),
+                // HTTP.sys, ARM's front end, answers 411 to a POST or PUT without a length;
+                // over HTTP/1.1 an empty body gets no `Content-Length` unless it is set.
+                None if method == Method::POST || method == Method::PUT => rb = rb.header(reqwest::header::CONTENT_LENGTH, "0"),
+                None => {}
             }
             inner.sent.fetch_add(1, Ordering::SeqCst);
             let delay = match rb.send().await {
@@ -314,14 +331,12 @@ impl ArmClient {
                         return Ok(Reply { status, headers, body });
                     }
                     let after = retry_after(&headers);
-                    let (code, message) = parse_body(&bytes);
-                    let err = ArmError {
-                        status,
-                        code: if code.is_empty() { format!("HTTP{status}") } else { code },
-                        message,
-                        request: what.clone(),
-                    };
-                    if !retryable_status(status) || (!repeatable && status != 429) || attempt >= inner.retry.max_retries {
+                    let err = ArmError::from_body(status, &bytes, what.clone())
+                        .with_ids(header(&headers, "x-ms-request-id"), header(&headers, "x-ms-correlation-request-id"));
+                    // A transient 409 says the request was not taken, like a 429.
+                    let not_taken = status == 429 || err.is_transient_conflict();
+                    let again = not_taken || (repeatable && retryable_status(status));
+                    if !again || attempt >= inner.retry.max_retries {
                         return Err(classify(err, after));
                     }
                     let d = after.unwrap_or_else(|| backoff.next_delay());
@@ -369,20 +384,40 @@ impl ArmClient {
         Ok(out)
     }
 
-    /// `PUT` a resource and wait until it is provisioned; returns the final resource.
+    /// `PUT` a resource and wait until it is provisioned; returns the final resource. A
+    /// synchronous answer whose `provisioningState` is `Failed` or `Canceled` is an error.
     pub async fn put(&self, path: &str, api: &str, body: &Value) -> Result<Value> {
         let url = self.url(path, api);
         let r = self.send(Method::PUT, &url, Some(body)).await?;
         let what = format!("PUT {path}");
-        self.wait(&what, &r).await?;
-        let done = header(&r.headers, "azure-asyncoperation").is_none() && r.status != 202 && state(&r.body).is_none_or(terminal);
-        if done { Ok(r.body) } else { self.poll_resource(&what, &url).await }
+        let asynchronous = header(&r.headers, "azure-asyncoperation").is_some() || r.status == 202;
+        if asynchronous {
+            self.wait(&what, &r, FinalState::Resource).await?;
+            return self.poll_resource(&what, &url).await;
+        }
+        match state(&r.body) {
+            Some("Succeeded") | None => Ok(r.body),
+            Some(s @ ("Failed" | "Canceled")) => Err(provisioning_failed(&what, s, &r.body)),
+            Some(_) => self.poll_resource(&what, &url).await,
+        }
+    }
+
+    /// `PATCH` a resource (tags) and wait until the update ended; returns the resource.
+    pub async fn patch(&self, path: &str, api: &str, body: &Value) -> Result<Value> {
+        let url = self.url(path, api);
+        let r = self.send(Method::PATCH, &url, Some(body)).await?;
+        let what = format!("PATCH {path}");
+        if header(&r.headers, "azure-asyncoperation").is_some() || r.status == 202 {
+            self.wait(&what, &r, FinalState::Resource).await?;
+            return self.poll_resource(&what, &url).await;
+        }
+        Ok(r.body)
     }
 
     /// `DELETE` a resource and wait until it is gone; deleting what does not exist succeeds.
     pub async fn delete(&self, path: &str, api: &str) -> Result<()> {
         match self.send(Method::DELETE, &self.url(path, api), None).await {
-            Ok(r) => self.wait(&format!("DELETE {path}"), &r).await.map(|_| ()),
+            Ok(r) => self.wait(&format!("DELETE {path}"), &r, FinalState::Resource).await.map(|_| ()),
             Err(Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e),
         }
@@ -390,42 +425,60 @@ impl ArmClient {
 
     /// `POST` an action and wait for it; returns the operation's output (or `Null`).
     pub async fn post(&self, path: &str, api: &str, body: Option<&Value>) -> Result<Value> {
-        self.post_mode(path, api, body, true).await
+        self.post_mode(path, api, body, true, FinalState::Resource).await
     }
 
-    /// `POST` an action that must not run twice (Run Command): a 5xx or a lost connection is
-    /// an error, not a retry; only throttling (429) is waited out.
+    /// `POST` an action whose result the spec puts at the `Location` URL
+    /// (`final-state-via: location`: grant disk access); returns that result.
+    pub async fn post_for_location(&self, path: &str, api: &str, body: Option<&Value>) -> Result<Value> {
+        self.post_mode(path, api, body, true, FinalState::Location).await
+    }
+
+    /// `POST` an action that must not run twice (Run Command, whose result is at `Location`):
+    /// a 5xx or a lost connection is an error, not a retry; only throttling (429) and
+    /// transient conflicts are waited out.
     pub async fn post_once(&self, path: &str, api: &str, body: Option<&Value>) -> Result<Value> {
-        self.post_mode(path, api, body, false).await
+        self.post_mode(path, api, body, false, FinalState::Location).await
     }
 
-    async fn post_mode(&self, path: &str, api: &str, body: Option<&Value>, repeatable: bool) -> Result<Value> {
+    async fn post_mode(&self, path: &str, api: &str, body: Option<&Value>, repeatable: bool, fin: FinalState) -> Result<Value> {
         let r = self.send_mode(Method::POST, &self.url(path, api), body, repeatable).await?;
-        let out = self.wait(&format!("POST {path}"), &r).await?;
+        let out = self.wait(&format!("POST {path}"), &r, fin).await?;
         Ok(if out.is_null() { r.body } else { out })
     }
 
-    /// Follows the long-running operation a response started, if any; returns its output.
-    async fn wait(&self, what: &str, r: &Reply) -> Result<Value> {
+    /// Follows the long-running operation a response started, if any; returns its result:
+    /// the `Location` answer for [`FinalState::Location`] (and for operations reported by
+    /// `Location` alone), `Null` otherwise.
+    async fn wait(&self, what: &str, r: &Reply, fin: FinalState) -> Result<Value> {
         let deadline = Instant::now() + self.inner.lro_timeout;
         let mut pause = retry_after(&r.headers).unwrap_or(self.inner.poll_interval);
+        let location = header(&r.headers, "location");
         if let Some(op) = header(&r.headers, "azure-asyncoperation") {
-            loop {
+            let ended = loop {
                 self.sleep_until(what, deadline, pause).await?;
-                let p = self.send(Method::GET, &op, None).await?;
+                let p = self.status(what, &op).await?;
                 match p.body["status"].as_str().unwrap_or("InProgress") {
-                    "Succeeded" => return Ok(p.body["properties"]["output"].clone()),
+                    "Succeeded" => break p,
                     "Failed" | "Canceled" | "Cancelled" => return Err(op_error(what, &p.body)),
                     _ => pause = retry_after(&p.headers).unwrap_or(self.inner.poll_interval),
                 }
-            }
+            };
+            return match (fin, location) {
+                // The operation ended: `Location` answers what a synchronous call would have.
+                (FinalState::Location, Some(loc)) => Ok(self.status(what, &loc).await?.body),
+                // No `Location` (which the reference requires of a POST): the status body's
+                // RP-defined `properties.output` is all there is.
+                (FinalState::Location, None) => Ok(ended.body["properties"]["output"].clone()),
+                (FinalState::Resource, _) => Ok(Value::Null),
+            };
         }
         if r.status == 202
-            && let Some(loc) = header(&r.headers, "location")
+            && let Some(loc) = location
         {
             loop {
                 self.sleep_until(what, deadline, pause).await?;
-                let p = self.send(Method::GET, &loc, None).await?;
+                let p = self.status(what, &loc).await?;
                 if p.status != 202 {
                     return Ok(p.body);
                 }
@@ -435,13 +488,24 @@ impl ArmClient {
         Ok(Value::Null)
     }
 
+    /// One status poll. A 4xx there is a failure to read the status, not of the operation
+    /// (ARM's async API reference), so it is never taken for "not found" or "deleted".
+    async fn status(&self, what: &str, url: &str) -> Result<Reply> {
+        match self.send(Method::GET, url, None).await {
+            Err(Error::NotFound { what: detail, .. }) => {
+                Err(Error::generic(BACKEND, format!("{what}: reading the operation's status failed: {detail}")))
+            }
+            r => r,
+        }
+    }
+
     async fn poll_resource(&self, what: &str, url: &str) -> Result<Value> {
         let deadline = Instant::now() + self.inner.lro_timeout;
         loop {
             let r = self.send(Method::GET, url, None).await?;
             match state(&r.body) {
                 Some("Succeeded") | None => return Ok(r.body),
-                Some(s @ ("Failed" | "Canceled")) => return Err(Error::generic(BACKEND, format!("{what}: provisioningState {s}"))),
+                Some(s @ ("Failed" | "Canceled")) => return Err(provisioning_failed(what, s, &r.body)),
                 _ => self.sleep_until(what, deadline, retry_after(&r.headers).unwrap_or(self.inner.poll_interval)).await?,
             }
         }
@@ -460,14 +524,26 @@ fn state(v: &Value) -> Option<&str> {
     v["properties"]["provisioningState"].as_str()
 }
 
-fn terminal(s: &str) -> bool {
-    matches!(s, "Succeeded" | "Failed" | "Canceled")
+fn provisioning_failed(what: &str, state: &str, body: &Value) -> Error {
+    let mut e = ArmError::from_value(0, body, what);
+    if e.code.is_empty() {
+        e.code = format!("ProvisioningState{state}");
+    }
+    if e.message.is_empty() {
+        e.message = format!("the resource's provisioningState is {state}");
+    }
+    classify(e, None)
 }
 
 fn op_error(what: &str, body: &Value) -> Error {
-    let code = body["error"]["code"].as_str().unwrap_or("OperationFailed").to_string();
-    let message = body["error"]["message"].as_str().unwrap_or("the long-running operation failed").to_string();
-    classify(ArmError { status: 0, code, message, request: what.to_string() }, None)
+    let mut e = ArmError::from_value(0, body, what);
+    if e.code.is_empty() {
+        e.code = "OperationFailed".into();
+    }
+    if e.message.is_empty() {
+        e.message = "the long-running operation failed".into();
+    }
+    classify(e, None)
 }
 
 #[cfg(test)]

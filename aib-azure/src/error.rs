@@ -6,8 +6,11 @@ use std::time::Duration;
 
 pub(crate) const BACKEND: &str = "azure";
 
-/// An error as ARM reported it: status, `error.code`, `error.message`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An error as ARM reported it: status, `error.code`, `error.message`, the nested
+/// `error.details[]` (where ARM puts the reason an OS provisioning or a deployment failed) and
+/// the ids a support ticket asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct ArmError {
     /// HTTP status (0 for a failed long-running operation reported in a body).
     pub status: u16,
@@ -15,15 +18,95 @@ pub struct ArmError {
     pub code: String,
     /// ARM's message, unchanged.
     pub message: String,
+    /// `error.details[]`, flattened depth first: `(code, message)`.
+    pub details: Vec<(String, String)>,
     /// The request, `METHOD path`.
     pub request: String,
+    /// `x-ms-request-id` of the answer, when ARM sent one.
+    pub request_id: Option<String>,
+    /// `x-ms-correlation-request-id` of the answer, when ARM sent one.
+    pub correlation_id: Option<String>,
+}
+
+impl ArmError {
+    /// An error with `code` and `message` for the request `request` (`METHOD path`).
+    pub fn new(status: u16, code: impl Into<String>, message: impl Into<String>, request: impl Into<String>) -> Self {
+        ArmError { status, code: code.into(), message: message.into(), request: request.into(), ..Default::default() }
+    }
+
+    /// Reads ARM's error body (`{error:{code,message,details}}` or the bare pre-2021 form).
+    pub(crate) fn from_body(status: u16, body: &[u8], request: impl Into<String>) -> Self {
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        let mut e = Self::from_value(status, &v, request);
+        if e.message.is_empty() && !v.is_object() {
+            e.message = String::from_utf8_lossy(&body[..body.len().min(400)]).into_owned();
+        }
+        if e.code.is_empty() {
+            e.code = format!("HTTP{status}");
+        }
+        e
+    }
+
+    /// Reads an error object (a body, or a failed operation's status body).
+    pub(crate) fn from_value(status: u16, v: &serde_json::Value, request: impl Into<String>) -> Self {
+        let e = if v["error"].is_object() { &v["error"] } else { v };
+        let mut details = Vec::new();
+        collect_details(&e["details"], &mut details);
+        ArmError {
+            status,
+            code: e["code"].as_str().unwrap_or_default().to_string(),
+            message: e["message"].as_str().unwrap_or_default().to_string(),
+            details,
+            request: request.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Keeps the support ids of the answer's headers.
+    pub(crate) fn with_ids(mut self, request_id: Option<String>, correlation_id: Option<String>) -> Self {
+        self.request_id = request_id;
+        self.correlation_id = correlation_id;
+        self
+    }
+
+    /// Whether ARM said the request may simply be sent again: a 409 for an operation still
+    /// in progress on the same resource (`AnotherOperationInProgress`, the network provider's
+    /// `RetryableError`, a preempted operation).
+    pub fn is_transient_conflict(&self) -> bool {
+        self.status == 409 && TRANSIENT_CONFLICTS.iter().any(|c| self.code.eq_ignore_ascii_case(c))
+    }
+}
+
+/// The 409 codes ARM uses for "another operation is in progress; try again".
+const TRANSIENT_CONFLICTS: &[&str] =
+    &["AnotherOperationInProgress", "RetryableError", "OperationPreempted", "ConflictingOperationInProgress"];
+
+fn collect_details(v: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    for d in v.as_array().into_iter().flatten().take(32) {
+        let code = d["code"].as_str().unwrap_or_default().to_string();
+        let message = d["message"].as_str().unwrap_or_default().to_string();
+        if !(code.is_empty() && message.is_empty()) {
+            out.push((code, message));
+        }
+        collect_details(&d["details"], out);
+    }
 }
 
 impl fmt::Display for ArmError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {} ({}", self.code, self.message, self.request)?;
+        write!(f, "{}: {}", self.code, self.message)?;
+        for (code, message) in &self.details {
+            write!(f, "; {code}: {message}")?;
+        }
+        write!(f, " ({}", self.request)?;
         if self.status != 0 {
             write!(f, ", HTTP {}", self.status)?;
+        }
+        if let Some(id) = &self.request_id {
+            write!(f, ", x-ms-request-id {id}")?;
+        }
+        if let Some(id) = &self.correlation_id {
+            write!(f, ", x-ms-correlation-request-id {id}")?;
         }
         f.write_str(")")
     }
@@ -78,16 +161,6 @@ impl From<AzureError> for Error {
     }
 }
 
-/// Reads `{error:{code,message}}` (or the bare pre-2021 `{code,message}`).
-pub(crate) fn parse_body(body: &[u8]) -> (String, String) {
-    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-    let e = if v["error"].is_object() { &v["error"] } else { &v };
-    let code = e["code"].as_str().unwrap_or_default().to_string();
-    let message =
-        e["message"].as_str().map(str::to_string).unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(400)]).into_owned());
-    (code, message)
-}
-
 /// Whether the call may be tried again.
 pub(crate) fn retryable_status(status: u16) -> bool {
     matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
@@ -95,6 +168,9 @@ pub(crate) fn retryable_status(status: u16) -> bool {
 
 /// Maps an ARM failure to aib's error, semantic variants first.
 pub(crate) fn classify(e: ArmError, retry_after: Option<Duration>) -> Error {
+    if e.is_transient_conflict() {
+        return Error::Generic { backend: BACKEND, retryable: true, source: Box::new(e) };
+    }
     match (e.status, e.code.as_str()) {
         (429, _) => Error::Throttled { backend: BACKEND, retry_after },
         (401, _) => Error::Unauthenticated { backend: BACKEND, source: Box::new(e) },
@@ -113,7 +189,7 @@ mod tests {
     use super::*;
 
     fn arm(status: u16, code: &str) -> ArmError {
-        ArmError { status, code: code.into(), message: "m".into(), request: "GET /x".into() }
+        ArmError::new(status, code, "m", "GET /x")
     }
 
     #[test]
@@ -124,7 +200,25 @@ mod tests {
         let e = classify(arm(0, "AllocationFailed"), None);
         assert!(!e.is_retryable() && e.to_string().contains("AllocationFailed"), "{e}");
         assert!(classify(arm(503, "ServiceUnavailable"), None).is_retryable());
-        assert_eq!(parse_body(br#"{"error":{"code":"SkuNotAvailable","message":"no"}}"#), ("SkuNotAvailable".into(), "no".into()));
-        assert_eq!(parse_body(br#"{"code":"Old","message":"bare"}"#).0, "Old");
+        let e = ArmError::from_body(400, br#"{"error":{"code":"SkuNotAvailable","message":"no"}}"#, "PUT /x");
+        assert_eq!((e.code.as_str(), e.message.as_str()), ("SkuNotAvailable", "no"));
+        assert_eq!(ArmError::from_body(400, br#"{"code":"Old","message":"bare"}"#, "PUT /x").code, "Old");
+        assert_eq!(ArmError::from_body(411, b"<h2>Length Required</h2>", "POST /x").code, "HTTP411");
+        assert!(classify(arm(409, "AnotherOperationInProgress"), None).is_retryable());
+        assert!(!classify(arm(409, "Conflict"), None).is_retryable());
+    }
+
+    #[test]
+    fn details_and_support_ids_are_kept() {
+        let body = br#"{"error":{"code":"DeploymentFailed","message":"At least one resource deployment operation failed.",
+            "details":[{"code":"OSProvisioningTimedOut","message":"OS Provisioning for VM 'vm' did not finish in the allotted time.",
+                        "details":[{"code":"Inner","message":"deeper"}]}]}}"#;
+        let e = ArmError::from_body(400, body, "PUT /vm").with_ids(Some("req-1".into()), Some("corr-2".into()));
+        assert_eq!(e.details.len(), 2);
+        let s = e.to_string();
+        for part in ["DeploymentFailed", "OSProvisioningTimedOut", "deeper", "x-ms-request-id req-1", "x-ms-correlation-request-id corr-2"]
+        {
+            assert!(s.contains(part), "{part} missing from {s}");
+        }
     }
 }

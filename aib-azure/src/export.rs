@@ -199,7 +199,11 @@ impl Distributor for DiskVhdDistributor {
         let sas_seconds = self.copy_timeout.as_secs() + 600;
         let access = self
             .arm
-            .post(&format!("{disk}/beginGetAccess"), DISK_API, Some(&json!({"access": "Read", "durationInSeconds": sas_seconds})))
+            .post_for_location(
+                &format!("{disk}/beginGetAccess"),
+                DISK_API,
+                Some(&json!({"access": "Read", "durationInSeconds": sas_seconds})),
+            )
             .await?;
         let result = match access["accessSAS"].as_str() {
             Some(sas) => {

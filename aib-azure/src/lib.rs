@@ -66,7 +66,7 @@ pub mod windows;
 pub use api::{COMPUTE_API, DISK_API, GALLERY_API, NETWORK_API, RESOURCES_API, STORAGE_API, api_version_for};
 pub use backend::{AzureBackend, AzureBackendBuilder, TagGcReport};
 pub use blob::parse_blob_uri;
-pub use client::{ArmClient, ArmClientBuilder, PUBLIC_ARM, RetryConfig};
+pub use client::{ArmClient, ArmClientBuilder, DEFAULT_POLL_INTERVAL, PUBLIC_ARM, RetryConfig};
 pub use credential::Credential;
 pub use distribute::{ManagedImageDistributor, SharedImageDistributor, next_version};
 pub use error::{ArmError, AzureError};

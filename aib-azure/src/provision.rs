@@ -473,6 +473,10 @@ impl Provisioner for AzureProvisioner {
         ctx.record(ResourceRecord::new(BACKEND, "disk", &disk_id, Scope::BuildVm))?;
         ctx.notice(format!("creating build VM {vm_name} ({size}) in {group}"));
         let record = self.create(ctx, "virtualMachine", &vm_id, &body).await?;
+        // A VM's tags are not given to its OS disk: tagged here, an orphan disk is found by `gc`.
+        if let Err(e) = self.arm.patch(&disk_id, DISK_API, &json!({"tags": tags_v})).await {
+            ctx.notice(format!("tagging the OS disk {disk_id} failed ({e}); the run's ledger still holds it"));
+        }
         let address = nic.address(&self.arm).await?;
         // The run's key and password stay in this process: to log in to a kept VM, set your own.
         let rg_name = group.rsplit('/').next().unwrap_or_default();

@@ -1,6 +1,6 @@
 //! The ARM client and the Azure sources against the ARM test server.
 
-use aib_azure::{ArmClient, AzureSource, COMPUTE_API, Credential, RetryConfig};
+use aib_azure::{ArmClient, AzureSource, COMPUTE_API, Credential, NETWORK_API, RetryConfig};
 use aib_core::template::{ImageSource, ManagedImageSource, PlatformImageSource, SharedImageVersionSource};
 use aib_core::{Error, ResolveRequest, Source, StepContext};
 use aib_testkit::arm::{ArmFault, ArmServer};
@@ -79,20 +79,20 @@ async fn long_running_operations_are_followed_to_the_end() {
     group(&c, "rg1").await;
     s.set_polls(3);
     let id = format!("/subscriptions/{SUB}/resourceGroups/rg1/providers/Microsoft.Network/publicIPAddresses/ip1");
-    let v = c.put(&id, "2024-03-01", &json!({"location": "westus", "properties": {"publicIPAllocationMethod": "Static"}})).await.unwrap();
+    let v = c.put(&id, NETWORK_API, &json!({"location": "westus", "properties": {"publicIPAllocationMethod": "Static"}})).await.unwrap();
     assert_eq!(v["properties"]["provisioningState"], "Succeeded");
     assert_eq!(
-        c.list(&format!("/subscriptions/{SUB}/resourceGroups/rg1/providers/Microsoft.Network/publicIPAddresses"), "2024-03-01")
+        c.list(&format!("/subscriptions/{SUB}/resourceGroups/rg1/providers/Microsoft.Network/publicIPAddresses"), NETWORK_API)
             .await
             .unwrap()
             .len(),
         1
     );
-    c.delete(&id, "2024-03-01").await.unwrap();
+    c.delete(&id, NETWORK_API).await.unwrap();
     assert!(s.resource(&id).is_none(), "deleted once the operation finished");
-    c.delete(&id, "2024-03-01").await.unwrap();
+    c.delete(&id, NETWORK_API).await.unwrap();
     // Deleting a group takes its resources along.
-    c.put(&id, "2024-03-01", &json!({"location": "westus"})).await.unwrap();
+    c.put(&id, NETWORK_API, &json!({"location": "westus"})).await.unwrap();
     c.delete(&format!("/subscriptions/{SUB}/resourceGroups/rg1"), "2021-04-01").await.unwrap();
     assert!(s.resource_ids().is_empty());
 }
@@ -115,7 +115,7 @@ async fn arm_errors_arrive_as_arm_wrote_them() {
     let err = c
         .put(
             &format!("/subscriptions/{SUB}/resourceGroups/nope/providers/Microsoft.Network/virtualNetworks/v"),
-            "2024-03-01",
+            NETWORK_API,
             &json!({"location": "westus"}),
         )
         .await

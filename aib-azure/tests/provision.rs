@@ -330,8 +330,17 @@ async fn gc_by_tags_deletes_what_a_killed_run_left_but_not_live_runs() {
     let ctx = RunContext::detached("killed-run").unwrap();
     let image = source.resolve(&west(&ubuntu()), &ctx.step("resolve")).await.unwrap();
     let req = ProvisionRequest::new(image).with_location("westus2").with_template_name("t").with_tag("aibRunId", "killed-run");
-    backend.provisioner().provision(&req, &ctx.step("provision")).await.unwrap();
+    let vm = backend.provisioner().provision(&req, &ctx.step("provision")).await.unwrap();
     assert!(leaked(&s).len() >= 6, "{:?}", leaked(&s));
+    // The OS disk carries the run's tags, so it is found even when its VM is gone without it
+    // (someone deleted the VM with the disk detached).
+    let disk = vm.attributes["osDiskId"].as_str().unwrap().to_string();
+    assert_eq!(s.resource(&disk).unwrap()["tags"]["aibRunId"], "killed-run");
+    let mut v = s.resource(&vm.id).unwrap();
+    v["properties"]["storageProfile"]["osDisk"]["deleteOption"] = "Detach".into();
+    s.put_resource(&vm.id, v);
+    c.delete(&vm.id, aib_azure::COMPUTE_API).await.unwrap();
+    assert!(s.resource(&disk).is_some(), "the disk outlived its VM");
     let live: HashSet<String> = ["killed-run".to_string()].into();
     let r = backend.gc_tagged(&live, Duration::ZERO).await.unwrap();
     assert!(r.deleted.is_empty() && !r.skipped.is_empty(), "a live run's resources are never touched");
@@ -339,6 +348,7 @@ async fn gc_by_tags_deletes_what_a_killed_run_left_but_not_live_runs() {
     assert!(r.deleted.is_empty(), "younger than the threshold");
     let r = backend.gc_tagged(&HashSet::new(), Duration::ZERO).await.unwrap();
     assert!(r.failed.is_empty(), "{:?}", r.failed);
+    assert!(r.deleted.contains(&disk), "the orphan disk was found by its tags: {:?}", r.deleted);
     assert_eq!(leaked(&s), Vec::<String>::new());
     assert_eq!(s.running_guests(), 0);
 }

@@ -31,6 +31,8 @@ pub enum ArmFault {
     ServerError,
     /// `503` with no `Retry-After`.
     Unavailable,
+    /// `409 AnotherOperationInProgress`: an operation on the same resource has not ended.
+    Conflict,
 }
 
 /// The result of work that goes on beside the server (a disk export, a Run Command): the
@@ -76,6 +78,7 @@ struct State {
     tokens: usize,
     disks: Option<Arc<dyn DiskStore>>,
     agreements: HashSet<String>,
+    results_in_status: bool,
 }
 
 /// A running ARM test server; stops when dropped.
@@ -104,6 +107,17 @@ fn ok(status: u16, v: &Value) -> Response {
 fn split_path(path: &str) -> (String, Vec<String>) {
     let (p, _) = path.split_once('?').unwrap_or((path, ""));
     (p.trim_end_matches('/').to_string(), p.trim_matches('/').split('/').map(str::to_string).collect())
+}
+
+/// `$filter=tagName eq 'k' and tagValue eq 'v'` (Resources_List), percent-decoded.
+fn tag_filter(path: &str) -> Option<(String, String)> {
+    let f = query(path, "$filter").or_else(|| query(path, "%24filter"))?;
+    let f = f.replace("%20", " ").replace("%27", "'").replace('+', " ");
+    let quoted = |s: &str, key: &str| -> Option<String> {
+        let rest = s.split_once(&format!("{key} eq '"))?.1;
+        Some(rest.split_once('\'')?.0.to_string())
+    };
+    Some((quoted(&f, "tagName")?, quoted(&f, "tagValue")?))
 }
 
 fn query(path: &str, key: &str) -> Option<String> {
@@ -211,6 +225,14 @@ impl ArmServer {
         self.with(|s| s.groups.values().filter_map(|v| v["id"].as_str().map(str::to_string)).collect())
     }
 
+    /// Puts an action's result in its operation-status body too (`properties.output`), as the
+    /// Compute provider does today without a spec saying so; by default the result is only at
+    /// the operation's `Location`, where the spec puts it.
+    pub fn with_results_in_status_bodies(self) -> Self {
+        self.with(|s| s.results_in_status = true);
+        self
+    }
+
     /// Long-running operations take `n` polls to finish.
     pub fn set_polls(&self, n: u32) {
         self.with(|s| s.polls = n.max(1));
@@ -308,6 +330,18 @@ impl ArmServer {
     fn handle(state: &Mutex<State>, base: &str, req: Request) -> Response {
         let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
         s.requests.push(format!("{} {}", req.method, req.path.split('?').next().unwrap_or_default()));
+        // ARM's front end is HTTP.sys, which refuses a body-carrying method with no length.
+        if matches!(req.method.as_str(), "POST" | "PUT" | "PATCH")
+            && !req.headers.contains_key("content-length")
+            && !req.headers.get("transfer-encoding").is_some_and(|t| t.to_ascii_lowercase().contains("chunked"))
+        {
+            return Response::new(
+                411,
+                "<h2>Length Required</h2>\r\n<hr><p>HTTP Error 411. The request must be chunked or have a content length.</p>\r\n",
+            )
+            .header("Content-Type", "text/html; charset=us-ascii")
+            .header("Server", "Microsoft-HTTPAPI/2.0");
+        }
         // Entra ID's token endpoint (client credentials): `/{tenant}/oauth2/v2.0/token`.
         if req.method == "POST" && req.path.split('?').next().unwrap_or_default().ends_with("/oauth2/v2.0/token") {
             let form = String::from_utf8_lossy(&req.body).to_string();
@@ -330,6 +364,11 @@ impl ArmServer {
                 }
                 ArmFault::ServerError => error(500, "InternalServerError", "An internal server error occurred."),
                 ArmFault::Unavailable => error(503, "ServiceUnavailable", "The service is unavailable."),
+                ArmFault::Conflict => error(
+                    409,
+                    "AnotherOperationInProgress",
+                    "Operation on the resource failed because another operation is in progress; retry later.",
+                ),
             };
         }
         if query(&req.path, "api-version").is_none() {
@@ -378,7 +417,10 @@ impl ArmServer {
                 if let (true, Some((code, msg))) = (done, &op.error) {
                     body["error"] = json!({"code": code, "message": msg});
                 }
-                if let (true, OpKind::Action { result: Some(r) }) = (done, &op.kind) {
+                // ARM leaves a status body's `properties` to the provider; the result of an
+                // operation is at its `Location`, unless the server was asked to mimic the
+                // Compute provider's undocumented copy of it here.
+                if let (true, OpKind::Action { result: Some(r) }, true) = (done, &op.kind, s.results_in_status) {
                     body["properties"] = json!({"output": r});
                 }
                 return ok(200, &body);
@@ -449,7 +491,13 @@ impl ArmServer {
             let value: Vec<Value> = if lower[2] == "resourcegroups" {
                 s.groups.values().cloned().collect()
             } else {
-                s.resources.values().filter(|v| !v["type"].as_str().unwrap_or_default().contains("/subnets")).cloned().collect()
+                let tag = tag_filter(&req.path);
+                s.resources
+                    .values()
+                    .filter(|v| !v["type"].as_str().unwrap_or_default().contains("/subnets"))
+                    .filter(|v| tag.as_ref().is_none_or(|(k, val)| v["tags"][k.as_str()].as_str() == Some(val.as_str())))
+                    .cloned()
+                    .collect()
             };
             return ok(200, &json!({"value": value}));
         }
@@ -484,7 +532,7 @@ impl ArmServer {
                 },
                 "DELETE" => {
                     if !s.groups.contains_key(&key) {
-                        return Response::new(204, "");
+                        return error(404, "ResourceGroupNotFound", &format!("Resource group '{}' could not be found.", seg[3]));
                     }
                     let (_, location) = Self::new_op(&mut s, base, &sub, OpKind::Delete(key), None);
                     Response::new(202, "").header("Location", &location).header("Retry-After", "0")
@@ -521,6 +569,10 @@ impl ArmServer {
                         if let Err(r) = r {
                             return r;
                         }
+                    }
+                    // VirtualMachines_Generalize is synchronous: `200 {}`.
+                    if action == "generalize" {
+                        return ok(200, &json!({}));
                     }
                     let ttype = s.resources[&target]["type"].as_str().unwrap_or_default().to_ascii_lowercase();
                     if ttype == "microsoft.storage/storageaccounts" && action == "listkeys" {
@@ -608,8 +660,32 @@ impl ArmServer {
                 }
                 let failure = s.create_failures.get(&rtype.to_ascii_lowercase()).cloned();
                 let existed = s.resources.insert(key.clone(), body.clone()).is_some();
-                let (async_url, _) = Self::new_op(&mut s, base, &sub, OpKind::Create(key), failure);
+                let (async_url, location) = Self::new_op(&mut s, base, &sub, OpKind::Create(key), failure);
+                // StorageAccounts_Create answers `202` with only a `Location` (its spec lists 200
+                // and 202, no 201 and no Azure-AsyncOperation).
+                if rtype.eq_ignore_ascii_case("Microsoft.Storage/storageAccounts") {
+                    return Response::new(202, "").header("Location", &location).header("Retry-After", "0");
+                }
                 ok(if existed { 200 } else { 201 }, &body).header("Azure-AsyncOperation", &async_url).header("Retry-After", "0")
+            }
+            "PATCH" => {
+                let Ok(patch) = serde_json::from_slice::<Value>(&req.body) else {
+                    return error(400, "InvalidRequestContent", "The request content was invalid and could not be deserialized.");
+                };
+                let Some(r) = s.resources.get_mut(&key) else {
+                    return error(
+                        404,
+                        "ResourceNotFound",
+                        &format!("The Resource '{rtype}' under resource group '{}' was not found.", seg[3]),
+                    );
+                };
+                if let Some(tags) = patch.get("tags") {
+                    r["tags"] = tags.clone();
+                }
+                if let (Some(p), Some(into)) = (patch["properties"].as_object(), r["properties"].as_object_mut()) {
+                    into.extend(p.clone());
+                }
+                ok(200, &r.clone())
             }
             "DELETE" => {
                 if !s.resources.contains_key(&key) {
