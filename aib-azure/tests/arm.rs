@@ -67,7 +67,7 @@ async fn an_action_that_must_not_run_twice_is_not_retried_after_a_server_error()
     assert_eq!(c.requests_sent() - before, 1, "a 500 may come after the action started: not sent again");
     // Throttling says the request was not taken: that is waited out.
     s.inject(ArmFault::Throttle { retry_after_secs: 0 }, 1);
-    let err = c.post_once(&vm, COMPUTE_API, None).await.unwrap_err();
+    let err = c.post_once(&vm, COMPUTE_API, Some(&json!({"commandId": "RunPowerShellScript"}))).await.unwrap_err();
     assert!(matches!(err, Error::NotFound { .. }), "retried past the 429 to the missing VM: {err:?}");
     assert_eq!(s.pending_faults(), 0);
 }
@@ -217,9 +217,10 @@ async fn sources_resolve_exact_versions_and_check_regions() {
     let def = format!("{rg}/providers/Microsoft.Compute/galleries/g/images/web");
     s.put_resource(
         &def,
-        json!({"location": "westus", "properties": {"osType": "Linux", "osState": "Generalized", "hyperVGeneration": "V2"}}),
+        json!({"location": "westus", "properties": {"osType": "Linux", "osState": "Generalized", "hyperVGeneration": "V2",
+                                       "identifier": {"publisher": "contoso", "offer": "web", "sku": "v2"}}}),
     );
-    let version = |v: &str, exclude: bool, regions: &[&str]| json!({"name": v, "location": "westus", "properties": {"provisioningState": "Succeeded", "publishingProfile": {"excludeFromLatest": exclude, "targetRegions": regions.iter().map(|r| json!({"name": r, "regionalReplicaCount": 1})).collect::<Vec<_>>()}}});
+    let version = |v: &str, exclude: bool, regions: &[&str]| json!({"name": v, "location": "westus", "properties": {"provisioningState": "Succeeded", "storageProfile": {}, "publishingProfile": {"excludeFromLatest": exclude, "targetRegions": regions.iter().map(|r| json!({"name": r, "regionalReplicaCount": 1})).collect::<Vec<_>>()}}});
     s.put_resource(&format!("{def}/versions/1.0.0"), version("1.0.0", false, &["West US"]));
     s.put_resource(&format!("{def}/versions/1.2.0"), version("1.2.0", false, &["West US", "East US"]));
     s.put_resource(&format!("{def}/versions/2.0.0"), version("2.0.0", true, &["West US"]));

@@ -31,10 +31,10 @@ async fn setup(s: &ArmServer, c: &ArmClient) -> String {
     s.put_resource(&vm, json!({"type": "Microsoft.Compute/virtualMachines", "location": "westus", "properties": {}}));
     s.mark_generalized(&vm);
     let def = format!("/subscriptions/{SUB}/resourceGroups/images/providers/Microsoft.Compute/galleries/g/images/web");
-    s.put_resource(&def, json!({"location": "westus", "properties": {"osType": "Linux", "osState": "Generalized"}}));
+    s.put_resource(&def, json!({"location": "westus", "properties": {"osType": "Linux", "osState": "Generalized", "identifier": {"publisher": "contoso", "offer": "g", "sku": "web"}}}));
     s.put_resource(
         &format!("{def}/versions/1.0.0"),
-        json!({"name": "1.0.0", "location": "westus", "properties": {"provisioningState": "Succeeded"}}),
+        json!({"name": "1.0.0", "location": "westus", "properties": {"provisioningState": "Succeeded", "storageProfile": {}}}),
     );
     def
 }

@@ -89,7 +89,8 @@ async fn corpus_template(s: &ArmServer, web: &StaticServer, vhd: bool) -> ImageT
     let def = format!("/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/galleries/aibgallery/images/ubuntu");
     s.put_resource(
         &def,
-        json!({"location": "westus2", "properties": {"osType": "Linux", "osState": "Generalized", "hyperVGeneration": "V2"}}),
+        json!({"location": "westus2", "properties": {"osType": "Linux", "osState": "Generalized", "hyperVGeneration": "V2",
+                                        "identifier": {"publisher": "contoso", "offer": "linux", "sku": "v2"}}}),
     );
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),

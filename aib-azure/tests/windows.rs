@@ -79,7 +79,8 @@ async fn corpus_template(s: &ArmServer, web: &StaticServer, tweak: impl FnOnce(&
     let def = format!("/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/galleries/aibgallery/images/win2019");
     s.put_resource(
         &def,
-        json!({"location": "westus2", "properties": {"osType": "Windows", "osState": "Generalized", "hyperVGeneration": "V1"}}),
+        json!({"location": "westus2", "properties": {"osType": "Windows", "osState": "Generalized", "hyperVGeneration": "V1",
+                                        "identifier": {"publisher": "contoso", "offer": "windows", "sku": "v1"}}}),
     );
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),

@@ -212,6 +212,15 @@ fn main() -> ExitCode {
                 println!("Windows VM guests: WinRM over HTTPS on port {port} of each VM's address (aib build --winrm-port {port})");
             }
             interrupt.recv().await;
+            // What Microsoft's API specs did not allow is said once more on the way out.
+            let v = s.take_spec_violations();
+            if !v.is_empty() {
+                eprintln!("the ARM test server saw {} request(s) or answer(s) the API specs do not allow:", v.len());
+                for v in v {
+                    eprintln!("  {v}");
+                }
+                return Ok(ExitCode::FAILURE);
+            }
             Ok(ExitCode::SUCCESS)
         }),
         Command::Images { state_dir, action } => build::runtime(build::images(

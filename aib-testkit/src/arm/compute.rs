@@ -208,7 +208,7 @@ fn vm_put(s: &mut State, key: &str, path: &str, body: &mut Value) -> Result<(), 
     s.resources.insert(
         disk_id.to_ascii_lowercase(),
         json!({"id": disk_id, "name": disk_name, "type": "Microsoft.Compute/disks", "location": location, "managedBy": path,
-               "properties": {"diskSizeGB": size, "osType": if windows { "Windows" } else { "Linux" }, "diskState": "Attached", "provisioningState": "Succeeded"}}),
+               "properties": {"diskSizeGB": size, "osType": if windows { "Windows" } else { "Linux" }, "creationData": {"createOption": "FromImage"}, "diskState": "Attached", "provisioningState": "Succeeded"}}),
     );
     body["properties"]["storageProfile"]["osDisk"]["name"] = disk_name.into();
     body["properties"]["storageProfile"]["osDisk"]["managedDisk"]["id"] = disk_id.into();

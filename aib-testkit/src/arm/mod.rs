@@ -8,11 +8,14 @@
 //! ID's client-credential flow, so the ordinary client-secret credential works against it.
 
 mod compute;
+pub mod spec;
 pub mod storage;
+mod traffic;
 
 use crate::guest::{Guest, GuestHost};
 use crate::http::{HttpServer, Request, Response};
 use serde_json::{Value, json};
+use spec::{Specs, Violation};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -79,12 +82,38 @@ struct State {
     disks: Option<Arc<dyn DiskStore>>,
     agreements: HashSet<String>,
     results_in_status: bool,
+    spec: SpecCheck,
+}
+
+/// How the server judges its traffic by Microsoft's specs.
+#[derive(Debug, Default)]
+struct SpecCheck {
+    /// The loaded specs, or why they could not be.
+    specs: Option<Result<Arc<Specs>, String>>,
+    off: bool,
+    lenient: bool,
+    violations: Vec<Violation>,
+    traffic: Option<std::path::PathBuf>,
+    recorded: usize,
 }
 
 /// A running ARM test server; stops when dropped.
 pub struct ArmServer {
     http: HttpServer,
     state: Arc<Mutex<State>>,
+}
+
+/// When set, every ARM exchange is written there as one `oav validate-traffic` payload file.
+pub const TRAFFIC_ENV: &str = "AIB_ARM_TRAFFIC_DIR";
+
+impl Drop for ArmServer {
+    fn drop(&mut self) {
+        let v = self.with(|s| std::mem::take(&mut s.spec.violations));
+        if !v.is_empty() && !std::thread::panicking() {
+            let shown: Vec<String> = v.iter().map(|v| format!("  {v}")).collect();
+            panic!("the ARM test server saw traffic Microsoft's API specs do not allow:\n{}", shown.join("\n"));
+        }
+    }
 }
 
 impl fmt::Debug for ArmServer {
@@ -148,11 +177,14 @@ impl ArmServer {
         linux: Option<Arc<dyn GuestHost>>,
         windows: Option<Arc<dyn GuestHost>>,
     ) -> std::io::Result<Self> {
-        let state = Arc::new(Mutex::new(State { polls: 1, guests: linux, windows_guests: windows, ..Default::default() }));
+        let specs = Specs::locate().and_then(|root| Specs::load(&root).map_err(|e| e.to_string()));
+        let traffic = std::env::var_os(TRAFFIC_ENV).map(std::path::PathBuf::from);
+        let spec = SpecCheck { specs: Some(specs), traffic, ..Default::default() };
+        let state = Arc::new(Mutex::new(State { polls: 1, guests: linux, windows_guests: windows, spec, ..Default::default() }));
         let st = state.clone();
         let http = HttpServer::start_on(port, move |req| {
             let base = req.headers.get("host").map(|h| format!("http://{h}")).unwrap_or_default();
-            let r = Self::handle(&st, &base, req);
+            let r = Self::exchange(&st, &base, req);
             async move { r }
         })
         .await?;
@@ -231,6 +263,30 @@ impl ArmServer {
     pub fn with_results_in_status_bodies(self) -> Self {
         self.with(|s| s.results_in_status = true);
         self
+    }
+
+    /// Stops judging the traffic by the specs (for servers playing resource types the
+    /// vendored specs do not cover).
+    pub fn without_spec_check(self) -> Self {
+        self.with(|s| s.spec.off = true);
+        self
+    }
+
+    /// Judges by the specs, but lets unknown properties, query parameters and values of
+    /// extensible enums pass (what Swagger itself allows).
+    pub fn lenient_spec_check(self) -> Self {
+        self.with(|s| s.spec.lenient = true);
+        self
+    }
+
+    /// What the specs did not allow so far; the server panics when dropped with any left.
+    pub fn spec_violations(&self) -> Vec<Violation> {
+        self.with(|s| s.spec.violations.clone())
+    }
+
+    /// Takes the violations seen so far (a test that provokes them on purpose).
+    pub fn take_spec_violations(&self) -> Vec<Violation> {
+        self.with(|s| std::mem::take(&mut s.spec.violations))
     }
 
     /// Long-running operations take `n` polls to finish.
@@ -327,9 +383,9 @@ impl ArmServer {
         }
     }
 
-    fn handle(state: &Mutex<State>, base: &str, req: Request) -> Response {
-        let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
-        s.requests.push(format!("{} {}", req.method, req.path.split('?').next().unwrap_or_default()));
+    /// One exchange: HTTP.sys's length rule, the spec check of the request, the answer, the
+    /// spec check of the answer, and its record for `oav validate-traffic`.
+    fn exchange(state: &Mutex<State>, base: &str, req: Request) -> Response {
         // ARM's front end is HTTP.sys, which refuses a body-carrying method with no length.
         if matches!(req.method.as_str(), "POST" | "PUT" | "PATCH")
             && !req.headers.contains_key("content-length")
@@ -342,6 +398,53 @@ impl ArmServer {
             .header("Content-Type", "text/html; charset=us-ascii")
             .header("Server", "Microsoft-HTTPAPI/2.0");
         }
+        let arm = req.path.starts_with("/subscriptions/") && !req.path.to_ascii_lowercase().contains("/providers/microsoft.testkit/");
+        let checked = {
+            let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+            match (&s.spec.specs, arm && !s.spec.off) {
+                (Some(Ok(specs)), true) => {
+                    let specs = specs.clone();
+                    let body: Option<Value> = (!req.body.is_empty()).then(|| serde_json::from_slice(&req.body).unwrap_or(Value::Null));
+                    let (m, v) = specs.check_request(&req.method, &req.path, body.as_ref(), !s.spec.lenient);
+                    if !v.is_empty() {
+                        let shown: Vec<String> = v.iter().map(ToString::to_string).collect();
+                        s.spec.violations.extend(v);
+                        return error(
+                            400,
+                            "InvalidRequestContent",
+                            &format!("The request does not match the API spec: {}", shown.join("; ")),
+                        );
+                    }
+                    m.map(|m| (specs, m))
+                }
+                (Some(Err(why)), true) => {
+                    let why = why.clone();
+                    s.spec.violations.push(Violation { operation: "spec check".into(), at: "setup".into(), rule: why.clone() });
+                    return error(500, "TestServerSetup", &why);
+                }
+                _ => None,
+            }
+        };
+        let (method, path, req_body) = (req.method.clone(), req.path.clone(), req.body.clone());
+        let response = Self::handle(state, base, req);
+        if let Some((specs, m)) = checked {
+            let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+            let body: Option<Value> = (!response.body.is_empty()).then(|| serde_json::from_slice(&response.body).unwrap_or(Value::Null));
+            let v = specs.check_response(&m, response.status, &response.headers, body.as_ref(), !s.spec.lenient);
+            s.spec.violations.extend(v);
+            let listed = response.status < 400 || specs.lists_errors(&m);
+            if let Some(dir) = s.spec.traffic.clone().filter(|_| listed) {
+                s.spec.recorded += 1;
+                let n = s.spec.recorded;
+                traffic::record(&dir, base, n, &m, &specs, (&method, &path, &req_body), &response);
+            }
+        }
+        response
+    }
+
+    fn handle(state: &Mutex<State>, base: &str, req: Request) -> Response {
+        let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+        s.requests.push(format!("{} {}", req.method, req.path.split('?').next().unwrap_or_default()));
         // Entra ID's token endpoint (client credentials): `/{tenant}/oauth2/v2.0/token`.
         if req.method == "POST" && req.path.split('?').next().unwrap_or_default().ends_with("/oauth2/v2.0/token") {
             let form = String::from_utf8_lossy(&req.body).to_string();
@@ -492,11 +595,19 @@ impl ArmServer {
                 s.groups.values().cloned().collect()
             } else {
                 let tag = tag_filter(&req.path);
+                // Resources_List gives a resource's properties only when asked (`$expand`).
+                let expand = query(&req.path, "$expand").is_some_and(|e| e.contains("properties"));
                 s.resources
                     .values()
                     .filter(|v| !v["type"].as_str().unwrap_or_default().contains("/subnets"))
                     .filter(|v| tag.as_ref().is_none_or(|(k, val)| v["tags"][k.as_str()].as_str() == Some(val.as_str())))
-                    .cloned()
+                    .map(|v| {
+                        let mut v = v.clone();
+                        if let (false, Some(o)) = (expand, v.as_object_mut()) {
+                            o.remove("properties");
+                        }
+                        v
+                    })
                     .collect()
             };
             return ok(200, &json!({"value": value}));
@@ -654,7 +765,9 @@ impl ArmServer {
                 if !body["properties"].is_object() {
                     body["properties"] = json!({});
                 }
-                body["properties"]["provisioningState"] = "Creating".into();
+                // The network provider's enum has no `Creating`: its resources are `Updating`.
+                let busy = if seg[5].eq_ignore_ascii_case("Microsoft.Network") { "Updating" } else { "Creating" };
+                body["properties"]["provisioningState"] = busy.into();
                 if let Err(r) = compute::on_put(&mut s, &rtype.to_ascii_lowercase(), &key, &path, &mut body) {
                     return r;
                 }
@@ -665,6 +778,13 @@ impl ArmServer {
                 // and 202, no 201 and no Azure-AsyncOperation).
                 if rtype.eq_ignore_ascii_case("Microsoft.Storage/storageAccounts") {
                     return Response::new(202, "").header("Location", &location).header("Retry-After", "0");
+                }
+                // Disks_CreateOrUpdate lists 200 and 202.
+                if rtype.eq_ignore_ascii_case("Microsoft.Compute/disks") {
+                    return Response::new(202, "")
+                        .header("Azure-AsyncOperation", &async_url)
+                        .header("Location", &location)
+                        .header("Retry-After", "0");
                 }
                 ok(if existed { 200 } else { 201 }, &body).header("Azure-AsyncOperation", &async_url).header("Retry-After", "0")
             }
