@@ -3,9 +3,13 @@
 #   1. cargo fmt --check          formatting
 #   2. cargo clippy -D warnings   lints, every target and feature
 #   3. feature matrix             the facade without defaults, with `azure` alone, `customizers` alone
-#   4. cargo test                 unit, integration, property and doc tests (fakes, no cloud)
-#   5. cargo doc                  documentation builds without warnings
-#   6. end to end (own step)      real QEMU builds of the example template: boot the image
+#   4. cargo test                 unit, integration, property and doc tests (fakes, no cloud);
+#                                 the ARM test server judges every exchange by Microsoft's API
+#                                 specs and records it for step 5
+#   5. Microsoft's checks         oav validate-traffic over that traffic; the Azure SDK for
+#                                 Python driving the ARM test server (scripts/ms-checks.sh)
+#   6. cargo doc                  documentation builds without warnings
+#   7. end to end (own step)      real QEMU builds of the example template: boot the image
 #                                 produced, check customization and generalization; failure
 #                                 under cleanup and abort. Minutes under TCG. Skip with --quick.
 # Needs the Rust toolchain (cargo, rustfmt, clippy). Azure storage tests run against Azurite,
@@ -34,6 +38,7 @@ missing=()
 command -v ssh-keygen >/dev/null || missing+=(openssh-client)
 command -v sudo >/dev/null || missing+=(sudo)
 command -v openssl >/dev/null || missing+=(openssl)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "==> installing ${missing[*]} (apt-get, for the SSH tests and the WinRM TLS test's certificate)"
@@ -71,8 +76,13 @@ cargo check -p aib --no-default-features
 cargo check -p aib --no-default-features --features azure
 cargo check -p aib --no-default-features --features customizers
 
-step "cargo test --workspace --all-targets --all-features"
-cargo test --workspace --all-targets --all-features
+step "cargo test --workspace --all-targets --all-features (ARM traffic recorded for oav)"
+traffic=$(mktemp -d)
+trap 'rm -rf "$traffic"' EXIT
+AIB_ARM_TRAFFIC_DIR="$traffic" cargo test --workspace --all-targets --all-features
+
+step "Microsoft's checks of the ARM test server: oav validate-traffic, the Azure SDK for Python"
+./scripts/ms-checks.sh "$traffic"
 
 step "cargo test --workspace --doc --all-features"
 cargo test --workspace --doc --all-features

@@ -637,7 +637,9 @@ impl ArmServer {
                     let existed = s.groups.insert(key, v.clone()).is_some();
                     ok(if existed { 200 } else { 201 }, &v)
                 }
-                "GET" | "HEAD" => match s.groups.get(&key) {
+                // ResourceGroups_CheckExistence: 204 or 404, no body.
+                "HEAD" => Response::new(if s.groups.contains_key(&key) { 204 } else { 404 }, ""),
+                "GET" => match s.groups.get(&key) {
                     Some(v) => ok(200, v),
                     None => error(404, "ResourceGroupNotFound", &format!("Resource group '{}' could not be found.", seg[3])),
                 },
@@ -688,7 +690,7 @@ impl ArmServer {
                     let ttype = s.resources[&target]["type"].as_str().unwrap_or_default().to_ascii_lowercase();
                     if ttype == "microsoft.storage/storageaccounts" && action == "listkeys" {
                         let Some(d) = &s.disks else { return error(409, "StorageUnavailable", "the test server has no storage") };
-                        return ok(200, &json!({"keys": [{"keyName": "key1", "value": d.key(), "permissions": "FULL"}]}));
+                        return ok(200, &json!({"keys": [{"keyName": "key1", "value": d.key(), "permissions": "Full"}]}));
                     }
                     let kind = match (&s.disks, action.as_str()) {
                         (Some(d), "begingetaccess") => {

@@ -18,7 +18,11 @@ fn body(bytes: &[u8]) -> Value {
 /// Writes exchange number `n` under `dir` (best effort: a failed write is logged, not fatal).
 pub(super) fn record(dir: &Path, base: &str, n: usize, m: &Matched, specs: &Specs, req: (&str, &str, &[u8]), resp: &Response) {
     let (method, path, req_body) = req;
-    let headers: Map<String, Value> = resp.headers.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+    let mut headers: Map<String, Value> = resp.headers.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+    // oav takes an answer without a content type for octet-stream, even an empty one.
+    if resp.body.is_empty() && !headers.keys().any(|k| k.eq_ignore_ascii_case("content-type")) {
+        headers.insert("Content-Type".into(), "application/json".into());
+    }
     let payload = json!({
         "liveRequest": {
             "headers": {"Content-Type": "application/json"},

@@ -115,7 +115,8 @@ impl Specs {
         if let Some(allowed) = s.get("enum").and_then(Value::as_array) {
             let extensible = s["x-ms-enum"]["modelAsString"].as_bool().unwrap_or(false);
             let hit = allowed.iter().any(|a| match (a.as_str(), v.as_str()) {
-                (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+                // ARM reads enums in any case; its answers spell them as the spec does.
+                (Some(a), Some(b)) if mode.side == Side::Request => a.eq_ignore_ascii_case(b),
                 _ => a == v,
             });
             // An extensible enum (`modelAsString`, VM sizes, regions) lists known values only.
