@@ -24,6 +24,23 @@ fn source_ref(image: &CapturedImage) -> Value {
     if is_vm(image) { json!({"virtualMachineId": image.id}) } else { json!({"id": image.id}) }
 }
 
+/// ARM creates images and gallery image versions only from a source in their own region
+/// (a VM in another region is refused): said before anything is created, naming the field.
+fn same_region(image: &CapturedImage, target: &str, what: &str, field: &str) -> Result<()> {
+    if image.location.is_empty() || region(&image.location) == region(target) {
+        return Ok(());
+    }
+    Err(Error::InvalidConfig {
+        backend: BACKEND,
+        key: field.into(),
+        message: format!(
+            "{what} is in {target}, but the image was built in {}: ARM creates it only from a source in its own region. \
+             Build in {target} (the template's `location`), or put the target in {}",
+            image.location, image.location
+        ),
+    })
+}
+
 /// An artifact in the making: deleted if the run ends before it is published, kept after.
 fn record(ctx: &StepContext, kind: &str, id: &str) -> Result<String> {
     ctx.record(ResourceRecord::new(BACKEND, kind, id, Scope::Run))
@@ -85,6 +102,7 @@ impl Distributor for ManagedImageDistributor {
             let os = if image.platform == aib_core::Platform::Windows { "Windows" } else { "Linux" };
             props["storageProfile"] = json!({"osDisk": {"osType": os, "osState": "Generalized", "managedDisk": {"id": image.id}}});
         }
+        same_region(image, &self.target.location, "the managed image", "location")?;
         let tags = self.target.artifact_tags.as_ref().and_then(Expr::value).cloned().unwrap_or_default();
         let body = json!({"location": self.target.location, "tags": tags, "properties": props});
         let rec = record(ctx, "image", id)?;
@@ -175,6 +193,7 @@ impl Distributor for SharedImageDistributor {
         };
         let def = self.arm.get(&definition, GALLERY_API).await?;
         let location = def["location"].as_str().unwrap_or_default().to_string();
+        same_region(image, &location, &format!("the gallery image definition {definition}"), "galleryImageId")?;
         let version = match (explicit, &t.versioning) {
             (Some(v), _) => v,
             (None, Some(Versioning::Source)) => {
@@ -209,7 +228,16 @@ impl Distributor for SharedImageDistributor {
             Err(Error::NotFound { .. }) => {}
             Err(e) => return Err(e),
         }
-        let regions = self.target_regions(&location);
+        let mut regions = self.target_regions(&location);
+        // ARM refuses a version whose publishing regions leave out its own region (the gallery's).
+        if !regions.iter().any(|r| r["name"].as_str().is_some_and(|n| region(n) == region(&location))) {
+            let storage = t.storage_account_type.clone().unwrap_or_else(|| "Standard_LRS".into());
+            ctx.run.notice(format!(
+                "{}: targetRegions leave out the gallery's region {location}, where the version itself lives; adding it with one replica",
+                t.run_output_name
+            ));
+            regions.insert(0, json!({"name": location, "regionalReplicaCount": 1, "storageAccountType": storage}));
+        }
         let total: u64 = regions.iter().filter_map(|r| r["regionalReplicaCount"].as_u64()).sum();
         let mut publishing = json!({"targetRegions": regions, "excludeFromLatest": t.exclude_from_latest.as_ref().and_then(Expr::value).copied().unwrap_or(false)});
         if let Some(mode) = t.replication_mode {

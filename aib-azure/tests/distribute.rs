@@ -22,7 +22,7 @@ fn client(s: &ArmServer, lro: Duration) -> ArmClient {
 
 fn captured() -> CapturedImage {
     let vm = format!("/subscriptions/{SUB}/resourceGroups/IT_rg_web_1/providers/Microsoft.Compute/virtualMachines/build");
-    CapturedImage::new(vm.clone(), "managedDisk", vm, ResolvedImage::default().with_exact_version("2.3.4"))
+    CapturedImage::new(vm, "managedDisk", "westus", ResolvedImage::default().with_exact_version("2.3.4"))
 }
 
 async fn setup(s: &ArmServer, c: &ArmClient) -> String {
@@ -122,4 +122,58 @@ async fn managed_images_are_created_or_replaced() {
     d.distribute(&req(), &step).await.unwrap();
     assert!(s.requests().iter().any(|r| r.starts_with("DELETE") && r.ends_with("/images/web")), "the second publish replaced the image");
     assert!(s.resource(&id).is_some());
+}
+
+#[tokio::test]
+async fn a_version_always_replicates_to_its_own_region() {
+    // ARM refuses publishing regions without the version's (the gallery's) region; the test
+    // server applies that rule, and the distributor adds the region the template left out.
+    let s = ArmServer::start().await.unwrap();
+    let c = client(&s, Duration::from_secs(30));
+    let def = setup(&s, &c).await;
+    let spec = DistributorSpec::SharedImage(SharedImageTarget {
+        run_output_name: "sig".into(),
+        gallery_image_id: def.clone(),
+        replication_regions: Some(Expr::Value(vec!["eastus".into()])),
+        ..Default::default()
+    });
+    let (step, _) = StepContext::capturing("distribute sig").unwrap();
+    let a = SharedImageDistributor::from_spec(c.clone(), &spec).unwrap().distribute(&req(), &step).await.unwrap();
+    let v = s.resource(a.artifact_id.as_deref().unwrap()).unwrap();
+    let names: Vec<&str> =
+        v["properties"]["publishingProfile"]["targetRegions"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["westus", "eastus"]);
+    let body = json!({"location": "westus", "properties": {"publishingProfile": {"targetRegions": [{"name": "eastus"}]}, "storageProfile": {"source": {"virtualMachineId": captured().id}}}});
+    let err = c.put(&format!("{def}/versions/9.9.9"), aib_azure::GALLERY_API, &body).await.unwrap_err();
+    assert!(err.to_string().contains("must contain the location of image version"), "{err}");
+}
+
+#[tokio::test]
+async fn a_target_in_another_region_than_the_build_is_refused_before_anything_is_created() {
+    let s = ArmServer::start().await.unwrap();
+    let c = client(&s, Duration::from_secs(30));
+    let def = setup(&s, &c).await;
+    // A gallery definition in another region than the build VM.
+    let east = def.replace("/images/web", "/images/east");
+    s.put_resource(&east, json!({"location": "eastus", "properties": {"osType": "Linux", "osState": "Generalized", "identifier": {"publisher": "contoso", "offer": "g", "sku": "east"}}}));
+    let (step, _) = StepContext::capturing("distribute").unwrap();
+    let before = s.requests().len();
+    let err = SharedImageDistributor::from_spec(c.clone(), &shared(&east, None)).unwrap().distribute(&req(), &step).await.unwrap_err();
+    assert!(err.to_string().contains("only from a source in its own region") && err.to_string().contains("eastus"), "{err}");
+    let mi = DistributorSpec::ManagedImage(ManagedImageTarget {
+        run_output_name: "mi".into(),
+        image_id: format!("/subscriptions/{SUB}/resourceGroups/images/providers/Microsoft.Compute/images/east"),
+        location: "East US".into(),
+        artifact_tags: None,
+    });
+    let err = ManagedImageDistributor::from_spec(c.clone(), &mi).unwrap().distribute(&req(), &step).await.unwrap_err();
+    assert!(err.to_string().contains("only from a source in its own region"), "{err}");
+    assert!(s.requests()[before..].iter().all(|r| !r.starts_with("PUT")), "nothing was created: {:?}", &s.requests()[before..]);
+    // ARM's own rule, as the test server applies it to a request that skips the check.
+    let body = json!({"location": "eastus", "properties": {"sourceVirtualMachine": {"id": captured().id}}});
+    let err = c
+        .put(&format!("/subscriptions/{SUB}/resourceGroups/images/providers/Microsoft.Compute/images/raw"), aib_azure::COMPUTE_API, &body)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("same Azure region"), "{err}");
 }

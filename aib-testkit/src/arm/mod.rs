@@ -8,6 +8,7 @@
 //! ID's client-credential flow, so the ordinary client-secret credential works against it.
 
 mod compute;
+mod rules;
 pub mod spec;
 pub mod storage;
 mod traffic;
@@ -770,6 +771,9 @@ impl ArmServer {
                 // The network provider's enum has no `Creating`: its resources are `Updating`.
                 let busy = if seg[5].eq_ignore_ascii_case("Microsoft.Network") { "Updating" } else { "Creating" };
                 body["properties"]["provisioningState"] = busy.into();
+                if let Err(r) = rules::check_put(&s, &rtype.to_ascii_lowercase(), &body) {
+                    return r;
+                }
                 if let Err(r) = compute::on_put(&mut s, &rtype.to_ascii_lowercase(), &key, &path, &mut body) {
                     return r;
                 }
