@@ -9,8 +9,11 @@ use crate::api::{COMPUTE_API, GALLERY_API};
 use crate::client::ArmClient;
 use crate::error::BACKEND;
 use crate::naming::region;
-use aib_core::template::{DistributorSpec, Expr, ManagedImageTarget, SharedImageTarget, Versioning};
-use aib_core::{Artifact, CapturedImage, DistributeRequest, Distributor, Error, OutputStream, ResourceRecord, Result, Scope, StepContext};
+use aib_core::template::{Code, DistributorSpec, Expr, ManagedImageTarget, SharedImageTarget, Versioning};
+use aib_core::{
+    Artifact, CapturedImage, DistributeRequest, Distributor, Error, OutputStream, PreflightRequest, ResourceRecord, Result, Scope,
+    StepContext,
+};
 use async_trait::async_trait;
 use serde_json::{Value, json};
 use std::fmt;
@@ -25,19 +28,18 @@ fn source_ref(image: &CapturedImage) -> Value {
 }
 
 /// ARM creates images and gallery image versions only from a source in their own region
-/// (a VM in another region is refused): said before anything is created, naming the field.
-fn same_region(image: &CapturedImage, target: &str, what: &str, field: &str) -> Result<()> {
-    if image.location.is_empty() || region(&image.location) == region(target) {
+/// (a VM in another region is refused): refused before anything is built, naming the field.
+fn same_region(built_in: &str, target: &str, what: &str, field: &str, code: Code) -> Result<()> {
+    if built_in.is_empty() || target.is_empty() || region(built_in) == region(target) {
         return Ok(());
     }
-    Err(Error::InvalidConfig {
-        backend: BACKEND,
-        key: field.into(),
+    Err(Error::InvalidField {
+        field: field.into(),
+        code,
         message: format!(
-            "{what} is in {target}, but the image was built in {}: ARM creates it only from a source in its own region. \
-             Build in {target} (the template's `location`), or put the target in {}",
-            image.location, image.location
+            "{what} is in {target}, but the image is built in {built_in}: ARM creates it only from a source in its own region"
         ),
+        hint: format!("build in {target} (the template's `location`), or use a target in {built_in}"),
     })
 }
 
@@ -83,6 +85,10 @@ impl ManagedImageDistributor {
 
 #[async_trait]
 impl Distributor for ManagedImageDistributor {
+    async fn preflight(&self, req: &PreflightRequest, _ctx: &StepContext) -> Result<()> {
+        same_region(&req.location, &self.target.location, "the managed image", "location", Code::BadDistributeType)
+    }
+
     async fn distribute(&self, req: &DistributeRequest, ctx: &StepContext) -> Result<Artifact> {
         let image = &req.image;
         let id = &self.target.image_id;
@@ -102,7 +108,7 @@ impl Distributor for ManagedImageDistributor {
             let os = if image.platform == aib_core::Platform::Windows { "Windows" } else { "Linux" };
             props["storageProfile"] = json!({"osDisk": {"osType": os, "osState": "Generalized", "managedDisk": {"id": image.id}}});
         }
-        same_region(image, &self.target.location, "the managed image", "location")?;
+        same_region(&image.location, &self.target.location, "the managed image", "location", Code::BadDistributeType)?;
         let tags = self.target.artifact_tags.as_ref().and_then(Expr::value).cloned().unwrap_or_default();
         let body = json!({"location": self.target.location, "tags": tags, "properties": props});
         let rec = record(ctx, "image", id)?;
@@ -182,18 +188,69 @@ impl SharedImageDistributor {
     }
 }
 
+impl SharedImageDistributor {
+    /// The image definition's id and the version the template names, if it does.
+    fn definition(&self) -> (String, Option<String>) {
+        match self.target.gallery_image_id.split_once("/versions/") {
+            Some((d, v)) => (d.to_string(), Some(v.to_string())),
+            None => (self.target.gallery_image_id.clone(), None),
+        }
+    }
+}
+
 #[async_trait]
 impl Distributor for SharedImageDistributor {
+    async fn preflight(&self, req: &PreflightRequest, _ctx: &StepContext) -> Result<()> {
+        let (definition, explicit) = self.definition();
+        let def = match self.arm.get(&definition, GALLERY_API).await {
+            Err(Error::NotFound { .. }) => {
+                return Err(Error::InvalidField {
+                    field: "galleryImageId".into(),
+                    code: Code::BadSharedImageDistribute,
+                    message: format!("the gallery image definition {definition} does not exist"),
+                    hint: "create the gallery and the image definition first (AIB does not create them either)".into(),
+                });
+            }
+            r => r?,
+        };
+        let location = def["location"].as_str().unwrap_or_default();
+        same_region(
+            &req.location,
+            location,
+            &format!("the gallery image definition {definition}"),
+            "galleryImageId",
+            Code::BadSharedImageDistribute,
+        )?;
+        if let Some(v) = explicit {
+            match self.arm.get(&format!("{definition}/versions/{v}"), GALLERY_API).await {
+                Ok(_) => {
+                    return Err(Error::InvalidField {
+                        field: "galleryImageId".into(),
+                        code: Code::BadSharedImageDistribute,
+                        message: format!("the gallery image version {v} of {definition} already exists"),
+                        hint: "name a new version, or leave the version out and let `versioning` pick the next one".into(),
+                    });
+                }
+                Err(Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     async fn distribute(&self, req: &DistributeRequest, ctx: &StepContext) -> Result<Artifact> {
         let image = &req.image;
         let t = &self.target;
-        let (definition, explicit) = match t.gallery_image_id.split_once("/versions/") {
-            Some((d, v)) => (d.to_string(), Some(v.to_string())),
-            None => (t.gallery_image_id.clone(), None),
-        };
+        let (definition, explicit) = self.definition();
         let def = self.arm.get(&definition, GALLERY_API).await?;
         let location = def["location"].as_str().unwrap_or_default().to_string();
-        same_region(image, &location, &format!("the gallery image definition {definition}"), "galleryImageId")?;
+        same_region(
+            &image.location,
+            &location,
+            &format!("the gallery image definition {definition}"),
+            "galleryImageId",
+            Code::BadSharedImageDistribute,
+        )?;
         let version = match (explicit, &t.versioning) {
             (Some(v), _) => v,
             (None, Some(Versioning::Source)) => {

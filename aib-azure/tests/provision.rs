@@ -461,3 +461,22 @@ async fn an_existing_subnet_gets_a_nic_and_no_public_ip() {
     let left: Vec<String> = leaked(&s).into_iter().filter(|id| !id.contains("/resourceGroups/net")).collect();
     assert_eq!(left, Vec::<String>::new());
 }
+
+#[tokio::test]
+async fn a_target_outside_the_build_region_fails_the_preflight_before_any_vm() {
+    let s = server().await;
+    let web = StaticServer::start().await.unwrap();
+    let mut t = corpus_template(&s, &web, false).await;
+    // The managed image target in another region than the template's `location`.
+    let managed = t.properties.distribute.iter().position(|d| d.run_output_name() == "managed").unwrap();
+    if let aib_core::template::DistributorSpec::ManagedImage(m) = &mut t.properties.distribute[managed] {
+        m.location = "eastus".into();
+    }
+    let (report, _) = build(&s, &t, |b| b).await;
+    assert_eq!(report.run_state, RunState::Failed);
+    let field = format!("properties.distribute[{managed}].location");
+    assert!(report.message.contains(&field) && report.message.contains("own region"), "{}", report.message);
+    assert_eq!(report.error.as_ref().map(|e| e.step.as_str()), Some("preflight"));
+    assert!(!s.requests().iter().any(|r| r.starts_with("PUT") && r.contains("/virtualMachines/")), "no build VM was created");
+    assert_eq!(leaked(&s), Vec::<String>::new());
+}

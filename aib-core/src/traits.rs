@@ -121,8 +121,18 @@ pub trait Customizer: Debug + Display + Send + Sync + 'static {
 /// - Distributors of one run run concurrently; they must not share mutable state without
 ///   synchronization.
 /// - Progress goes to `ctx.output.progress`.
+/// - `preflight` runs before the build VM is created, once the source is resolved: it checks
+///   what can be known then (a target's region, its existence, a version already taken) and
+///   creates nothing. A refusal of the template names the field relative to the target
+///   ([`Error::InvalidField`]), which the pipeline locates at `properties.distribute[i]`.
 #[async_trait]
 pub trait Distributor: Debug + Display + Send + Sync + 'static {
+    /// Checks, before the build, that `distribute` can succeed; default: nothing to check.
+    async fn preflight(&self, req: &PreflightRequest, ctx: &StepContext) -> Result<()> {
+        let _ = (req, ctx);
+        Ok(())
+    }
+
     /// Publishes `req.image`.
     async fn distribute(&self, req: &DistributeRequest, ctx: &StepContext) -> Result<Artifact>;
 }
@@ -187,6 +197,10 @@ macro_rules! forward {
 
         #[async_trait]
         impl<T: Distributor + ?Sized> Distributor for $ptr<T> {
+            async fn preflight(&self, req: &PreflightRequest, ctx: &StepContext) -> Result<()> {
+                (**self).preflight(req, ctx).await
+            }
+
             async fn distribute(&self, req: &DistributeRequest, ctx: &StepContext) -> Result<Artifact> {
                 (**self).distribute(req, ctx).await
             }

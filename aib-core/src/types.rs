@@ -415,6 +415,35 @@ macro_rules! template_fact_setters {
 template_fact_setters!(ResolveRequest);
 template_fact_setters!(ProvisionRequest, tags);
 template_fact_setters!(DistributeRequest, tags);
+template_fact_setters!(PreflightRequest);
+
+/// What a target is asked to check before the build ([`crate::Distributor::preflight`]).
+#[derive(Debug, Clone, PartialEq, Default)]
+#[non_exhaustive]
+pub struct PreflightRequest {
+    /// The resolved source the image will be built from.
+    pub source: ResolvedImage,
+    /// The target's `runOutputName`.
+    pub run_output_name: String,
+    /// The template name.
+    pub template_name: String,
+    /// The build region (the template's `location`): where the captured image will be.
+    pub location: String,
+}
+
+impl PreflightRequest {
+    /// Checks a target for an image built from `source`.
+    pub fn new(source: ResolvedImage) -> Self {
+        PreflightRequest { source, ..Default::default() }
+    }
+
+    /// As target `name`.
+    #[must_use]
+    pub fn with_run_output_name(mut self, name: impl Into<String>) -> Self {
+        self.run_output_name = name.into();
+        self
+    }
+}
 
 /// What the provisioner is asked to start.
 #[derive(Debug, Clone, PartialEq, Default)]

@@ -28,6 +28,7 @@ const TEMPLATE: &str = r#"{
 
 const STEPS: &[&str] = &[
     "resolve",
+    "preflight",
     "provision",
     "connect",
     "customize[0] first",

@@ -59,8 +59,11 @@ async fn a_successful_run_follows_aib_states_and_streams_everything() {
     );
 
     let steps: Vec<_> = report.steps.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(&steps[..7], &["resolve", "provision", "connect", "customize[0] hello", "validate[0] check", "generalize", "capture"]);
-    assert_eq!(steps.len(), 9);
+    assert_eq!(
+        &steps[..8],
+        &["resolve", "preflight", "provision", "connect", "customize[0] hello", "validate[0] check", "generalize", "capture"]
+    );
+    assert_eq!(steps.len(), 10);
     assert_eq!(report.source.as_ref().unwrap().exact_version.as_deref(), Some("12.20250101.0"));
     assert_eq!(report.output("disk").unwrap().provisioning_state, OutputState::Succeeded);
     assert_eq!(

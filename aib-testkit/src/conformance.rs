@@ -424,7 +424,24 @@ pub async fn distribute_keeps_only_the_artifact(d: &dyn Distributor, req: &Distr
 
 /// Runs every distributor rule.
 pub async fn distributor(d: &dyn Distributor, req: &DistributeRequest) {
+    preflight_passes_and_creates_nothing(d, req).await;
     distribute_keeps_only_the_artifact(d, req).await;
+}
+
+/// The check before the build passes for a target `distribute` can publish to, and creates
+/// nothing (the ledger stays empty).
+pub async fn preflight_passes_and_creates_nothing(d: &dyn Distributor, req: &DistributeRequest) {
+    let ctx = StepContext::detached("preflight").expect("context");
+    let p = aib_core::PreflightRequest::new(req.image.source.clone())
+        .with_location(&req.location)
+        .with_template_name(&req.template_name)
+        .with_run_output_name(&req.run_output_name);
+    d.preflight(&p, &ctx).await.expect("[preflight_passes_and_creates_nothing] preflight");
+    assert!(
+        ctx.run.ledger().outstanding().is_empty(),
+        "[preflight_passes_and_creates_nothing] a preflight creates nothing: {:?}",
+        ctx.run.ledger().outstanding()
+    );
 }
 
 /// A customizer whose work fails on the VM fails with [`Error::StepFailed`] naming its step.

@@ -7,8 +7,8 @@ use crate::{Call, Journal};
 use aib_core::template::{CustomizerSpec, DistributorSpec, Expr, ImageSource};
 use aib_core::{
     AccessInfo, Artifact, Backend, BuildVm, CapturedImage, Communicator, CommunicatorExt, Customizer, DistributeRequest, Distributor,
-    Error, ExecRequest, Platform, ProvisionRequest, Provisioner, Reclaim, ReconnectOptions, Registry, ResolveRequest, ResolvedImage,
-    ResourceRecord, Result, Scope, Source, StepContext, UploadRequest,
+    Error, ExecRequest, Platform, PreflightRequest, ProvisionRequest, Provisioner, Reclaim, ReconnectOptions, Registry, ResolveRequest,
+    ResolvedImage, ResourceRecord, Result, Scope, Source, StepContext, UploadRequest,
 };
 use async_trait::async_trait;
 use std::collections::BTreeMap;
@@ -345,6 +345,11 @@ impl FakeDistributor {
 
 #[async_trait]
 impl Distributor for FakeDistributor {
+    async fn preflight(&self, _req: &PreflightRequest, ctx: &StepContext) -> Result<()> {
+        // Faults injected for the step `preflight` fire at the first target's check.
+        self.fakes.faults.apply(&ctx.name).await
+    }
+
     async fn distribute(&self, req: &DistributeRequest, ctx: &StepContext) -> Result<Artifact> {
         let image = &req.image;
         self.fakes.journal.push(Call::Distribute { type_name: self.type_name.clone(), run_output_name: self.run_output_name.clone() });

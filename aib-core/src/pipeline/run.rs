@@ -12,7 +12,7 @@ use crate::retry::Backoff;
 use crate::state::{RunState, RunSubState};
 use crate::template::ErrorAction;
 use crate::traits::{Communicator, Reclaim};
-use crate::types::{BuildVm, DistributeRequest, ProvisionRequest, ResolveRequest, ResolvedImage};
+use crate::types::{BuildVm, DistributeRequest, PreflightRequest, ProvisionRequest, ResolveRequest, ResolvedImage};
 use crate::{Error, Result};
 use futures::FutureExt;
 use std::future::Future;
@@ -288,6 +288,16 @@ impl Run<'_> {
         if let Ok(mut r) = self.rec.lock() {
             r.source = Some(image.clone());
         }
+        // The targets check what they can before anything is built (regions, versions taken).
+        let preq = &PreflightRequest::new(image.clone()).with_location(&cfg.location).with_template_name(&cfg.name);
+        self.step("preflight", RunSubState::Building, none, |sc| async move {
+            for (i, t) in cfg.targets.iter().enumerate() {
+                let p = preq.clone().with_run_output_name(&t.run_output_name);
+                t.distributor.preflight(&p, &sc).await.map_err(|e| e.at(&format!("properties.distribute[{i}]")))?;
+            }
+            Ok(())
+        })
+        .await?;
         let mut req = ProvisionRequest::new(image).with_location(&cfg.location).with_template_name(&cfg.name);
         req.vm_profile = cfg.vm_profile.clone();
         req.data_disks_gb = cfg.data_disks_gb.clone();
