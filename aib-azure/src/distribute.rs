@@ -43,6 +43,55 @@ fn same_region(built_in: &str, target: &str, what: &str, field: &str, code: Code
     })
 }
 
+/// A definition takes versions of its own architecture and security type: a Trusted Launch
+/// build (from a `TrustedLaunch` source) publishes only into a definition whose `SecurityType`
+/// supports it, and a `TrustedLaunch` definition takes only Trusted Launch builds.
+fn compatible(source: &aib_core::ResolvedImage, def: &Value, definition: &str) -> Result<()> {
+    let refuse = |message: String, hint: &str| Error::InvalidField {
+        field: "galleryImageId".into(),
+        code: Code::BadSharedImageDistribute,
+        message,
+        hint: hint.into(),
+    };
+    let arch = |a: Option<&str>| a.unwrap_or("x64").to_ascii_lowercase();
+    if arch(def["architecture"].as_str()) != arch(source.architecture.as_deref()) {
+        return Err(refuse(
+            format!(
+                "the gallery image definition {definition} is {}, the source {} is {}",
+                arch(def["architecture"].as_str()),
+                source.exact,
+                arch(source.architecture.as_deref())
+            ),
+            "publish into a definition of the source's architecture",
+        ));
+    }
+    let wants = def["features"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| f["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case("SecurityType")))
+        .and_then(|f| f["value"].as_str())
+        .unwrap_or("Standard");
+    let tl_build = source.security_type.as_deref().is_some_and(|t| t.eq_ignore_ascii_case("TrustedLaunch"));
+    let takes_tl = wants.to_ascii_lowercase().starts_with("trustedlaunch");
+    if tl_build && !takes_tl {
+        return Err(refuse(
+            format!(
+                "the source {} boots only as a Trusted Launch VM, and the definition {definition} is of security type {wants}",
+                source.exact
+            ),
+            "publish into a definition created with the feature SecurityType=TrustedLaunchSupported (or TrustedLaunch)",
+        ));
+    }
+    if !tl_build && wants.eq_ignore_ascii_case("TrustedLaunch") {
+        return Err(refuse(
+            format!("the definition {definition} takes only Trusted Launch images, and the source {} is a standard one", source.exact),
+            "publish into a definition of security type TrustedLaunchSupported or Standard, or build from a Trusted Launch source",
+        ));
+    }
+    Ok(())
+}
+
 /// An artifact in the making: deleted if the run ends before it is published, kept after.
 fn record(ctx: &StepContext, kind: &str, id: &str) -> Result<String> {
     ctx.record(ResourceRecord::new(BACKEND, kind, id, Scope::Run))
@@ -221,6 +270,7 @@ impl Distributor for SharedImageDistributor {
             "galleryImageId",
             Code::BadSharedImageDistribute,
         )?;
+        compatible(&req.source, &def["properties"], &definition)?;
         if let Some(v) = explicit {
             match self.arm.get(&format!("{definition}/versions/{v}"), GALLERY_API).await {
                 Ok(_) => {

@@ -72,6 +72,6 @@ pub use distribute::{ManagedImageDistributor, SharedImageDistributor, next_versi
 pub use error::{ArmError, AzureError};
 pub use export::DiskVhdDistributor;
 pub use naming::{CREATED_AT_TAG, CREATED_BY, RUN_TAG, staging_account_name, staging_group_name};
-pub use provision::{AzureProvisioner, AzureProvisionerBuilder, default_vm_size};
+pub use provision::{AzureProvisioner, AzureProvisionerBuilder, default_vm_size, default_vm_size_for};
 pub use sources::AzureSource;
 pub use vhd::BlobVhdDistributor;

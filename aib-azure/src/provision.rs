@@ -39,6 +39,33 @@ pub fn default_vm_size(hyper_v_generation: Option<&str>) -> &'static str {
     }
 }
 
+/// The default build VM size for `image`: an Arm64 size (Ampere Altra, `Standard_D2ps_v5`)
+/// for an Arm64 source, else [`default_vm_size`] by generation.
+pub fn default_vm_size_for(image: &aib_core::ResolvedImage) -> &'static str {
+    match image.architecture.as_deref() {
+        Some(a) if a.eq_ignore_ascii_case("Arm64") => "Standard_D2ps_v5",
+        _ => default_vm_size(image.hyper_v_generation.as_deref()),
+    }
+}
+
+/// The build VM's `securityProfile` for the source's security type: Trusted Launch (secure
+/// boot and vTPM) for an image that only boots so; none for `TrustedLaunchSupported` and
+/// standard images (the default of api-version 2024-07-01). Confidential VMs need sizes and
+/// disk encryption aib does not choose yet: refused with the reason.
+pub(crate) fn security_profile(image: &aib_core::ResolvedImage) -> Result<Option<Value>> {
+    let Some(t) = image.security_type.as_deref() else { return Ok(None) };
+    if t.eq_ignore_ascii_case("TrustedLaunch") {
+        return Ok(Some(json!({"securityType": "TrustedLaunch", "uefiSettings": {"secureBootEnabled": true, "vTpmEnabled": true}})));
+    }
+    if t.to_ascii_lowercase().starts_with("confidentialvm") && !t.eq_ignore_ascii_case("ConfidentialVmSupported") {
+        return Err(Error::Unsupported {
+            operation: format!("building from `{}`, whose security type is {t} (a Confidential VM image)", image.exact),
+            backend: BACKEND,
+        });
+    }
+    Ok(None)
+}
+
 /// How the provisioner logs in to a build VM.
 enum Login {
     Ssh {
@@ -434,8 +461,8 @@ impl Provisioner for AzureProvisioner {
             (profile, Login::Ssh { key: Box::new(key), host_public })
         };
         let generation = req.image.hyper_v_generation.clone();
-        let size =
-            req.vm_profile.vm_size.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| default_vm_size(generation.as_deref()).into());
+        let size = req.vm_profile.vm_size.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| default_vm_size_for(&req.image).into());
+        let security = security_profile(&req.image)?;
         let (image_ref, plan) = image_reference(&req.image)?;
         let vm_name = format!("aib-vm-{short}");
         let vm_id = format!("{group}/providers/Microsoft.Compute/virtualMachines/{vm_name}");
@@ -465,6 +492,9 @@ impl Provisioner for AzureProvisioner {
         });
         if let Some(plan) = plan {
             body["plan"] = plan;
+        }
+        if let Some(sp) = security {
+            body["properties"]["securityProfile"] = sp;
         }
         if let Some(ids) = req.vm_profile.user_assigned_identities.as_ref().and_then(|e| e.value()).filter(|v| !v.is_empty()) {
             body["identity"] = json!({"type": "UserAssigned", "userAssignedIdentities": ids.iter().map(|i| (i.clone(), json!({}))).collect::<Map<_, _>>()});
@@ -642,5 +672,17 @@ mod tests {
         assert_eq!(default_vm_size(Some("V1")), "Standard_D1_v2");
         assert_eq!(default_vm_size(Some("V2")), "Standard_D2ds_v4");
         assert_eq!(default_vm_size(None), "Standard_D2ds_v4");
+        let arm = aib_core::ResolvedImage::default().with_architecture("Arm64").with_hyper_v_generation("V2");
+        assert_eq!(default_vm_size_for(&arm), "Standard_D2ps_v5");
+        assert_eq!(default_vm_size_for(&aib_core::ResolvedImage::default().with_hyper_v_generation("V1")), "Standard_D1_v2");
+    }
+
+    #[test]
+    fn security_profiles_follow_the_source() {
+        let tl = aib_core::ResolvedImage::default().with_security_type("TrustedLaunch");
+        assert_eq!(security_profile(&tl).unwrap().unwrap()["securityType"], "TrustedLaunch");
+        assert!(security_profile(&aib_core::ResolvedImage::default().with_security_type("TrustedLaunchSupported")).unwrap().is_none());
+        assert!(security_profile(&aib_core::ResolvedImage::default()).unwrap().is_none());
+        assert!(security_profile(&aib_core::ResolvedImage::default().with_security_type("ConfidentialVM")).is_err());
     }
 }

@@ -30,6 +30,12 @@ fn version_key(v: &str) -> Vec<u64> {
     v.split('.').map(|p| p.parse().unwrap_or(0)).collect()
 }
 
+/// The `SecurityType` feature of an image or image definition's properties.
+fn security_type(props: &serde_json::Value) -> Option<&str> {
+    let features = props["features"].as_array()?;
+    features.iter().find(|f| f["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case("SecurityType")))?["value"].as_str()
+}
+
 fn invalid(key: &str, message: String) -> Error {
     Error::InvalidConfig { backend: BACKEND, key: key.into(), message }
 }
@@ -66,9 +72,14 @@ impl AzureSource {
         if let Some(a) = image["properties"]["architecture"].as_str() {
             r = r.with_architecture(a);
         }
-        let features = image["properties"]["features"].as_array().into_iter().flatten();
-        if let Some(t) = features.filter(|f| f["name"] == "SecurityType").find_map(|f| f["value"].as_str()) {
+        if let Some(t) = security_type(&image["properties"]) {
             r = r.with_security_type(t);
+        }
+        // An image sold under a plan names it (`PurchasePlan`); a VM from it must too.
+        let plan = &image["properties"]["plan"];
+        if let (Some(name), Some(product), Some(publisher)) = (plan["name"].as_str(), plan["product"].as_str(), plan["publisher"].as_str())
+        {
+            r = r.with_attribute("planName", name).with_attribute("planProduct", product).with_attribute("planPublisher", publisher);
         }
         Ok(r)
     }
@@ -166,6 +177,12 @@ impl AzureSource {
         if let Some(g) = def["properties"]["hyperVGeneration"].as_str() {
             r = r.with_hyper_v_generation(g);
         }
+        if let Some(a) = def["properties"]["architecture"].as_str() {
+            r = r.with_architecture(a);
+        }
+        if let Some(t) = security_type(&def["properties"]) {
+            r = r.with_security_type(t);
+        }
         Ok(r)
     }
 }
@@ -193,6 +210,15 @@ impl Source for AzureSource {
                         p.version.as_deref().unwrap_or("latest"),
                     )
                     .await?;
+                // The template's planInfo, else the image's own plan: its terms must be accepted.
+                let attr = |k: &str| r.attributes.get(k).and_then(serde_json::Value::as_str).map(str::to_string);
+                let plan = plan.or_else(|| {
+                    Some(aib_core::template::PlanInfo {
+                        plan_name: attr("planName")?,
+                        plan_product: attr("planProduct")?,
+                        plan_publisher: attr("planPublisher")?,
+                    })
+                });
                 if let Some(plan) = plan {
                     self.check_terms(&plan).await?;
                     r = r

@@ -66,7 +66,7 @@ struct State {
     groups: BTreeMap<String, Value>,
     resources: BTreeMap<String, Value>,
     ops: HashMap<String, Op>,
-    marketplace: Vec<(String, String, String, String, String)>,
+    marketplace: Vec<MarketplaceImage>,
     faults: VecDeque<ArmFault>,
     create_failures: HashMap<String, (String, String)>,
     polls: u32,
@@ -97,6 +97,10 @@ struct SpecCheck {
     traffic: Option<std::path::PathBuf>,
     recorded: usize,
 }
+
+/// A marketplace image version: (location, publisher, offer, sku, version) and the
+/// properties its GET adds (`architecture`, `features`, `plan`, `hyperVGeneration`).
+type MarketplaceImage = (String, String, String, String, String, Value);
 
 /// A running ARM test server; stops when dropped.
 pub struct ArmServer {
@@ -297,7 +301,14 @@ impl ArmServer {
 
     /// Adds a marketplace image version.
     pub fn add_marketplace_image(&self, location: &str, publisher: &str, offer: &str, sku: &str, version: &str) {
-        self.with(|s| s.marketplace.push((location.into(), publisher.into(), offer.into(), sku.into(), version.into())));
+        self.add_marketplace_image_with(location, publisher, offer, sku, version, json!({}));
+    }
+
+    /// Adds a marketplace image version whose GET also answers `properties` (such as
+    /// `{"architecture": "Arm64"}`, `{"features": [{"name": "SecurityType", "value": "TrustedLaunch"}]}`
+    /// or a `plan`); VM creates from it follow ARM's rules for them.
+    pub fn add_marketplace_image_with(&self, location: &str, publisher: &str, offer: &str, sku: &str, version: &str, properties: Value) {
+        self.with(|s| s.marketplace.push((location.into(), publisher.into(), offer.into(), sku.into(), version.into(), properties)));
     }
 
     /// Puts a resource as if it existed (its id is its key).
@@ -546,7 +557,7 @@ impl ArmServer {
             && lower[12] == "skus"
         {
             let (loc, publisher, offer, sku) = (&lower[5], &lower[7], &lower[11], &lower[13]);
-            let versions: Vec<&(String, String, String, String, String)> = s
+            let versions: Vec<&MarketplaceImage> = s
                 .marketplace
                 .iter()
                 .filter(|m| {
@@ -556,7 +567,7 @@ impl ArmServer {
                         && m.3.eq_ignore_ascii_case(sku)
                 })
                 .collect();
-            let item = |m: &(String, String, String, String, String)| json!({"name": m.4, "location": m.0, "id": format!("/Subscriptions/{sub}/Providers/Microsoft.Compute/Locations/{}/Publishers/{}/ArtifactTypes/VMImage/Offers/{}/Skus/{}/Versions/{}", m.0, m.1, m.2, m.3, m.4)});
+            let item = |m: &MarketplaceImage| json!({"name": m.4, "location": m.0, "id": format!("/Subscriptions/{sub}/Providers/Microsoft.Compute/Locations/{}/Publishers/{}/ArtifactTypes/VMImage/Offers/{}/Skus/{}/Versions/{}", m.0, m.1, m.2, m.3, m.4)});
             return match lower.get(15) {
                 None if lower.len() == 15 => ok(200, &Value::Array(versions.iter().map(|m| item(m)).collect())),
                 Some(v) => match versions.iter().find(|m| m.4.eq_ignore_ascii_case(v)) {
@@ -564,6 +575,9 @@ impl ArmServer {
                         let mut body = item(m);
                         let os = if publisher.contains("windows") { "Windows" } else { "Linux" };
                         body["properties"] = json!({"hyperVGeneration": if sku.contains("gen2") { "V2" } else { "V1" }, "osDiskImage": {"operatingSystem": os}});
+                        if let (Some(extra), Some(into)) = (m.5.as_object(), body["properties"].as_object_mut()) {
+                            into.extend(extra.clone());
+                        }
                         ok(200, &body)
                     }
                     None => error(404, "ImageVersionNotFound", &format!("Artifact: VMImage was not found: {v}")),

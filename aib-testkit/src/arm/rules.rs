@@ -6,6 +6,10 @@
 //! | a managed image is created from a VM in its own region | a maintainer on Azure/azure-cli#3809: "The Images need to be created from sources in the same Azure region" |
 //! | a gallery image version is created from a source in its own region | MicrosoftDocs/azure-docs#28793, #122646 |
 //! | a version's `targetRegions` contain its own region | ARM's refusal quoted in hashicorp/packer#8895 |
+//! | a VM from an image whose `SecurityType` is `TrustedLaunch` is a Trusted Launch VM | ARM's refusal quoted in hashicorp/terraform-provider-azurerm#23148 |
+//! | a VM from a plan image names the plan | ARM's `VMMarketplaceInvalidInput` (the plan is `PurchasePlan` in virtualMachineImage.json) |
+//! | an Arm64 image boots only on an Arm64 size (the `p` families: D2ps_v5, E2pds_v5, B2pts_v2) | inference: the size families Azure documents for Ampere Altra |
+//! | a Trusted Launch VM publishes into a definition whose `SecurityType` supports it, a `TrustedLaunch` definition takes only Trusted Launch VMs | hashicorp/packer-plugin-azure#304; the gallery definition's `features` in gallery.json |
 //!
 //! Still modelled elsewhere: generalized sources (`compute.rs`), resources in use that cannot
 //! be deleted (`compute.rs`), a group's deletion taking its resources along (`mod.rs`).
@@ -23,10 +27,79 @@ fn location_of<'a>(s: &'a State, id: &str) -> Option<&'a str> {
     s.resources.get(&id.to_ascii_lowercase())?["location"].as_str()
 }
 
+fn feature<'a>(props: &'a Value, name: &str) -> Option<&'a str> {
+    props["features"].as_array()?.iter().find(|f| f["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(name)))?["value"].as_str()
+}
+
+/// The properties of the image a VM body boots: a marketplace image (as its GET answers
+/// them) or a gallery version's definition.
+fn image_properties(s: &State, location: &str, image: &Value) -> Option<Value> {
+    if let Some(id) = image["id"].as_str() {
+        let def = id.to_ascii_lowercase();
+        let def = def.split("/versions/").next()?;
+        return s.resources.get(def).map(|d| d["properties"].clone());
+    }
+    let field = |k: &str| image[k].as_str().unwrap_or_default();
+    let mut found: Vec<&super::MarketplaceImage> = s
+        .marketplace
+        .iter()
+        .filter(|m| {
+            region(&m.0) == region(location)
+                && m.1.eq_ignore_ascii_case(field("publisher"))
+                && m.2.eq_ignore_ascii_case(field("offer"))
+                && m.3.eq_ignore_ascii_case(field("sku"))
+        })
+        .collect();
+    found.sort_by_key(|m| m.4.split('.').map(|p| p.parse::<u64>().unwrap_or(0)).collect::<Vec<_>>());
+    let v = field("version");
+    let m = if v.eq_ignore_ascii_case("latest") { found.last() } else { found.iter().find(|m| m.4 == v) }?;
+    Some(m.5.clone())
+}
+
+/// Whether `size` is an Arm64 size: its family letters after the vCPU count hold a `p`.
+fn arm64_size(size: &str) -> bool {
+    let family = size.trim_start_matches("Standard_").split('_').next().unwrap_or_default();
+    family.trim_start_matches(|c: char| c.is_ascii_alphabetic()).trim_start_matches(|c: char| c.is_ascii_digit()).contains(['p', 'P'])
+}
+
+fn trusted_launch(v: Option<&str>) -> bool {
+    v.is_some_and(|t| t.eq_ignore_ascii_case("TrustedLaunch"))
+}
+
 /// Applies the rules to a PUT of `rtype` (lowercased) with `body`.
 pub(super) fn check_put(s: &State, rtype: &str, body: &Value) -> Result<(), Response> {
     let location = body["location"].as_str().unwrap_or_default();
     match rtype {
+        "microsoft.compute/virtualmachines" => {
+            let p = &body["properties"];
+            let Some(image) = image_properties(s, location, &p["storageProfile"]["imageReference"]) else { return Ok(()) };
+            let security = p["securityProfile"]["securityType"].as_str();
+            if trusted_launch(feature(&image, "SecurityType")) && !trusted_launch(security) {
+                return Err(error(
+                    400,
+                    "BadRequest",
+                    "The provided gallery image only supports creation of VMs and VM scale sets with 'TrustedLaunch' security type.",
+                ));
+            }
+            let size = p["hardwareProfile"]["vmSize"].as_str().unwrap_or_default();
+            if image["architecture"].as_str().is_some_and(|a| a.eq_ignore_ascii_case("Arm64")) != arm64_size(size) {
+                return Err(error(
+                    400,
+                    "InvalidParameter",
+                    &format!(
+                        "The VM size '{size}' does not support the architecture '{}' of the image.",
+                        image["architecture"].as_str().unwrap_or("x64")
+                    ),
+                ));
+            }
+            if image["plan"].is_object() && !body["plan"].is_object() {
+                return Err(error(
+                    400,
+                    "VMMarketplaceInvalidInput",
+                    "Creating a virtual machine from Marketplace image or a custom image sourced from a Marketplace image requires Plan information in the request.",
+                ));
+            }
+        }
         "microsoft.compute/images" => {
             if let Some(vm) = body["properties"]["sourceVirtualMachine"]["id"].as_str()
                 && let Some(at) = location_of(s, vm)
@@ -56,6 +129,26 @@ pub(super) fn check_put(s: &State, rtype: &str, body: &Value) -> Result<(), Resp
                     ),
                 ));
             }
+            if let (Some(vm), Some(def)) = (source["virtualMachineId"].as_str(), s.resources.get(&definition_of(rtype_key(body)))) {
+                let built_tl = s
+                    .resources
+                    .get(&vm.to_ascii_lowercase())
+                    .is_some_and(|v| trusted_launch(v["properties"]["securityProfile"]["securityType"].as_str()));
+                let wants = feature(&def["properties"], "SecurityType");
+                let takes_tl = wants.is_some_and(|w| w.to_ascii_lowercase().starts_with("trustedlaunch"));
+                // A TL build needs a TL-capable definition; a TL-only definition needs a TL build.
+                if (built_tl && !takes_tl) || (!built_tl && trusted_launch(wants)) {
+                    return Err(error(
+                        400,
+                        "InvalidParameter",
+                        &format!(
+                            "The security type of the source VM ({}) does not match the gallery image definition's ('{}').",
+                            if built_tl { "TrustedLaunch" } else { "Standard" },
+                            wants.unwrap_or("Standard")
+                        ),
+                    ));
+                }
+            }
             let regions: Vec<&str> = body["properties"]["publishingProfile"]["targetRegions"]
                 .as_array()
                 .into_iter()
@@ -76,4 +169,14 @@ pub(super) fn check_put(s: &State, rtype: &str, body: &Value) -> Result<(), Resp
         _ => {}
     }
     Ok(())
+}
+
+/// The id (lowercased) a gallery version body was put at.
+fn rtype_key(body: &Value) -> String {
+    body["id"].as_str().unwrap_or_default().to_ascii_lowercase()
+}
+
+/// A version id's image definition.
+fn definition_of(version: String) -> String {
+    version.split("/versions/").next().unwrap_or_default().to_string()
 }
