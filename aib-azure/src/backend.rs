@@ -1,7 +1,7 @@
 //! `AzureBackend`: the ARM client, the provisioner, the sources and the ARM distributors as an
 //! [`aib_core::Backend`], plus `gc` of what killed runs left, found by their tags.
 
-use crate::api::{RESOURCES_API, api_version_for};
+use crate::api::RESOURCES_API;
 use crate::client::ArmClient;
 use crate::distribute::{ManagedImageDistributor, SharedImageDistributor};
 use crate::error::BACKEND;
@@ -154,7 +154,7 @@ impl AzureBackend {
                 report.skipped.push(id);
                 continue;
             }
-            match self.arm().delete(&id, api_version_for(&id)).await {
+            match crate::provision::delete_settling(self.arm(), &id).await {
                 Ok(()) | Err(Error::NotFound { .. }) => report.deleted.push(id),
                 Err(e) => report.failed.push((id, e.to_string())),
             }

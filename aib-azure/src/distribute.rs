@@ -92,6 +92,19 @@ fn compatible(source: &aib_core::ResolvedImage, def: &Value, definition: &str) -
     Ok(())
 }
 
+/// Keeps what the build VM is made of (and a staging group made for the run alone, which
+/// would take them along): returns their ids.
+fn keep_source(ctx: &StepContext) -> Result<Vec<String>> {
+    let mut kept = Vec::new();
+    for r in ctx.run.ledger().outstanding() {
+        if r.backend == BACKEND && (r.scope == Scope::BuildVm || r.kind == "resourceGroup") {
+            ctx.keep(&r.id)?;
+            kept.push(r.name);
+        }
+    }
+    Ok(kept)
+}
+
 /// An artifact in the making: deleted if the run ends before it is published, kept after.
 fn record(ctx: &StepContext, kind: &str, id: &str) -> Result<String> {
     ctx.record(ResourceRecord::new(BACKEND, kind, id, Scope::Run))
@@ -161,7 +174,9 @@ impl Distributor for ManagedImageDistributor {
         let tags = self.target.artifact_tags.as_ref().and_then(Expr::value).cloned().unwrap_or_default();
         let body = json!({"location": self.target.location, "tags": tags, "properties": props});
         let rec = record(ctx, "image", id)?;
+        let source = crate::source_lock::lock(&image.id).await;
         let v = self.arm.put(id, COMPUTE_API, &body).await?;
+        drop(source);
         ctx.keep(&rec)?;
         Ok(Artifact::with_id(v["id"].as_str().unwrap_or(id)))
     }
@@ -365,6 +380,7 @@ impl Distributor for SharedImageDistributor {
         );
         ctx.output.progress(0, Some(100), "replication %");
         let rec = record(ctx, "imageVersion", &id)?;
+        let source = crate::source_lock::lock(&image.id).await;
         let result = {
             let mut put = std::pin::pin!(self.arm.put(&id, GALLERY_API, &body));
             // Replication progress while the version is being created, from `replicationStatus`.
@@ -388,16 +404,27 @@ impl Distributor for SharedImageDistributor {
                 }
             }
         };
+        drop(source);
         match result {
             Ok(_) => {}
             // Replication to many regions can outlast any deadline while the version is already
             // usable; a version that exists means the build succeeded.
             Err(Error::Timeout { .. }) => {
                 let v = self.arm.get(&id, GALLERY_API).await?;
+                let state = v["properties"]["provisioningState"].as_str().unwrap_or_default().to_string();
                 ctx.run.notice(format!(
-                    "{id}: still replicating after the deadline (provisioningState {}); the version exists, so the build succeeded",
-                    v["properties"]["provisioningState"]
+                    "{id}: still replicating after the deadline (provisioningState {state}); the version exists, so the build succeeded"
                 ));
+                // The version is still being made from the build VM: deleting the source now
+                // may fail it. The build VM's resources stay; they are named for deleting later.
+                if !matches!(state.as_str(), "Succeeded" | "Failed" | "Canceled") {
+                    let kept = keep_source(ctx)?;
+                    ctx.run.notice(format!(
+                        "{id} is still being created from the build VM, so its resources are kept: delete them once the version is \
+                         Succeeded: {}",
+                        kept.join(", ")
+                    ));
+                }
             }
             Err(e) => return Err(e),
         }

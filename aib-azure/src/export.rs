@@ -197,6 +197,8 @@ impl Distributor for DiskVhdDistributor {
         ctx.output.line(OutputStream::Stdout, &format!("granting read access to {disk}"));
         // The SAS outlives the longest copy.
         let sas_seconds = self.copy_timeout.as_secs() + 600;
+        // No image is made from the VM while its disk has an active SAS (source_lock.rs).
+        let source = crate::source_lock::lock(&image.id).await;
         let access = self
             .arm
             .post_for_location(
@@ -221,12 +223,31 @@ impl Distributor for DiskVhdDistributor {
         };
         // The SAS is revoked on every path.
         let revoked = self.arm.post(&format!("{disk}/endGetAccess"), DISK_API, None).await;
+        drop(source);
         let size = result?;
         revoked?;
         check_footer(&dest, size).await?;
+        if self.uri.is_none() {
+            keep_run_group(image, ctx)?;
+        }
         ctx.output.line(OutputStream::Stdout, &format!("copied {} MiB; access revoked", size >> 20));
         Ok(Artifact::with_uri(url))
     }
+}
+
+/// A staging group made for this run alone is deleted with it, and with it the account and
+/// the VHD: once the VHD is there, the group is kept instead (its other resources still go).
+fn keep_run_group(image: &CapturedImage, ctx: &StepContext) -> Result<()> {
+    let Some(group) = image.attributes.get("stagingResourceGroup").and_then(Value::as_str) else { return Ok(()) };
+    let run_group = ctx.run.ledger().outstanding().into_iter().find(|r| r.kind == "resourceGroup" && r.name.eq_ignore_ascii_case(group));
+    if let Some(r) = run_group {
+        ctx.keep(&r.id)?;
+        ctx.run.notice(format!(
+            "the VHD has no `uri`, so it stays in {group}, the run's own staging group: the group is kept after the run \
+             (delete it once the VHD is no longer needed)"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

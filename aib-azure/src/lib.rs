@@ -57,6 +57,7 @@ mod export;
 mod naming;
 mod network;
 mod provision;
+mod source_lock;
 mod sources;
 mod staging;
 pub mod upload;

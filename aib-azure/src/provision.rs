@@ -12,7 +12,7 @@ use crate::error::BACKEND;
 use crate::naming::{CREATED_AT_TAG, CREATED_BY, RUN_TAG, group_id, region, run_group_name, staging_account_name, staging_group_name};
 use crate::network;
 use crate::windows;
-use aib_core::retry::{Backoff, retry_while};
+use aib_core::retry::Backoff;
 use aib_core::{
     AccessInfo, BuildVm, BuildVmTable, CapturedImage, Communicator, Error, ExecRequest, OutputStream, Platform, ProvisionRequest,
     Provisioner, Reclaim, ResourceRecord, Result, Scope, StepContext,
@@ -634,20 +634,55 @@ impl Reclaim for AzureProvisioner {
     }
 
     async fn delete(&self, record: &ResourceRecord) -> Result<()> {
-        let api = api_version_for(&record.name);
-        // A failed delete is tried again, then reported; credentials that cannot delete fail at once.
-        let again = |e: &Error| !matches!(e, Error::PermissionDenied { .. } | Error::Unauthenticated { .. } | Error::InvalidConfig { .. });
-        let r = retry_while(Backoff::new(Duration::from_millis(500), Duration::from_secs(5)), 3, again, || async {
-            match self.arm.delete(&record.name, api).await {
-                Err(Error::NotFound { .. }) => Ok(()),
-                r => r.inspect_err(|e| tracing::warn!(resource = %record.name, error = %e, "delete failed")),
-            }
-        })
-        .await;
+        let r = delete_settling(&self.arm, &record.name).await;
         if r.is_ok() {
             self.vms.remove(&record.name);
         }
         r
+    }
+}
+
+/// How long a network resource still "in use" by a just-deleted NIC is tried again.
+const NETWORK_SETTLE: Duration = Duration::from_secs(300);
+
+/// ARM's codes for a network resource still held by a NIC (or a NIC by a VM) that is going.
+const IN_USE: &[&str] = &[
+    "InUseSubnetCannotBeDeleted",
+    "PublicIPAddressCannotBeDeleted",
+    "InUseNetworkSecurityGroupCannotBeDeleted",
+    "NicInUse",
+    "NicReservedForAnotherVm",
+    "InUseNetworkInterfaceCannotBeDeleted",
+];
+
+fn in_use(e: &Error) -> bool {
+    let Error::Generic { source, .. } = e else { return false };
+    source.downcast_ref::<crate::ArmError>().is_some_and(|a| IN_USE.iter().any(|c| a.code.eq_ignore_ascii_case(c)))
+}
+
+/// Deletes `id`: a failure is tried again (three times, or for [`NETWORK_SETTLE`] while ARM
+/// says a just-deleted NIC still holds it); credentials that cannot delete fail at once.
+pub(crate) async fn delete_settling(arm: &ArmClient, id: &str) -> Result<()> {
+    let api = api_version_for(id);
+    let deadline = std::time::Instant::now() + NETWORK_SETTLE;
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(15));
+    let mut failures = 0;
+    loop {
+        let e = match arm.delete(id, api).await {
+            Ok(()) | Err(Error::NotFound { .. }) => return Ok(()),
+            Err(e) => e,
+        };
+        if matches!(e, Error::PermissionDenied { .. } | Error::Unauthenticated { .. } | Error::InvalidConfig { .. }) {
+            return Err(e);
+        }
+        let settling = in_use(&e);
+        failures += usize::from(!settling);
+        if failures >= 3 || (settling && std::time::Instant::now() >= deadline) {
+            tracing::warn!(resource = %id, error = %e, "delete failed");
+            return Err(e);
+        }
+        tracing::debug!(resource = %id, error = %e, "delete failed; trying again");
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 

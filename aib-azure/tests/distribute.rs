@@ -95,10 +95,14 @@ async fn a_replication_timeout_does_not_fail_a_version_that_exists() {
     let def = setup(&s, &c).await;
     s.set_polls(10_000);
     let (step, _) = StepContext::capturing("distribute sig").unwrap();
+    // The build VM, as the provisioner records it: deleted at cleanup unless kept.
+    step.record(aib_core::ResourceRecord::new("azure", "virtualMachine", &captured().id, aib_core::Scope::BuildVm)).unwrap();
     let d = SharedImageDistributor::from_spec(c.clone(), &shared(&def, None)).unwrap();
     let a = d.distribute(&req(), &step).await.unwrap();
     assert_eq!(a.artifact_id.as_deref(), Some(format!("{def}/versions/1.0.1").as_str()));
     assert_eq!(s.resource(&format!("{def}/versions/1.0.1")).unwrap()["properties"]["provisioningState"], "Creating");
+    // The version is still being made from the VM: the VM is not deleted under it.
+    assert!(step.run.ledger().outstanding().is_empty(), "the source VM is kept: {:?}", step.run.ledger().outstanding());
 }
 
 #[tokio::test]

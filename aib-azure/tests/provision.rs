@@ -480,3 +480,29 @@ async fn a_target_outside_the_build_region_fails_the_preflight_before_any_vm() {
     assert!(!s.requests().iter().any(|r| r.starts_with("PUT") && r.contains("/virtualMachines/")), "no build VM was created");
     assert_eq!(leaked(&s), Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vhd_without_uri_outlives_a_per_run_staging_group() {
+    let azurite = Azurite::start().unwrap_or_else(|e| panic!("{e}"));
+    let s = server_with_storage(&azurite).await;
+    let web = StaticServer::start().await.unwrap();
+    let t = corpus_template(&s, &web, true).await;
+    let backend = AzureBackend::builder().provisioner(provisioner(&s).keep_staging_group(false)).build().unwrap();
+    let pipeline = Pipeline::from_template(&t, &backend.backend()).unwrap().build().unwrap();
+    let mut run = pipeline.start();
+    let events: Vec<Event> = run.events().collect().await;
+    let report = run.wait().await;
+    assert_eq!(report.run_state, RunState::Succeeded, "{}", report.message);
+    let vhd = report.run_outputs.iter().find(|o| o.name == "vhd").and_then(|o| o.artifact_uri.clone()).expect("a VHD uri");
+    // The group holding the VHD's account is kept (and said so); the build VM's resources are gone.
+    let account = s.resource_ids().into_iter().find(|id| id.to_ascii_lowercase().contains("/microsoft.storage/storageaccounts/"));
+    let account = account.expect("the staging account still exists, and so does the VHD in it");
+    let group = account.split("/providers/").next().unwrap().to_string();
+    assert!(s.group_ids().iter().any(|g| g.eq_ignore_ascii_case(&group)), "{group} was deleted with the VHD's account");
+    let said =
+        events.iter().any(|e| matches!(e, Event::Notice { message, .. } if message.contains("staging group") && message.contains("kept")));
+    assert!(said, "the kept group is said");
+    assert_eq!(leaked(&s), Vec::<String>::new());
+    assert!(report.leftover_resources.is_empty(), "{:?}", report.leftover_resources);
+    assert!(vhd.ends_with(".vhd"));
+}

@@ -265,6 +265,10 @@ pub(super) fn on_delete(s: &State, rtype: &str, key: &str) -> Result<(), Respons
         DISK => ("OperationNotAllowed", &[VM]),
         _ => return Ok(()),
     };
+    // A NIC just deleted still holds its subnet, address and NSG for a moment.
+    if s.settling.get(key).is_some_and(|until| std::time::Instant::now() < *until) {
+        return Err(error(400, code, &format!("Resource {key} is in use by a network interface that is being deleted; retry shortly.")));
+    }
     let needle = format!("{key}/");
     for (k, v) in &s.resources {
         let t = v["type"].as_str().unwrap_or_default().to_ascii_lowercase();
@@ -281,6 +285,20 @@ pub(super) fn on_delete(s: &State, rtype: &str, key: &str) -> Result<(), Respons
 
 /// After a resource was deleted: a VM's guest stops and its disk goes with it when asked.
 pub(super) fn deleted(s: &mut State, removed: &Value, key: &str) {
+    if removed["type"].as_str().is_some_and(|t| t.eq_ignore_ascii_case(NIC)) && !s.settle.is_zero() {
+        let until = std::time::Instant::now() + s.settle;
+        let mut held = Vec::new();
+        for c in removed["properties"]["ipConfigurations"].as_array().into_iter().flatten() {
+            if let Some(subnet) = lower(&c["properties"]["subnet"]["id"]) {
+                held.push(subnet.split("/subnets/").next().unwrap_or_default().to_string());
+            }
+            held.extend(lower(&c["properties"]["publicIPAddress"]["id"]));
+        }
+        held.extend(lower(&removed["properties"]["networkSecurityGroup"]["id"]));
+        for h in held {
+            s.settling.insert(h, until);
+        }
+    }
     if removed["type"].as_str().is_some_and(|t| t.eq_ignore_ascii_case(VM)) {
         s.running.remove(key);
         s.power.remove(key);

@@ -84,6 +84,14 @@ struct State {
     agreements: HashSet<String>,
     results_in_status: bool,
     spec: SpecCheck,
+    /// Disks with an active access SAS (grant access not yet ended).
+    exporting: HashSet<String>,
+    /// Images and gallery versions being created, by the VM they are made from.
+    capturing: HashMap<String, String>,
+    /// How long a deleted NIC still holds its subnet, public IP and NSG.
+    settle: std::time::Duration,
+    /// Network resources still held by a NIC being deleted, until when.
+    settling: HashMap<String, std::time::Instant>,
 }
 
 /// How the server judges its traffic by Microsoft's specs.
@@ -185,7 +193,8 @@ impl ArmServer {
         let specs = Specs::locate().and_then(|root| Specs::load(&root).map_err(|e| e.to_string()));
         let traffic = std::env::var_os(TRAFFIC_ENV).map(std::path::PathBuf::from);
         let spec = SpecCheck { specs: Some(specs), traffic, ..Default::default() };
-        let state = Arc::new(Mutex::new(State { polls: 1, guests: linux, windows_guests: windows, spec, ..Default::default() }));
+        let settle = std::time::Duration::from_millis(300);
+        let state = Arc::new(Mutex::new(State { polls: 1, guests: linux, windows_guests: windows, spec, settle, ..Default::default() }));
         let st = state.clone();
         let http = HttpServer::start_on(port, move |req| {
             let base = req.headers.get("host").map(|h| format!("http://{h}")).unwrap_or_default();
@@ -294,6 +303,13 @@ impl ArmServer {
         self.with(|s| std::mem::take(&mut s.spec.violations))
     }
 
+    /// How long a deleted network interface still holds its subnet, public IP and NSG, which
+    /// ARM then refuses to delete (`InUseSubnetCannotBeDeleted`, …); default 300 ms, zero for
+    /// none.
+    pub fn set_network_settle_time(&self, t: std::time::Duration) {
+        self.with(|s| s.settle = t);
+    }
+
     /// Long-running operations take `n` polls to finish.
     pub fn set_polls(&self, n: u32) {
         self.with(|s| s.polls = n.max(1));
@@ -358,6 +374,7 @@ impl ArmServer {
     fn finish(s: &mut State, op: &Op) {
         match &op.kind {
             OpKind::Create(id) => {
+                s.capturing.remove(id);
                 if let Some(r) = s.resources.get_mut(id) {
                     r["properties"]["provisioningState"] = if op.error.is_some() { "Failed" } else { "Succeeded" }.into();
                     if op.error.is_none() {
@@ -702,6 +719,9 @@ impl ArmServer {
                     if action == "generalize" {
                         return ok(200, &json!({}));
                     }
+                    if let Err(r) = rules::disk_action(&mut s, &target, &action) {
+                        return r;
+                    }
                     let ttype = s.resources[&target]["type"].as_str().unwrap_or_default().to_ascii_lowercase();
                     if ttype == "microsoft.storage/storageaccounts" && action == "listkeys" {
                         let Some(d) = &s.disks else { return error(409, "StorageUnavailable", "the test server has no storage") };
@@ -788,6 +808,7 @@ impl ArmServer {
                 if let Err(r) = rules::check_put(&s, &rtype.to_ascii_lowercase(), &body) {
                     return r;
                 }
+                rules::capture_started(&mut s, &key, &body);
                 if let Err(r) = compute::on_put(&mut s, &rtype.to_ascii_lowercase(), &key, &path, &mut body) {
                     return r;
                 }

@@ -9,6 +9,7 @@
 //! | a VM from an image whose `SecurityType` is `TrustedLaunch` is a Trusted Launch VM | ARM's refusal quoted in hashicorp/terraform-provider-azurerm#23148 |
 //! | a VM from a plan image names the plan | ARM's `VMMarketplaceInvalidInput` (the plan is `PurchasePlan` in virtualMachineImage.json) |
 //! | an Arm64 image boots only on an Arm64 size (the `p` families: D2ps_v5, E2pds_v5, B2pts_v2) | inference: the size families Azure documents for Ampere Altra |
+//! | no image or gallery version is made from a VM whose OS disk has an active access SAS, and no SAS is granted on the disk of a VM an image or version is being made from | inference, unverified: no published source says whether Compute allows it; modelled strictly, so aib orders these operations (ADR 0012) |
 //! | a Trusted Launch VM publishes into a definition whose `SecurityType` supports it, a `TrustedLaunch` definition takes only Trusted Launch VMs | hashicorp/packer-plugin-azure#304; the gallery definition's `features` in gallery.json |
 //!
 //! Still modelled elsewhere: generalized sources (`compute.rs`), resources in use that cannot
@@ -100,6 +101,14 @@ pub(super) fn check_put(s: &State, rtype: &str, body: &Value) -> Result<(), Resp
                 ));
             }
         }
+        "microsoft.compute/images" | "microsoft.compute/galleries/images/versions" if exporting_source(s, body).is_some() => {
+            let disk = exporting_source(s, body).unwrap_or_default();
+            return Err(error(
+                409,
+                "OperationNotAllowed",
+                &format!("The operation is not allowed while the source VM's disk '{disk}' has an active SAS; end the disk access first."),
+            ));
+        }
         "microsoft.compute/images" => {
             if let Some(vm) = body["properties"]["sourceVirtualMachine"]["id"].as_str()
                 && let Some(at) = location_of(s, vm)
@@ -179,4 +188,50 @@ fn rtype_key(body: &Value) -> String {
 /// A version id's image definition.
 fn definition_of(version: String) -> String {
     version.split("/versions/").next().unwrap_or_default().to_string()
+}
+
+/// The source VM of an image or version body, lowercased.
+fn source_vm(body: &Value) -> Option<String> {
+    let p = &body["properties"];
+    p["sourceVirtualMachine"]["id"]
+        .as_str()
+        .or_else(|| p["storageProfile"]["source"]["virtualMachineId"].as_str())
+        .map(str::to_ascii_lowercase)
+}
+
+/// The OS disk (lowercased) of the body's source VM, when that disk has an active SAS.
+fn exporting_source(s: &State, body: &Value) -> Option<String> {
+    let vm = s.resources.get(&source_vm(body)?)?;
+    let disk = vm["properties"]["storageProfile"]["osDisk"]["managedDisk"]["id"].as_str()?.to_ascii_lowercase();
+    s.exporting.contains(&disk).then_some(disk)
+}
+
+/// An image or version PUT at `key`: its source VM is being captured until the create ends.
+pub(super) fn capture_started(s: &mut State, key: &str, body: &Value) {
+    if let Some(vm) = source_vm(body) {
+        s.capturing.insert(key.to_string(), vm);
+    }
+}
+
+/// `beginGetAccess` / `endGetAccess` on a disk: refused while an image or version is being
+/// made from the disk's VM; tracked as the disk's active SAS.
+pub(super) fn disk_action(s: &mut State, target: &str, action: &str) -> Result<(), Response> {
+    match action {
+        "begingetaccess" => {
+            let owner = s.resources.get(target).and_then(|d| d["managedBy"].as_str()).map(str::to_ascii_lowercase);
+            if let Some(vm) = owner.filter(|vm| s.capturing.values().any(|c| c == vm)) {
+                return Err(error(
+                    409,
+                    "OperationNotAllowed",
+                    &format!("The disk '{target}' cannot be exported while an image is being created from its VM '{vm}'."),
+                ));
+            }
+            s.exporting.insert(target.to_string());
+        }
+        "endgetaccess" => {
+            s.exporting.remove(target);
+        }
+        _ => {}
+    }
+    Ok(())
 }
