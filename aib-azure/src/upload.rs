@@ -110,11 +110,34 @@ pub async fn upload_page_blob(path: &Path, target: &BlobTarget, parallel: usize,
             message: format!("{} is {size} bytes, not a multiple of 512 (write a fixed VHD)", path.display()),
         });
     }
+    // Azure makes disks and images only from a VHD whose virtual size is whole MiB: an
+    // upload that would succeed and be unusable is refused here.
+    if size < 512 || (size - 512) % (1 << 20) != 0 {
+        return Err(Error::InvalidConfig {
+            backend: BACKEND,
+            key: "disk".into(),
+            message: format!(
+                "{} holds {} bytes of disk, not a whole number of MiB: Azure makes no disk from it \
+                 (resize the image first: qemu-img resize IMAGE {}M)",
+                path.display(),
+                size.saturating_sub(512),
+                size.saturating_sub(512).div_ceil(1 << 20)
+            ),
+        });
+    }
     let blob = target.client();
     let storage = |e: azure_core::Error| Error::Generic { backend: BACKEND, retryable: true, source: Box::new(e) };
     let container = ClientBuilder::with_location(target.location.clone(), target.credentials.clone()).container_client(&target.container);
-    if !container.exists().await.map_err(storage)? {
-        container.create().await.map_err(storage)?;
+    // Created when missing. No "exists" call first: a SAS scoped to the blob or the container
+    // may not allow reading container properties, and a 403 on the create says the same as an
+    // existing container would: the blob writes that follow tell whether the SAS suffices.
+    match container.create().await {
+        Ok(_) => {}
+        Err(e) if crate::error::is_conflict(&e, "ContainerAlreadyExists") => {}
+        Err(e) if crate::error::blob_status(&e) == Some(403) => {
+            tracing::debug!(container = %target.container, "creating the container was not allowed; writing into it as it is");
+        }
+        Err(e) => return Err(storage(e)),
     }
     blob.put_page_blob(u128::from(size)).content_type("application/octet-stream").await.map_err(storage)?;
     let writes = page_writes(&data_ranges(path).await?, size);

@@ -58,6 +58,14 @@ async fn a_sparse_vhd_uploads_only_its_data() {
     assert!(got == std::fs::read(&vhd).unwrap(), "content differs");
     let ranges = blob.get_page_ranges().await.unwrap().page_list.ranges;
     assert!(!ranges.is_empty());
+
+    // A disk of no whole number of MiB would upload and then make no Azure disk: refused first.
+    let odd = dir.path().join("odd.vhd");
+    std::fs::File::create(&odd).unwrap().set_len((1 << 20) + 4096 + 512).unwrap();
+    let err = upload_page_blob(&odd, &BlobTarget { blob: "odd.vhd".into(), ..target.clone() }, 4, &sink).await.unwrap_err();
+    assert!(err.to_string().contains("whole number of MiB") && err.to_string().contains("qemu-img resize"), "{err}");
+    // Into the container that now exists: its create answers ContainerAlreadyExists, which is fine.
+    assert!(upload_page_blob(&vhd, &BlobTarget { blob: "again.vhd".into(), ..target }, 4, &sink).await.is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
