@@ -6,8 +6,11 @@
 //! AZURE_SUBSCRIPTION_ID=… AZURE_TENANT_ID=… AZURE_CLIENT_ID=… AZURE_CLIENT_SECRET=… \
 //! AIB_TEST_AZURE_RESOURCE_GROUP=aib-test AIB_TEST_AZURE_LOCATION=westus2 \
 //! [AIB_TEST_AZURE_ALLOWED_SOURCE=203.0.113.7/32] [AIB_TEST_AZURE_GALLERY_IMAGE=/subscriptions/…/galleries/g/images/ubuntu] \
-//! cargo test -p aib-azure --test real_azure -- --nocapture --test-threads 1
+//! cargo test -p aib-azure --test real_azure -- --ignored --nocapture --test-threads 1
 //! ```
+//!
+//! Without `--ignored` the tests are reported as ignored, with the reason; with it but without
+//! `AIB_TEST_AZURE=1` they fail, naming what is missing.
 //!
 //! The resource group must exist. The Linux build creates a managed image `aib-test-<run>` in
 //! it (deleted at the end), a gallery image version when a definition is given, and a VHD in the
@@ -24,19 +27,18 @@ fn var(k: &str) -> String {
     std::env::var(k).unwrap_or_else(|_| panic!("AIB_TEST_AZURE=1 needs {k}"))
 }
 
-fn enabled() -> bool {
-    let on = std::env::var("AIB_TEST_AZURE").as_deref() == Ok("1");
-    if !on {
-        eprintln!("skipped: the real-Azure build runs with AIB_TEST_AZURE=1 and credentials (see this file's header)");
-    }
-    on
+/// Asked for with `--ignored`: the subscription must be named too.
+fn require_subscription() {
+    assert!(
+        std::env::var("AIB_TEST_AZURE").as_deref() == Ok("1"),
+        "the real-Azure builds need AIB_TEST_AZURE=1 and a subscription's credentials (see aib-azure/tests/real_azure.rs)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "builds in a real Azure subscription (costs money): AIB_TEST_AZURE=1, credentials, then -- --ignored"]
 async fn a_linux_build_in_a_real_subscription() {
-    if !enabled() {
-        return;
-    }
+    require_subscription();
     let source =
         json!({"type": "PlatformImage", "publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server", "version": "latest"});
     let customize = json!([{"type": "Shell", "name": "marker", "inline": ["echo built by aib | sudo tee /etc/aib-test"]}]);
@@ -44,10 +46,9 @@ async fn a_linux_build_in_a_real_subscription() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "builds in a real Azure subscription (costs money): AIB_TEST_AZURE=1, credentials, then -- --ignored"]
 async fn a_windows_build_in_a_real_subscription() {
-    if !enabled() {
-        return;
-    }
+    require_subscription();
     let source = json!({"type": "PlatformImage", "publisher": "MicrosoftWindowsServer", "offer": "WindowsServer",
                         "sku": "2022-datacenter-azure-edition", "version": "latest"});
     let customize = json!([
