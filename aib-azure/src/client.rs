@@ -273,12 +273,32 @@ impl ArmClient {
         m.entry(subscription(path)).or_insert_with(|| Arc::new(Semaphore::new(self.inner.budget))).clone()
     }
 
-    fn url(&self, path: &str, api: &str) -> String {
+    fn url(&self, path: &str, api: &str) -> Result<String> {
         if path.starts_with("http://") || path.starts_with("https://") {
-            return path.to_string();
+            return self.on_endpoint(path).map(str::to_string);
         }
         let sep = if path.contains('?') { '&' } else { '?' };
-        format!("{}{path}{sep}api-version={api}", self.inner.endpoint)
+        Ok(format!("{}{path}{sep}api-version={api}", self.inner.endpoint))
+    }
+
+    /// An absolute URL (an operation's status, a `nextLink`, a recorded id) is followed only
+    /// on the client's own endpoint: the bearer token goes nowhere else, whatever an answer,
+    /// a ledger record or a template names.
+    fn on_endpoint<'a>(&self, url: &'a str) -> Result<&'a str> {
+        let base = &self.inner.endpoint;
+        let ok = url.len() > base.len() && url[..base.len()].eq_ignore_ascii_case(base) && url[base.len()..].starts_with(['/', '?']);
+        if ok {
+            Ok(url)
+        } else {
+            Err(Error::InvalidConfig {
+                backend: BACKEND,
+                key: "url".into(),
+                message: format!(
+                    "{} is not on the ARM endpoint {base}: the credential's token is sent only there",
+                    crate::blob::redact(url.split('?').next().unwrap_or(url))
+                ),
+            })
+        }
     }
 
     /// One request, with retries; non-2xx answers are errors (202 is success).
@@ -361,15 +381,15 @@ impl ArmClient {
 
     /// `GET` a resource.
     pub async fn get(&self, path: &str, api: &str) -> Result<Value> {
-        Ok(self.send(Method::GET, &self.url(path, api), None).await?.body)
+        Ok(self.send(Method::GET, &self.url(path, api)?, None).await?.body)
     }
 
     /// `GET` a collection, following `nextLink`; bare-array answers are accepted.
     pub async fn list(&self, path: &str, api: &str) -> Result<Vec<Value>> {
         let mut out = Vec::new();
-        let mut url = Some(self.url(path, api));
+        let mut url = Some(self.url(path, api)?);
         while let Some(u) = url.take() {
-            let body = self.send(Method::GET, &u, None).await?.body;
+            let body = self.send(Method::GET, self.on_endpoint(&u)?, None).await?.body;
             match body {
                 Value::Array(items) => out.extend(items),
                 Value::Object(mut m) => {
@@ -387,7 +407,7 @@ impl ArmClient {
     /// `PUT` a resource and wait until it is provisioned; returns the final resource. A
     /// synchronous answer whose `provisioningState` is `Failed` or `Canceled` is an error.
     pub async fn put(&self, path: &str, api: &str, body: &Value) -> Result<Value> {
-        let url = self.url(path, api);
+        let url = self.url(path, api)?;
         let r = self.send(Method::PUT, &url, Some(body)).await?;
         let what = format!("PUT {path}");
         let asynchronous = header(&r.headers, "azure-asyncoperation").is_some() || r.status == 202;
@@ -404,7 +424,7 @@ impl ArmClient {
 
     /// `PATCH` a resource (tags) and wait until the update ended; returns the resource.
     pub async fn patch(&self, path: &str, api: &str, body: &Value) -> Result<Value> {
-        let url = self.url(path, api);
+        let url = self.url(path, api)?;
         let r = self.send(Method::PATCH, &url, Some(body)).await?;
         let what = format!("PATCH {path}");
         if header(&r.headers, "azure-asyncoperation").is_some() || r.status == 202 {
@@ -416,7 +436,7 @@ impl ArmClient {
 
     /// `DELETE` a resource and wait until it is gone; deleting what does not exist succeeds.
     pub async fn delete(&self, path: &str, api: &str) -> Result<()> {
-        match self.send(Method::DELETE, &self.url(path, api), None).await {
+        match self.send(Method::DELETE, &self.url(path, api)?, None).await {
             Ok(r) => self.wait(&format!("DELETE {path}"), &r, FinalState::Resource).await.map(|_| ()),
             Err(Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e),
@@ -442,7 +462,7 @@ impl ArmClient {
     }
 
     async fn post_mode(&self, path: &str, api: &str, body: Option<&Value>, repeatable: bool, fin: FinalState) -> Result<Value> {
-        let r = self.send_mode(Method::POST, &self.url(path, api), body, repeatable).await?;
+        let r = self.send_mode(Method::POST, &self.url(path, api)?, body, repeatable).await?;
         let out = self.wait(&format!("POST {path}"), &r, fin).await?;
         Ok(if out.is_null() { r.body } else { out })
     }
@@ -491,7 +511,7 @@ impl ArmClient {
     /// One status poll. A 4xx there is a failure to read the status, not of the operation
     /// (ARM's async API reference), so it is never taken for "not found" or "deleted".
     async fn status(&self, what: &str, url: &str) -> Result<Reply> {
-        match self.send(Method::GET, url, None).await {
+        match self.send(Method::GET, self.on_endpoint(url)?, None).await {
             Err(Error::NotFound { what: detail, .. }) => {
                 Err(Error::generic(BACKEND, format!("{what}: reading the operation's status failed: {detail}")))
             }

@@ -168,3 +168,29 @@ async fn retry_after_is_seconds_and_the_default_interval_is_the_documented_one()
     client(&srv.url()).get("/subscriptions/s/resourceGroups/rg", RESOURCES_API).await.unwrap();
     assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
 }
+
+#[tokio::test]
+async fn the_token_goes_only_to_the_arm_endpoint() {
+    // Another server that would collect tokens: named by an id, a nextLink or an operation URL.
+    let (thief, seen) = fake(|_, _| json_reply(200, json!({"value": []}))).await;
+    let (srv, _) = {
+        let thief_url = thief.url();
+        fake(move |method, _| match method {
+            "DELETE" => Response::new(202, "").header("Azure-AsyncOperation", &format!("{thief_url}/op")).header("Retry-After", "0"),
+            _ => json_reply(200, json!({"value": [], "nextLink": format!("{thief_url}/next")})),
+        })
+        .await
+    };
+    let c = client(&srv.url());
+    for err in [
+        c.get(&format!("{}/subscriptions/s/resourceGroups/rg", thief.url()), RESOURCES_API).await.unwrap_err(),
+        c.list("/subscriptions/s/resourceGroups", RESOURCES_API).await.unwrap_err(),
+        c.delete("/subscriptions/s/resourceGroups/rg", RESOURCES_API).await.unwrap_err(),
+    ] {
+        assert!(err.to_string().contains("not on the ARM endpoint"), "{err}");
+    }
+    assert!(seen.lock().unwrap().is_empty(), "no request reached the other server: {:?}", seen.lock().unwrap());
+    // A URL that merely starts like the endpoint is another host.
+    let err = c.get(&format!("{}0/x", srv.url()), RESOURCES_API).await.unwrap_err();
+    assert!(err.to_string().contains("not on the ARM endpoint"), "{err}");
+}

@@ -76,6 +76,7 @@ pub struct LocalBackendBuilder {
     accel: Option<Accelerator>,
     output_roots: Vec<PathBuf>,
     file_roots: Vec<PathBuf>,
+    network: Option<crate::GuestNetwork>,
 }
 
 impl LocalBackendBuilder {
@@ -104,6 +105,14 @@ impl LocalBackendBuilder {
         self
     }
 
+    /// What build VMs' network reaches: nothing by default ([`crate::GuestNetwork`]);
+    /// `Outbound` for templates that install packages, which also lets them reach the host's
+    /// loopback services. Only the operator says this.
+    pub fn guest_network(mut self, n: crate::GuestNetwork) -> Self {
+        self.network = Some(n);
+        self
+    }
+
     /// Lets templates read `file://` scripts and files under `dir` (off by default).
     pub fn allow_file_root(mut self, dir: impl Into<PathBuf>) -> Self {
         self.file_roots.push(dir.into());
@@ -123,6 +132,9 @@ impl LocalBackendBuilder {
         let mut p = QemuProvisioner::new(state.join("runs"));
         if let Some(a) = self.accel {
             p = p.with_accelerator(a);
+        }
+        if let Some(n) = self.network {
+            p = p.with_guest_network(n);
         }
         let catalog = self.catalog.unwrap_or_else(|| state.join("catalog"));
         std::fs::create_dir_all(&catalog).map_err(|e| Error::io(&catalog, e))?;

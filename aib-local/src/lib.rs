@@ -44,5 +44,5 @@ pub mod tools;
 pub use backend::{LocalBackend, LocalBackendBuilder, LocalSource, default_state_dir};
 pub use catalog::Catalog;
 pub use gallery::Gallery;
-pub use qemu::{BUILD_USER, QemuProvisioner, vm_shape};
+pub use qemu::{BUILD_USER, GuestNetwork, QemuProvisioner, vm_shape};
 pub use tools::Accelerator;

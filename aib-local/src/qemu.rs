@@ -36,6 +36,7 @@ struct Vm {
 pub struct QemuProvisioner {
     runs: PathBuf,
     accel: Accelerator,
+    network: GuestNetwork,
     connect_timeout: Duration,
     vms: BuildVmTable<Vm>,
 }
@@ -103,12 +104,37 @@ fn user_data(user_key_line: &str, host_private: &str, host_public: &str) -> Stri
     )
 }
 
+/// What a build VM's network reaches, besides the SSH forward from the host's 127.0.0.1 that
+/// aib itself uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum GuestNetwork {
+    /// Nothing: QEMU user networking with `restrict=on`, so template code on the VM reaches
+    /// neither the host (its loopback services, other runs' forwards and tunnels) nor any
+    /// network beyond it. The default.
+    #[default]
+    Isolated,
+    /// The internet and package mirrors through QEMU user networking, for templates that
+    /// install packages. User networking also maps the host's loopback at 10.0.2.2, so the
+    /// VM reaches the host's loopback services too: only for templates the operator trusts.
+    Outbound,
+}
+
+/// The `-netdev` of a build VM forwarding host `127.0.0.1:port` to its SSH.
+fn netdev(network: GuestNetwork, port: u16) -> String {
+    match network {
+        GuestNetwork::Isolated => format!("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22"),
+        GuestNetwork::Outbound => format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22"),
+    }
+}
+
 impl QemuProvisioner {
     /// A provisioner keeping build VMs under `runs`, with the accelerator probed for this host.
     pub fn new(runs: impl Into<PathBuf>) -> Self {
         QemuProvisioner {
             runs: runs.into(),
             accel: Accelerator::probe(),
+            network: GuestNetwork::default(),
             connect_timeout: Duration::from_secs(20 * 60),
             vms: BuildVmTable::default(),
         }
@@ -124,6 +150,18 @@ impl QemuProvisioner {
     /// The accelerator in use.
     pub fn accelerator(&self) -> Accelerator {
         self.accel
+    }
+
+    /// What the build VMs' network reaches (default [`GuestNetwork::Isolated`]).
+    #[must_use]
+    pub fn with_guest_network(mut self, n: GuestNetwork) -> Self {
+        self.network = n;
+        self
+    }
+
+    /// What the build VMs' network reaches.
+    pub fn guest_network(&self) -> GuestNetwork {
+        self.network
     }
 
     fn vm(&self, id: &str) -> Result<Arc<Vm>> {
@@ -279,7 +317,7 @@ impl Provisioner for QemuProvisioner {
                     "-drive",
                     &format!("file={},if=virtio,format=raw,readonly=on", iso.display()),
                     "-netdev",
-                    &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22"),
+                    &netdev(self.network, port),
                     "-device",
                     "virtio-net-pci,netdev=n0",
                     "-device",

@@ -230,3 +230,26 @@ async fn a_gen1_bios_image_builds_and_its_vhd_boots_with_bios() {
         ctx.ledger().release(&r.id).unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "boots QEMU VMs for minutes; run by the e2e step of scripts/test.sh"]
+async fn template_code_cannot_reach_the_hosts_loopback_services() {
+    let state = tempfile::tempdir().unwrap();
+    let _kill = KillOnDrop(state.path().to_path_buf());
+    // A service on the host's loopback, as a database or the ARM test server would be.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let t = example_template(|v| {
+        let probe = format!(
+            "if timeout 15 bash -c 'echo hello > /dev/tcp/10.0.2.2/{port}'; then echo REACHED; exit 1; fi; echo 'host loopback unreachable'"
+        );
+        v["properties"]["customize"] = serde_json::json!([{"type": "Shell", "name": "reach-the-host", "inline": [probe]}]);
+        v["properties"].as_object_mut().unwrap().remove("validate");
+        v["properties"]["distribute"] = serde_json::json!([{"type": "VHD", "runOutputName": "vhd"}]);
+    });
+    let report = build(&backend(state.path()), &t).await;
+    assert_eq!(report.run_state, RunState::Succeeded, "{}\n{:?}", report.message, report.log_tail);
+    assert!(report.log_tail.iter().any(|l| l.contains("host loopback unreachable")), "{:?}", report.log_tail);
+    assert!(listener.accept().is_err(), "the host's loopback service was reached from the build VM");
+}

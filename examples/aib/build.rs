@@ -40,6 +40,10 @@ pub(crate) struct Boundary {
     /// the state directory's `outputs/`. Repeatable.
     #[arg(long = "allow-output-root", value_name = "DIR")]
     pub output_roots: Vec<PathBuf>,
+    /// Give local build VMs outbound network (package mirrors). It also lets template code
+    /// reach this machine's loopback services; by default a build VM reaches nothing.
+    #[arg(long = "guest-outbound")]
+    pub guest_outbound: bool,
 }
 
 fn backend(state_dir: Option<PathBuf>, boundary: &Boundary) -> Result<LocalBackend, aib::Error> {
@@ -52,6 +56,9 @@ fn backend(state_dir: Option<PathBuf>, boundary: &Boundary) -> Result<LocalBacke
     }
     for d in &boundary.output_roots {
         b = b.allow_output_root(d);
+    }
+    if boundary.guest_outbound {
+        b = b.guest_network(aib_local::GuestNetwork::Outbound);
     }
     b.build()
 }
