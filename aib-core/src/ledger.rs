@@ -205,8 +205,15 @@ impl Ledger {
             Store::Memory(_) => (None, None),
             Store::Dir(dir) => {
                 let path = dir.join(format!("{run_id}.jsonl"));
-                let f = OpenOptions::new().create_new(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
-                f.try_lock().map_err(|e| Error::generic("ledger", format!("cannot lock {}: {e}", path.display())))?;
+                // Created and locked under a name gc never reads, then linked into place (which
+                // fails if the run's file exists): the file gc sees is locked from its first
+                // moment, so gc cannot take a starting run's empty ledger for an abandoned one.
+                let tmp = dir.join(format!(".{run_id}.{}.tmp", uuid::Uuid::new_v4().simple()));
+                let f = OpenOptions::new().create_new(true).append(true).open(&tmp).map_err(|e| Error::io(&tmp, e))?;
+                let locked = f.try_lock().map_err(|e| Error::generic("ledger", format!("cannot lock {}: {e}", tmp.display())));
+                let linked = locked.and_then(|()| std::fs::hard_link(&tmp, &path).map_err(|e| Error::io(&path, e)));
+                let _ = std::fs::remove_file(&tmp);
+                linked?;
                 (Some(Mutex::new(f)), Some(path))
             }
         };
@@ -365,5 +372,23 @@ mod tests {
         drop(run);
         assert!(!p.exists());
         assert!(ledger.begin("bad/id").is_err());
+    }
+
+    #[test]
+    fn a_run_file_is_locked_from_its_first_moment_and_never_taken_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let run = ledger.begin("r3").unwrap();
+        // The only file is the run's own, and it is held: gc sees a live run, not an empty abandoned one.
+        let names: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["r3.jsonl"]);
+        assert_eq!(ledger.live_runs().unwrap(), ["r3"]);
+        assert!(ledger.abandoned().unwrap().is_empty());
+        let Err(err) = ledger.begin("r3") else { panic!("a second run with the same id is refused") };
+        assert!(err.to_string().contains("r3.jsonl"), "{err}");
+        let names = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(names, 1, "the refused start left no temporary file");
+        drop(run);
     }
 }
