@@ -410,10 +410,8 @@ impl ArmClient {
         let url = self.url(path, api)?;
         let r = self.send(Method::PUT, &url, Some(body)).await?;
         let what = format!("PUT {path}");
-        let asynchronous = header(&r.headers, "azure-asyncoperation").is_some() || r.status == 202;
-        if asynchronous {
-            self.wait(&what, &r, FinalState::Resource).await?;
-            return self.poll_resource(&what, &url).await;
+        if let Some(done) = self.after_async_write(&what, &url, &r).await {
+            return done;
         }
         match state(&r.body) {
             Some("Succeeded") | None => Ok(r.body),
@@ -427,11 +425,22 @@ impl ArmClient {
         let url = self.url(path, api)?;
         let r = self.send(Method::PATCH, &url, Some(body)).await?;
         let what = format!("PATCH {path}");
-        if header(&r.headers, "azure-asyncoperation").is_some() || r.status == 202 {
-            self.wait(&what, &r, FinalState::Resource).await?;
-            return self.poll_resource(&what, &url).await;
+        match self.after_async_write(&what, &url, &r).await {
+            Some(done) => done,
+            None => Ok(r.body),
         }
-        Ok(r.body)
+    }
+
+    /// A PUT or PATCH answered asynchronously: waits for its operation, then reads the
+    /// resource. `None` for a synchronous answer.
+    async fn after_async_write(&self, what: &str, url: &str, r: &Reply) -> Option<Result<Value>> {
+        if header(&r.headers, "azure-asyncoperation").is_none() && r.status != 202 {
+            return None;
+        }
+        if let Err(e) = self.wait(what, r, FinalState::Resource).await {
+            return Some(Err(e));
+        }
+        Some(self.poll_resource(what, url).await)
     }
 
     /// `DELETE` a resource and wait until it is gone; deleting what does not exist succeeds.

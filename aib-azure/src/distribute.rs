@@ -65,13 +65,7 @@ fn compatible(source: &aib_core::ResolvedImage, def: &Value, definition: &str) -
             "publish into a definition of the source's architecture",
         ));
     }
-    let wants = def["features"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|f| f["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case("SecurityType")))
-        .and_then(|f| f["value"].as_str())
-        .unwrap_or("Standard");
+    let wants = crate::sources::security_type(def).unwrap_or("Standard");
     let tl_build = source.security_type.as_deref().is_some_and(|t| t.eq_ignore_ascii_case("TrustedLaunch"));
     let takes_tl = wants.to_ascii_lowercase().starts_with("trustedlaunch");
     if tl_build && !takes_tl {

@@ -31,7 +31,7 @@ fn version_key(v: &str) -> Vec<u64> {
 }
 
 /// The `SecurityType` feature of an image or image definition's properties.
-fn security_type(props: &serde_json::Value) -> Option<&str> {
+pub(crate) fn security_type(props: &serde_json::Value) -> Option<&str> {
     let features = props["features"].as_array()?;
     features.iter().find(|f| f["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case("SecurityType")))?["value"].as_str()
 }

@@ -137,7 +137,16 @@ async fn build(
     t: &ImageTemplate,
     tweak: impl FnOnce(aib_core::PipelineBuilder) -> aib_core::PipelineBuilder,
 ) -> (aib_core::RunReport, Vec<Event>) {
-    let backend = AzureBackend::builder().provisioner(provisioner(s)).build().unwrap();
+    build_with(provisioner(s), t, tweak).await
+}
+
+/// [`build`] with this provisioner.
+async fn build_with(
+    provisioner: aib_azure::AzureProvisionerBuilder,
+    t: &ImageTemplate,
+    tweak: impl FnOnce(aib_core::PipelineBuilder) -> aib_core::PipelineBuilder,
+) -> (aib_core::RunReport, Vec<Event>) {
+    let backend = AzureBackend::builder().provisioner(provisioner).build().unwrap();
     let pipeline = tweak(Pipeline::from_template(t, &backend.backend()).unwrap()).build().unwrap();
     let mut run = pipeline.start();
     let events: Vec<Event> = run.events().collect().await;
@@ -487,11 +496,7 @@ async fn a_vhd_without_uri_outlives_a_per_run_staging_group() {
     let s = server_with_storage(&azurite).await;
     let web = StaticServer::start().await.unwrap();
     let t = corpus_template(&s, &web, true).await;
-    let backend = AzureBackend::builder().provisioner(provisioner(&s).keep_staging_group(false)).build().unwrap();
-    let pipeline = Pipeline::from_template(&t, &backend.backend()).unwrap().build().unwrap();
-    let mut run = pipeline.start();
-    let events: Vec<Event> = run.events().collect().await;
-    let report = run.wait().await;
+    let (report, events) = build_with(provisioner(&s).keep_staging_group(false), &t, |b| b).await;
     assert_eq!(report.run_state, RunState::Succeeded, "{}", report.message);
     let vhd = report.run_outputs.iter().find(|o| o.name == "vhd").and_then(|o| o.artifact_uri.clone()).expect("a VHD uri");
     // The group holding the VHD's account is kept (and said so); the build VM's resources are gone.

@@ -381,7 +381,8 @@ impl ReconnectOptions {
 }
 
 /// The setters every request with template facts has: `with_location`,
-/// `with_template_name` and, where it has tags, `with_tag`.
+/// `with_template_name`, where it has tags `with_tag`, and for one target
+/// `with_run_output_name`.
 macro_rules! template_fact_setters {
     ($t:ty) => {
         impl $t {
@@ -396,6 +397,16 @@ macro_rules! template_fact_setters {
             #[must_use]
             pub fn with_template_name(mut self, name: impl Into<String>) -> Self {
                 self.template_name = name.into();
+                self
+            }
+        }
+    };
+    ($t:ty, target) => {
+        impl $t {
+            /// As target `name`.
+            #[must_use]
+            pub fn with_run_output_name(mut self, name: impl Into<String>) -> Self {
+                self.run_output_name = name.into();
                 self
             }
         }
@@ -415,7 +426,9 @@ macro_rules! template_fact_setters {
 template_fact_setters!(ResolveRequest);
 template_fact_setters!(ProvisionRequest, tags);
 template_fact_setters!(DistributeRequest, tags);
+template_fact_setters!(DistributeRequest, target);
 template_fact_setters!(PreflightRequest);
+template_fact_setters!(PreflightRequest, target);
 
 /// What a target is asked to check before the build ([`crate::Distributor::preflight`]).
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -435,13 +448,6 @@ impl PreflightRequest {
     /// Checks a target for an image built from `source`.
     pub fn new(source: ResolvedImage) -> Self {
         PreflightRequest { source, ..Default::default() }
-    }
-
-    /// As target `name`.
-    #[must_use]
-    pub fn with_run_output_name(mut self, name: impl Into<String>) -> Self {
-        self.run_output_name = name.into();
-        self
     }
 }
 
@@ -564,13 +570,6 @@ impl DistributeRequest {
     /// Publishes `image`, with no template facts.
     pub fn new(image: CapturedImage) -> Self {
         DistributeRequest { image, ..Default::default() }
-    }
-
-    /// As target `name`.
-    #[must_use]
-    pub fn with_run_output_name(mut self, name: impl Into<String>) -> Self {
-        self.run_output_name = name.into();
-        self
     }
 
     /// From a template whose SHA-256 is `digest` (hex).

@@ -153,8 +153,7 @@ fn split_path(path: &str) -> (String, Vec<String>) {
 
 /// `$filter=tagName eq 'k' and tagValue eq 'v'` (Resources_List), percent-decoded.
 fn tag_filter(path: &str) -> Option<(String, String)> {
-    let f = query(path, "$filter").or_else(|| query(path, "%24filter"))?;
-    let f = f.replace("%20", " ").replace("%27", "'").replace('+', " ");
+    let f = spec::decode(&query(path, "$filter").or_else(|| query(path, "%24filter"))?);
     let quoted = |s: &str, key: &str| -> Option<String> {
         let rest = s.split_once(&format!("{key} eq '"))?.1;
         Some(rest.split_once('\'')?.0.to_string())

@@ -110,10 +110,7 @@ pub(super) fn check_put(s: &State, rtype: &str, body: &Value) -> Result<(), Resp
             ));
         }
         "microsoft.compute/images" => {
-            if let Some(vm) = body["properties"]["sourceVirtualMachine"]["id"].as_str()
-                && let Some(at) = location_of(s, vm)
-                && region(at) != region(location)
-            {
+            if let Some((vm, at)) = foreign_source(s, body, location) {
                 return Err(error(
                     400,
                     "InvalidParameter",
@@ -125,11 +122,7 @@ pub(super) fn check_put(s: &State, rtype: &str, body: &Value) -> Result<(), Resp
         }
         "microsoft.compute/galleries/images/versions" => {
             let source = &body["properties"]["storageProfile"]["source"];
-            let src = source["virtualMachineId"].as_str().or_else(|| source["id"].as_str());
-            if let Some(src) = src
-                && let Some(at) = location_of(s, src)
-                && region(at) != region(location)
-            {
+            if let Some((src, at)) = foreign_source(s, body, location) {
                 return Err(error(
                     400,
                     "InvalidParameter",
@@ -197,6 +190,14 @@ fn source_vm(body: &Value) -> Option<String> {
         .as_str()
         .or_else(|| p["storageProfile"]["source"]["virtualMachineId"].as_str())
         .map(str::to_ascii_lowercase)
+}
+
+/// The source (a VM, or a version's other source) of an image or version body and its
+/// region, when that region is not `location`.
+fn foreign_source(s: &State, body: &Value, location: &str) -> Option<(String, String)> {
+    let src = source_vm(body).or_else(|| body["properties"]["storageProfile"]["source"]["id"].as_str().map(str::to_ascii_lowercase))?;
+    let at = location_of(s, &src)?;
+    (region(at) != region(location)).then(|| (src, at.to_string()))
 }
 
 /// The OS disk (lowercased) of the body's source VM, when that disk has an active SAS.

@@ -82,7 +82,8 @@ fn normalize(p: &Path) -> PathBuf {
     out
 }
 
-fn decode(s: &str) -> String {
+/// Percent-decodes a URL path segment or query value (`+` is a space).
+pub(crate) fn decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
