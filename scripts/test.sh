@@ -9,7 +9,9 @@
 #   5. Microsoft's checks         oav validate-traffic over that traffic; the Azure SDK for
 #                                 Python driving the ARM test server (scripts/ms-checks.sh)
 #   6. cargo doc                  documentation builds without warnings
-#   7. end to end (own step)      real QEMU builds of the example template: boot the image
+#   7. cargo deny                 licenses, sources and RustSec advisories (deny.toml,
+#                                 scripts/deny.sh; installs cargo-deny into ~/.cache/aib/tools)
+#   8. end to end (own step)      real QEMU builds of the example template: boot the image
 #                                 produced, check customization and generalization; failure
 #                                 under cleanup and abort. Minutes under TCG. Skip with --quick.
 # Needs the Rust toolchain (cargo, rustfmt, clippy). Azure storage tests run against Azurite,
@@ -89,6 +91,9 @@ cargo test --workspace --doc --all-features
 
 step "cargo doc --workspace --no-deps --all-features (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features
+
+step "cargo deny: licenses, sources, RustSec advisories (deny.toml)"
+./scripts/deny.sh
 
 if [ "${1:-}" = "--quick" ]; then
   echo; echo "quick run: end-to-end VM tests skipped (--quick)"; exit 0

@@ -201,6 +201,27 @@ mod azure {
     use std::sync::Arc;
 
     const SUB: &str = "00000000-0000-0000-0000-0000000000c1";
+    /// A marked secret: a SAS signature on every template source.
+    const SIG: &str = "AIBMARK-sas-signature-7f3c";
+    const SAS: &str = "?sv=2024-01-01&sr=b&sig=AIBMARK-sas-signature-7f3c";
+    /// A marked secret: the service principal's secret in the environment.
+    const CLIENT_SECRET: &str = "AIBMARK-client-secret-91d2";
+
+    /// Everything a CLI run wrote: its output and every file of its state directory.
+    fn written(out: &Output, state: &std::path::Path) -> String {
+        let mut all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let mut dirs = vec![state.to_path_buf()];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.path().is_dir() {
+                    dirs.push(e.path());
+                } else {
+                    all.push_str(&String::from_utf8_lossy(&std::fs::read(e.path()).unwrap_or_default()));
+                }
+            }
+        }
+        all
+    }
 
     async fn cli(s: &ArmServer, storage: &str, mut args: Vec<String>) -> Output {
         let (url, storage) = (s.url(), storage.to_string());
@@ -213,10 +234,19 @@ mod azure {
         tokio::task::spawn_blocking(move || {
             Command::new(aib())
                 .args(&args)
-                .args(["--resource-group", "images", "--arm-endpoint", &url, "--storage-endpoint", &storage])
+                .args([
+                    "--resource-group",
+                    "images",
+                    "--arm-endpoint",
+                    &url,
+                    "--storage-endpoint",
+                    &storage,
+                    "--allowed-source",
+                    "127.0.0.1/32",
+                ])
                 .env("AZURE_TENANT_ID", "tenant")
                 .env("AZURE_CLIENT_ID", "client")
-                .env("AZURE_CLIENT_SECRET", "secret")
+                .env("AZURE_CLIENT_SECRET", CLIENT_SECRET)
                 .env("AZURE_AUTHORITY_HOST", &url)
                 .env("AZURE_SUBSCRIPTION_ID", SUB)
                 .env_remove("AZURE_FEDERATED_TOKEN_FILE")
@@ -235,10 +265,11 @@ mod azure {
         let mut v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         let c = &mut v["properties"]["customize"];
         let s2 = "#!/bin/sh\necho checksummed script ran\n";
-        c[0]["scriptUri"] = web.put("customizeScript.sh", "#!/bin/sh\necho customizeScript ran\n").into();
-        c[1]["scriptUri"] = web.put("customizeScript2.sh", s2).into();
+        // Every source carries a marked SAS signature: the secret scan looks for it afterwards.
+        c[0]["scriptUri"] = (web.put("customizeScript.sh", "#!/bin/sh\necho customizeScript ran\n") + SAS).into();
+        c[1]["scriptUri"] = (web.put("customizeScript2.sh", s2) + SAS).into();
         c[1]["sha256Checksum"] = aib::customizers::fetch::sha256_hex(s2.as_bytes()).into();
-        c[2]["sourceUri"] = web.put("index.html", "<h1>hello</h1>\n").into();
+        c[2]["sourceUri"] = (web.put("index.html", "<h1>hello</h1>\n") + SAS).into();
         c[4]["inline"] = json!([abort_on.unwrap_or("echo would run: sudo apt install unattended-upgrades")]);
         if abort_on.is_some() {
             v["properties"]["errorHandling"] = json!({"onCustomizerError": "abort"});
@@ -292,6 +323,8 @@ mod azure {
                 state.clone(),
                 "--output".into(),
                 "json".into(),
+                "--allow-source-net".into(),
+                "127.0.0.1".into(),
             ],
         )
         .await;
@@ -307,11 +340,20 @@ mod azure {
         let vhd = report["runOutputs"][1]["artifactUri"].as_str().unwrap_or_default();
         assert!(vhd.starts_with(&storage) && vhd.ends_with(".vhd"), "{vhd}");
         assert!(s.tokens_issued() >= 1, "the client-secret credential got its token from the server");
+        // The secret scan: no marked SAS signature, no client secret, no SAS the backend got
+        // from ARM (the OS disk's read access) in the output, the logs, the ledger or the report.
+        let all = written(&out, std::path::Path::new(&state));
+        assert!(all.contains("customizeScript ran"), "the scan reads the customization log");
+        assert!(!all.contains(SIG) && !all.contains(CLIENT_SECRET), "a marked secret was written");
+        let unredacted: Vec<&str> =
+            all.match_indices("sig=").map(|(i, _)| &all[i..(i + 16).min(all.len())]).filter(|m| !m.starts_with("sig=REDACTED")).collect();
+        assert!(unredacted.is_empty(), "a SAS signature (the OS disk's read access among them) was written: {unredacted:?}");
         assert_eq!(build_resources(&s), Vec::<String>::new(), "only the staging group stays");
 
         // A failing customizer under `abort` keeps the VM; gc removes it.
         let t = template(&web, dir.path(), Some("exit 7")).display().to_string();
-        let out = cli(&s, &storage, vec!["build".into(), t, "--backend".into(), "azure".into(), "--state-dir".into(), state.clone()]).await;
+        let build = vec!["build".into(), t, "--backend".into(), "azure".into(), "--state-dir".into(), state.clone()];
+        let out = cli(&s, &storage, [build, vec!["--allow-source-net".into(), "127.0.0.1".into()]].concat()).await;
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(1), "{stdout}");
         assert!(stdout.contains("build VM kept: ssh -p"), "{stdout}");
@@ -340,8 +382,8 @@ mod azure {
         );
         let mut v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         let c = &mut v["properties"]["customize"];
-        c[0]["scriptUri"] = web.put("testPsScript.ps1", "mkdir c:\\buildArtifacts\r\nWrite-Output 'build path created'\r\n").into();
-        c[2]["sourceUri"] = web.put("index.html", "<h1>hello</h1>\n").into();
+        c[0]["scriptUri"] = (web.put("testPsScript.ps1", "mkdir c:\\buildArtifacts\r\nWrite-Output 'build path created'\r\n") + SAS).into();
+        c[2]["sourceUri"] = (web.put("index.html", "<h1>hello</h1>\n") + SAS).into();
         let text = aib_testkit::corpus::fill_placeholders(
             &v.to_string(),
             SUB,
@@ -351,24 +393,19 @@ mod azure {
         let t = dir.path().join("helloImageTemplateWin.json");
         std::fs::write(&t, text).unwrap();
         let state = dir.path().join("state").display().to_string();
-        let args = vec!["build".into(), t.display().to_string(), "--backend".into(), "azure".into(), "--state-dir".into(), state];
+        let args = ["build", &t.display().to_string(), "--backend", "azure", "--state-dir", &state, "--allow-source-net", "127.0.0.1"]
+            .map(String::from)
+            .to_vec();
         let out = cli(&s, "http://127.0.0.1:9/devstoreaccount1", args).await;
         let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
         assert!(stdout.contains("Succeeded"), "{stdout}");
-        let mut shown = format!("{stdout}{stderr}");
+        // The secret scan: nothing shown or kept holds the password or a marked signature: not
+        // the output, not the state directory.
+        let shown = written(&out, &dir.path().join("state"));
         assert!(shown.contains("over WinRM/HTTPS") && shown.contains("pinned"), "{shown}");
-        // Nothing shown or kept holds the password: not the output, not the state directory.
-        let mut dirs = vec![dir.path().join("state")];
-        while let Some(d) = dirs.pop() {
-            for e in std::fs::read_dir(&d).unwrap().flatten() {
-                if e.path().is_dir() {
-                    dirs.push(e.path());
-                } else {
-                    shown.push_str(&String::from_utf8_lossy(&std::fs::read(e.path()).unwrap()));
-                }
-            }
-        }
+        assert!(!shown.contains(SIG) && !shown.contains(CLIENT_SECRET), "a marked secret was written");
+        assert!(shown.match_indices("sig=").all(|(i, _)| shown[i..].starts_with("sig=REDACTED")), "a SAS signature was written");
         let m = guests.machines()[0].1.clone();
         assert!(shown.contains("ImageState IMAGE_STATE_GENERALIZE_RESEAL_TO_OOBE"), "the customization log has Sysprep's output");
         assert!(!shown.contains(&m.state().admin_password), "the password was shown or stored");

@@ -22,6 +22,8 @@ pub struct AzureBackendBuilder {
     provisioner: Option<crate::provision::AzureProvisionerBuilder>,
     storage_endpoint: Option<String>,
     file_roots: Vec<std::path::PathBuf>,
+    source_nets: Vec<aib_core::boundary::IpNet>,
+    scopes: Vec<String>,
 }
 
 /// The Azure backend: one value serves templates in any region (each request carries the
@@ -32,6 +34,8 @@ pub struct AzureBackend {
     storage_endpoint: Option<String>,
     /// Downloads for customizers, with the operator's `file://` roots.
     fetcher: aib_customizers::fetch::Fetcher,
+    /// Where templates' ARM ids may point.
+    scopes: Arc<Vec<crate::scope::Scope>>,
 }
 
 impl AzureBackendBuilder {
@@ -55,6 +59,22 @@ impl AzureBackendBuilder {
         self
     }
 
+    /// Lets templates' `scriptUri`/`sourceUri` come from internal addresses inside `net`; by
+    /// default sources come from public addresses only ([`aib_core::boundary::is_internal`]).
+    pub fn allow_source_network(mut self, net: aib_core::boundary::IpNet) -> Self {
+        self.source_nets.push(net);
+        self
+    }
+
+    /// Lets templates' ARM ids (source image, targets, staging group, subnet, identities) name
+    /// `scope`: `/subscriptions/ID` or `/subscriptions/ID/resourceGroups/NAME`. Without any,
+    /// they may name the subscription the backend builds in, and nothing else; with some, only
+    /// those. Checked in `build()`.
+    pub fn allow_scope(mut self, scope: impl Into<String>) -> Self {
+        self.scopes.push(scope.into());
+        self
+    }
+
     /// Checks the settings.
     pub fn build(self) -> Result<AzureBackend> {
         let p = self
@@ -65,7 +85,14 @@ impl AzureBackendBuilder {
         for d in self.file_roots {
             fetcher = fetcher.with_file_root(std::fs::canonicalize(&d).map_err(|e| Error::io(&d, e))?);
         }
-        Ok(AzureBackend { provisioner: Arc::new(p), storage_endpoint: self.storage_endpoint, fetcher })
+        for n in self.source_nets {
+            fetcher = fetcher.with_allowed_network(n);
+        }
+        let mut scopes = self.scopes.iter().map(|s| crate::scope::Scope::parse(s)).collect::<Result<Vec<_>>>()?;
+        if scopes.is_empty() {
+            scopes.push(crate::scope::Scope::subscription(p.subscription()));
+        }
+        Ok(AzureBackend { provisioner: Arc::new(p), storage_endpoint: self.storage_endpoint, fetcher, scopes: Arc::new(scopes) })
     }
 }
 
@@ -126,6 +153,29 @@ impl AzureBackend {
         reg = reg.with_distributor(type_names::VHD, move |spec| {
             Ok(Arc::new(DiskVhdDistributor::from_spec(arm.clone(), spec, endpoint.clone())?) as Arc<dyn Distributor>)
         });
+        let scopes = self.scopes.clone();
+        reg = reg.with_template_check(move |t| crate::scope::check(t, &scopes));
+        if self.provisioner.allowed_source().is_none() {
+            reg = reg.with_template_check(|t| {
+                let own_subnet = t
+                    .properties
+                    .vm_profile
+                    .as_ref()
+                    .and_then(|v| v.vnet_config.as_ref())
+                    .is_some_and(|v| v.subnet_id.as_deref().is_some_and(|s| !s.is_empty()));
+                if own_subnet {
+                    return Vec::new();
+                }
+                vec![
+                    aib_core::template::Diagnostic::error(
+                        "properties.vmProfile.vnetConfig.subnetId",
+                        aib_core::template::Code::OutsideBoundary,
+                        "the build VM would get a public address with its SSH/WinRM port open to an address range nobody chose",
+                    )
+                    .with_hint(crate::provision::NO_ALLOWED_SOURCE),
+                ]
+            });
+        }
         Backend::new(self.provisioner.clone(), aib_customizers::registry_with(self.fetcher.clone()).merge(reg))
     }
 
@@ -154,7 +204,7 @@ impl AzureBackend {
                 report.skipped.push(id);
                 continue;
             }
-            match crate::provision::delete_settling(self.arm(), &id).await {
+            match crate::provision::delete_settling(self.arm(), &id, self.provisioner.settle_timeout()).await {
                 Ok(()) | Err(Error::NotFound { .. }) => report.deleted.push(id),
                 Err(e) => report.failed.push((id, e.to_string())),
             }

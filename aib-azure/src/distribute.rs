@@ -148,9 +148,13 @@ impl Distributor for ManagedImageDistributor {
     async fn distribute(&self, req: &DistributeRequest, ctx: &StepContext) -> Result<Artifact> {
         let image = &req.image;
         let id = &self.target.image_id;
-        // An image's source cannot change in place: replace it, as AIB does.
+        // An image's source cannot change in place: replace it, as AIB does, but only once the
+        // capture it is made from is known to be there, so a build whose capture is gone does
+        // not delete the image it was to replace.
         match self.arm.get(id, COMPUTE_API).await {
             Ok(_) => {
+                let source_api = if is_vm(image) { COMPUTE_API } else { crate::DISK_API };
+                self.arm.get(&image.id, source_api).await?;
                 ctx.output.line(OutputStream::Stdout, &format!("replacing the existing image {id}"));
                 self.arm.delete(id, COMPUTE_API).await?;
             }

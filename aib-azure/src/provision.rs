@@ -98,6 +98,7 @@ pub struct AzureProvisionerBuilder {
     winrm_port: Option<u16>,
     allowed_source: Option<String>,
     connect_timeout: Option<Duration>,
+    settle_timeout: Option<Duration>,
     keep_staging: Option<bool>,
 }
 
@@ -139,8 +140,10 @@ impl AzureProvisionerBuilder {
         self
     }
 
-    /// The address prefix the build VM's NSG admits (default `*`: any, with key-only login).
-    /// Set it to this machine's egress address (`203.0.113.7/32`) to admit only the builder.
+    /// The address prefix the build VM's NSG admits to its SSH or WinRM port: this machine's
+    /// egress address (`203.0.113.7/32`), or `*` for any (key-only SSH login, a 192-bit WinRM
+    /// password). Required for builds whose VM gets a public address (no
+    /// `vmProfile.vnetConfig.subnetId`): there is no default that opens the port to the internet.
     pub fn allowed_source(mut self, prefix: impl Into<String>) -> Self {
         self.allowed_source = Some(prefix.into());
         self
@@ -149,6 +152,13 @@ impl AzureProvisionerBuilder {
     /// How long to wait for SSH or WinRM on the new VM (default 20 minutes).
     pub fn connect_timeout(mut self, t: Duration) -> Self {
         self.connect_timeout = Some(t);
+        self
+    }
+
+    /// How long a delete that ARM refuses because a just-deleted NIC or VM still holds the
+    /// resource (`InUseSubnetCannotBeDeleted` and its family) is tried again (default 5 minutes).
+    pub fn settle_timeout(mut self, t: Duration) -> Self {
+        self.settle_timeout = Some(t);
         self
     }
 
@@ -184,8 +194,9 @@ impl AzureProvisionerBuilder {
             admin_user,
             port: self.port,
             winrm_port: self.winrm_port.unwrap_or(5986),
-            allowed_source: self.allowed_source.unwrap_or_else(|| "*".into()),
+            allowed_source: self.allowed_source.filter(|s| !s.trim().is_empty()),
             connect_timeout: self.connect_timeout.unwrap_or(Duration::from_secs(20 * 60)),
+            settle_timeout: self.settle_timeout.unwrap_or(NETWORK_SETTLE),
             keep_staging: self.keep_staging.unwrap_or(true),
             vms: BuildVmTable::default(),
         })
@@ -201,8 +212,9 @@ pub struct AzureProvisioner {
     admin_user: String,
     port: Option<u16>,
     winrm_port: u16,
-    allowed_source: String,
+    allowed_source: Option<String>,
     connect_timeout: Duration,
+    settle_timeout: Duration,
     keep_staging: bool,
     vms: BuildVmTable<Vm>,
 }
@@ -259,6 +271,16 @@ impl AzureProvisioner {
     /// The ARM client.
     pub fn arm(&self) -> &ArmClient {
         &self.arm
+    }
+
+    /// The address prefix the NSG admits, when the operator gave one.
+    pub(crate) fn allowed_source(&self) -> Option<&str> {
+        self.allowed_source.as_deref()
+    }
+
+    /// How long deletes of resources still in use are tried again.
+    pub(crate) fn settle_timeout(&self) -> Duration {
+        self.settle_timeout
     }
 
     /// The subscription.
@@ -412,6 +434,9 @@ impl AzureProvisioner {
     }
 }
 
+/// Why a build VM with a public address is not created without `allowed_source`.
+pub(crate) const NO_ALLOWED_SOURCE: &str = "the build VM gets a public address and nobody said who may reach its SSH/WinRM port: give this machine's egress address (`aib build --allowed-source 203.0.113.7/32`, API: `AzureProvisionerBuilder::allowed_source`), `*` for any, or build in your own subnet (`vmProfile.vnetConfig.subnetId`)";
+
 #[async_trait]
 impl Provisioner for AzureProvisioner {
     async fn provision(&self, req: &ProvisionRequest, ctx: &StepContext) -> Result<BuildVm> {
@@ -423,15 +448,19 @@ impl Provisioner for AzureProvisioner {
         if location.is_empty() {
             return Err(invalid("location", "the template has no `location`"));
         }
+        let vnet_cfg = req.vm_profile.vnet_config.as_ref().and_then(|v| v.subnet_id.clone()).filter(|s| !s.is_empty());
+        let allowed_source = match (&self.allowed_source, &vnet_cfg) {
+            (Some(a), _) => a.as_str(),
+            (None, Some(_)) => "VirtualNetwork",
+            (None, None) => return Err(invalid("allowedSource", NO_ALLOWED_SOURCE)),
+        };
         let tags = self.tags(req);
         let tags_v = Value::Object(tags.clone());
         let group = self.staging_group(req, &location, &tags, ctx).await?;
         let short = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
         let port = if is_windows { self.winrm_port } else { self.port.unwrap_or(22) };
 
-        let vnet_cfg = req.vm_profile.vnet_config.as_ref().and_then(|v| v.subnet_id.clone()).filter(|s| !s.is_empty());
-        let net =
-            network::Plan { group: &group, short: &short, location: &location, tags: &tags_v, port, allowed_source: &self.allowed_source };
+        let net = network::Plan { group: &group, short: &short, location: &location, tags: &tags_v, port, allowed_source };
         let nic = match &vnet_cfg {
             Some(subnet) => network::existing_subnet(&self.arm, ctx, &net, subnet).await?,
             None => network::new_network(&self.arm, ctx, &net).await?,
@@ -634,7 +663,7 @@ impl Reclaim for AzureProvisioner {
     }
 
     async fn delete(&self, record: &ResourceRecord) -> Result<()> {
-        let r = delete_settling(&self.arm, &record.name).await;
+        let r = delete_settling(&self.arm, &record.name, self.settle_timeout).await;
         if r.is_ok() {
             self.vms.remove(&record.name);
         }
@@ -660,11 +689,11 @@ fn in_use(e: &Error) -> bool {
     source.downcast_ref::<crate::ArmError>().is_some_and(|a| IN_USE.iter().any(|c| a.code.eq_ignore_ascii_case(c)))
 }
 
-/// Deletes `id`: a failure is tried again (three times, or for [`NETWORK_SETTLE`] while ARM
-/// says a just-deleted NIC still holds it); credentials that cannot delete fail at once.
-pub(crate) async fn delete_settling(arm: &ArmClient, id: &str) -> Result<()> {
+/// Deletes `id`: a failure is tried again (three times, or for `settle` while ARM says a
+/// just-deleted NIC still holds it); credentials that cannot delete fail at once.
+pub(crate) async fn delete_settling(arm: &ArmClient, id: &str, settle: Duration) -> Result<()> {
     let api = api_version_for(id);
-    let deadline = std::time::Instant::now() + NETWORK_SETTLE;
+    let deadline = std::time::Instant::now() + settle;
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(15));
     let mut failures = 0;
     loop {

@@ -28,6 +28,7 @@ fn captured() -> CapturedImage {
 async fn setup(s: &ArmServer, c: &ArmClient) -> String {
     c.put(&format!("/subscriptions/{SUB}/resourceGroups/images"), "2021-04-01", &json!({"location": "westus"})).await.unwrap();
     let vm = captured().id;
+    c.put(&format!("/subscriptions/{SUB}/resourceGroups/IT_rg_web_1"), "2021-04-01", &json!({"location": "westus"})).await.unwrap();
     s.put_resource(&vm, json!({"type": "Microsoft.Compute/virtualMachines", "location": "westus", "properties": {}}));
     s.mark_generalized(&vm);
     let def = format!("/subscriptions/{SUB}/resourceGroups/images/providers/Microsoft.Compute/galleries/g/images/web");
@@ -123,6 +124,12 @@ async fn managed_images_are_created_or_replaced() {
     let img = s.resource(&id).unwrap();
     assert_eq!(img["properties"]["sourceVirtualMachine"]["id"], captured().id);
     assert_eq!(img["tags"]["team"], "web");
+    // Replacing needs the capture: while it is gone, the image it would replace stays.
+    let vm = s.take_resource(&captured().id).unwrap();
+    let e = d.distribute(&req(), &step).await.unwrap_err();
+    assert!(matches!(e, aib_core::Error::NotFound { .. }), "{e}");
+    assert!(s.requests().iter().all(|r| !r.starts_with("DELETE")), "nothing was deleted");
+    s.put_resource(&captured().id, vm);
     d.distribute(&req(), &step).await.unwrap();
     assert!(s.requests().iter().any(|r| r.starts_with("DELETE") && r.ends_with("/images/web")), "the second publish replaced the image");
     assert!(s.resource(&id).is_some());

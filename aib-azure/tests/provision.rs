@@ -45,6 +45,9 @@ fn provisioner(s: &ArmServer) -> aib_azure::AzureProvisionerBuilder {
         .subscription(SUB)
         .resource_group(RG)
         .ssh_port(s.guest_port().unwrap())
+        .allowed_source("127.0.0.1/32")
+        // A resource left in use by a failed delete settles for this long, not ARM's minutes.
+        .settle_timeout(Duration::from_secs(2))
         .connect_timeout(Duration::from_secs(30))
 }
 
@@ -146,7 +149,7 @@ async fn build_with(
     t: &ImageTemplate,
     tweak: impl FnOnce(aib_core::PipelineBuilder) -> aib_core::PipelineBuilder,
 ) -> (aib_core::RunReport, Vec<Event>) {
-    let backend = AzureBackend::builder().provisioner(provisioner).build().unwrap();
+    let backend = AzureBackend::builder().provisioner(provisioner).allow_source_network(aib_testkit::http::loopback()).build().unwrap();
     let pipeline = tweak(Pipeline::from_template(t, &backend.backend()).unwrap()).build().unwrap();
     let mut run = pipeline.start();
     let events: Vec<Event> = run.events().collect().await;
@@ -282,7 +285,7 @@ async fn cancel_during_distribution_leaves_only_the_staging_group() {
     let s = server().await;
     let web = StaticServer::start().await.unwrap();
     let t = corpus_template(&s, &web, false).await;
-    let backend = AzureBackend::builder().provisioner(provisioner(&s)).build().unwrap();
+    let backend = AzureBackend::builder().provisioner(provisioner(&s)).allow_source_network(aib_testkit::http::loopback()).build().unwrap();
     let pipeline = Pipeline::from_template(&t, &backend.backend()).unwrap().build().unwrap();
     let mut run = pipeline.start();
     let cancel = run.cancellation();
@@ -335,7 +338,7 @@ async fn gc_by_tags_deletes_what_a_killed_run_left_but_not_live_runs() {
     let s = server().await;
     let c = client(&s);
     group(&c, RG, "westus2").await;
-    let backend = AzureBackend::builder().provisioner(provisioner(&s)).build().unwrap();
+    let backend = AzureBackend::builder().provisioner(provisioner(&s)).allow_source_network(aib_testkit::http::loopback()).build().unwrap();
     let source = AzureSource::new(c.clone(), SUB);
     let ctx = RunContext::detached("killed-run").unwrap();
     let image = source.resolve(&west(&ubuntu()), &ctx.step("resolve")).await.unwrap();
@@ -417,7 +420,8 @@ async fn distributors_pass_the_conformance_suite() {
     p.generalize(&vm, &*comm, &ctx.step("generalize")).await.unwrap();
     drop(comm);
     let captured = p.capture(&vm, &ctx.step("capture")).await.unwrap();
-    let backend = AzureBackend::builder().provisioner(provisioner(&s)).build().unwrap().backend();
+    let backend =
+        AzureBackend::builder().provisioner(provisioner(&s)).allow_source_network(aib_testkit::http::loopback()).build().unwrap().backend();
     assert_eq!(t.properties.distribute.len(), 3);
     for spec in &t.properties.distribute {
         let d = backend.registry.distributor(spec).unwrap();

@@ -84,9 +84,8 @@ async fn real_build(source: serde_json::Value, customize: serde_json::Value, lin
     let mut t = ImageTemplate::from_json(&template.to_string()).unwrap().template;
     t.name = Some(format!("aib-test-{suffix}"));
     let mut p = AzureProvisioner::builder().arm(arm.clone()).subscription(&sub).resource_group(&rg);
-    if let Ok(src) = std::env::var("AIB_TEST_AZURE_ALLOWED_SOURCE") {
-        p = p.allowed_source(src);
-    }
+    // The NSG admits this machine's egress address when given, else any (the test's choice).
+    p = p.allowed_source(std::env::var("AIB_TEST_AZURE_ALLOWED_SOURCE").unwrap_or_else(|_| "*".into()));
     let backend = AzureBackend::builder().provisioner(p).build().unwrap();
     let run = Pipeline::from_template(&t, &backend.backend()).unwrap().build().unwrap().start();
     let report = run.wait().await;

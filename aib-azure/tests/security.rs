@@ -53,6 +53,7 @@ async fn provision(s: &ArmServer, image: ResolvedImage) -> aib_core::Result<serd
         .arm(client(s))
         .subscription(SUB)
         .resource_group(RG)
+        .allowed_source("127.0.0.1/32")
         .ssh_port(22)
         .connect_timeout(Duration::from_secs(5))
         .build()?;
@@ -86,7 +87,14 @@ async fn an_arm64_image_gets_an_arm64_size() {
     // An x64 size named by the template is refused by ARM, as the server does.
     let mut req = request(image, "westus2");
     req.vm_profile.vm_size = Some("Standard_D2ds_v4".into());
-    let p = AzureProvisioner::builder().arm(client(&s)).subscription(SUB).resource_group(RG).ssh_port(22).build().unwrap();
+    let p = AzureProvisioner::builder()
+        .arm(client(&s))
+        .subscription(SUB)
+        .resource_group(RG)
+        .allowed_source("127.0.0.1/32")
+        .ssh_port(22)
+        .build()
+        .unwrap();
     let ctx = RunContext::detached("security-x64").unwrap();
     let err = p.provision(&req, &ctx.step("provision")).await.unwrap_err();
     assert!(err.to_string().contains("architecture"), "{err}");

@@ -34,6 +34,7 @@ fn provisioner(s: &ArmServer) -> aib_azure::AzureProvisionerBuilder {
         .subscription(SUB)
         .resource_group(RG)
         .winrm_port(s.windows_guest_port().unwrap())
+        .allowed_source("127.0.0.1/32")
         .connect_timeout(Duration::from_secs(30))
 }
 
@@ -111,7 +112,7 @@ async fn corpus_template(s: &ArmServer, web: &StaticServer, tweak: impl FnOnce(&
 }
 
 async fn build(s: &ArmServer, t: &ImageTemplate) -> (aib_core::RunReport, Vec<Event>) {
-    let backend = AzureBackend::builder().provisioner(provisioner(s)).build().unwrap();
+    let backend = AzureBackend::builder().provisioner(provisioner(s)).allow_source_network(aib_testkit::http::loopback()).build().unwrap();
     let pipeline = Pipeline::from_template(t, &backend.backend()).unwrap().build().unwrap();
     let mut run = pipeline.start();
     let events: Vec<Event> = run.events().collect().await;

@@ -15,17 +15,42 @@ use tokio_util::sync::CancellationToken;
 
 /// Lines of the customization log kept in memory for the report.
 pub(crate) const LOG_TAIL: usize = 200;
+/// The customization log file stops growing here: a guest that floods its output cannot fill
+/// the host's disk (the events still carry every line, within their own bound).
+pub(crate) const LOG_MAX_BYTES: u64 = 256 << 20;
+/// Longer lines are cut, in the log file and the report's tail.
+pub(crate) const LINE_MAX_BYTES: usize = 64 << 10;
 
 #[derive(Default)]
 pub(crate) struct CustomizationLog {
     pub(crate) tail: VecDeque<String>,
     pub(crate) file: Option<(PathBuf, File)>,
+    written: u64,
+}
+
+/// `line` cut to [`LINE_MAX_BYTES`] on a character boundary.
+pub(crate) fn bounded_line(line: String) -> String {
+    if line.len() <= LINE_MAX_BYTES {
+        return line;
+    }
+    let mut end = LINE_MAX_BYTES;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} … [{} bytes cut]", &line[..end], line.len() - end)
 }
 
 impl CustomizationLog {
     fn push(&mut self, line: String) {
-        if let Some((_, f)) = &mut self.file {
+        let line = bounded_line(line);
+        if let Some((_, f)) = &mut self.file
+            && self.written < LOG_MAX_BYTES
+        {
             let _ = writeln!(f, "{line}");
+            self.written += line.len() as u64 + 1;
+            if self.written >= LOG_MAX_BYTES {
+                let _ = writeln!(f, "… the log is over {} MiB: later lines are only in the run's events", LOG_MAX_BYTES >> 20);
+            }
         }
         if self.tail.len() == LOG_TAIL {
             self.tail.pop_front();
@@ -295,5 +320,29 @@ impl StepContext {
         let mut c = Self::detached(step)?;
         c.output = Arc::new(sink.clone());
         Ok((c, sink))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_file_and_its_lines_are_bounded() {
+        let short = "é".repeat(10);
+        assert_eq!(bounded_line(short.clone()), short);
+        let long = format!("a{}", "é".repeat(LINE_MAX_BYTES));
+        let cut = bounded_line(long.clone());
+        assert!(cut.len() < LINE_MAX_BYTES + 40 && cut.ends_with("bytes cut]"), "{}", cut.len());
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        let mut log = CustomizationLog { file: Some((p.clone(), File::create(&p).unwrap())), ..Default::default() };
+        let line = "x".repeat(LINE_MAX_BYTES);
+        for _ in 0..(LOG_MAX_BYTES as usize / LINE_MAX_BYTES + 10) {
+            log.push(line.clone());
+        }
+        let size = std::fs::metadata(&p).unwrap().len();
+        assert!((LOG_MAX_BYTES..LOG_MAX_BYTES + 2 * LINE_MAX_BYTES as u64).contains(&size), "{size}");
+        assert_eq!(log.tail.len(), LOG_TAIL, "the report's tail keeps the latest lines");
     }
 }

@@ -119,10 +119,29 @@ impl OutputSink for NullSink {
     fn line(&self, _: OutputStream, _: &str) {}
 }
 
-/// A sink that keeps lines in memory (for tests and small tools).
-#[derive(Debug, Clone, Default)]
+/// A sink that keeps lines in memory (for tests and small tools), up to a byte limit (16 MiB
+/// unless [`MemorySink::with_limit`] says otherwise): lines past it are counted, not kept, so
+/// a command that floods its output cannot exhaust the host's memory.
+#[derive(Debug, Clone)]
 pub struct MemorySink {
-    lines: Arc<Mutex<Vec<(OutputStream, String)>>>,
+    state: Arc<Mutex<Kept>>,
+}
+
+#[derive(Debug, Default)]
+struct Kept {
+    lines: Vec<(OutputStream, String)>,
+    bytes: usize,
+    limit: usize,
+    dropped: u64,
+}
+
+/// What a [`MemorySink`] keeps by default.
+pub const MEMORY_SINK_LIMIT: usize = 16 << 20;
+
+impl Default for MemorySink {
+    fn default() -> Self {
+        Self::with_limit(MEMORY_SINK_LIMIT)
+    }
 }
 
 impl MemorySink {
@@ -131,21 +150,52 @@ impl MemorySink {
         Self::default()
     }
 
+    /// An empty sink keeping at most `bytes` of line text.
+    pub fn with_limit(bytes: usize) -> Self {
+        MemorySink { state: Arc::new(Mutex::new(Kept { limit: bytes, ..Kept::default() })) }
+    }
+
     /// The lines so far.
     pub fn lines(&self) -> Vec<(OutputStream, String)> {
-        self.lines.lock().map(|l| l.clone()).unwrap_or_default()
+        self.state.lock().map(|l| l.lines.clone()).unwrap_or_default()
     }
 
     /// The standard-output lines so far.
     pub fn stdout(&self) -> Vec<String> {
         self.lines().into_iter().filter(|(s, _)| *s == OutputStream::Stdout).map(|(_, l)| l).collect()
     }
+
+    /// Lines not kept because the limit was reached.
+    pub fn dropped(&self) -> u64 {
+        self.state.lock().map(|l| l.dropped).unwrap_or(0)
+    }
 }
 
 impl OutputSink for MemorySink {
     fn line(&self, stream: OutputStream, line: &str) {
-        if let Ok(mut l) = self.lines.lock() {
-            l.push((stream, line.to_string()));
+        if let Ok(mut k) = self.state.lock() {
+            if k.bytes + line.len() > k.limit {
+                k.dropped += 1;
+            } else {
+                k.bytes += line.len();
+                k.lines.push((stream, line.to_string()));
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_memory_sink_keeps_what_its_limit_allows_and_counts_the_rest() {
+        let sink = MemorySink::with_limit(10);
+        for l in ["12345", "6789", "abc", "d"] {
+            sink.line(OutputStream::Stdout, l);
+        }
+        assert_eq!(sink.stdout(), ["12345", "6789", "d"]);
+        assert_eq!(sink.dropped(), 1);
+        assert_eq!(MemorySink::new().dropped(), 0);
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::Result;
 use crate::ledger::{Entry, Ledger, ResourceRecord, Store, append, ledger_files, replay};
-use crate::reclaim::FileReclaim;
+use crate::reclaim::{FileReclaim, FileReclaimUnder};
 use crate::traits::Reclaim;
 use std::fs::OpenOptions;
 use std::path::PathBuf;
@@ -28,10 +28,18 @@ pub struct GcReport {
 
 impl Ledger {
     /// Deletes what crashed, killed or aborted runs left, through the reclaimer each record
-    /// names (local files through [`FileReclaim`], always), newest first. Live runs are never touched; runs younger than
+    /// names (local files through [`FileReclaim`], always, and for a ledger in a state
+    /// directory only files inside that directory), newest first. Live runs are never touched; runs younger than
     /// `min_age` are left alone.
     pub async fn gc(&self, backends: &[&dyn Reclaim], min_age: Duration) -> Result<GcReport> {
-        let files = FileReclaim;
+        // Records read back from a state directory delete local files only inside it.
+        let files: Box<dyn Reclaim> = match &*self.store {
+            Store::Dir(dir) => match dir.parent() {
+                Some(state) => Box::new(FileReclaimUnder { root: state.to_path_buf() }),
+                None => Box::new(FileReclaim),
+            },
+            Store::Memory(_) => Box::new(FileReclaim),
+        };
         let mut report = GcReport::default();
         let runs: Vec<(String, Option<PathBuf>)> = match &*self.store {
             Store::Memory(m) => m.lock().map(|m| m.keys().map(|k| (k.clone(), None)).collect()).unwrap_or_default(),
@@ -61,7 +69,7 @@ impl Ledger {
             }
             let mut left = Vec::new();
             for r in records.iter().rev() {
-                let found = backends.iter().copied().chain([&files as &dyn Reclaim]).find(|b| b.backend() == r.backend);
+                let found = backends.iter().copied().chain([&*files]).find(|b| b.backend() == r.backend);
                 let Some(b) = found else {
                     report.failed.push((r.clone(), format!("no backend `{}` given to gc", r.backend)));
                     left.push(r.clone());

@@ -66,3 +66,53 @@ impl Reclaim for FileReclaim {
         }
     }
 }
+
+/// [`FileReclaim`] confined to a directory: what [`crate::Ledger::gc`] deletes local files
+/// with when it reads a state directory's ledger back, so that a record naming a path outside
+/// that state directory (planted, or of a scratch directory elsewhere) deletes nothing.
+#[derive(Debug, Clone)]
+pub(crate) struct FileReclaimUnder {
+    pub(crate) root: std::path::PathBuf,
+}
+
+#[async_trait]
+impl Reclaim for FileReclaimUnder {
+    fn backend(&self) -> &'static str {
+        FileReclaim::BACKEND
+    }
+
+    async fn delete(&self, record: &ResourceRecord) -> Result<()> {
+        if !crate::boundary::lies_under(std::path::Path::new(&record.name), &self.root) {
+            return Err(Error::PermissionDenied {
+                backend: FileReclaim::BACKEND,
+                source: format!(
+                    "`{}` is not inside the state directory {}; nothing was deleted (remove it by hand if it is a leftover)",
+                    record.name,
+                    self.root.display()
+                )
+                .into(),
+            });
+        }
+        FileReclaim.delete(record).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_confined_reclaimer_deletes_nothing_outside_its_root() {
+        let (root, outside) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let victim = outside.path().join("keep");
+        std::fs::write(&victim, "x").unwrap();
+        let r = FileReclaimUnder { root: root.path().to_path_buf() };
+        let e = r.delete(&FileReclaim::dir(outside.path())).await.unwrap_err();
+        assert!(e.to_string().contains("not inside the state directory") || crate::error::error_chain(&e).contains("not inside"), "{e}");
+        assert!(victim.exists());
+        let mine = root.path().join("runs");
+        std::fs::create_dir(&mine).unwrap();
+        r.delete(&FileReclaim::dir(&mine)).await.unwrap();
+        assert!(!mine.exists());
+    }
+}

@@ -16,6 +16,11 @@ pub type CustomizerFactory = Arc<dyn Fn(&CustomizerSpec) -> Result<Arc<dyn Custo
 /// Makes a [`Distributor`] for a `distribute[]` entry.
 pub type DistributorFactory = Arc<dyn Fn(&DistributorSpec) -> Result<Arc<dyn Distributor>> + Send + Sync>;
 
+/// Checks a whole template for what a backend refuses beyond the types: each finding is a
+/// diagnostic at its JSON path (`properties.source.imageId`), so the template is refused at
+/// the field before anything starts.
+pub type TemplateCheck = Arc<dyn Fn(&crate::template::ImageTemplate) -> Vec<crate::template::Diagnostic> + Send + Sync>;
+
 /// Makes a [`Customizer`] from one built-in step type, typed: no factory sees a step of
 /// another type.
 pub type TypedFactory<S> = Arc<dyn Fn(&S) -> Result<Arc<dyn Customizer>> + Send + Sync>;
@@ -53,6 +58,7 @@ pub struct Registry {
     customizers: BTreeMap<String, CustomizerFactory>,
     validators: BTreeSet<String>,
     distributors: BTreeMap<String, DistributorFactory>,
+    checks: Vec<TemplateCheck>,
 }
 
 impl fmt::Debug for Registry {
@@ -62,6 +68,7 @@ impl fmt::Debug for Registry {
             .field("customizers", &self.builtins.names().map(str::to_string).chain(self.customizers.keys().cloned()).collect::<Vec<_>>())
             .field("validators", &self.validators)
             .field("distributors", &self.distributors.keys().collect::<Vec<_>>())
+            .field("checks", &self.checks.len())
             .finish()
     }
 }
@@ -169,7 +176,25 @@ impl Registry {
         self.customizers.extend(other.customizers);
         self.validators.extend(other.validators);
         self.distributors.extend(other.distributors);
+        self.checks.extend(other.checks);
         self
+    }
+
+    /// Adds a check of whole templates ([`TemplateCheck`]): `Pipeline::from_template` refuses a
+    /// template with any finding, at its path. For what no single type's factory sees: the
+    /// subscriptions an Azure backend's ARM ids may name, say.
+    #[must_use]
+    pub fn with_template_check(
+        mut self,
+        check: impl Fn(&crate::template::ImageTemplate) -> Vec<crate::template::Diagnostic> + Send + Sync + 'static,
+    ) -> Self {
+        self.checks.push(Arc::new(check));
+        self
+    }
+
+    /// What the template checks find in `t`.
+    pub fn check_template(&self, t: &crate::template::ImageTemplate) -> Vec<crate::template::Diagnostic> {
+        self.checks.iter().flat_map(|c| c(t)).collect()
     }
 
     /// The type names, for validating templates against this registry.

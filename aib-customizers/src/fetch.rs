@@ -1,9 +1,12 @@
 //! Downloads scripts and files for customizers (`https`, `http`, `file`), with a size limit,
 //! verifying the `sha256Checksum` before the bytes go anywhere.
 
+use aib_core::boundary::{IpNet, may_fetch_from};
 use aib_core::retry::{Backoff, retry_while};
 use aib_core::{Error, Result};
 use sha2::{Digest, Sha256};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 const BACKEND: &str = "fetch";
@@ -12,14 +15,32 @@ const BACKEND: &str = "fetch";
 pub const DEFAULT_MAX_BYTES: u64 = 20 * 1000 * 1000;
 
 /// Downloads artifacts for customizers. Cheap to clone (one connection pool).
+///
+/// Template sources reach public addresses only: a host that is or resolves to an internal
+/// address (loopback, link-local with the clouds' metadata services, private ranges; see
+/// [`aib_core::boundary::is_internal`]) is refused unless the operator allows its network
+/// ([`Fetcher::with_allowed_network`]). Every address a name resolves to is checked when the
+/// connection is made, so a name cannot resolve to a public address at the check and an
+/// internal one at the connection; redirects are followed only to allowed hosts and never
+/// from https to http.
 #[derive(Debug, Clone)]
 pub struct Fetcher {
-    http: reqwest::Client,
+    http: std::result::Result<reqwest::Client, Arc<str>>,
     max_bytes: u64,
     retries: u32,
     /// Directories `file://` sources may be read from; none by default (`file://` is off).
     file_roots: Vec<std::path::PathBuf>,
+    /// Internal networks sources may come from; none by default.
+    allowed: Arc<Vec<IpNet>>,
 }
+
+/// How a source on an internal address is refused when the operator allowed no network for it.
+pub const NETWORK_HINT: &str = "sources come from public addresses; the operator allows an internal network with `aib build --allow-source-net CIDR` (API: `Fetcher::with_allowed_network`, the backends' `allow_source_network`)";
+
+/// How long a script or file download may take in all.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a download may go without a byte before it fails.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How a `file://` source is refused when the operator allowed no directory for it.
 pub const FILE_ROOT_HINT: &str = "the operator allows directories for file:// sources with `aib build --allow-file-root DIR` (API: `aib_customizers::registry_with`, `Fetcher::with_file_root`); or serve the file over https";
@@ -40,15 +61,28 @@ pub fn sha256_hex(data: &[u8]) -> String {
 }
 
 impl Fetcher {
-    /// A fetcher with AIB's 20 MB limit, 3 retries of transient failures, 60 s timeouts.
+    /// A fetcher with AIB's 20 MB limit, 3 retries of transient failures, a 30 s connect
+    /// timeout, 60 s without a byte and 10 minutes in all for a script or file (none in all for
+    /// [`Fetcher::fetch_to_file`]), and public addresses only.
     pub fn new() -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(30))
-            .timeout(Duration::from_secs(600))
-            .user_agent(concat!("aib/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
-        Fetcher { http, max_bytes: DEFAULT_MAX_BYTES, retries: 3, file_roots: Vec::new() }
+        let allowed = Arc::new(Vec::new());
+        Fetcher { http: client(&allowed), max_bytes: DEFAULT_MAX_BYTES, retries: 3, file_roots: Vec::new(), allowed }
+    }
+
+    /// Allows sources on internal addresses inside `net` (a lab mirror, `127.0.0.1` for a test
+    /// server). The operator's setting: a template cannot widen it.
+    #[must_use]
+    pub fn with_allowed_network(mut self, net: IpNet) -> Self {
+        let mut allowed = (*self.allowed).clone();
+        allowed.push(net);
+        self.allowed = Arc::new(allowed);
+        self.http = client(&self.allowed);
+        self
+    }
+
+    /// The internal networks sources may come from.
+    pub fn allowed_networks(&self) -> &[IpNet] {
+        &self.allowed
     }
 
     /// Allows `file://` sources under `dir` (resolved: a symbolic link cannot lead out of it).
@@ -70,6 +104,16 @@ impl Fetcher {
     /// template field (`scriptUri`, `sourceUri`) in the error.
     pub fn check(&self, field: &str, uri: &str) -> Result<()> {
         let Some((scheme, rest)) = uri.split_once("://") else { return Ok(()) };
+        if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") {
+            return match literal_ip(uri) {
+                Some(ip) if !may_fetch_from(ip, &self.allowed) => Err(Error::outside_boundary(
+                    field,
+                    format!("`{}` is on {ip}, an internal address of the build host's network", shown(uri)),
+                    NETWORK_HINT,
+                )),
+                _ => Ok(()),
+            };
+        }
         if !scheme.eq_ignore_ascii_case("file") {
             return Ok(());
         }
@@ -162,14 +206,77 @@ impl Fetcher {
         Ok(data)
     }
 
-    async fn get(&self, uri: &str) -> Result<Vec<u8>> {
-        // reqwest's errors name the URL with its query (a SAS): keep ours, without it.
-        let transient = |e: reqwest::Error| Error::Generic {
-            backend: BACKEND,
-            retryable: true,
-            source: format!("{}: {}", shown(uri), e.without_url()).into(),
+    /// Downloads an `http(s)` `uri` into a new file `dest` (created 0600, never replaced),
+    /// hashing as it arrives: the whole file never sits in memory, and a download fails only when
+    /// no byte comes for a minute, however long it takes in all. `dest` is removed unless the
+    /// SHA-256 matches `sha256`. Returns the size.
+    pub async fn fetch_to_file(&self, uri: &str, sha256: &str, dest: &std::path::Path) -> Result<u64> {
+        let scheme = uri.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        if !matches!(scheme.as_deref(), Some("http" | "https")) {
+            return Err(invalid(uri, "downloads to a file take an http or https URL"));
+        }
+        let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(8));
+        let result = retry_while(backoff, self.retries + 1, Error::is_retryable, || self.download(uri, dest)).await;
+        let got = match result {
+            Ok(got) => got,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(dest).await;
+                return Err(e);
+            }
         };
-        let mut resp = self.http.get(uri).send().await.map_err(transient)?;
+        if !got.0.eq_ignore_ascii_case(sha256) {
+            let _ = tokio::fs::remove_file(dest).await;
+            return Err(Error::ChecksumMismatch { what: shown(uri), expected: sha256.to_ascii_lowercase(), actual: got.0 });
+        }
+        Ok(got.1)
+    }
+
+    async fn download(&self, uri: &str, dest: &std::path::Path) -> Result<(String, u64)> {
+        use tokio::io::AsyncWriteExt;
+        let _ = tokio::fs::remove_file(dest).await;
+        let mut resp = self.send(uri, None).await?;
+        let mut f = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(dest)
+            .await
+            .map_err(|e| Error::io(dest, e))?;
+        let (mut hash, mut n) = (Sha256::new(), 0u64);
+        while let Some(chunk) = resp.chunk().await.map_err(|e| transfer(uri, e))? {
+            n += chunk.len() as u64;
+            if n > self.max_bytes {
+                return Err(too_big(uri, n, self.max_bytes));
+            }
+            hash.update(&chunk);
+            f.write_all(&chunk).await.map_err(|e| Error::io(dest, e))?;
+        }
+        f.sync_all().await.map_err(|e| Error::io(dest, e))?;
+        Ok((hex::encode(hash.finalize()), n))
+    }
+
+    async fn get(&self, uri: &str) -> Result<Vec<u8>> {
+        let mut resp = self.send(uri, Some(SCRIPT_TIMEOUT)).await?;
+        let mut out = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| transfer(uri, e))? {
+            out.extend_from_slice(&chunk);
+            if out.len() as u64 > self.max_bytes {
+                return Err(too_big(uri, out.len() as u64, self.max_bytes));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sends the GET once the host is known to be allowed, and checks status and size.
+    async fn send(&self, uri: &str, timeout: Option<Duration>) -> Result<reqwest::Response> {
+        let http = self.http.as_ref().map_err(|e| Error::generic(BACKEND, format!("the HTTP client could not be set up: {e}")))?;
+        self.host_allowed(uri).await?;
+        let mut req = http.get(uri);
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
+        let resp = req.send().await.map_err(|e| transfer(uri, e))?;
         let status = resp.status();
         if !status.is_success() {
             let e = format!("GET {}: HTTP {status}", shown(uri));
@@ -183,15 +290,110 @@ impl Fetcher {
         if let Some(n) = resp.content_length().filter(|n| *n > self.max_bytes) {
             return Err(too_big(uri, n, self.max_bytes));
         }
-        let mut out = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(transient)? {
-            out.extend_from_slice(&chunk);
-            if out.len() as u64 > self.max_bytes {
-                return Err(too_big(uri, out.len() as u64, self.max_bytes));
-            }
-        }
-        Ok(out)
+        Ok(resp)
     }
+
+    /// Refuses a host that is, or resolves here only to, internal addresses the operator did not
+    /// allow. (The connection checks again what the name resolves to then; this check also
+    /// covers requests that go through a proxy, which resolves names itself.)
+    async fn host_allowed(&self, uri: &str) -> Result<()> {
+        let url = reqwest::Url::parse(uri).map_err(|e| invalid(uri, &e.to_string()))?;
+        let host = url.host_str().ok_or_else(|| invalid(uri, "no host"))?.trim_start_matches('[').trim_end_matches(']').to_string();
+        let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![ip],
+            Err(_) => match tokio::net::lookup_host((host.as_str(), url.port_or_known_default().unwrap_or(443))).await {
+                Ok(a) => a.map(|a| a.ip()).collect(),
+                // Not resolvable here: the connection (or a proxy) reports it.
+                Err(_) => return Ok(()),
+            },
+        };
+        match addrs.iter().find(|ip| !may_fetch_from(**ip, &self.allowed)) {
+            Some(ip) if addrs.iter().all(|ip| !may_fetch_from(*ip, &self.allowed)) => {
+                Err(refused(&format!("`{}` is on {ip}, an internal address of the build host's network", shown(uri))))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The HTTP client of a fetcher: timeouts, and the address rule at every connection and redirect.
+fn client(allowed: &Arc<Vec<IpNet>>) -> std::result::Result<reqwest::Client, Arc<str>> {
+    let for_redirects = allowed.clone();
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(30))
+        .read_timeout(IDLE_TIMEOUT)
+        .user_agent(concat!("aib/", env!("CARGO_PKG_VERSION")))
+        .dns_resolver(Arc::new(Guarded { allowed: allowed.clone() }))
+        .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+            let from_https = attempt.previous().last().is_some_and(|u| u.scheme() == "https");
+            let next = attempt.url().clone();
+            if attempt.previous().len() >= 10 {
+                attempt.error(Refused("more than 10 redirects".into()))
+            } else if from_https && next.scheme() != "https" {
+                attempt.error(Refused(format!("a redirect from https to {} is not followed", shown(next.as_str()))))
+            } else if let Some(ip) = literal_ip(next.as_str()).filter(|ip| !may_fetch_from(*ip, &for_redirects)) {
+                attempt.error(Refused(format!("a redirect to {ip}, an internal address, is not followed")))
+            } else {
+                attempt.follow()
+            }
+        }))
+        .build()
+        .map_err(|e| Arc::from(e.to_string()))
+}
+
+/// The host of an `http(s)` URI when it is an IP address.
+fn literal_ip(uri: &str) -> Option<IpAddr> {
+    let url = reqwest::Url::parse(uri).ok()?;
+    url.host_str()?.trim_start_matches('[').trim_end_matches(']').parse().ok()
+}
+
+/// A resolver that keeps only the addresses sources may come from.
+struct Guarded {
+    allowed: Arc<Vec<IpNet>>,
+}
+
+impl reqwest::dns::Resolve for Guarded {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let (allowed, host) = (self.allowed.clone(), name.as_str().to_string());
+        Box::pin(async move {
+            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let ok: Vec<SocketAddr> = all.iter().copied().filter(|a| may_fetch_from(a.ip(), &allowed)).collect();
+            if ok.is_empty() && !all.is_empty() {
+                return Err(Box::new(Refused(format!("{host} resolves to {}, an internal address", all[0].ip()))) as _);
+            }
+            Ok(Box::new(ok.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// A connection or redirect the address rule refused.
+#[derive(Debug)]
+struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+fn refused(why: &str) -> Error {
+    Error::outside_boundary("uri", why, NETWORK_HINT)
+}
+
+/// A failed transfer: refused by the address rule (final), or a transient error. reqwest's own
+/// message names the URL with its query (a SAS): ours names it without.
+fn transfer(uri: &str, e: reqwest::Error) -> Error {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        if let Some(r) = c.downcast_ref::<Refused>() {
+            return refused(&format!("{}: {r}", shown(uri)));
+        }
+        cause = c.source();
+    }
+    let timeout = if e.is_timeout() { " (timed out)" } else { "" };
+    Error::Generic { backend: BACKEND, retryable: true, source: format!("{}: {}{timeout}", shown(uri), e.without_url()).into() }
 }
 
 /// How a URI is named in errors: without its query (a SAS token is a query).
@@ -287,5 +489,73 @@ mod tests {
         assert!(root.check("sourceUri", "file:///proc/self/environ").is_err());
         assert!(root.fetch("file:///proc/self/environ", None).await.is_err());
         assert!(root.fetch("file:///dev/zero", None).await.is_err());
+    }
+
+    fn is_refusal(e: &Error) -> bool {
+        matches!(e, Error::InvalidField { code: aib_core::template::Code::OutsideBoundary, .. })
+    }
+
+    fn loopback() -> IpNet {
+        "127.0.0.1".parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn internal_sources_are_refused_unless_the_operator_allows_their_network() {
+        let web = aib_testkit::http::StaticServer::start().await.unwrap();
+        let url = web.put("s.sh", "echo hi\n");
+        let by_name = url.replace("127.0.0.1", "localhost");
+        let e = Fetcher::new().check("scriptUri", &url).unwrap_err();
+        assert!(matches!(&e, Error::InvalidField { code: aib_core::template::Code::OutsideBoundary, .. }), "{e}");
+        assert!(e.to_string().contains("--allow-source-net"), "{e}");
+        for u in [&url, &by_name, &"http://169.254.169.254/latest/meta-data/".to_string(), &"http://[::1]:9/x".to_string()] {
+            let e = Fetcher::new().fetch(u, None).await.unwrap_err();
+            assert!(is_refusal(&e) && e.to_string().contains("internal address"), "{u}: {e}");
+        }
+        assert_eq!(web.requests(), 0, "nothing was sent");
+        let f = Fetcher::new().with_allowed_network(loopback());
+        f.check("scriptUri", &url).unwrap();
+        assert_eq!(f.fetch(&url, None).await.unwrap(), b"echo hi\n");
+        assert_eq!(f.fetch(&by_name, None).await.unwrap(), b"echo hi\n");
+        assert_eq!(f.allowed_networks(), &[loopback()]);
+    }
+
+    #[tokio::test]
+    async fn redirects_go_only_where_a_source_may_come_from() {
+        use aib_testkit::http::{HttpServer, Response};
+        let web = HttpServer::start(|req| async move {
+            match req.path.as_str() {
+                "/metadata" => Response::new(302, "").header("Location", "http://169.254.169.254/latest/meta-data/"),
+                "/other-loopback" => Response::new(302, "").header("Location", "http://127.0.0.2:9/x"),
+                _ => Response::new(200, "fine"),
+            }
+        })
+        .await
+        .unwrap();
+        let f = Fetcher::new().with_allowed_network(loopback());
+        assert_eq!(f.fetch(&format!("{}/ok", web.url()), None).await.unwrap(), b"fine");
+        for path in ["metadata", "other-loopback"] {
+            let e = f.fetch(&format!("{}/{path}", web.url()), None).await.unwrap_err();
+            assert!(is_refusal(&e) && e.to_string().contains("internal address"), "{path}: {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn downloads_to_a_file_stream_and_keep_only_a_matching_file() {
+        let web = aib_testkit::http::StaticServer::start().await.unwrap();
+        let body = vec![7u8; 3 << 20];
+        let url = web.put("disk.qcow2", body.clone()) + "?sv=1&sig=SECRET";
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("download");
+        let f = Fetcher::new().with_allowed_network(loopback()).with_max_bytes(64 << 20);
+        assert_eq!(f.fetch_to_file(&url, &sha256_hex(&body), &dest).await.unwrap(), body.len() as u64);
+        assert_eq!(std::fs::read(&dest).unwrap(), body);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777, 0o600);
+        let e = f.fetch_to_file(&url, &"0".repeat(64), &dest).await.unwrap_err();
+        assert!(matches!(e, Error::ChecksumMismatch { .. }) && !e.to_string().contains("SECRET"), "{e}");
+        assert!(!dest.exists(), "a file that does not match is removed");
+        let e = f.clone().with_max_bytes(1 << 20).fetch_to_file(&url, &sha256_hex(&body), &dest).await.unwrap_err();
+        assert!(e.to_string().contains("limit") && !dest.exists(), "{e}");
+        assert!(f.fetch_to_file("file:///etc/hostname", &sha256_hex(&body), &dest).await.is_err());
     }
 }

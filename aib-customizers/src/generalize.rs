@@ -98,6 +98,10 @@ foreach ($s in 'RdAgent', 'WindowsAzureTelemetryService', 'WindowsAzureGuestAgen
     while ((Get-Service $s).Status -ne 'Running') {{ Start-Sleep -Seconds 5 }}
   }}
 }}
+# What a timed-out or cut-off elevated step left: its scheduled task and its scripts and logs
+# (which may hold the step's environment values) stay out of the image.
+Get-ScheduledTask -TaskName 'aib-*' -ErrorAction SilentlyContinue | Unregister-ScheduledTask -Confirm:$false -ErrorAction SilentlyContinue
+Remove-Item -Force -ErrorAction SilentlyContinue (Join-Path $env:SystemRoot 'Temp\aib-*')
 Write-Output 'aib: Sysprep.exe /oobe /generalize /quiet /quit'
 & $env:SystemRoot\System32\Sysprep\Sysprep.exe /oobe /generalize /quiet /quit
 while ($true) {{

@@ -232,6 +232,10 @@ impl client::Handler for Verifier {
 
     async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> std::result::Result<bool, Self::Error> {
         let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
+            // A refusal like a wrong key: it will not become the pinned key by retrying.
+            if let Ok(mut m) = self.mismatch.lock() {
+                *m = Some("a host certificate (aib pins host keys, not certificates)".into());
+            }
             return Ok(false);
         };
         let seen = key.fingerprint(HashAlg::Sha256).to_string();
@@ -362,22 +366,41 @@ impl SshCommunicator {
         }
     }
 
-    fn command_line(req: &ExecRequest) -> Result<String> {
+    /// The command line of `req`. Environment values never appear in it (where `ps` on the VM
+    /// and sudo's log would show them): they are in `env_file`, a 0600 file the line sources and
+    /// removes before the command runs.
+    fn command_line(req: &ExecRequest, env_file: Option<&str>) -> String {
         let mut cmd = String::new();
+        if let Some(f) = env_file {
+            let f = sh_quote(f);
+            cmd.push_str(&format!(". {f} && rm -f {f} || exit 97; "));
+        }
+        cmd.push_str(&req.command);
+        if req.elevated { format!("sudo -n -- sh -c {}", sh_quote(&cmd)) } else { cmd }
+    }
+
+    /// Uploads the environment of `req` as a 0600 file of `export` lines; its path.
+    async fn env_file(&self, req: &ExecRequest) -> Result<Option<String>> {
+        if req.env.is_empty() {
+            return Ok(None);
+        }
+        let mut body = String::new();
         for (k, v) in &req.env {
             if !is_env_name(k) {
                 return Err(invalid("env", &format!("`{k}` is not a valid environment variable name")));
             }
-            cmd.push_str(&format!("export {k}={}; ", sh_quote(v)));
+            body.push_str(&format!("export {k}={}\n", sh_quote(v)));
         }
-        cmd.push_str(&req.command);
-        Ok(if req.elevated { format!("sudo -n -- sh -c {}", sh_quote(&cmd)) } else { cmd })
+        let path = format!("/tmp/aib-env-{}", uuid::Uuid::new_v4().simple());
+        self.upload(&UploadRequest::bytes(body.into_bytes(), path.clone()).with_mode(0o600)).await?;
+        Ok(Some(path))
     }
 
     async fn run(&self, req: &ExecRequest, out: &(dyn OutputSink + 'static)) -> Result<ExitStatus> {
+        let env_file = self.env_file(req).await?;
         let session = self.session().await?;
         let mut ch = session.channel_open_session().await.map_err(disconnected)?;
-        ch.exec(true, Self::command_line(req)?).await.map_err(disconnected)?;
+        ch.exec(true, Self::command_line(req, env_file.as_deref())).await.map_err(disconnected)?;
         let (mut so, mut se) = (LineSplitter::default(), LineSplitter::default());
         let mut status = ExitStatus::default();
         let mut got_status = false;
@@ -412,7 +435,14 @@ impl SshCommunicator {
         let ch = session.channel_open_session().await.map_err(SshError::Transport)?;
         ch.request_subsystem(true, "sftp").await.map_err(SshError::Transport)?;
         let sftp = russh_sftp::client::SftpSession::new(ch.into_stream()).await.map_err(sftp_err("starting the session".into()))?;
-        let mut f = sftp.create(&req.destination).await.map_err(sftp_err(format!("creating {}", req.destination)))?;
+        // A new file gets its mode when it is created, never readable by others in between.
+        let attrs = russh_sftp::protocol::FileAttributes { permissions: req.mode, ..Default::default() };
+        let flags =
+            russh_sftp::protocol::OpenFlags::CREATE | russh_sftp::protocol::OpenFlags::TRUNCATE | russh_sftp::protocol::OpenFlags::WRITE;
+        let mut f = sftp
+            .open_with_flags_and_attributes(&req.destination, flags, attrs)
+            .await
+            .map_err(sftp_err(format!("creating {}", req.destination)))?;
         let n = copy_content(&req.content, &mut f).await?;
         f.shutdown().await.map_err(SshError::Write)?;
         if let Some(mode) = req.mode {

@@ -153,7 +153,10 @@ impl Customizer for WindowsUpdateCustomizer {
                 break;
             }
             let tail = Tail::new(ctx.output.clone(), 200);
-            let st = comm.execute(&ExecRequest::new(self.script(left)).elevated(), &tail).await?;
+            // As SYSTEM, as the Windows Update service itself runs: the update agent refuses
+            // remote sessions, and no password goes into the task.
+            let task = crate::windows::scheduled_task_script(&self.script(left), &crate::windows::TaskPrincipal::System);
+            let st = comm.execute(&ExecRequest::new(task), &tail).await?;
             let lines = tail.lines();
             let found: u32 = lines
                 .iter()

@@ -4,27 +4,20 @@
 use crate::quote::ps_quote;
 use base64::Engine;
 
-/// Who a scheduled task runs as.
-#[derive(Clone, PartialEq, Eq)]
+/// Who a scheduled task runs as. No variant holds a password: none is stored with a task or
+/// written into the script the VM runs (where an error record quoting the failing line, the
+/// command line of `powershell.exe` or script-block logging could keep it).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskPrincipal {
     /// `NT AUTHORITY\SYSTEM` (AIB's `runAsSystem`).
     System,
-    /// The build user with the highest run level (AIB's `runElevated`).
+    /// The build user with the highest run level (AIB's `runElevated`), logged on by the Task
+    /// Scheduler through S4U: the user's full administrator token without a stored password,
+    /// and without network credentials of the user (shares need their own).
     User {
         /// User name.
         user: String,
-        /// Password.
-        password: String,
     },
-}
-
-impl std::fmt::Debug for TaskPrincipal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            TaskPrincipal::System => f.write_str("System"),
-            TaskPrincipal::User { user, .. } => write!(f, "User({user})"),
-        }
-    }
 }
 
 /// The marker a wrapper prints before the task's exit code.
@@ -44,10 +37,10 @@ pub fn scheduled_task_script(inner: &str, principal: &TaskPrincipal) -> String {
              Register-ScheduledTask -TaskName $name -Action $action -Principal $principal -Force | Out-Null"
                 .to_string()
         }
-        TaskPrincipal::User { user, password } => format!(
-            "Register-ScheduledTask -TaskName $name -Action $action -User {} -Password {} -RunLevel Highest -Force | Out-Null",
-            ps_quote(user),
-            ps_quote(password)
+        TaskPrincipal::User { user } => format!(
+            "$principal = New-ScheduledTaskPrincipal -UserId {} -LogonType S4U -RunLevel Highest\n\
+             Register-ScheduledTask -TaskName $name -Action $action -Principal $principal -Force | Out-Null",
+            ps_quote(user)
         ),
     };
     format!(
@@ -88,12 +81,11 @@ mod tests {
 
     #[test]
     fn task_scripts_quote_and_embed() {
-        let s = scheduled_task_script("Write-Output 'hi'", &TaskPrincipal::User { user: "pack'er".into(), password: "p'w".into() });
-        assert!(s.contains("-User 'pack''er' -Password 'p''w'"));
+        let s = scheduled_task_script("Write-Output 'hi'", &TaskPrincipal::User { user: "pack'er".into() });
+        assert!(s.contains("-UserId 'pack''er' -LogonType S4U -RunLevel Highest") && !s.contains("-Password"), "{s}");
         assert!(!s.contains("Write-Output 'hi'"), "the inner script is embedded encoded");
         assert!(s.contains(TASK_EXIT_MARK));
         let s = scheduled_task_script("x", &TaskPrincipal::System);
         assert!(s.contains("NT AUTHORITY\\SYSTEM") && !s.contains("-Password"));
-        assert_eq!(format!("{:?}", TaskPrincipal::User { user: "u".into(), password: "secret".into() }), "User(u)");
     }
 }

@@ -305,7 +305,7 @@ impl WinRmCommunicator {
         }
         s.push_str(&req.command);
         if req.elevated {
-            let principal = TaskPrincipal::User { user: self.cfg.user.clone(), password: self.cfg.password.clone() };
+            let principal = TaskPrincipal::User { user: self.cfg.user.clone() };
             return Ok(scheduled_task_script(&s, &principal));
         }
         Ok(s)

@@ -29,6 +29,11 @@ async fn connect(sshd: &Sshd) -> SshCommunicator {
     SshCommunicator::connect(cfg).await.unwrap()
 }
 
+/// Downloads from this test's web server on the loopback.
+fn web_fetcher() -> Fetcher {
+    Fetcher::new().with_allowed_network(aib_testkit::http::loopback())
+}
+
 fn start() -> Sshd {
     Sshd::start().unwrap_or_else(|e| panic!("{e}"))
 }
@@ -39,6 +44,26 @@ fn ctx(step: &str) -> (StepContext, MemorySink) {
 
 fn stdout(sink: &MemorySink) -> Vec<String> {
     sink.stdout()
+}
+
+#[tokio::test]
+async fn environment_values_stay_out_of_command_lines_and_uploads_are_private_from_the_start() {
+    use aib_core::{Communicator, ExecRequest, UploadRequest};
+    let sshd = start();
+    let comm = connect(&sshd).await;
+    let marker = "env-value-5be1 with 'quotes' and $dollars";
+    let req =
+        ExecRequest::new("tr '\\0' ' ' < /proc/$$/cmdline; echo; printf 'v=%s\\n' \"$AIB_TEST_VALUE\"").with_env("AIB_TEST_VALUE", marker);
+    let sink = MemorySink::new();
+    assert!(comm.execute(&req, &sink).await.unwrap().success(), "{:?}", sink.lines());
+    let lines = sink.stdout();
+    assert!(lines.contains(&format!("v={marker}")), "the command sees its environment: {lines:?}");
+    assert!(!lines[0].contains("env-value-5be1"), "the value is not in the command line: {}", lines[0]);
+    // A script created 0700 is 0700 from its creation (the SFTP open carries the mode).
+    let dest = sshd.scratch().join("private.sh");
+    comm.upload(&UploadRequest::bytes(b"echo hi".to_vec(), dest.display().to_string()).with_mode(0o700)).await.unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777, 0o700);
 }
 
 #[tokio::test]
@@ -84,6 +109,7 @@ async fn script_uri_is_downloaded_checked_then_run() {
     let script = format!("#!/bin/sh\necho \"running as $(id -un) with GREETING=$GREETING\"\ntouch {}/ran\n", dir.display());
     let url = web.put("customize.sh", script.clone());
     let good = ShellCustomizer::new(ScriptSource::Uri { uri: url.clone(), sha256: Some(sha256_hex(script.as_bytes())) })
+        .with_fetcher(web_fetcher())
         .with_env("GREETING", "hello world");
     let (c, sink) = ctx("customize[0] script");
     good.run(&comm, &c).await.unwrap();
@@ -94,8 +120,9 @@ async fn script_uri_is_downloaded_checked_then_run() {
     std::fs::remove_file(dir.join("ran")).unwrap();
     let remote = dir.join("remote");
     std::fs::create_dir_all(&remote).unwrap();
-    let wrong =
-        ShellCustomizer::new(ScriptSource::Uri { uri: url, sha256: Some("0".repeat(64)) }).with_remote_dir(remote.display().to_string());
+    let wrong = ShellCustomizer::new(ScriptSource::Uri { uri: url, sha256: Some("0".repeat(64)) })
+        .with_fetcher(web_fetcher())
+        .with_remote_dir(remote.display().to_string());
     let (c, sink) = ctx("customize[1] tampered");
     let err = wrong.run(&comm, &c).await.unwrap_err();
     assert!(matches!(err, Error::ChecksumMismatch { .. }), "{err}");
@@ -107,11 +134,13 @@ async fn script_uri_is_downloaded_checked_then_run() {
     // A failing script reports its exit code.
     let url = web.put("fail.sh", "#!/bin/sh\necho about to fail >&2\nexit 7\n");
     let (c, _) = ctx("customize[2] fails");
-    let err = ShellCustomizer::new(ScriptSource::Uri { uri: url, sha256: None }).run(&comm, &c).await.unwrap_err();
+    let err =
+        ShellCustomizer::new(ScriptSource::Uri { uri: url, sha256: None }).with_fetcher(web_fetcher()).run(&comm, &c).await.unwrap_err();
     assert!(matches!(err, Error::StepFailed { exit_code: Some(7), .. }) && err.to_string().contains("about to fail"), "{err}");
     // A missing script is NotFound, before anything runs.
     let (c, _) = ctx("customize[3] missing");
     let err = ShellCustomizer::new(ScriptSource::Uri { uri: format!("{}/nope.sh", web.put("x", "")).replace("/x/", "/"), sha256: None })
+        .with_fetcher(web_fetcher())
         .run(&comm, &c)
         .await
         .unwrap_err();
@@ -131,26 +160,34 @@ async fn file_customizer_follows_aib_rules() {
     let dest = format!("{dest_dir}/artifact.bin");
 
     let (c, sink) = ctx("customize[0] file");
-    FileCustomizer::new(url.clone(), dest.clone(), Some(sum.clone())).run(&comm, &c).await.unwrap();
+    FileCustomizer::new(url.clone(), dest.clone(), Some(sum.clone())).with_fetcher(web_fetcher()).run(&comm, &c).await.unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), content);
     assert!(stdout(&sink).iter().any(|l| l.contains(&sum)));
 
     let (c, _) = ctx("customize[1] wrong sum");
-    let err = FileCustomizer::new(url.clone(), format!("{dest_dir}/other"), Some("1".repeat(64))).run(&comm, &c).await.unwrap_err();
+    let err = FileCustomizer::new(url.clone(), format!("{dest_dir}/other"), Some("1".repeat(64)))
+        .with_fetcher(web_fetcher())
+        .run(&comm, &c)
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::ChecksumMismatch { .. }));
     assert!(!std::path::Path::new(&format!("{dest_dir}/other")).exists());
 
     let (c, _) = ctx("customize[2] no parent");
-    let err = FileCustomizer::new(url.clone(), format!("{dest_dir}/missing/x.bin"), None).run(&comm, &c).await.unwrap_err();
+    let err = FileCustomizer::new(url.clone(), format!("{dest_dir}/missing/x.bin"), None)
+        .with_fetcher(web_fetcher())
+        .run(&comm, &c)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains(&format!("{dest_dir}/missing")) && err.to_string().contains("does not exist"), "{err}");
 
     let (c, _) = ctx("customize[3] outside tmp");
-    let err = FileCustomizer::new(url.clone(), "/etc/aib.bin", None).run(&comm, &c).await.unwrap_err();
+    let err = FileCustomizer::new(url.clone(), "/etc/aib.bin", None).with_fetcher(web_fetcher()).run(&comm, &c).await.unwrap_err();
     assert!(err.to_string().contains("only under /tmp"), "{err}");
 
     let (c, _) = ctx("customize[4] too big");
     let err = FileCustomizer::new(url, format!("{dest_dir}/big"), None)
-        .with_fetcher(Fetcher::new().with_max_bytes(1000))
+        .with_fetcher(web_fetcher().with_max_bytes(1000))
         .run(&comm, &c)
         .await
         .unwrap_err();
@@ -253,7 +290,7 @@ async fn a_corpus_linux_template_runs_every_linux_customizer_over_ssh() {
         sshd: sshd.clone(),
         generalized: Default::default(),
     });
-    let backend = Backend::new(prov.clone(), fakes.backend().registry.merge(aib_customizers::registry()));
+    let backend = Backend::new(prov.clone(), fakes.backend().registry.merge(aib_customizers::registry_with(web_fetcher())));
     let log_dir = tempfile::tempdir().unwrap();
     let pipeline = Pipeline::from_template(&template, &backend).unwrap().log_dir(log_dir.path()).build().unwrap();
     let mut run = pipeline.start();

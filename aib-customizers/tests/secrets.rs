@@ -25,7 +25,12 @@ async fn a_sas_signature_is_never_shown() {
     let web = StaticServer::start().await.unwrap();
     let url = web.put("c/app.txt", "hello");
     let fakes = FakeBackend::new();
-    let backend = Backend::new(Arc::new(fakes.provisioner()), fakes.backend().registry.merge(aib_customizers::registry()));
+    let backend = Backend::new(
+        Arc::new(fakes.provisioner()),
+        fakes.backend().registry.merge(aib_customizers::registry_with(
+            aib_customizers::fetch::Fetcher::new().with_allowed_network(aib_testkit::http::loopback()),
+        )),
+    );
     let logs = tempfile::tempdir().unwrap();
     let template = |uri: String| {
         serde_json::json!({"location": "westus", "properties": {

@@ -7,7 +7,12 @@ use aib_core::{
     AccessInfo, Backend, BuildVm, CapturedImage, Communicator, Customizer, Error, Event, ExecRequest, MemorySink, Pipeline,
     ProvisionRequest, Provisioner, Reclaim, ResolvedImage, ResourceRecord, RunState, Scope, StepContext, UploadRequest,
 };
-use aib_customizers::fetch::sha256_hex;
+use aib_customizers::fetch::{Fetcher, sha256_hex};
+
+/// Downloads from this test's web server on the loopback.
+fn web_fetcher() -> Fetcher {
+    Fetcher::new().with_allowed_network(aib_testkit::http::loopback())
+}
 use aib_customizers::winrm::{WinRmAuth, WinRmCommunicator, WinRmConfig, WinRmTransport};
 use aib_customizers::{PowerShellCustomizer, ScriptSource, WindowsRestartCustomizer, WindowsUpdateCustomizer};
 use aib_testkit::conformance::{self, Capabilities};
@@ -121,6 +126,7 @@ async fn powershell_customizer_exit_codes_elevation_and_scripts() {
     let url = web.put("script.ps1", body);
     let (cx, sink) = ctx("customize[4] uri");
     PowerShellCustomizer::new(ScriptSource::Uri { uri: url.clone(), sha256: Some(sha256_hex(body.as_bytes())) })
+        .with_fetcher(web_fetcher())
         .with_valid_exit_codes(vec![0, 1])
         .run(&c, &cx)
         .await
@@ -128,7 +134,11 @@ async fn powershell_customizer_exit_codes_elevation_and_scripts() {
     assert_eq!(stdout(&sink), vec!["from uri"]);
     let before = s.commands().len();
     let (cx, _) = ctx("customize[5] tampered");
-    let err = PowerShellCustomizer::new(ScriptSource::Uri { uri: url, sha256: Some("f".repeat(64)) }).run(&c, &cx).await.unwrap_err();
+    let err = PowerShellCustomizer::new(ScriptSource::Uri { uri: url, sha256: Some("f".repeat(64)) })
+        .with_fetcher(web_fetcher())
+        .run(&c, &cx)
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::ChecksumMismatch { .. }));
     assert_eq!(s.commands().len(), before, "nothing reached the machine");
 }
@@ -254,7 +264,10 @@ async fn the_windows_corpus_template_runs_over_winrm() {
     let template = ImageTemplate::from_json(&text).unwrap().template;
 
     let fakes = aib_testkit::FakeBackend::new();
-    let backend = Backend::new(Arc::new(WinRmProvisioner { port: s.port() }), fakes.backend().registry.merge(aib_customizers::registry()));
+    let backend = Backend::new(
+        Arc::new(WinRmProvisioner { port: s.port() }),
+        fakes.backend().registry.merge(aib_customizers::registry_with(web_fetcher())),
+    );
     let pipeline = Pipeline::from_template(&template, &backend).unwrap().build().unwrap();
     let mut run = pipeline.start();
     let events: Vec<Event> = run.events().collect().await;
@@ -274,8 +287,16 @@ async fn the_windows_corpus_template_runs_over_winrm() {
     );
     assert_eq!(s.boots(), 2, "the restart step, and one restart for the updates");
     let principals = m.state().task_principals.clone();
-    assert_eq!(principals.iter().filter(|p| *p == "SYSTEM").count(), 2, "{principals:?}");
-    assert!(principals.iter().filter(|p| *p == "packer").count() >= 2, "{principals:?}");
+    // runAsSystem steps and every Windows Update round run as SYSTEM; runElevated ones as the user.
+    let rounds = m.state().update_scripts.len();
+    assert!(rounds >= 1);
+    assert_eq!(principals.iter().filter(|p| *p == "SYSTEM").count(), 2 + rounds, "{principals:?}");
+    assert!(principals.iter().any(|p| p == "packer"), "{principals:?}");
+    // The password is in no script the machine ran: elevation goes through S4U, not a stored one.
+    for c in s.commands() {
+        let text = format!("{} {:?} {}", c.command, c.args, c.script.unwrap_or_default());
+        assert!(!text.contains("P@ss'w0rd") && !text.contains("P@ss''w0rd"), "the password is in a command: {text}");
+    }
 }
 
 fn pinned(port: u16, pin: [u8; 32]) -> WinRmConfig {

@@ -76,6 +76,7 @@ pub struct LocalBackendBuilder {
     accel: Option<Accelerator>,
     output_roots: Vec<PathBuf>,
     file_roots: Vec<PathBuf>,
+    source_nets: Vec<aib_core::boundary::IpNet>,
     network: Option<crate::GuestNetwork>,
 }
 
@@ -119,6 +120,14 @@ impl LocalBackendBuilder {
         self
     }
 
+    /// Lets templates' `scriptUri`/`sourceUri` come from internal addresses inside `net` (a lab
+    /// mirror; `127.0.0.1` for a test server). By default sources come from public addresses
+    /// only ([`aib_core::boundary::is_internal`]).
+    pub fn allow_source_network(mut self, net: aib_core::boundary::IpNet) -> Self {
+        self.source_nets.push(net);
+        self
+    }
+
     /// Creates the state directory and builds. No VM starts here.
     pub fn build(self) -> Result<LocalBackend> {
         let state = match self.state {
@@ -148,6 +157,9 @@ impl LocalBackendBuilder {
         for r in self.file_roots {
             fetcher = fetcher.with_file_root(resolve(r)?);
         }
+        for n in self.source_nets {
+            fetcher = fetcher.with_allowed_network(n);
+        }
         Ok(LocalBackend { state, catalog, provisioner: Arc::new(p), output_roots, fetcher })
     }
 }
@@ -165,7 +177,7 @@ impl LocalBackend {
 
     /// The image catalog.
     pub fn catalog(&self) -> Catalog {
-        Catalog::new(self.catalog.clone()).with_runs_dir(self.state.join("runs"))
+        Catalog::new(self.catalog.clone()).with_runs_dir(self.state.join("runs")).with_ledger_dir(self.state.join("ledger"))
     }
 
     /// The local gallery.

@@ -3,7 +3,8 @@
 //! mirror when missing; other images are imported with a required SHA-256.
 
 use crate::debian::Firmware;
-use crate::tools::{BACKEND, disk_facts, sha256_file, to_zstd_qcow2};
+use crate::tools::{BACKEND, disk_facts, refuse_external_files, sha256_file, to_zstd_qcow2};
+use aib_core::boundary::IpNet;
 use aib_core::{Error, OutputSink, OutputStream, Platform, ResolvedImage, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -44,6 +45,7 @@ fn uefi() -> String {
 pub struct Catalog {
     root: PathBuf,
     runs: PathBuf,
+    ledger: Option<PathBuf>,
 }
 
 /// Orders dotted versions numerically (`12.20261129.0` < `12.20261130.0`); non-numeric
@@ -77,7 +79,15 @@ impl Catalog {
     /// The catalog at `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         let root = root.into();
-        Catalog { runs: root.join(".work").join("runs"), root }
+        Catalog { runs: root.join(".work").join("runs"), root, ledger: None }
+    }
+
+    /// Records the VM that installs GRUB into a BIOS base in a durable ledger in `dir` (the
+    /// state directory's), so `gc` finds it when the build that made it is killed.
+    #[must_use]
+    pub fn with_ledger_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.ledger = Some(dir.into());
+        self
     }
 
     /// Where the VM that installs GRUB into a BIOS base runs (default under the catalog).
@@ -176,12 +186,8 @@ impl Catalog {
         tokio::fs::create_dir_all(&dir).await.map_err(|e| Error::io(&dir, e))?;
         // One builder at a time; a second waits and then finds the image.
         let lock_path = dir.join(".build.lock");
-        let lock =
-            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
-        let lock = tokio::task::spawn_blocking(move || lock.lock().map(|_| lock))
-            .await
-            .map_err(|e| Error::generic(BACKEND, e))?
-            .map_err(|e| Error::io(&lock_path, e))?;
+        // Held while a base image is built (a minute or two; more under TCG for a BIOS base).
+        let lock = crate::tools::lock_file(&lock_path, std::time::Duration::from_secs(3600)).await?;
         let fw = Firmware::for_sku(sku);
         let key = crate::debian::recipe_key(fw);
         let existing = self.versions("Debian", "debian-12", sku).await?;
@@ -197,7 +203,8 @@ impl Catalog {
             }
             n += 1;
         };
-        let tmp = dir.join(format!(".tmp-{version}"));
+        let scratch = self.scratch(dir.join(format!(".tmp-{version}")), "aib-base")?;
+        let tmp = scratch.path.clone();
         let _ = tokio::fs::remove_dir_all(&tmp).await;
         tokio::fs::create_dir_all(&tmp).await.map_err(|e| Error::io(&tmp, e))?;
         let disk = tmp.join("disk.qcow2");
@@ -217,14 +224,12 @@ impl Catalog {
             }
         }
         .await;
-        if let Err(e) = built {
-            let _ = tokio::fs::remove_dir_all(&tmp).await;
-            return Err(e);
-        }
+        built?;
         let mut entry =
             self.entry_for(&format!("Debian:debian-12:{sku}:{version}"), &version, &disk, format!("debian-recipe:{key}"), false).await?;
         entry.firmware = fw.as_str().into();
         self.commit(&tmp, &dir.join(&version), &entry).await?;
+        scratch.done();
         drop(lock);
         Ok(())
     }
@@ -241,7 +246,11 @@ impl Catalog {
             .with_attribute("kernel", dir.join("vmlinuz").display().to_string())
             .with_attribute("initrd", dir.join("initrd.img").display().to_string());
         let prov = crate::qemu::QemuProvisioner::new(&self.runs);
-        let ctx = RunContext::detached(&format!("aib-grub-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]))?;
+        let run_id = format!("aib-grub-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let ctx = match &self.ledger {
+            Some(dir) => RunContext::with_ledger(aib_core::Ledger::open(dir)?.begin(&run_id)?),
+            None => RunContext::detached(&run_id)?,
+        };
         let result = async {
             let vm = prov.provision(&ProvisionRequest::new(image), &ctx.step("provision")).await?;
             let comm = prov.connect(&vm, &ctx.step("connect")).await?;
@@ -258,11 +267,17 @@ impl Catalog {
             Ok::<(), Error>(())
         }
         .await;
+        // Everything is deleted, then the first failure is reported (what failed stays in the
+        // ledger for `gc`).
+        let mut failed = None;
         for r in ctx.ledger().outstanding().iter().rev() {
-            prov.delete(r).await?;
-            ctx.release(&r.id)?;
+            match prov.delete(r).await {
+                Ok(()) => ctx.release(&r.id)?,
+                Err(e) => failed = failed.or(Some(e)),
+            }
         }
-        result
+        result?;
+        failed.map_or(Ok(()), Err)
     }
 
     async fn entry_for(&self, urn: &str, version: &str, disk: &Path, origin: String, windows: bool) -> Result<CatalogEntry> {
@@ -281,15 +296,35 @@ impl Catalog {
         })
     }
 
-    /// Writes the manifest and moves the entry into place: visible whole or not at all.
+    /// A temporary directory of the catalog at `path`: recorded in a durable ledger of its own
+    /// (named `run` and a suffix) when the catalog has one, so `gc` finds it after a crash, and
+    /// removed when dropped unless [`Scratch::done`].
+    fn scratch(&self, path: PathBuf, run: &str) -> Result<Scratch> {
+        let ledger = match &self.ledger {
+            Some(dir) => {
+                let l = aib_core::Ledger::open(dir)?.begin(&format!("{run}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]))?;
+                let id = l.record(aib_core::reclaim::FileReclaim::dir(&path))?;
+                Some((l, id))
+            }
+            None => None,
+        };
+        Ok(Scratch { path, ledger, done: false })
+    }
+
+    /// Writes the manifest and moves the entry into place: visible whole or not at all, also
+    /// after a power loss (disk and manifest synced before the rename, the directory after).
     async fn commit(&self, tmp: &Path, dest: &Path, entry: &CatalogEntry) -> Result<()> {
-        let m = tmp.join("manifest.json");
-        tokio::fs::write(&m, serde_json::to_vec_pretty(entry).unwrap_or_default()).await.map_err(|e| Error::io(&m, e))?;
+        use crate::gallery::{sync, write_synced};
+        sync(&tmp.join(&entry.disk)).await?;
+        write_synced(&tmp.join("manifest.json"), &serde_json::to_vec_pretty(entry).unwrap_or_default()).await?;
         if dest.exists() {
-            let _ = tokio::fs::remove_dir_all(tmp).await;
             return Err(Error::AlreadyExists { backend: BACKEND, what: format!("catalog entry {}", entry.urn) });
         }
-        tokio::fs::rename(tmp, dest).await.map_err(|e| Error::io(dest, e))
+        tokio::fs::rename(tmp, dest).await.map_err(|e| Error::io(dest, e))?;
+        match dest.parent() {
+            Some(parent) => sync(parent).await,
+            None => Ok(()),
+        }
     }
 
     /// Imports a disk (`qcow2`, `raw` or `vhd`; a path or an `http(s)` URL) as
@@ -318,16 +353,23 @@ impl Catalog {
             });
         }
         let dir = self.sku_dir(publisher, offer, sku)?;
-        let tmp = dir.join(format!(".tmp-import-{}", uuid::Uuid::new_v4().simple()));
+        let scratch = self.scratch(dir.join(format!(".tmp-import-{}", uuid::Uuid::new_v4().simple())), "aib-import")?;
+        let tmp = scratch.path.clone();
         tokio::fs::create_dir_all(&tmp).await.map_err(|e| Error::io(&tmp, e))?;
         let result = async {
             let local = if source.starts_with("http://") || source.starts_with("https://") {
-                let data = aib_customizers::fetch::Fetcher::new().with_max_bytes(64 << 30).fetch(source, Some(sha256)).await?;
+                // The operator names this URL, not a template: any network is theirs to use.
                 let p = tmp.join("download");
-                tokio::fs::write(&p, data).await.map_err(|e| Error::io(&p, e))?;
+                let fetcher = aib_customizers::fetch::Fetcher::new()
+                    .with_allowed_network(IpNet::ANY_V4)
+                    .with_allowed_network(IpNet::ANY_V6)
+                    .with_max_bytes(MAX_IMPORT_BYTES);
+                fetcher.fetch_to_file(source, sha256, &p).await?;
                 p
             } else {
-                let p = PathBuf::from(source.strip_prefix("file://").unwrap_or(source));
+                // Resolved: an absolute path, which qemu-img never reads as `json:` or a protocol.
+                let given = PathBuf::from(source.strip_prefix("file://").unwrap_or(source));
+                let p = tokio::fs::canonicalize(&given).await.map_err(|e| Error::io(&given, e))?;
                 let got = sha256_file(&p).await?;
                 if !got.eq_ignore_ascii_case(sha256) {
                     return Err(Error::ChecksumMismatch { what: source.to_string(), expected: sha256.to_ascii_lowercase(), actual: got });
@@ -342,6 +384,7 @@ impl Catalog {
             } else {
                 "raw"
             };
+            refuse_external_files(&local, format, "source").await?;
             let disk = tmp.join("disk.qcow2");
             to_zstd_qcow2(&local.display().to_string(), format, &disk).await?;
             let _ = tokio::fs::remove_file(tmp.join("download")).await;
@@ -350,12 +393,40 @@ impl Catalog {
             Ok(entry)
         }
         .await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_dir_all(&tmp).await;
+        if result.is_ok() {
+            scratch.done();
         }
         result
     }
 }
+
+/// A temporary directory of the catalog; see [`Catalog::scratch`].
+struct Scratch {
+    path: PathBuf,
+    ledger: Option<(aib_core::RunLedger, String)>,
+    done: bool,
+}
+
+impl Scratch {
+    /// Moved into place: nothing is left to remove.
+    fn done(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+        if let Some((l, id)) = &self.ledger {
+            let _ = l.release(id);
+        }
+    }
+}
+
+/// The largest image `import` downloads.
+const MAX_IMPORT_BYTES: u64 = 1 << 40;
 
 pub(crate) fn resolved(requested: &str, entry: &CatalogEntry, disk: &Path) -> ResolvedImage {
     let mut r = ResolvedImage::new("PlatformImage", requested, entry.urn.clone())

@@ -5,8 +5,9 @@
 
 use crate::catalog::version_cmp;
 use crate::tools::{BACKEND, DiskFacts, disk_facts, to_zstd_qcow2};
+use aib_core::reclaim::FileReclaim;
 use aib_core::template::{Expr, SharedImageTarget, Versioning};
-use aib_core::{CapturedImage, Error, Platform, ResolvedImage, Result};
+use aib_core::{CapturedImage, Error, Platform, ResolvedImage, Result, StepContext};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -69,6 +70,88 @@ fn seg(s: &str, what: &str) -> Result<String> {
     } else {
         Err(Error::InvalidConfig { backend: BACKEND, key: what.into(), message: format!("`{s}` is not usable as a name here") })
     }
+}
+
+/// The regions of a gallery target with their replica counts, named as Azure normalises them
+/// (`West US 2` is `westus2`); `local` when it names none.
+fn regions_of(target: &SharedImageTarget) -> Result<BTreeMap<String, u32>> {
+    let mut regions = BTreeMap::new();
+    let norm = |r: &str| seg(&r.chars().filter(|c| !c.is_whitespace()).collect::<String>(), "region");
+    match &target.target_regions {
+        Some(Expr::Value(rs)) => {
+            for r in rs {
+                regions.insert(norm(&r.name)?, r.replica_count.as_ref().and_then(|c| c.value()).copied().unwrap_or(1).max(1) as u32);
+            }
+        }
+        _ => {
+            if let Some(Expr::Value(rs)) = &target.replication_regions {
+                for r in rs {
+                    regions.insert(norm(r)?, 1);
+                }
+            }
+        }
+    }
+    if regions.is_empty() {
+        regions.insert("local".into(), 1);
+    }
+    Ok(regions)
+}
+
+/// A temporary directory of a publish: in the run's ledger before it exists (so `gc` finds it
+/// after a crash), and removed on every path that does not move it into place, a cancelled
+/// future's included.
+struct Staging<'a> {
+    path: PathBuf,
+    ctx: &'a StepContext,
+    record: Option<String>,
+}
+
+impl<'a> Staging<'a> {
+    fn new(parent: &Path, ctx: &'a StepContext) -> Result<Self> {
+        let path = parent.join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
+        let record = ctx.record(FileReclaim::dir(&path))?;
+        Ok(Staging { path, ctx, record: Some(record) })
+    }
+
+    /// Moved into place: nothing is left to remove.
+    fn done(mut self) {
+        if let Some(id) = self.record.take() {
+            let _ = self.ctx.release(&id);
+        }
+    }
+}
+
+impl Drop for Staging<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.record.take() {
+            let _ = std::fs::remove_dir_all(&self.path);
+            let _ = self.ctx.release(&id);
+        }
+    }
+}
+
+/// Flushes a file or a directory (its entries: a rename into it) to disk.
+pub(crate) async fn sync(p: &Path) -> Result<()> {
+    let owned = p.to_path_buf();
+    tokio::task::spawn_blocking(move || std::fs::File::open(&owned).and_then(|f| f.sync_all()))
+        .await
+        .map_err(|e| Error::generic(BACKEND, e))?
+        .map_err(|e| Error::io(p, e))
+}
+
+pub(crate) async fn write_synced(p: &Path, bytes: &[u8]) -> Result<()> {
+    tokio::fs::write(p, bytes).await.map_err(|e| Error::io(p, e))?;
+    sync(p).await
+}
+
+/// Swaps two directories in one step (`renameat2(RENAME_EXCHANGE)`).
+fn exchange(a: &Path, b: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|e| Error::generic(BACKEND, e));
+    let (ca, cb) = (c(a)?, c(b)?);
+    // SAFETY: both are valid NUL-terminated paths that outlive the call.
+    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE) };
+    if rc == 0 { Ok(()) } else { Err(Error::io(b, std::io::Error::last_os_error())) }
 }
 
 /// `(subscription, resource group, [(type, name)…])` of a resource id.
@@ -159,13 +242,8 @@ impl Gallery {
     /// Holds the definition's lock file (`flock`) until dropped.
     async fn lock(dir: &Path) -> Result<std::fs::File> {
         tokio::fs::create_dir_all(dir).await.map_err(|e| Error::io(dir, e))?;
-        let p = dir.join(".lock");
-        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&p).map_err(|e| Error::io(&p, e))?;
-        let f = tokio::task::spawn_blocking(move || f.lock().map(|_| f))
-            .await
-            .map_err(|e| Error::generic(BACKEND, e))?
-            .map_err(|e| Error::io(&p, e))?;
-        Ok(f)
+        // Held only for the renames of a publish: minutes of waiting mean a hung holder.
+        crate::tools::lock_file(&dir.join(".lock"), std::time::Duration::from_secs(600)).await
     }
 
     /// Versions of a definition with their manifests, oldest first.
@@ -189,60 +267,53 @@ impl Gallery {
         Ok(out)
     }
 
+    /// The names of every version directory, readable or not: a version whose manifest a crash
+    /// left empty is still taken, so it blocks neither `Latest` numbering nor later publishes.
+    async fn taken(vdir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Ok(mut rd) = tokio::fs::read_dir(vdir).await {
+            while let Ok(Some(e)) = rd.next_entry().await {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !name.starts_with('.') {
+                    out.push(name);
+                }
+            }
+        }
+        out
+    }
+
     /// Writes `image` into `dir` (a fresh temp directory) as `disk.qcow2` (zstd).
     async fn write_disk(image: &CapturedImage, dir: &Path) -> Result<(PathBuf, DiskFacts)> {
         tokio::fs::create_dir_all(dir).await.map_err(|e| Error::io(dir, e))?;
         let disk = dir.join("disk.qcow2");
         to_zstd_qcow2(&image.location, &image.format, &disk).await?;
+        sync(&disk).await?;
         let facts = disk_facts(&disk).await?;
         Ok((disk, facts))
     }
 
-    /// Publishes `image` as a version of the definition `target.galleryImageId` names.
+    /// Publishes `image` as a version of the definition `target.galleryImageId` names, for the
+    /// run of `ctx`. The version is written in a temporary directory the run's ledger records
+    /// (removed on every failure, found by `gc` after a crash), synced to disk, and renamed into
+    /// place: visible whole or not at all, also after a power loss.
     pub async fn publish(
         &self,
         image: &CapturedImage,
         target: &SharedImageTarget,
-        run_id: &str,
+        ctx: &StepContext,
         template_digest: Option<&str>,
     ) -> Result<(Manifest, PathBuf)> {
         let (def_dir, def_id, explicit) = self.definition_dir(&target.gallery_image_id)?;
         let vdir = def_dir.join("versions");
         tokio::fs::create_dir_all(&vdir).await.map_err(|e| Error::io(&vdir, e))?;
+        let regions = regions_of(target)?;
         // The slow part (compression) happens before the lock.
-        let tmp = vdir.join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
-        let written = Self::write_disk(image, &tmp).await;
-        let (disk, DiskFacts { size, virtual_size, sha256 }) = match written {
-            Ok(w) => w,
-            Err(e) => {
-                let _ = tokio::fs::remove_dir_all(&tmp).await;
-                return Err(e);
-            }
-        };
-        let mut regions = BTreeMap::new();
-        match &target.target_regions {
-            Some(Expr::Value(rs)) => {
-                for r in rs {
-                    regions.insert(
-                        r.name.to_ascii_lowercase(),
-                        r.replica_count.as_ref().and_then(|c| c.value()).copied().unwrap_or(1).max(1) as u32,
-                    );
-                }
-            }
-            _ => {
-                if let Some(Expr::Value(rs)) = &target.replication_regions {
-                    for r in rs {
-                        regions.insert(r.to_ascii_lowercase(), 1);
-                    }
-                }
-            }
-        }
-        if regions.is_empty() {
-            regions.insert("local".into(), 1);
-        }
+        let staging = Staging::new(&vdir, ctx)?;
+        let tmp = staging.path.clone();
+        let (disk, DiskFacts { size, virtual_size, sha256 }) = Self::write_disk(image, &tmp).await?;
         // Replicas: hard links of the one disk, one per replica and region.
         for (region, count) in &regions {
-            let rdir = tmp.join("regions").join(seg(region, "region")?);
+            let rdir = tmp.join("regions").join(region);
             tokio::fs::create_dir_all(&rdir).await.map_err(|e| Error::io(&rdir, e))?;
             for i in 0..*count {
                 let link = rdir.join(format!("replica-{i}.qcow2"));
@@ -250,13 +321,12 @@ impl Gallery {
             }
         }
         let lock = Self::lock(&def_dir).await?;
-        let existing: Vec<String> = self.versions(&target.gallery_image_id).await?.into_iter().map(|m| m.version).collect();
+        let existing = Self::taken(&vdir).await;
         let version = match (&explicit, &target.versioning) {
             (Some(v), _) => v.clone(),
             (None, Some(Versioning::Source)) => {
                 let v = image.source.exact_version.clone().unwrap_or_default();
                 if parse_version(&v).is_none() {
-                    let _ = tokio::fs::remove_dir_all(&tmp).await;
                     return Err(Error::InvalidConfig {
                         backend: BACKEND,
                         key: "versioning".into(),
@@ -270,7 +340,6 @@ impl Gallery {
         };
         let dest = vdir.join(&version);
         if existing.contains(&version) || dest.exists() {
-            let _ = tokio::fs::remove_dir_all(&tmp).await;
             return Err(Error::AlreadyExists { backend: BACKEND, what: format!("gallery image version {def_id}/versions/{version}") });
         }
         let manifest = Manifest {
@@ -282,7 +351,7 @@ impl Gallery {
             source_image: image.source.exact.clone(),
             source_version: image.source.exact_version.clone(),
             template_digest: template_digest.map(str::to_string),
-            run_id: run_id.to_string(),
+            run_id: ctx.run.run_id().to_string(),
             created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             exclude_from_latest: target.exclude_from_latest.as_ref().and_then(|e| e.value()).copied().unwrap_or(false),
             regions,
@@ -290,39 +359,37 @@ impl Gallery {
             windows: image.platform == Platform::Windows,
             firmware: firmware_of(image),
         };
-        let m = tmp.join("manifest.json");
-        tokio::fs::write(&m, serde_json::to_vec_pretty(&manifest).unwrap_or_default()).await.map_err(|e| Error::io(&m, e))?;
+        write_synced(&tmp.join("manifest.json"), &serde_json::to_vec_pretty(&manifest).unwrap_or_default()).await?;
         let def_json = def_dir.join("definition.json");
         if !def_json.exists() {
             let generation = if manifest.firmware == "bios" { "V1" } else { "V2" };
             let d = serde_json::json!({"id": def_id, "osType": if manifest.windows { "Windows" } else { "Linux" }, "hyperVGeneration": generation, "created": manifest.created});
-            tokio::fs::write(&def_json, serde_json::to_vec_pretty(&d).unwrap_or_default()).await.map_err(|e| Error::io(&def_json, e))?;
+            write_synced(&def_json, &serde_json::to_vec_pretty(&d).unwrap_or_default()).await?;
         }
         // Visible whole or not at all.
         tokio::fs::rename(&tmp, &dest).await.map_err(|e| Error::io(&dest, e))?;
+        sync(&vdir).await?;
+        staging.done();
         drop(lock);
         Ok((manifest, dest))
     }
 
-    /// Creates or replaces the managed image `image_id`.
+    /// Creates or replaces the managed image `image_id`, for the run of `ctx`: written aside
+    /// (recorded in the ledger, synced), then exchanged with the old image in one step, so a
+    /// crash leaves the old image or the new one, never none.
     pub async fn put_managed_image(
         &self,
         image: &CapturedImage,
         image_id: &str,
-        run_id: &str,
+        ctx: &StepContext,
         tags: BTreeMap<String, String>,
     ) -> Result<(Manifest, PathBuf)> {
         let dir = self.managed_dir(image_id)?;
         let parent = dir.parent().map(Path::to_path_buf).unwrap_or_default();
         tokio::fs::create_dir_all(&parent).await.map_err(|e| Error::io(&parent, e))?;
-        let tmp = parent.join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
-        let (_, DiskFacts { size, virtual_size, sha256 }) = match Self::write_disk(image, &tmp).await {
-            Ok(w) => w,
-            Err(e) => {
-                let _ = tokio::fs::remove_dir_all(&tmp).await;
-                return Err(e);
-            }
-        };
+        let staging = Staging::new(&parent, ctx)?;
+        let tmp = staging.path.clone();
+        let (_, DiskFacts { size, virtual_size, sha256 }) = Self::write_disk(image, &tmp).await?;
         let manifest = Manifest {
             id: image_id.to_string(),
             version: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
@@ -332,7 +399,7 @@ impl Gallery {
             source_image: image.source.exact.clone(),
             source_version: image.source.exact_version.clone(),
             template_digest: None,
-            run_id: run_id.to_string(),
+            run_id: ctx.run.run_id().to_string(),
             created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             exclude_from_latest: false,
             regions: BTreeMap::new(),
@@ -340,17 +407,19 @@ impl Gallery {
             windows: image.platform == Platform::Windows,
             firmware: firmware_of(image),
         };
-        tokio::fs::write(tmp.join("manifest.json"), serde_json::to_vec_pretty(&manifest).unwrap_or_default())
-            .await
-            .map_err(|e| Error::io(&tmp, e))?;
+        write_synced(&tmp.join("manifest.json"), &serde_json::to_vec_pretty(&manifest).unwrap_or_default()).await?;
         let lock = Self::lock(&parent).await?;
-        let old = parent.join(format!(".old-{}", uuid::Uuid::new_v4().simple()));
         if dir.exists() {
-            tokio::fs::rename(&dir, &old).await.map_err(|e| Error::io(&dir, e))?;
+            // The old image now sits in the staging directory, which is removed with it.
+            exchange(&tmp, &dir)?;
+            sync(&parent).await?;
+            drop(staging);
+        } else {
+            tokio::fs::rename(&tmp, &dir).await.map_err(|e| Error::io(&dir, e))?;
+            sync(&parent).await?;
+            staging.done();
         }
-        tokio::fs::rename(&tmp, &dir).await.map_err(|e| Error::io(&dir, e))?;
         drop(lock);
-        let _ = tokio::fs::remove_dir_all(&old).await;
         Ok((manifest, dir))
     }
 
@@ -401,18 +470,18 @@ impl Gallery {
             let Ok(mut rd) = tokio::fs::read_dir(&d).await else { continue };
             while let Ok(Some(e)) = rd.next_entry().await {
                 let p = e.path();
-                if e.file_name().to_string_lossy().starts_with('.') {
+                // Links are never followed: a link loop cannot make the listing spin.
+                let is_dir = e.file_type().await.is_ok_and(|t| t.is_dir());
+                if e.file_name().to_string_lossy().starts_with('.') || !is_dir {
                     continue;
                 }
-                if p.is_dir() {
-                    if let Ok(t) = tokio::fs::read_to_string(p.join("manifest.json")).await
-                        && let Ok(m) = serde_json::from_str(&t)
-                    {
-                        out.push(m);
-                        continue;
-                    }
-                    stack.push(p);
+                if let Ok(t) = tokio::fs::read_to_string(p.join("manifest.json")).await
+                    && let Ok(m) = serde_json::from_str(&t)
+                {
+                    out.push(m);
+                    continue;
                 }
+                stack.push(p);
             }
         }
         out.sort_by(|a: &Manifest, b| a.id.cmp(&b.id));
@@ -423,6 +492,16 @@ impl Gallery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn listing_never_follows_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("gallery");
+        std::fs::create_dir_all(root.join("s/rg")).unwrap();
+        std::os::unix::fs::symlink(&root, root.join("s/rg/loop")).unwrap();
+        let listing = tokio::time::timeout(std::time::Duration::from_secs(10), Gallery::new(&root).list()).await;
+        assert_eq!(listing.expect("a link loop does not make the listing spin"), Vec::<Manifest>::new());
+    }
 
     #[test]
     fn latest_versioning_follows_aib() {

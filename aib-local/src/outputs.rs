@@ -70,7 +70,7 @@ pub fn check_vhd(path: &Path) -> Result<u64> {
     if size % MIB != 0 {
         return Err(bad(format!("virtual size {size} is not a whole number of MiB")));
     }
-    if len != size + 512 {
+    if size.checked_add(512) != Some(len) {
         return Err(bad(format!("file size {len} is not the virtual size {size} + 512")));
     }
     let stored = be32(64);
@@ -297,10 +297,10 @@ impl Distributor for GalleryDistributor {
     async fn distribute(&self, req: &DistributeRequest, ctx: &StepContext) -> Result<Artifact> {
         let image = &req.image;
         let (manifest, dir) = match &self.target {
-            GalleryTarget::Shared(t) => self.gallery.publish(image, t, ctx.run.run_id(), req.template_digest.get()).await?,
+            GalleryTarget::Shared(t) => self.gallery.publish(image, t, ctx, req.template_digest.get()).await?,
             GalleryTarget::Managed(t) => {
                 let tags = t.artifact_tags.as_ref().and_then(|x| x.value()).cloned().unwrap_or_default();
-                self.gallery.put_managed_image(image, &t.image_id, ctx.run.run_id(), tags).await?
+                self.gallery.put_managed_image(image, &t.image_id, ctx, tags).await?
             }
         };
         ctx.output.line(

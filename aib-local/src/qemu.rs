@@ -322,8 +322,11 @@ impl Provisioner for QemuProvisioner {
                     "virtio-net-pci,netdev=n0",
                     "-device",
                     "virtio-rng-pci",
+                    // Appending, so the console file can be cut while QEMU writes it.
+                    "-chardev",
+                    &format!("file,id=console,path={},append=on", console.display()),
                     "-serial",
-                    &format!("file:{}", console.display()),
+                    "chardev:console",
                     "-monitor",
                     "none",
                     "-qmp",
@@ -358,30 +361,7 @@ impl Provisioner for QemuProvisioner {
         });
         // The serial console, line by line, into the run's events and log.
         let out = ctx.run.output("console");
-        let (console_path, mut done) = (console.clone(), rx.clone());
-        tokio::spawn(async move {
-            let mut pos = 0usize;
-            let mut partial = String::new();
-            loop {
-                if let Ok(data) = tokio::fs::read(&console_path).await
-                    && data.len() > pos
-                {
-                    partial.push_str(&String::from_utf8_lossy(&data[pos..]));
-                    pos = data.len();
-                    while let Some(i) = partial.find('\n') {
-                        let line: String = partial.drain(..=i).collect();
-                        let line = line.trim_end().replace(|c: char| c.is_control(), "");
-                        if !line.is_empty() {
-                            out.line(OutputStream::Stdout, &line);
-                        }
-                    }
-                }
-                if *done.borrow() {
-                    break;
-                }
-                let _ = tokio::time::timeout(Duration::from_millis(500), done.changed()).await;
-            }
-        });
+        tokio::spawn(follow_console(console.clone(), rx.clone(), out));
         let known_hosts = workdir.join("known_hosts");
         tokio::fs::write(&known_hosts, format!("[127.0.0.1]:{port} {host_public}\n")).await.map_err(|e| Error::io(&known_hosts, e))?;
         let command = format!(
@@ -508,10 +488,30 @@ impl Reclaim for QemuProvisioner {
     }
 
     async fn delete(&self, record: &ResourceRecord) -> Result<()> {
+        // A record read back from a ledger acts only inside this provisioner's runs directory:
+        // a planted `{"kind": "dir", "name": "/home/u"}` deletes nothing, and a process whose
+        // work directory is elsewhere (or empty, which every command line contains) is not killed.
+        let outside = |p: &Path| {
+            (!aib_core::boundary::lies_under(p, &self.runs)).then(|| {
+                Error::from(LocalError::VmState(format!(
+                    "`{}` is not inside {}; nothing was done (remove it by hand if it is a leftover)",
+                    p.display(),
+                    self.runs.display()
+                )))
+            })
+        };
+        if matches!(record.kind.as_str(), "dir" | "file")
+            && let Some(e) = outside(Path::new(&record.name))
+        {
+            return Err(e);
+        }
         match record.kind.as_str() {
             "process" => {
                 let attr = |k: &str| record.attributes.get(k).and_then(|v| v.as_str()).map(PathBuf::from);
                 let (Some(pidfile), Some(workdir)) = (attr("pidfile"), attr("workdir")) else { return Ok(()) };
+                if let Some(e) = outside(&workdir).or_else(|| outside(&pidfile)) {
+                    return Err(e);
+                }
                 if let Some(pid) = pid_alive(&pidfile, &workdir) {
                     kill(pid, "-TERM").await;
                     for _ in 0..50 {
@@ -565,9 +565,102 @@ fn write_private(p: &Path, data: &[u8]) -> Result<()> {
     f.write_all(data).map_err(|e| Error::io(p, e))
 }
 
+/// The console file is cut back to nothing past this size: a guest that floods its serial
+/// console cannot fill the host's disk.
+const CONSOLE_MAX_BYTES: u64 = 16 << 20;
+/// A console line longer than this is cut into pieces.
+const CONSOLE_LINE_MAX: usize = 8 << 10;
+
+/// Follows the serial console file until QEMU exits: reads only what is new (never the whole
+/// file again), emits complete lines (long ones in pieces), and cuts the file back when it grows
+/// past [`CONSOLE_MAX_BYTES`].
+async fn follow_console(path: PathBuf, mut done: tokio::sync::watch::Receiver<bool>, out: Arc<dyn aib_core::OutputSink>) {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let (mut pos, mut partial, mut buf) = (0u64, Vec::<u8>::new(), vec![0u8; 64 << 10]);
+    let mut file: Option<tokio::fs::File> = None;
+    let emit = |bytes: &[u8]| {
+        for piece in bytes.chunks(CONSOLE_LINE_MAX) {
+            let line = String::from_utf8_lossy(piece).trim_end().replace(|c: char| c.is_control(), "");
+            if !line.is_empty() {
+                out.line(OutputStream::Stdout, &line);
+            }
+        }
+    };
+    loop {
+        let finished = *done.borrow();
+        if file.is_none() {
+            file = tokio::fs::File::open(&path).await.ok();
+        }
+        let mut more = false;
+        if let Some(f) = file.as_mut() {
+            let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+            if len < pos {
+                pos = 0;
+            }
+            if len > pos && f.seek(std::io::SeekFrom::Start(pos)).await.is_ok() {
+                let n = f.read(&mut buf).await.unwrap_or(0);
+                pos += n as u64;
+                more = n > 0 && pos < len;
+                partial.extend_from_slice(&buf[..n]);
+                while let Some(i) = partial.iter().position(|b| *b == b'\n') {
+                    emit(&partial[..i]);
+                    partial.drain(..=i);
+                }
+                while partial.len() > CONSOLE_LINE_MAX {
+                    emit(&partial[..CONSOLE_LINE_MAX]);
+                    partial.drain(..CONSOLE_LINE_MAX);
+                }
+            }
+            if pos > CONSOLE_MAX_BYTES && !more {
+                if let Ok(w) = std::fs::OpenOptions::new().write(true).open(&path) {
+                    let _ = w.set_len(0);
+                }
+                pos = 0;
+                out.line(OutputStream::Stderr, &format!("[console over {} MiB: its file was cut back]", CONSOLE_MAX_BYTES >> 20));
+            }
+        }
+        if more {
+            continue;
+        }
+        if finished {
+            emit(&partial);
+            break;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(500), done.changed()).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_console_is_followed_incrementally_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
+        use std::io::Write;
+        writeln!(f, "boot: hello\r").unwrap();
+        f.write_all(&vec![b'z'; CONSOLE_LINE_MAX * 2 + 5]).unwrap();
+        writeln!(f).unwrap();
+        let flood = format!("{}\n", "y".repeat(999));
+        for _ in 0..(CONSOLE_MAX_BYTES as usize / 1000 + 100) {
+            f.write_all(flood.as_bytes()).unwrap();
+        }
+        write!(f, "last words").unwrap();
+        let sink = aib_core::MemorySink::with_limit(64 << 20);
+        let (tx, rx) = watch::channel(false);
+        let follower = tokio::spawn(follow_console(path.clone(), rx, Arc::new(sink.clone())));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        tx.send(true).unwrap();
+        follower.await.unwrap();
+        let lines = sink.lines();
+        assert_eq!(lines[0].1, "boot: hello");
+        assert_eq!((lines[1].1.len(), lines[2].1.len(), lines[3].1.as_str()), (CONSOLE_LINE_MAX, CONSOLE_LINE_MAX, "zzzzz"));
+        assert!(lines.iter().any(|(s, l)| *s == OutputStream::Stderr && l.contains("cut back")), "the cut is said");
+        assert_eq!(lines.last().unwrap().1, "last words", "a final line without a newline is not lost");
+        assert!(std::fs::metadata(&path).unwrap().len() < CONSOLE_MAX_BYTES, "the file was cut back");
+    }
 
     #[test]
     fn vm_sizes_map_within_the_host() {

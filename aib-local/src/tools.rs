@@ -98,6 +98,28 @@ pub fn which(program: &str) -> Option<std::path::PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Takes the exclusive lock of `path` (created if missing), waiting at most `patience`: a
+/// holder that hangs makes the wait fail with a message naming the file, never last for ever.
+pub(crate) async fn lock_file(path: &Path, patience: std::time::Duration) -> Result<std::fs::File> {
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(|e| Error::io(path, e))?;
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Ok(f),
+            Err(std::fs::TryLockError::WouldBlock) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::Timeout {
+                    operation: format!("taking the lock {} (another aib holds it)", path.display()),
+                    after: patience,
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(path, e)),
+        }
+    }
+}
+
 /// SHA-256 of a file, streamed.
 pub(crate) async fn sha256_file(path: &Path) -> Result<String> {
     use sha2::Digest;
@@ -133,6 +155,28 @@ pub(crate) async fn image_info(path: &Path, format: Option<&str>) -> Result<Imag
     let v: serde_json::Value =
         serde_json::from_str(&out).map_err(|e| LocalError::BadOutput { program: "qemu-img info".into(), message: e.to_string() })?;
     Ok(ImageInfo { virtual_size: v["virtual-size"].as_u64().unwrap_or(0), actual_size: v["actual-size"].as_u64().unwrap_or(0) })
+}
+
+/// Refuses an image that makes `qemu-img` read other files of the host: a backing file (a
+/// `json:` or protocol name among them) or an external data file. A downloaded or imported
+/// qcow2 could otherwise pull `~/.ssh/id_ed25519` into the image it becomes.
+pub(crate) async fn refuse_external_files(path: &Path, format: &str, what: &str) -> Result<()> {
+    let out = run("qemu-img", ["info", "--output=json", "-U", "-f", format, &path.display().to_string()]).await?;
+    let v: serde_json::Value =
+        serde_json::from_str(&out).map_err(|e| LocalError::BadOutput { program: "qemu-img info".into(), message: e.to_string() })?;
+    let data = &v["format-specific"]["data"];
+    let named =
+        [("backing file", &v["backing-filename"]), ("backing file", &v["full-backing-filename"]), ("data file", &data["data-file"])];
+    match named.iter().find(|(_, n)| !n.is_null()) {
+        Some((kind, name)) => Err(Error::InvalidConfig {
+            backend: BACKEND,
+            key: what.to_string(),
+            message: format!(
+                "the image names a {kind} ({name}), which would read a file of this host into it; give a standalone image (`qemu-img convert -O qcow2 IN OUT` flattens one)"
+            ),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Converts `src` (an image in `format`) into a standalone zstd-compressed qcow2 at `dest`:

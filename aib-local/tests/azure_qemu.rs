@@ -166,8 +166,10 @@ async fn the_azure_provisioner_builds_on_a_real_debian_vm() {
         .subscription(SUB)
         .resource_group("images")
         .ssh_port(guests.port)
+        .allowed_source("127.0.0.1/32")
         .connect_timeout(Duration::from_secs(600));
-    let backend = aib_azure::AzureBackend::builder().provisioner(provisioner).build().unwrap();
+    let backend =
+        aib_azure::AzureBackend::builder().provisioner(provisioner).allow_source_network(aib_testkit::http::loopback()).build().unwrap();
     let mut run = Pipeline::from_template(&t, &backend.backend()).unwrap().build().unwrap().start();
     let events: Vec<Event> = run.events().collect().await;
     let report = run.wait().await;

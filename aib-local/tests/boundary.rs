@@ -144,3 +144,68 @@ fn a_state_directory_other_users_can_write_is_refused() {
         assert_eq!(std::fs::metadata(&d).unwrap().permissions().mode() & 0o777, 0o700, "{}", d.display());
     }
 }
+
+#[test]
+fn sources_on_internal_addresses_are_refused_unless_the_operator_allows_their_network() {
+    let state = tempfile::tempdir().unwrap();
+    let hostile = [
+        (serde_json::json!({"type": "Shell", "name": "s", "scriptUri": "http://169.254.169.254/latest/meta-data/iam/x"}), "scriptUri"),
+        (
+            serde_json::json!({"type": "File", "name": "f", "sourceUri": "http://127.0.0.1:2375/containers/json", "destination": "/tmp/e"}),
+            "sourceUri",
+        ),
+        (serde_json::json!({"type": "Shell", "name": "s", "scriptUri": "https://[fd00::5]/s.sh"}), "scriptUri"),
+    ];
+    let local = backend(state.path()).build().unwrap();
+    for (step, field) in &hostile {
+        let t = template(serde_json::json!([step]), vhd());
+        let (path, code, hint) = refusal(Pipeline::from_template(&t, &local.backend()).unwrap_err());
+        assert_eq!((path, code), (format!("properties.customize[0].{field}"), Code::OutsideBoundary));
+        assert!(hint.contains("--allow-source-net"), "{hint}");
+    }
+    let lab = backend(state.path()).allow_source_network("127.0.0.0/8".parse().unwrap()).build().unwrap();
+    Pipeline::from_template(&template(serde_json::json!([hostile[1].0.clone()]), vhd()), &lab.backend()).unwrap().build().unwrap();
+    let t = template(serde_json::json!([hostile[0].0.clone()]), vhd());
+    assert!(Pipeline::from_template(&t, &lab.backend()).is_err(), "the metadata service stays out");
+}
+
+#[tokio::test]
+async fn an_imported_image_cannot_pull_host_files_into_the_catalog() {
+    let state = tempfile::tempdir().unwrap();
+    let host = tempfile::tempdir().unwrap();
+    let secret = host.path().join("id_ed25519");
+    std::fs::write(&secret, vec![b'K'; 1 << 20]).unwrap();
+    let qemu_img = |args: &[&str]| {
+        let out = std::process::Command::new("qemu-img").args(args).output().expect("qemu-img (apt install qemu-utils)");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let backed = host.path().join("backed.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", "-b", &secret.display().to_string(), "-F", "raw", &backed.display().to_string()]);
+    let data = host.path().join("data.qcow2");
+    let opts = format!("data_file={},data_file_raw=on", secret.display());
+    qemu_img(&["create", "-q", "-f", "qcow2", "-o", &opts, &data.display().to_string(), "1M"]);
+    let catalog = backend(state.path()).build().unwrap().catalog();
+    for (disk, kind) in [(&backed, "backing file"), (&data, "data file")] {
+        let sum = sha256(disk);
+        let e = catalog.import("Evil:image:1:1.0.0", &disk.display().to_string(), &sum, false).await.unwrap_err();
+        assert!(e.to_string().contains(kind) && e.to_string().contains("standalone"), "{e}");
+    }
+    assert!(catalog.list().await.unwrap().is_empty(), "nothing entered the catalog");
+    let leftovers: Vec<_> = walk(state.path()).into_iter().filter(|p| p.to_string_lossy().contains(".tmp-import")).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+fn sha256(p: &Path) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(std::fs::read(p).unwrap()))
+}
+
+fn walk(p: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![p.to_path_buf()];
+    if p.is_dir() {
+        for e in std::fs::read_dir(p).unwrap() {
+            out.extend(walk(&e.unwrap().path()));
+        }
+    }
+    out
+}

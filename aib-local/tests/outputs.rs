@@ -61,29 +61,35 @@ async fn file_outputs_and_a_vhd_azure_accepts() {
     assert!(check_vhd(&bad).unwrap_err().to_string().contains("conectix"));
 }
 
+/// A step of run `run`.
+fn ctx(run: impl AsRef<str>) -> StepContext {
+    RunContext::detached(run.as_ref()).unwrap().step("distribute")
+}
+
 #[tokio::test]
 async fn gallery_versions_follow_aib_and_publish_atomically() {
     let dir = tempfile::tempdir().unwrap();
     let image = tiny_image(dir.path(), "12.20261129.0").await;
     let g = Gallery::new(dir.path().join("gallery"));
-    let (m, path) = g.publish(&image, &target(None, DEF), "run1", Some("abc")).await.unwrap();
+    let (m, path) = g.publish(&image, &target(None, DEF), &ctx("run1"), Some("abc")).await.unwrap();
     assert_eq!(m.version, "1.0.0");
     assert_eq!(m.template_digest.as_deref(), Some("abc"));
     assert!(path.join("regions/westeurope/replica-1.qcow2").exists());
-    let (m, _) = g.publish(&image, &target(Some(Versioning::Latest { major: Some(Expr::Value(3)) }), DEF), "run2", None).await.unwrap();
+    let (m, _) =
+        g.publish(&image, &target(Some(Versioning::Latest { major: Some(Expr::Value(3)) }), DEF), &ctx("run2"), None).await.unwrap();
     assert_eq!(m.version, "3.0.0");
-    let (m, _) = g.publish(&image, &target(Some(Versioning::Latest { major: None }), DEF), "run3", None).await.unwrap();
+    let (m, _) = g.publish(&image, &target(Some(Versioning::Latest { major: None }), DEF), &ctx("run3"), None).await.unwrap();
     assert_eq!(m.version, "3.0.1");
-    let (m, _) = g.publish(&image, &target(Some(Versioning::Source), DEF), "run4", None).await.unwrap();
+    let (m, _) = g.publish(&image, &target(Some(Versioning::Source), DEF), &ctx("run4"), None).await.unwrap();
     assert_eq!(m.version, "12.20261129.0");
     let explicit = format!("{DEF}/versions/2.0.0");
-    g.publish(&image, &target(None, &explicit), "run5", None).await.unwrap();
-    let err = g.publish(&image, &target(None, &explicit), "run6", None).await.unwrap_err();
+    g.publish(&image, &target(None, &explicit), &ctx("run5"), None).await.unwrap();
+    let err = g.publish(&image, &target(None, &explicit), &ctx("run6"), None).await.unwrap_err();
     assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
     // excludeFromLatest keeps a version out of `latest`.
     let mut t = target(None, &format!("{DEF}/versions/99.0.0"));
     t.exclude_from_latest = Some(Expr::Value(true));
-    g.publish(&image, &t, "run7", None).await.unwrap();
+    g.publish(&image, &t, &ctx("run7"), None).await.unwrap();
     let latest = g.resolve_version(&format!("{DEF}/versions/latest")).await.unwrap();
     assert_eq!(latest.exact_version.as_deref(), Some("12.20261129.0"));
     let pinned = g.resolve_version(&format!("{DEF}/versions/99.0.0")).await.unwrap();
@@ -99,6 +105,47 @@ async fn gallery_versions_follow_aib_and_publish_atomically() {
     assert_eq!(r.exact_version.as_deref(), Some("12.20261129.0"));
 }
 
+#[tokio::test]
+async fn a_publish_leaves_nothing_behind_and_a_torn_version_blocks_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = tiny_image(dir.path(), "1.0.0").await;
+    let g = Gallery::new(dir.path().join("gallery"));
+    let vdir = dir.path().join("gallery/s/rg/galleries/g/images/web/versions");
+    // A power loss after the rename left 1.0.0 with an empty manifest: it stays taken, and the
+    // next publish takes 1.0.1 instead of failing on it for ever.
+    std::fs::create_dir_all(vdir.join("1.0.0")).unwrap();
+    std::fs::write(vdir.join("1.0.0/manifest.json"), "").unwrap();
+    let run = ctx("run1");
+    let (m, _) = g.publish(&image, &target(None, DEF), &run, None).await.unwrap();
+    assert_eq!(m.version, "1.0.1");
+    assert!(run.run.ledger().outstanding().is_empty(), "the staging directory is out of the ledger once in place");
+    // Azure's spelling of a region is normalised as Azure does.
+    let mut spaced = target(None, DEF);
+    spaced.target_regions =
+        Some(Expr::Value(vec![TargetRegion { name: "West US 2".into(), replica_count: None, storage_account_type: None }]));
+    let (m, path) = g.publish(&image, &spaced, &ctx("run2"), None).await.unwrap();
+    assert!(m.regions.contains_key("westus2") && path.join("regions/westus2/replica-0.qcow2").exists(), "{:?}", m.regions);
+    // A failure after the disk was written (a `Source` version that is no version) leaves no
+    // temporary directory and no ledger entry.
+    let run = ctx("run3");
+    let mut odd = image.clone();
+    odd.source.exact_version = Some("v-odd".into());
+    g.publish(&odd, &target(Some(Versioning::Source), DEF), &run, None).await.unwrap_err();
+    assert!(std::fs::read_dir(&vdir).unwrap().flatten().all(|e| !e.file_name().to_string_lossy().starts_with(".tmp")));
+    assert!(run.run.ledger().outstanding().is_empty());
+    // A managed image is replaced in one step; the old one's directory is gone afterwards.
+    let id = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/images/web";
+    let (_, first) = g.put_managed_image(&image, id, &ctx("run4"), Default::default()).await.unwrap();
+    let (m, second) = g.put_managed_image(&image, id, &ctx("run5"), Default::default()).await.unwrap();
+    assert_eq!((first.clone(), m.run_id.as_str()), (second, "run5"));
+    let parent = first.parent().unwrap();
+    assert_eq!(
+        std::fs::read_dir(parent).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with('.')).count(),
+        1,
+        "only the lock"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_publishers_get_distinct_versions() {
     let dir = tempfile::tempdir().unwrap();
@@ -108,7 +155,8 @@ async fn concurrent_publishers_get_distinct_versions() {
         .map(|i| {
             let (g, image) = (g.clone(), image.clone());
             tokio::spawn(async move {
-                g.publish(&image, &target(Some(Versioning::Latest { major: Some(Expr::Value(1)) }), DEF), &format!("run{i}"), None).await
+                g.publish(&image, &target(Some(Versioning::Latest { major: Some(Expr::Value(1)) }), DEF), &ctx(format!("run{i}")), None)
+                    .await
             })
         })
         .collect();

@@ -184,6 +184,13 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
+/// The network the test servers listen on (`127.0.0.1`): what a backend or fetcher must allow
+/// (`allow_source_network`, `Fetcher::with_allowed_network`) for templates to fetch from them,
+/// since template sources come from public addresses only by default.
+pub fn loopback() -> aib_core::boundary::IpNet {
+    aib_core::boundary::IpNet::new(std::net::Ipv4Addr::LOCALHOST.into(), 32).expect("a /32 is a network")
+}
+
 /// Serves files from memory: `GET /name` answers the bytes put under `name`.
 #[derive(Debug)]
 pub struct StaticServer {

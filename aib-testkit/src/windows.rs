@@ -209,7 +209,7 @@ impl FakeWindows {
             m.task_principals.push(if script.contains("NT AUTHORITY\\SYSTEM") {
                 "SYSTEM".into()
             } else {
-                quoted(&script, "-User").unwrap_or_default()
+                quoted(&script, "-UserId").unwrap_or_default()
             });
             let Some(inner) = quoted(&script, "FromBase64String(").and_then(|s| b64.decode(s).ok()).and_then(|b| String::from_utf8(b).ok())
             else {

@@ -34,9 +34,15 @@ pub(crate) struct AzureArgs {
     /// The build VM's admin user (default `aib`).
     #[arg(long)]
     pub admin_user: Option<String>,
-    /// Address prefix the build VM's NSG admits (default `*`; key-only login either way).
+    /// Address prefix the build VM's NSG admits to SSH/WinRM: this machine's egress address
+    /// (203.0.113.7/32), or `*` for any. Required unless the template builds in its own subnet.
     #[arg(long)]
     pub allowed_source: Option<String>,
+    /// Let templates' ARM ids name SCOPE (/subscriptions/ID or
+    /// /subscriptions/ID/resourceGroups/NAME); by default only the build's subscription.
+    /// Repeatable.
+    #[arg(long = "allow-scope", value_name = "SCOPE")]
+    pub scopes: Vec<String>,
 }
 
 #[cfg(feature = "azure")]
@@ -68,6 +74,12 @@ fn backend(args: &AzureArgs, boundary: &Boundary) -> Result<aib::azure::AzureBac
     let mut b = AzureBackend::builder().provisioner(p);
     for d in &boundary.file_roots {
         b = b.allow_file_root(d);
+    }
+    for n in &boundary.source_nets {
+        b = b.allow_source_network(*n);
+    }
+    for s in &args.scopes {
+        b = b.allow_scope(s);
     }
     if let Some(e) = &args.storage_endpoint {
         b = b.storage_endpoint(e);

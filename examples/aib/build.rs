@@ -36,6 +36,11 @@ pub(crate) struct Boundary {
     /// Let templates read `file://` scripts and files under DIR (off by default). Repeatable.
     #[arg(long = "allow-file-root", value_name = "DIR")]
     pub file_roots: Vec<PathBuf>,
+    /// Let templates' scriptUri/sourceUri come from internal addresses (loopback, link-local,
+    /// private ranges) inside CIDR; by default sources come from public addresses only.
+    /// Repeatable.
+    #[arg(long = "allow-source-net", value_name = "CIDR")]
+    pub source_nets: Vec<aib::boundary::IpNet>,
     /// Let templates write file outputs (a VHD `uri`, a LocalFile `path`) under DIR, besides
     /// the state directory's `outputs/`. Repeatable.
     #[arg(long = "allow-output-root", value_name = "DIR")]
@@ -53,6 +58,9 @@ fn backend(state_dir: Option<PathBuf>, boundary: &Boundary) -> Result<LocalBacke
     }
     for d in &boundary.file_roots {
         b = b.allow_file_root(d);
+    }
+    for n in &boundary.source_nets {
+        b = b.allow_source_network(*n);
     }
     for d in &boundary.output_roots {
         b = b.allow_output_root(d);

@@ -4,7 +4,7 @@
 //! aib validate [--format json] FILE…     check templates (exit 0 valid, 1 invalid, 2 usage/I/O)
 //! aib schema                             the template's JSON Schema
 //! aib build TEMPLATE [--backend local|azure] [--state-dir DIR] [--output json]
-//!           [--allow-file-root DIR]… [--allow-output-root DIR]… [--guest-outbound]
+//!           [--allow-file-root DIR]… [--allow-source-net CIDR]… [--allow-output-root DIR]… [--guest-outbound]
 //!           [--resource-group RG] [--arm-endpoint URL] [--storage-endpoint URL] [--ssh-port N]
 //!                                        build an image (exit 0 Succeeded, 1 Failed/Canceled, 3 PartiallySucceeded)
 //! aib gc [--backend local|azure] [--state-dir DIR] [--min-age-secs N]

@@ -148,6 +148,9 @@ impl PipelineBuilder {
     /// of errors for the backend's types and of unresolved ARM expressions.
     pub fn from_template(t: &ImageTemplate, backend: &Backend) -> Result<Self> {
         let mut diags = t.validate(&backend.registry.type_names());
+        for d in backend.registry.check_template(t) {
+            diags.push(d);
+        }
         for path in t.expressions() {
             diags.push(
                 Diagnostic::error(path, Code::ArmExpression, "unresolved ARM expression")

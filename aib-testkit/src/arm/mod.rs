@@ -333,6 +333,11 @@ impl ArmServer {
         self.with(|s| s.resources.insert(id.to_ascii_lowercase(), body));
     }
 
+    /// Removes a resource as if someone deleted it behind the client's back; returns it.
+    pub fn take_resource(&self, id: &str) -> Option<Value> {
+        self.with(|s| s.resources.remove(&id.to_ascii_lowercase()))
+    }
+
     /// Marks a VM (put with [`ArmServer::put_resource`]) deallocated and generalized.
     pub fn mark_generalized(&self, vm_id: &str) {
         let k = vm_id.to_ascii_lowercase();
