@@ -199,6 +199,9 @@ impl Distributor for DiskVhdDistributor {
         let sas_seconds = self.copy_timeout.as_secs() + 600;
         // No image is made from the VM while its disk has an active SAS (source_lock.rs).
         let source = crate::source_lock::lock(&image.id).await;
+        // In the ledger before it exists: a cancelled or killed export still revokes the SAS
+        // (the provisioner deletes a `diskAccess` with `endGetAccess`).
+        let grant = ctx.record(aib_core::ResourceRecord::new(BACKEND, "diskAccess", disk, aib_core::Scope::Run))?;
         let access = self
             .arm
             .post_for_location(
@@ -224,6 +227,9 @@ impl Distributor for DiskVhdDistributor {
         // The SAS is revoked on every path.
         let revoked = self.arm.post(&format!("{disk}/endGetAccess"), DISK_API, None).await;
         drop(source);
+        if revoked.is_ok() {
+            ctx.release(&grant)?;
+        }
         let size = result?;
         revoked?;
         check_footer(&dest, size).await?;

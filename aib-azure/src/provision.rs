@@ -663,6 +663,13 @@ impl Reclaim for AzureProvisioner {
     }
 
     async fn delete(&self, record: &ResourceRecord) -> Result<()> {
+        // A disk's read SAS is "deleted" by revoking it.
+        if record.kind == "diskAccess" {
+            return match self.arm.post(&format!("{}/endGetAccess", record.name), crate::DISK_API, None).await {
+                Ok(_) | Err(Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(e),
+            };
+        }
         let r = delete_settling(&self.arm, &record.name, self.settle_timeout).await;
         if r.is_ok() {
             self.vms.remove(&record.name);

@@ -307,6 +307,33 @@ async fn cancel_during_distribution_leaves_only_the_staging_group() {
     assert_eq!(s.running_guests(), 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_vhd_export_revokes_the_disks_read_access() {
+    let azurite = Azurite::start().unwrap_or_else(|e| panic!("{e}"));
+    let s = server_with_storage(&azurite).await;
+    let web = StaticServer::start().await.unwrap();
+    let t = corpus_template(&s, &web, true).await;
+    let backend = AzureBackend::builder().provisioner(provisioner(&s)).allow_source_network(aib_testkit::http::loopback()).build().unwrap();
+    let mut run = Pipeline::from_template(&t, &backend.backend()).unwrap().build().unwrap().start();
+    let (cancel, mut events, mut cancelled) = (run.cancellation(), run.events(), false);
+    while let Some(e) = events.next().await {
+        // When the export asks for the OS disk's read SAS: the grant hangs until the cancel.
+        if !cancelled && matches!(&e, Event::Output { line, .. } if line.starts_with("granting read access to")) {
+            cancelled = true;
+            s.set_polls(1000);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            cancel.cancel();
+            s.set_polls(1);
+        }
+    }
+    let report = run.wait().await;
+    assert!(cancelled, "the build reached the VHD export");
+    assert_eq!(report.run_state, RunState::Canceled, "{}", report.message);
+    assert!(s.requests().iter().any(|r| r.contains("/beginGetAccess")), "the cancel came during the export");
+    assert_eq!(s.active_disk_access(), Vec::<String>::new(), "the disk's read SAS was revoked by cleanup");
+    assert!(s.requests().iter().any(|r| r.contains("/endGetAccess")));
+}
+
 #[tokio::test]
 async fn a_brought_staging_group_must_be_empty_and_in_the_region() {
     let s = server().await;

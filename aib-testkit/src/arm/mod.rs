@@ -333,6 +333,11 @@ impl ArmServer {
         self.with(|s| s.resources.insert(id.to_ascii_lowercase(), body));
     }
 
+    /// Disks with an active read SAS (`beginGetAccess` without its `endGetAccess`).
+    pub fn active_disk_access(&self) -> Vec<String> {
+        self.with(|s| s.exporting.iter().cloned().collect())
+    }
+
     /// Removes a resource as if someone deleted it behind the client's back; returns it.
     pub fn take_resource(&self, id: &str) -> Option<Value> {
         self.with(|s| s.resources.remove(&id.to_ascii_lowercase()))
