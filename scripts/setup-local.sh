@@ -3,11 +3,12 @@
 #   qemu-system-x86 + qemu-utils (from the SAME suite: mixing bookworm's 7.2 with backports' 10.0
 #   removes one of them), ovmf (UEFI firmware), mmdebstrap (the Debian base image), mtools +
 #   fdisk + e2fsprogs (disk assembly without loop devices or mounts), genisoimage (the cloud-init
-#   seed), openssh-client, and systemd-boot's EFI binary (downloaded, not installed).
+#   seed), openssh-client, passt (the network of build VMs allowed outbound access, without the
+#   host's loopback), and systemd-boot's EFI binary (downloaded, not installed).
 # Without root it prints the command to run instead.
 set -euo pipefail
 
-pkgs=(ovmf mmdebstrap genisoimage mtools fdisk e2fsprogs openssh-client ca-certificates)
+pkgs=(ovmf mmdebstrap genisoimage mtools fdisk e2fsprogs openssh-client passt ca-certificates)
 missing=()
 command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
 command -v qemu-img >/dev/null || missing+=(qemu-utils)
@@ -18,6 +19,7 @@ command -v mcopy >/dev/null || missing+=(mtools)
 command -v sfdisk >/dev/null || missing+=(fdisk)
 command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
 command -v ssh-keygen >/dev/null || missing+=(openssh-client)
+command -v passt >/dev/null || missing+=(passt)
 if [ ${#missing[@]} -eq 0 ]; then
   echo "local build tools: all present ($(qemu-system-x86_64 --version | head -1))"
   exit 0

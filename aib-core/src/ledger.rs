@@ -159,10 +159,17 @@ pub(crate) fn append(file: &Mutex<File>, path: &Path, entry: &Entry) -> Result<(
 pub(crate) fn replay(path: &Path) -> Result<Vec<ResourceRecord>> {
     let f = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut live: Vec<ResourceRecord> = Vec::new();
-    for line in BufReader::new(f).lines() {
-        let line = line.map_err(|e| Error::io(path, e))?;
+    let lines: Vec<String> = BufReader::new(f).lines().collect::<std::io::Result<_>>().map_err(|e| Error::io(path, e))?;
+    let last = lines.len().saturating_sub(1);
+    for (i, line) in lines.iter().enumerate() {
         // A torn last line (crash mid-write) is skipped: its resource was not created yet.
-        let Ok(entry) = serde_json::from_str::<Entry>(&line) else { continue };
+        // Any other bad line is damage, said so (its resource may be left for a person).
+        let Ok(entry) = serde_json::from_str::<Entry>(line) else {
+            if i != last {
+                tracing::warn!(ledger = %path.display(), line = i + 1, "a ledger line that is not the last cannot be read; skipped");
+            }
+            continue;
+        };
         match entry {
             Entry::Add { resource } => live.push(resource),
             Entry::Release { id } | Entry::Keep { id } => live.retain(|r| r.id != id),
@@ -214,6 +221,8 @@ impl Ledger {
                 let linked = locked.and_then(|()| std::fs::hard_link(&tmp, &path).map_err(|e| Error::io(&path, e)));
                 let _ = std::fs::remove_file(&tmp);
                 linked?;
+                // The file's name survives a power loss from here on.
+                File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))?;
                 (Some(Mutex::new(f)), Some(path))
             }
         };

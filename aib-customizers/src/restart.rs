@@ -104,7 +104,8 @@ impl WindowsRestartCustomizer {
         // `--%` hands the rest of the line to cmd.exe verbatim, as AIB's command expects.
         let req = ExecRequest::new(format!("cmd.exe /c --% {}\nexit $LASTEXITCODE", self.command)).expecting_disconnect();
         loop {
-            let st = comm.execute(&req, &tail).await?;
+            // Every call waits at most for what is left of the step's time.
+            let st = comm.execute(&req.clone().with_timeout(left()), &tail).await?;
             if st.disconnected || st.success() {
                 break;
             }
@@ -135,7 +136,7 @@ impl WindowsRestartCustomizer {
         }
         if let Some(check) = &self.check {
             loop {
-                let st = comm.execute(&ExecRequest::new(check.clone()), &tail).await;
+                let st = comm.execute(&ExecRequest::new(check.clone()).with_timeout(left()), &tail).await;
                 match st {
                     Ok(s) if s.success() => break,
                     _ if left().is_zero() => return Err(timed_out()),

@@ -107,7 +107,7 @@ impl LocalBackendBuilder {
     }
 
     /// What build VMs' network reaches: nothing by default ([`crate::GuestNetwork`]);
-    /// `Outbound` for templates that install packages, which also lets them reach the host's
+    /// `Outbound` (passt) for templates that install packages, still without the host's
     /// loopback services. Only the operator says this.
     pub fn guest_network(mut self, n: crate::GuestNetwork) -> Self {
         self.network = Some(n);

@@ -37,6 +37,7 @@ pub mod debian;
 pub mod error;
 pub mod gallery;
 pub mod outputs;
+mod passt;
 mod qemu;
 mod qmp;
 pub mod tools;

@@ -114,18 +114,18 @@ pub enum GuestNetwork {
     /// network beyond it. The default.
     #[default]
     Isolated,
-    /// The internet and package mirrors through QEMU user networking, for templates that
-    /// install packages. User networking also maps the host's loopback at 10.0.2.2, so the
-    /// VM reaches the host's loopback services too: only for templates the operator trusts.
+    /// The internet and package mirrors, for templates that install packages, through passt
+    /// with `--no-map-gw` (Debian's `passt`; `scripts/setup-local.sh` installs it): the VM
+    /// shares the host's view of the network, but its gateway is the real gateway, so the
+    /// host's loopback services stay out of reach (QEMU's user networking would map them at
+    /// 10.0.2.2). Services the host offers on its other addresses are reachable, as from any
+    /// machine of its network.
     Outbound,
 }
 
 /// The `-netdev` of a build VM forwarding host `127.0.0.1:port` to its SSH.
-fn netdev(network: GuestNetwork, port: u16) -> String {
-    match network {
-        GuestNetwork::Isolated => format!("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22"),
-        GuestNetwork::Outbound => format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22"),
-    }
+fn isolated_netdev(port: u16) -> String {
+    format!("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22")
 }
 
 impl QemuProvisioner {
@@ -279,6 +279,18 @@ impl Provisioner for QemuProvisioner {
                     .with_attribute("workdir", workdir.display().to_string())
                     .with_attribute("qmp", qmp_sock.display().to_string()),
             )?;
+            // Outbound: passt owns the SSH forward and the network (no host loopback).
+            let net = match self.network {
+                GuestNetwork::Isolated => isolated_netdev(port),
+                GuestNetwork::Outbound => match crate::passt::start(&workdir, port, ctx).await {
+                    Ok(p) => p.netdev(),
+                    Err(e) if attempt < 5 && e.is_retryable() => {
+                        ctx.release(&port_id)?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                },
+            };
             let mut args: Vec<String> = self.accel.qemu_args().iter().map(|s| s.to_string()).collect();
             if !bios {
                 for d in
@@ -317,7 +329,7 @@ impl Provisioner for QemuProvisioner {
                     "-drive",
                     &format!("file={},if=virtio,format=raw,readonly=on", iso.display()),
                     "-netdev",
-                    &netdev(self.network, port),
+                    &net,
                     "-device",
                     "virtio-net-pci,netdev=n0",
                     "-device",

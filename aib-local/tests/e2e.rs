@@ -8,6 +8,7 @@
 
 use aib_core::template::ImageTemplate;
 use aib_core::{CommunicatorExt, ExecRequest, MemorySink, Pipeline, Provisioner, Reclaim, RunContext, RunReport, RunState, Source};
+use aib_local::GuestNetwork;
 use aib_local::LocalBackend;
 use common::{qemu_processes, shared_catalog};
 use std::path::{Path, PathBuf};
@@ -240,16 +241,58 @@ async fn template_code_cannot_reach_the_hosts_loopback_services() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
+    let web = aib_testkit::http::StaticServer::start().await.unwrap();
+    let signed = web.put("signed.txt", "signed content\n") + "?sv=2024-01-01&sr=b&sig=AIBMARK-local-sas-3e9a";
+    // QEMU's user networking maps the host's loopback at 10.0.2.2; passt's gateway is the real
+    // one. The step tries both, and the gateway its VM was given.
     let t = example_template(|v| {
         let probe = format!(
-            "if timeout 15 bash -c 'echo hello > /dev/tcp/10.0.2.2/{port}'; then echo REACHED; exit 1; fi; echo 'host loopback unreachable'"
+            "gw=$(ip -4 route show default | awk '{{print $3; exit}}'); echo \"gateway $gw\"; \
+             for h in 10.0.2.2 $gw; do if timeout 15 bash -c \"echo hello > /dev/tcp/$h/{port}\"; then echo \"REACHED $h\"; exit 1; fi; done; \
+             echo 'host loopback unreachable'"
         );
-        v["properties"]["customize"] = serde_json::json!([{"type": "Shell", "name": "reach-the-host", "inline": [probe]}]);
+        v["properties"]["customize"] = serde_json::json!([
+            {"type": "Shell", "name": "reach-the-host", "inline": [probe]},
+            // A source with a marked SAS signature, for the secret scan below.
+            {"type": "File", "name": "signed", "sourceUri": signed, "destination": "/tmp/signed.txt"},
+        ]);
         v["properties"].as_object_mut().unwrap().remove("validate");
         v["properties"]["distribute"] = serde_json::json!([{"type": "VHD", "runOutputName": "vhd"}]);
     });
-    let report = build(&backend(state.path()), &t).await;
-    assert_eq!(report.run_state, RunState::Succeeded, "{}\n{:?}", report.message, report.log_tail);
-    assert!(report.log_tail.iter().any(|l| l.contains("host loopback unreachable")), "{:?}", report.log_tail);
-    assert!(listener.accept().is_err(), "the host's loopback service was reached from the build VM");
+    for network in [GuestNetwork::Isolated, GuestNetwork::Outbound] {
+        let local = LocalBackend::builder()
+            .state_dir(state.path())
+            .catalog_dir(shared_catalog())
+            .guest_network(network)
+            .allow_source_network(aib_testkit::http::loopback())
+            .build()
+            .unwrap();
+        aib_local::tools::check().unwrap_or_else(|e| panic!("{e}"));
+        let report = build(&local, &t).await;
+        assert_eq!(report.run_state, RunState::Succeeded, "{network:?}: {}\n{:?}", report.message, report.log_tail);
+        assert!(report.log_tail.iter().any(|l| l.contains("host loopback unreachable")), "{network:?}: {:?}", report.log_tail);
+        assert!(listener.accept().is_err(), "{network:?}: the host's loopback service was reached from the build VM");
+        let gateway = report.log_tail.iter().find_map(|l| l.split("gateway ").nth(1)).unwrap_or_default().trim().to_string();
+        // passt hands the VM the host's own gateway, not QEMU's 10.0.2.2.
+        if network == GuestNetwork::Outbound {
+            assert!(!gateway.is_empty() && gateway != "10.0.2.2", "the Outbound VM's gateway is {gateway:?}: {:?}", report.log_tail);
+        }
+        // The secret scan: the marked signature is in nothing the run wrote (logs, ledger,
+        // report, state), disks aside.
+        let mut written = serde_json::to_string(&report).unwrap();
+        let mut dirs = vec![state.path().to_path_buf()];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let (path, ft) = (e.path(), e.file_type().unwrap());
+                let disk = path.extension().is_some_and(|x| x == "qcow2" || x == "vhd" || x == "raw");
+                if ft.is_dir() {
+                    dirs.push(path);
+                } else if ft.is_file() && !disk {
+                    written.push_str(&String::from_utf8_lossy(&std::fs::read(&path).unwrap_or_default()));
+                }
+            }
+        }
+        assert!(written.contains("signed.txt"), "the scan reads the run's log");
+        assert!(!written.contains("AIBMARK-local-sas-3e9a"), "{network:?}: the SAS signature was written");
+    }
 }

@@ -45,8 +45,8 @@ pub(crate) struct Boundary {
     /// the state directory's `outputs/`. Repeatable.
     #[arg(long = "allow-output-root", value_name = "DIR")]
     pub output_roots: Vec<PathBuf>,
-    /// Give local build VMs outbound network (package mirrors). It also lets template code
-    /// reach this machine's loopback services; by default a build VM reaches nothing.
+    /// Give local build VMs outbound network (package mirrors, the internet) through passt,
+    /// still without this machine's loopback services; by default a build VM reaches nothing.
     #[arg(long = "guest-outbound")]
     pub guest_outbound: bool,
 }
