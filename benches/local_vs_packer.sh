@@ -34,7 +34,10 @@ cat > "$W/aib.json" <<JSON
 JSON
 
 echo "warming up: the base image (built once, then cached) and the CLI"
-"$AIB" build "$W/aib.json" --state-dir "$STATE" --output json > "$W/warmup.json" || { tail -c 2000 "$W/warmup.json"; exit 1; }
+mkdir -p "$W/aib-out"
+# The operator lets this job read its payload and write its output outside the state dir.
+BOUNDARY=(--allow-file-root "$W" --allow-output-root "$W/aib-out")
+"$AIB" build "$W/aib.json" --state-dir "$STATE" "${BOUNDARY[@]}" --output json > "$W/warmup.json" || { tail -c 2000 "$W/warmup.json"; exit 1; }
 BASE=$(ls -d "$STATE"/catalog/debian/debian-12/12-gen2/*/ | sort -V | tail -1)disk.qcow2
 
 # Packer: the same base, seed, SSH key and steps; workarounds for packer 1.6.6 from its own
@@ -79,8 +82,8 @@ P
 now() { date +%s.%N; }
 aib_times=(); packer_times=()
 for i in $(seq "$RUNS"); do
-  rm -rf "$W/aib-out"
-  t0=$(now); "$AIB" build "$W/aib.json" --state-dir "$STATE" --output json > "$W/aib-$i.json"; t1=$(now)
+  rm -rf "$W/aib-out"; mkdir -p "$W/aib-out"
+  t0=$(now); "$AIB" build "$W/aib.json" --state-dir "$STATE" "${BOUNDARY[@]}" --output json > "$W/aib-$i.json"; t1=$(now)
   aib_times+=("$(echo "$t1 - $t0" | bc)")
   rm -rf "$W/packer-out"; packer_json "$W/packer-out" > "$W/packer.json"
   t0=$(now); PACKER_CACHE_DIR="$W/packer_cache" PACKER_LOG=0 packer build -color=false "$W/packer.json" > "$W/packer-$i.log" 2>&1 || { tail -20 "$W/packer-$i.log"; exit 1; }; t1=$(now)
