@@ -180,13 +180,24 @@ impl QemuProvisioner {
             .process_group(0)
             .spawn()
             .map_err(|e| crate::tools::missing("qemu-system-x86_64", e))?;
-        // A bad argument or a taken port shows within a moment.
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        if let Ok(Some(status)) = child.try_wait() {
-            let log = std::fs::read_to_string(workdir.join("qemu.out")).unwrap_or_default();
-            return Err(LocalError::qemu_exited(status, log.trim().to_string(), port).into());
+        // Started once QMP answers: QEMU serves it from its main loop, which runs only after the
+        // machine and its network (the SSH forward's port among them) are set up. A bad
+        // argument or a taken port ends the process first. No fixed wait either way.
+        let qmp = workdir.join("qmp.sock");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(workdir.join("qemu.out")).unwrap_or_default();
+                return Err(LocalError::qemu_exited(status, log.trim().to_string(), port).into());
+            }
+            if qmp.exists() && qmp::execute(&qmp, "query-status").await.is_ok() {
+                return Ok(child);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Timeout { operation: "QEMU answering on QMP after its start".into(), after: Duration::from_secs(30) });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        Ok(child)
     }
 
     async fn wait_exit(vm: &Vm, t: Duration) -> bool {
@@ -405,7 +416,9 @@ impl Provisioner for QemuProvisioner {
             .key(state.user_key.clone())
             .host_key(HostKeyCheck::PublicKey(state.host_public.clone()))
             .connect_timeout(self.connect_timeout)
-            .retry_backoff(Duration::from_millis(500), Duration::from_secs(3))
+            // Polled tightly: the guest's sshd comes up at one moment, and every second of
+            // backoff past it is a second of the build.
+            .retry_backoff(Duration::from_millis(100), Duration::from_millis(250))
             .build()?;
         let mut exited = state.exited.clone();
         let comm = tokio::select! {
