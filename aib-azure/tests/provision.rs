@@ -280,20 +280,12 @@ async fn failed_deletes_are_retried_and_reported() {
     assert!(all.contains("InternalOperationError") && all.contains("virtualNetworks"), "the failure is reported: {all}");
 }
 
-#[tokio::test]
-async fn cancel_during_distribution_leaves_only_the_staging_group() {
-    let s = server().await;
-    let web = StaticServer::start().await.unwrap();
-    let t = corpus_template(&s, &web, false).await;
-    let backend = AzureBackend::builder().provisioner(provisioner(&s)).allow_source_network(aib_testkit::http::loopback()).build().unwrap();
-    let pipeline = Pipeline::from_template(&t, &backend.backend()).unwrap().build().unwrap();
-    let mut run = pipeline.start();
-    let cancel = run.cancellation();
-    let mut events = run.events();
-    let mut cancelled = false;
+/// Runs `run` to its end, cancelling it once, at the first event `at` matches, while the
+/// server holds every operation in flight; whether it cancelled, and the report.
+async fn cancel_once(s: &ArmServer, mut run: aib_core::RunHandle, at: impl Fn(&Event) -> bool) -> (bool, aib_core::RunReport) {
+    let (cancel, mut events, mut cancelled) = (run.cancellation(), run.events(), false);
     while let Some(e) = events.next().await {
-        // Once, at the first distribution step (the others start at the same moment).
-        if !cancelled && matches!(&e, Event::StepStarted { step, .. } if step.starts_with("distribute")) {
+        if !cancelled && at(&e) {
             cancelled = true;
             s.set_polls(1000);
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -301,7 +293,20 @@ async fn cancel_during_distribution_leaves_only_the_staging_group() {
             s.set_polls(1);
         }
     }
-    let report = run.wait().await;
+    (cancelled, run.wait().await)
+}
+
+#[tokio::test]
+async fn cancel_during_distribution_leaves_only_the_staging_group() {
+    let s = server().await;
+    let web = StaticServer::start().await.unwrap();
+    let t = corpus_template(&s, &web, false).await;
+    let backend = AzureBackend::builder().provisioner(provisioner(&s)).allow_source_network(aib_testkit::http::loopback()).build().unwrap();
+    let run = Pipeline::from_template(&t, &backend.backend()).unwrap().build().unwrap().start();
+    // Once, at the first distribution step (the others start at the same moment).
+    let (cancelled, report) =
+        cancel_once(&s, run, |e| matches!(e, Event::StepStarted { step, .. } if step.starts_with("distribute"))).await;
+    assert!(cancelled, "the build reached distribution");
     assert_eq!(report.run_state, RunState::Canceled, "{}", report.message);
     assert_eq!(leaked(&s), Vec::<String>::new(), "half-made outputs and build resources are deleted");
     assert_eq!(s.running_guests(), 0);
@@ -314,19 +319,10 @@ async fn a_cancelled_vhd_export_revokes_the_disks_read_access() {
     let web = StaticServer::start().await.unwrap();
     let t = corpus_template(&s, &web, true).await;
     let backend = AzureBackend::builder().provisioner(provisioner(&s)).allow_source_network(aib_testkit::http::loopback()).build().unwrap();
-    let mut run = Pipeline::from_template(&t, &backend.backend()).unwrap().build().unwrap().start();
-    let (cancel, mut events, mut cancelled) = (run.cancellation(), run.events(), false);
-    while let Some(e) = events.next().await {
-        // When the export asks for the OS disk's read SAS: the grant hangs until the cancel.
-        if !cancelled && matches!(&e, Event::Output { line, .. } if line.starts_with("granting read access to")) {
-            cancelled = true;
-            s.set_polls(1000);
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            cancel.cancel();
-            s.set_polls(1);
-        }
-    }
-    let report = run.wait().await;
+    let run = Pipeline::from_template(&t, &backend.backend()).unwrap().build().unwrap().start();
+    // When the export asks for the OS disk's read SAS: the grant hangs until the cancel.
+    let (cancelled, report) =
+        cancel_once(&s, run, |e| matches!(e, Event::Output { line, .. } if line.starts_with("granting read access to"))).await;
     assert!(cancelled, "the build reached the VHD export");
     assert_eq!(report.run_state, RunState::Canceled, "{}", report.message);
     assert!(s.requests().iter().any(|r| r.contains("/beginGetAccess")), "the cancel came during the export");

@@ -298,22 +298,32 @@ impl Fetcher {
     /// covers requests that go through a proxy, which resolves names itself.)
     async fn host_allowed(&self, uri: &str) -> Result<()> {
         let url = reqwest::Url::parse(uri).map_err(|e| invalid(uri, &e.to_string()))?;
-        let host = url.host_str().ok_or_else(|| invalid(uri, "no host"))?.trim_start_matches('[').trim_end_matches(']').to_string();
+        let host = host_of(&url).ok_or_else(|| invalid(uri, "no host"))?;
         let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
             Ok(ip) => vec![ip],
-            Err(_) => match tokio::net::lookup_host((host.as_str(), url.port_or_known_default().unwrap_or(443))).await {
+            Err(_) => match tokio::net::lookup_host((host, url.port_or_known_default().unwrap_or(443))).await {
                 Ok(a) => a.map(|a| a.ip()).collect(),
                 // Not resolvable here: the connection (or a proxy) reports it.
                 Err(_) => return Ok(()),
             },
         };
-        match addrs.iter().find(|ip| !may_fetch_from(**ip, &self.allowed)) {
-            Some(ip) if addrs.iter().all(|ip| !may_fetch_from(*ip, &self.allowed)) => {
-                Err(refused(&format!("`{}` is on {ip}, an internal address of the build host's network", shown(uri))))
-            }
-            _ => Ok(()),
+        match only_internal(&addrs, &self.allowed) {
+            Some(ip) => Err(refused(&format!("`{}` is on {ip}, an internal address of the build host's network", shown(uri)))),
+            None => Ok(()),
         }
     }
+}
+
+/// The first of `addrs` when every one of them is internal and outside `allowed`: a host
+/// that may not be fetched from. `None` when any address may be used (or there is none).
+fn only_internal(addrs: &[IpAddr], allowed: &[IpNet]) -> Option<IpAddr> {
+    let first = *addrs.first()?;
+    addrs.iter().all(|ip| !may_fetch_from(*ip, allowed)).then_some(first)
+}
+
+/// The host of `url`, an IPv6 address without its brackets.
+fn host_of(url: &reqwest::Url) -> Option<&str> {
+    Some(url.host_str()?.trim_start_matches('[').trim_end_matches(']'))
 }
 
 /// The HTTP client of a fetcher: timeouts, and the address rule at every connection and redirect.
@@ -343,8 +353,7 @@ fn client(allowed: &Arc<Vec<IpNet>>) -> std::result::Result<reqwest::Client, Arc
 
 /// The host of an `http(s)` URI when it is an IP address.
 fn literal_ip(uri: &str) -> Option<IpAddr> {
-    let url = reqwest::Url::parse(uri).ok()?;
-    url.host_str()?.trim_start_matches('[').trim_end_matches(']').parse().ok()
+    host_of(&reqwest::Url::parse(uri).ok()?)?.parse().ok()
 }
 
 /// A resolver that keeps only the addresses sources may come from.
@@ -357,11 +366,11 @@ impl reqwest::dns::Resolve for Guarded {
         let (allowed, host) = (self.allowed.clone(), name.as_str().to_string());
         Box::pin(async move {
             let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let ok: Vec<SocketAddr> = all.iter().copied().filter(|a| may_fetch_from(a.ip(), &allowed)).collect();
-            if ok.is_empty() && !all.is_empty() {
-                return Err(Box::new(Refused(format!("{host} resolves to {}, an internal address", all[0].ip()))) as _);
+            let ips: Vec<IpAddr> = all.iter().map(SocketAddr::ip).collect();
+            if let Some(ip) = only_internal(&ips, &allowed) {
+                return Err(Box::new(Refused(format!("{host} resolves to {ip}, an internal address"))) as _);
             }
-            Ok(Box::new(ok.into_iter()) as reqwest::dns::Addrs)
+            Ok(Box::new(all.into_iter().filter(move |a| may_fetch_from(a.ip(), &allowed))) as reqwest::dns::Addrs)
         })
     }
 }
