@@ -281,14 +281,25 @@ async fn failed_deletes_are_retried_and_reported() {
 }
 
 /// Runs `run` to its end, cancelling it once, at the first event `at` matches, while the
-/// server holds every operation in flight; whether it cancelled, and the report.
-async fn cancel_once(s: &ArmServer, mut run: aib_core::RunHandle, at: impl Fn(&Event) -> bool) -> (bool, aib_core::RunReport) {
+/// server holds every operation in flight: the cancel waits until the server has seen, after
+/// that event, a request containing `in_flight` (at most a minute, however loaded the machine).
+/// Whether it cancelled, and the report.
+async fn cancel_once(
+    s: &ArmServer,
+    mut run: aib_core::RunHandle,
+    at: impl Fn(&Event) -> bool,
+    in_flight: &str,
+) -> (bool, aib_core::RunReport) {
     let (cancel, mut events, mut cancelled) = (run.cancellation(), run.events(), false);
     while let Some(e) = events.next().await {
         if !cancelled && at(&e) {
             cancelled = true;
             s.set_polls(1000);
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            let (deadline, seen) = (tokio::time::Instant::now() + Duration::from_secs(60), s.requests().len());
+            while !s.requests()[seen..].iter().any(|r| r.contains(in_flight)) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
             cancel.cancel();
             s.set_polls(1);
         }
@@ -305,7 +316,7 @@ async fn cancel_during_distribution_leaves_only_the_staging_group() {
     let run = Pipeline::from_template(&t, &backend.backend()).unwrap().build().unwrap().start();
     // Once, at the first distribution step (the others start at the same moment).
     let (cancelled, report) =
-        cancel_once(&s, run, |e| matches!(e, Event::StepStarted { step, .. } if step.starts_with("distribute"))).await;
+        cancel_once(&s, run, |e| matches!(e, Event::StepStarted { step, .. } if step.starts_with("distribute")), "PUT ").await;
     assert!(cancelled, "the build reached distribution");
     assert_eq!(report.run_state, RunState::Canceled, "{}", report.message);
     assert_eq!(leaked(&s), Vec::<String>::new(), "half-made outputs and build resources are deleted");
@@ -322,7 +333,8 @@ async fn a_cancelled_vhd_export_revokes_the_disks_read_access() {
     let run = Pipeline::from_template(&t, &backend.backend()).unwrap().build().unwrap().start();
     // When the export asks for the OS disk's read SAS: the grant hangs until the cancel.
     let (cancelled, report) =
-        cancel_once(&s, run, |e| matches!(e, Event::Output { line, .. } if line.starts_with("granting read access to"))).await;
+        cancel_once(&s, run, |e| matches!(e, Event::Output { line, .. } if line.starts_with("granting read access to")), "/beginGetAccess")
+            .await;
     assert!(cancelled, "the build reached the VHD export");
     assert_eq!(report.run_state, RunState::Canceled, "{}", report.message);
     assert!(s.requests().iter().any(|r| r.contains("/beginGetAccess")), "the cancel came during the export");
