@@ -31,7 +31,7 @@ pub fn default_state_dir() -> Result<PathBuf> {
 
 /// Creates `dir` (0700) if missing and refuses it when another user owns it or can write it:
 /// its ledger tells `gc` what to delete.
-fn private_dir(dir: &Path) -> Result<()> {
+pub(crate) fn private_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| Error::io(dir, e))?;
     let meta = std::fs::metadata(dir).map_err(|e| Error::io(dir, e))?;
@@ -78,6 +78,9 @@ pub struct LocalBackendBuilder {
     file_roots: Vec<PathBuf>,
     source_nets: Vec<aib_core::boundary::IpNet>,
     network: Option<crate::GuestNetwork>,
+    cold: bool,
+    warm_dir: Option<PathBuf>,
+    warm_max_age: Option<std::time::Duration>,
 }
 
 impl LocalBackendBuilder {
@@ -114,6 +117,26 @@ impl LocalBackendBuilder {
         self
     }
 
+    /// Boots every build VM instead of restoring a saved VM state ([`crate::warm`]; on by
+    /// default).
+    pub fn cold_boot(mut self, cold: bool) -> Self {
+        self.cold = cold;
+        self
+    }
+
+    /// Keeps saved VM states elsewhere (default `<state>/warm`), to share them between state
+    /// directories as the catalog is.
+    pub fn warm_dir(mut self, d: impl Into<PathBuf>) -> Self {
+        self.warm_dir = Some(d.into());
+        self
+    }
+
+    /// Saved VM states older than this are not restored (default 24 h).
+    pub fn warm_max_age(mut self, age: std::time::Duration) -> Self {
+        self.warm_max_age = Some(age);
+        self
+    }
+
     /// Lets templates read `file://` scripts and files under `dir` (off by default).
     pub fn allow_file_root(mut self, dir: impl Into<PathBuf>) -> Self {
         self.file_roots.push(dir.into());
@@ -138,7 +161,11 @@ impl LocalBackendBuilder {
         for d in ["catalog", "gallery", "runs", "outputs", "ledger", "logs"] {
             private_dir(&state.join(d))?;
         }
-        let mut p = QemuProvisioner::new(state.join("runs"));
+        let mut warm = crate::warm::WarmStore::new(self.warm_dir.unwrap_or_else(|| state.join("warm")));
+        if let Some(age) = self.warm_max_age {
+            warm = warm.with_max_age(age);
+        }
+        let mut p = QemuProvisioner::new(state.join("runs")).with_warm_states((!self.cold).then_some(warm));
         if let Some(a) = self.accel {
             p = p.with_accelerator(a);
         }

@@ -33,6 +33,7 @@
 
 mod backend;
 pub mod catalog;
+mod console;
 pub mod debian;
 pub mod error;
 pub mod gallery;
@@ -41,9 +42,11 @@ mod passt;
 mod qemu;
 mod qmp;
 pub mod tools;
+pub mod warm;
 
 pub use backend::{LocalBackend, LocalBackendBuilder, LocalSource, default_state_dir};
 pub use catalog::Catalog;
 pub use gallery::Gallery;
 pub use qemu::{BUILD_USER, GuestNetwork, QemuProvisioner, vm_shape};
 pub use tools::Accelerator;
+pub use warm::{WarmState, WarmStore};

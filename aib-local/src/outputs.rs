@@ -38,8 +38,8 @@ impl DiskFormat {
     fn args(self) -> Vec<&'static str> {
         match self {
             DiskFormat::VhdFixed => vec!["-O", "vpc", "-o", "subformat=fixed,force_size=on"],
-            DiskFormat::Qcow2Zstd => vec!["-W", "-m", "16", "-c", "-O", "qcow2", "-o", "compression_type=zstd"],
-            DiskFormat::Qcow2Zlib => vec!["-W", "-m", "16", "-c", "-O", "qcow2"],
+            DiskFormat::Qcow2Zstd => vec!["-c", "-O", "qcow2", "-o", "compression_type=zstd"],
+            DiskFormat::Qcow2Zlib => vec!["-c", "-O", "qcow2"],
             DiskFormat::Qcow2 => vec!["-O", "qcow2"],
             DiskFormat::Raw => vec!["-O", "raw"],
         }
@@ -109,7 +109,9 @@ async fn write_file(image: &CapturedImage, format: DiskFormat, dest: &Path, ctx:
             .map_err(|e| Error::io(&tmp, e))?;
     }
     ctx.output.progress(0, Some(info.virtual_size), "bytes");
-    let mut args: Vec<String> = vec!["convert".into(), "-f".into(), image.format.clone()];
+    // Out-of-order writes with 16 coroutines, for every format (a file made here is not read
+    // before it is complete and renamed).
+    let mut args: Vec<String> = ["convert", "-W", "-m", "16", "-f", &image.format].map(String::from).to_vec();
     args.extend(format.args().into_iter().map(String::from));
     args.push(image.location.clone());
     args.push(tmp.display().to_string());

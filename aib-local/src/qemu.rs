@@ -3,6 +3,7 @@
 //! is verified from the first connection), user-mode networking on 127.0.0.1, the serial
 //! console in the run log, and QMP for power-down. Everything goes through the ledger.
 
+use crate::console::{follow_console, write_private};
 use crate::error::LocalError;
 use crate::qmp;
 use crate::tools::{Accelerator, BACKEND, OVMF_CODE, OVMF_VARS, image_info, run};
@@ -23,22 +24,28 @@ use tokio::sync::watch;
 /// The user the build logs in as.
 pub const BUILD_USER: &str = "aib";
 
-struct Vm {
-    user_key: PrivateKey,
-    host_public: String,
-    port: u16,
-    workdir: PathBuf,
-    exited: watch::Receiver<bool>,
+pub(crate) struct Vm {
+    /// This run's keys.
+    pub(crate) user_key: PrivateKey,
+    pub(crate) host_public: String,
+    /// The host key a restored VM is given on its first connection.
+    pub(crate) host_private: Option<String>,
+    pub(crate) port: u16,
+    pub(crate) workdir: PathBuf,
+    pub(crate) exited: watch::Receiver<bool>,
     image: aib_core::ResolvedImage,
+    /// Restored from a warm state: how to log in first, and what to mend.
+    pub(crate) warm: Option<crate::warm::Login>,
 }
 
 /// Starts build VMs under QEMU.
 pub struct QemuProvisioner {
-    runs: PathBuf,
+    pub(crate) runs: PathBuf,
     accel: Accelerator,
     network: GuestNetwork,
-    connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     vms: BuildVmTable<Vm>,
+    pub(crate) warm: Option<crate::warm::WarmStore>,
 }
 
 impl fmt::Debug for QemuProvisioner {
@@ -137,7 +144,22 @@ impl QemuProvisioner {
             network: GuestNetwork::default(),
             connect_timeout: Duration::from_secs(20 * 60),
             vms: BuildVmTable::default(),
+            warm: None,
         }
+    }
+
+    /// Starts build VMs from saved VM states kept in `store` (see [`crate::warm`]): the first
+    /// build of a base and VM shape boots one and saves it, later ones restore it. `None`
+    /// (the default of a bare provisioner) boots every VM.
+    #[must_use]
+    pub fn with_warm_states(mut self, store: Option<crate::warm::WarmStore>) -> Self {
+        self.warm = store;
+        self
+    }
+
+    /// Where saved VM states are kept, if they are used.
+    pub fn warm_states(&self) -> Option<&crate::warm::WarmStore> {
+        self.warm.as_ref()
     }
 
     /// Uses this accelerator.
@@ -204,6 +226,276 @@ impl QemuProvisioner {
         let mut rx = vm.exited.clone();
         tokio::time::timeout(t, rx.wait_for(|e| *e)).await.is_ok()
     }
+
+    /// Starts QEMU for `m` on a free port (retried when another process takes it first), with
+    /// the port and the process in the ledger. `incoming`: paused, waiting for a VM state.
+    pub(crate) async fn start(
+        &self,
+        workdir: &Path,
+        m: &Machine,
+        f: &VmFiles,
+        name: &str,
+        incoming: bool,
+        ctx: &StepContext,
+    ) -> Result<(tokio::process::Child, u16)> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let port = free_port()?;
+            let port_id = ctx.record(ResourceRecord::new(BACKEND, "port", format!("127.0.0.1:{port}"), Scope::BuildVm))?;
+            ctx.record(
+                ResourceRecord::new(BACKEND, "process", format!("qemu {}", workdir.display()), Scope::BuildVm)
+                    .with_attribute("pidfile", f.pidfile.display().to_string())
+                    .with_attribute("workdir", workdir.display().to_string())
+                    .with_attribute("qmp", f.qmp.display().to_string()),
+            )?;
+            // Outbound: passt owns the SSH forward and the network (no host loopback).
+            let net = match m.network {
+                GuestNetwork::Isolated => isolated_netdev(port),
+                GuestNetwork::Outbound => match crate::passt::start(workdir, port, ctx).await {
+                    Ok(p) => p.netdev(),
+                    Err(e) if attempt < 5 && e.is_retryable() => {
+                        ctx.release(&port_id)?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                },
+            };
+            match self.spawn(workdir, &m.args(f, name, &net, incoming), port).await {
+                Ok(child) => return Ok((child, port)),
+                // Another process took the port between the probe and QEMU's bind.
+                Err(e) if attempt < 5 && e.is_retryable() => {
+                    ctx.release(&port_id)?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Watches `child` until it exits, and follows its serial console into `out`.
+    pub(crate) fn watch(
+        &self,
+        mut child: tokio::process::Child,
+        console: &Path,
+        out: Arc<dyn aib_core::OutputSink>,
+    ) -> watch::Receiver<bool> {
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+            let _ = tx.send(true);
+        });
+        tokio::spawn(follow_console(console.to_path_buf(), rx.clone(), out));
+        rx
+    }
+
+    /// An SSH session to a build VM with `key`, verifying `host_public`; gives up when the VM stops.
+    async fn ssh(&self, state: &Vm, key: &PrivateKey, host_public: &str) -> Result<SshCommunicator> {
+        ssh_to(state.port, key, host_public, self.connect_timeout, state.exited.clone(), &state.workdir).await
+    }
+}
+
+/// An SSH session to the build VM on `127.0.0.1:port`, polled tightly (the guest's sshd comes
+/// up at one moment, and every second of backoff past it is a second of the build); a VM that
+/// stops first is an error with the end of its console.
+pub(crate) async fn ssh_to(
+    port: u16,
+    key: &PrivateKey,
+    host_public: &str,
+    timeout: Duration,
+    mut exited: watch::Receiver<bool>,
+    workdir: &Path,
+) -> Result<SshCommunicator> {
+    let cfg = SshConfig::builder()
+        .host("127.0.0.1")
+        .port(port)
+        .user(BUILD_USER)
+        .key(key.clone())
+        .host_key(HostKeyCheck::PublicKey(host_public.to_string()))
+        .connect_timeout(timeout)
+        .retry_backoff(Duration::from_millis(100), Duration::from_millis(250))
+        .build()?;
+    tokio::select! {
+        c = SshCommunicator::connect(cfg) => c,
+        _ = exited.wait_for(|e| *e) => {
+            let log = std::fs::read_to_string(workdir.join("console.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(10).collect();
+            Err(LocalError::VmStopped { console: tail.into_iter().rev().collect::<Vec<_>>().join(" | ") }.into())
+        }
+    }
+}
+
+/// Waits for cloud-init to finish on a freshly booted VM.
+pub(crate) async fn wait_for_cloud_init(comm: &SshCommunicator, out: &(dyn aib_core::OutputSink + 'static)) -> Result<()> {
+    let st = comm
+        .execute(
+            &ExecRequest::new("cloud-init status --wait >/dev/null; s=$?; cloud-init status; exit $s")
+                .with_timeout(Duration::from_secs(900)),
+            out,
+        )
+        .await?;
+    // 0: done; 2: done with recoverable warnings.
+    if matches!(st.code, Some(0) | Some(2)) {
+        Ok(())
+    } else {
+        Err(Error::StepFailed { step: "connect".into(), exit_code: st.code, message: "cloud-init did not finish on the build VM".into() })
+    }
+}
+
+/// What QEMU is given for one build VM, apart from its files and its network's address.
+#[derive(Debug, Clone)]
+pub(crate) struct Machine {
+    pub(crate) accel: Accelerator,
+    pub(crate) bios: bool,
+    /// Kernel, initrd and command line of a direct kernel boot.
+    pub(crate) kernel: Option<(String, String, String)>,
+    pub(crate) cpus: u32,
+    pub(crate) mem: u64,
+    pub(crate) network: GuestNetwork,
+}
+
+/// The files of one build VM.
+#[derive(Debug, Clone)]
+pub(crate) struct VmFiles {
+    pub(crate) overlay: PathBuf,
+    pub(crate) iso: PathBuf,
+    pub(crate) vars: PathBuf,
+    pub(crate) console: PathBuf,
+    pub(crate) qmp: PathBuf,
+    pub(crate) pidfile: PathBuf,
+    pub(crate) data: Vec<PathBuf>,
+}
+
+impl VmFiles {
+    /// The files of a VM whose work directory is `dir`.
+    pub(crate) fn in_dir(dir: &Path) -> VmFiles {
+        VmFiles {
+            overlay: dir.join("overlay.qcow2"),
+            iso: dir.join("seed.iso"),
+            vars: dir.join("vars.fd"),
+            console: dir.join("console.log"),
+            qmp: dir.join("qmp.sock"),
+            pidfile: dir.join("qemu.pid"),
+            data: Vec::new(),
+        }
+    }
+}
+
+impl Machine {
+    /// QEMU's arguments. The machine type is pinned (`q35` is an alias that moves with QEMU
+    /// releases) and the device set is fixed, so that a saved VM state fits every VM of the
+    /// same shape. `incoming`: started paused, waiting for a VM state.
+    pub(crate) fn args(&self, f: &VmFiles, name: &str, net: &str, incoming: bool) -> Vec<String> {
+        let mut args: Vec<String> = self.accel.qemu_args().iter().map(|s| s.to_string()).collect();
+        if !self.bios {
+            for d in
+                [format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"), format!("if=pflash,format=raw,file={}", f.vars.display())]
+            {
+                args.push("-drive".into());
+                args.push(d);
+            }
+        }
+        if let Some((k, i, append)) = &self.kernel {
+            args.extend(["-kernel".to_string(), k.clone(), "-initrd".into(), i.clone(), "-append".into(), append.clone()]);
+        }
+        let plain = [
+            "-smp",
+            &self.cpus.to_string(),
+            "-m",
+            &self.mem.to_string(),
+            "-machine",
+            crate::tools::machine_type(),
+            "-display",
+            "none",
+            "-no-reboot",
+            "-name",
+            name,
+            "-drive",
+            &format!("file={},if=virtio,format=qcow2,discard=unmap,cache=unsafe,id=disk0", f.overlay.display()),
+            "-drive",
+            &format!("file={},if=virtio,format=raw,readonly=on,id=seed", f.iso.display()),
+            "-netdev",
+            net,
+            "-device",
+            "virtio-net-pci,netdev=n0",
+            "-device",
+            "virtio-rng-pci",
+            // A new generation id on every restore, for guests that reseed on it.
+            "-device",
+            "vmgenid,guid=auto",
+            // Appending, so the console file can be cut while QEMU writes it.
+            "-chardev",
+            &format!("file,id=console,path={},append=on", f.console.display()),
+            "-serial",
+            "chardev:console",
+            "-monitor",
+            "none",
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", f.qmp.display()),
+            "-pidfile",
+            &f.pidfile.display().to_string(),
+        ]
+        .map(|s| s.to_string());
+        args.extend(plain);
+        for d in &f.data {
+            args.push("-drive".into());
+            args.push(format!("file={},if=virtio,format=qcow2,discard=unmap,cache=unsafe", d.display()));
+        }
+        if incoming {
+            args.extend(["-S".to_string(), "-incoming".into(), "defer".into()]);
+        }
+        args
+    }
+}
+
+/// The disks of a cold boot in `workdir`: the overlay over the base, the cloud-init seed
+/// with the keys, and the UEFI variables.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn prepare_disks(
+    workdir: &Path,
+    base: &Path,
+    base_format: &str,
+    bios: bool,
+    user_key: &PrivateKey,
+    host_key: &PrivateKey,
+    host_public: &str,
+    instance_id: &str,
+) -> Result<()> {
+    let f = VmFiles::in_dir(workdir);
+    run(
+        "qemu-img",
+        ["create", "-q", "-f", "qcow2", "-b", &base.display().to_string(), "-F", base_format, &f.overlay.display().to_string()],
+    )
+    .await?;
+    let seed = workdir.join("seed");
+    tokio::fs::create_dir_all(&seed).await.map_err(|e| Error::io(&seed, e))?;
+    let ud = user_data(&public_key_line(user_key, "aib-build")?, &private_key_openssh(host_key)?, host_public);
+    // The user-data holds the VM's host private key: created private, never readable first.
+    write_private(&seed.join("user-data"), ud.as_bytes())?;
+    tokio::fs::write(seed.join("meta-data"), format!("instance-id: {instance_id}\nlocal-hostname: aib-build\n"))
+        .await
+        .map_err(|e| Error::io(&seed, e))?;
+    let (ud, md) = (seed.join("user-data").display().to_string(), seed.join("meta-data").display().to_string());
+    run("genisoimage", ["-quiet", "-output", &f.iso.display().to_string(), "-volid", "cidata", "-joliet", "-rock", &ud, &md]).await?;
+    if !bios {
+        tokio::fs::copy(OVMF_VARS, &f.vars).await.map_err(|e| Error::io(OVMF_VARS, e))?;
+    }
+    Ok(())
+}
+
+/// Grows `overlay` to `want` bytes (`osDiskSizeGB` = `gb`); disks never shrink.
+pub(crate) async fn grow_overlay(overlay: &Path, gb: u32, want: u64) -> Result<()> {
+    let info = image_info(overlay, Some("qcow2")).await?;
+    if want > info.virtual_size {
+        run("qemu-img", ["resize", "-q", "-f", "qcow2", &overlay.display().to_string(), &want.to_string()]).await?;
+    } else if want < info.virtual_size {
+        return Err(Error::InvalidConfig {
+            backend: BACKEND,
+            key: "osDiskSizeGB".into(),
+            message: format!("{gb} GB is smaller than the source disk ({} bytes); disks only grow", info.virtual_size),
+        });
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -226,165 +518,52 @@ impl Provisioner for QemuProvisioner {
         let key_file = workdir.join("id_ed25519");
         write_private(&key_file, private_key_openssh(&user_key)?.as_bytes())?;
 
-        let overlay = workdir.join("overlay.qcow2");
-        run(
-            "qemu-img",
-            ["create", "-q", "-f", "qcow2", "-b", &base.display().to_string(), "-F", &base_format, &overlay.display().to_string()],
-        )
-        .await?;
-        if let Some(gb) = req.vm_profile.os_disk_size_gb.as_ref().and_then(|e| e.value()).copied().filter(|g| *g > 0) {
-            let want = u64::from(gb as u32) << 30;
-            let info = image_info(&overlay, Some("qcow2")).await?;
-            if want > info.virtual_size {
-                run("qemu-img", ["resize", "-q", "-f", "qcow2", &overlay.display().to_string(), &want.to_string()]).await?;
-            } else if want < info.virtual_size {
-                return Err(Error::InvalidConfig {
-                    backend: BACKEND,
-                    key: "osDiskSizeGB".into(),
-                    message: format!("{gb} GB is smaller than the source disk ({} bytes); disks only grow", info.virtual_size),
-                });
-            }
-        }
-        let seed = workdir.join("seed");
-        tokio::fs::create_dir_all(&seed).await.map_err(|e| Error::io(&seed, e))?;
-        let ud = user_data(&public_key_line(&user_key, "aib-build")?, &private_key_openssh(&host_key)?, &host_public);
-        // The user-data holds the VM's host private key: created private, never readable first.
-        write_private(&seed.join("user-data"), ud.as_bytes())?;
-        tokio::fs::write(seed.join("meta-data"), format!("instance-id: {}\nlocal-hostname: aib-build\n", ctx.run.run_id()))
-            .await
-            .map_err(|e| Error::io(&seed, e))?;
-        let iso = workdir.join("seed.iso");
-        run(
-            "genisoimage",
-            [
-                "-quiet",
-                "-output",
-                &iso.display().to_string(),
-                "-volid",
-                "cidata",
-                "-joliet",
-                "-rock",
-                &seed.join("user-data").display().to_string(),
-                &seed.join("meta-data").display().to_string(),
-            ],
-        )
-        .await?;
         let attr = |k: &str| req.image.attributes.get(k).and_then(|v| v.as_str()).map(str::to_string);
-        let bios = attr("firmware").as_deref() == Some("bios");
-        let vars = workdir.join("vars.fd");
-        if !bios {
-            tokio::fs::copy(OVMF_VARS, &vars).await.map_err(|e| Error::io(OVMF_VARS, e))?;
-        }
         let (cpus, mem) = vm_shape(req.vm_profile.vm_size.as_deref());
-        let pidfile = workdir.join("qemu.pid");
-        let qmp_sock = workdir.join("qmp.sock");
-        let console = workdir.join("console.log");
-        let mut attempt = 0;
-        let (child, port) = loop {
-            attempt += 1;
-            let port = free_port()?;
-            let port_id = ctx.record(ResourceRecord::new(BACKEND, "port", format!("127.0.0.1:{port}"), Scope::BuildVm))?;
-            ctx.record(
-                ResourceRecord::new(BACKEND, "process", format!("qemu {}", workdir.display()), Scope::BuildVm)
-                    .with_attribute("pidfile", pidfile.display().to_string())
-                    .with_attribute("workdir", workdir.display().to_string())
-                    .with_attribute("qmp", qmp_sock.display().to_string()),
-            )?;
-            // Outbound: passt owns the SSH forward and the network (no host loopback).
-            let net = match self.network {
-                GuestNetwork::Isolated => isolated_netdev(port),
-                GuestNetwork::Outbound => match crate::passt::start(&workdir, port, ctx).await {
-                    Ok(p) => p.netdev(),
-                    Err(e) if attempt < 5 && e.is_retryable() => {
-                        ctx.release(&port_id)?;
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                },
-            };
-            let mut args: Vec<String> = self.accel.qemu_args().iter().map(|s| s.to_string()).collect();
-            if !bios {
-                for d in
-                    [format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"), format!("if=pflash,format=raw,file={}", vars.display())]
-                {
-                    args.push("-drive".into());
-                    args.push(d);
-                }
-            }
+        let machine = Machine {
+            accel: self.accel,
+            bios: attr("firmware").as_deref() == Some("bios"),
             // Direct kernel boot: the first boot of a BIOS base, before GRUB is installed.
-            if let (Some(k), Some(i)) = (attr("kernel"), attr("initrd")) {
-                args.extend([
-                    "-kernel".to_string(),
-                    k,
-                    "-initrd".into(),
-                    i,
-                    "-append".into(),
-                    attr("append").unwrap_or_else(|| "root=LABEL=root rw console=ttyS0".into()),
-                ]);
-            }
-            args.extend(
-                [
-                    "-smp",
-                    &cpus.to_string(),
-                    "-m",
-                    &mem.to_string(),
-                    "-machine",
-                    "q35",
-                    "-display",
-                    "none",
-                    "-no-reboot",
-                    "-name",
-                    &format!("aib-{}", ctx.run.run_id()),
-                    "-drive",
-                    &format!("file={},if=virtio,format=qcow2,discard=unmap,cache=unsafe", overlay.display()),
-                    "-drive",
-                    &format!("file={},if=virtio,format=raw,readonly=on", iso.display()),
-                    "-netdev",
-                    &net,
-                    "-device",
-                    "virtio-net-pci,netdev=n0",
-                    "-device",
-                    "virtio-rng-pci",
-                    // Appending, so the console file can be cut while QEMU writes it.
-                    "-chardev",
-                    &format!("file,id=console,path={},append=on", console.display()),
-                    "-serial",
-                    "chardev:console",
-                    "-monitor",
-                    "none",
-                    "-qmp",
-                    &format!("unix:{},server=on,wait=off", qmp_sock.display()),
-                    "-pidfile",
-                    &pidfile.display().to_string(),
-                ]
-                .iter()
-                .map(|s| s.to_string()),
-            );
-            for (i, gb) in req.data_disks_gb.iter().enumerate() {
-                let d = workdir.join(format!("data{i}.qcow2"));
-                run("qemu-img", ["create", "-q", "-f", "qcow2", &d.display().to_string(), &format!("{gb}G")]).await?;
-                args.push("-drive".into());
-                args.push(format!("file={},if=virtio,format=qcow2,discard=unmap,cache=unsafe", d.display()));
-            }
-            match self.spawn(&workdir, &args, port).await {
-                Ok(child) => break (child, port),
-                // Another process took the port between the probe and QEMU's bind.
-                Err(e) if attempt < 5 && e.is_retryable() => {
-                    ctx.release(&port_id)?;
-                    continue;
+            kernel: attr("kernel")
+                .zip(attr("initrd"))
+                .map(|(k, i)| (k, i, attr("append").unwrap_or_else(|| "root=LABEL=root rw console=ttyS0".into()))),
+            cpus,
+            mem,
+            network: self.network,
+        };
+        let want_bytes = req.vm_profile.os_disk_size_gb.as_ref().and_then(|e| e.value()).copied().filter(|g| *g > 0).map(|gb| {
+            let gb = gb as u32;
+            (gb, u64::from(gb) << 30)
+        });
+        let mut files = VmFiles::in_dir(&workdir);
+        for (i, gb) in req.data_disks_gb.iter().enumerate() {
+            let d = workdir.join(format!("data{i}.qcow2"));
+            run("qemu-img", ["create", "-q", "-f", "qcow2", &d.display().to_string(), &format!("{gb}G")]).await?;
+            files.data.push(d);
+        }
+        let name = format!("aib-{}", ctx.run.run_id());
+
+        // A saved VM state of this base and shape, when there is one (or one can be made).
+        let mut warm = None;
+        match self.warm_plan(req, &machine, &base).await {
+            Ok(plan) => match self.warm_start(&plan, &workdir, &machine, &files, &name, want_bytes, ctx).await {
+                Ok(w) => warm = Some(w),
+                Err(e) => ctx.notice(format!("warm state not used ({e}); booting the build VM cold")),
+            },
+            Err(why) => ctx.output.line(OutputStream::Stdout, &format!("aib: cold boot: {why}")),
+        }
+        let (child, port, login) = match warm {
+            Some((child, port, login)) => (child, port, Some(login)),
+            None => {
+                prepare_disks(&workdir, &base, &base_format, machine.bios, &user_key, &host_key, &host_public, ctx.run.run_id()).await?;
+                if let Some((gb, want)) = want_bytes {
+                    grow_overlay(&files.overlay, gb, want).await?;
                 }
-                Err(e) => return Err(e),
+                let (child, port) = self.start(&workdir, &machine, &files, &name, false, ctx).await?;
+                (child, port, None)
             }
         };
-        let (tx, rx) = watch::channel(false);
-        let mut child = child;
-        tokio::spawn(async move {
-            let _ = child.wait().await;
-            let _ = tx.send(true);
-        });
-        // The serial console, line by line, into the run's events and log.
-        let out = ctx.run.output("console");
-        tokio::spawn(follow_console(console.clone(), rx.clone(), out));
+        let rx = self.watch(child, &files.console, ctx.run.output("console"));
         let known_hosts = workdir.join("known_hosts");
         tokio::fs::write(&known_hosts, format!("[127.0.0.1]:{port} {host_public}\n")).await.map_err(|e| Error::io(&known_hosts, e))?;
         let command = format!(
@@ -395,12 +574,19 @@ impl Provisioner for QemuProvisioner {
         let mut access = AccessInfo::new("ssh", "127.0.0.1", port, BUILD_USER, command);
         access.key_file = Some(key_file);
         let mut vm = BuildVm::new(workdir.display().to_string(), dir_id, req.image.platform, access);
-        vm.attributes.insert("overlay".into(), overlay.display().to_string().into());
+        vm.attributes.insert("overlay".into(), files.overlay.display().to_string().into());
         vm.attributes.insert("accelerator".into(), format!("{:?}", self.accel).into());
         vm.attributes.insert("shape".into(), format!("{cpus} vCPU, {mem} MiB").into());
-        let state = Vm { user_key, host_public, port, workdir: workdir.clone(), exited: rx, image: req.image.clone() };
+        if let Some(l) = &login {
+            vm.attributes.insert("warmState".into(), l.key.clone().into());
+        }
+        let how = if login.is_some() { "restored from its warm state" } else { "started" };
+        // The host key reaches a restored VM over its first connection; a cold one had it in its seed.
+        let host_private = login.is_some().then(|| private_key_openssh(&host_key)).transpose()?;
+        let state =
+            Vm { user_key, host_public, host_private, port, workdir: workdir.clone(), exited: rx, image: req.image.clone(), warm: login };
         self.vms.insert(vm.id.clone(), state);
-        ctx.notice(format!("build VM started: {:?}, {cpus} vCPU, {mem} MiB, SSH on 127.0.0.1:{port}", self.accel));
+        ctx.notice(format!("build VM {how}: {:?}, {cpus} vCPU, {mem} MiB, SSH on 127.0.0.1:{port}", self.accel));
         Ok(vm)
     }
 
@@ -409,43 +595,22 @@ impl Provisioner for QemuProvisioner {
         if vm.platform == Platform::Windows {
             return Err(Error::Unsupported { operation: "Windows build VMs".into(), backend: BACKEND });
         }
-        let cfg = SshConfig::builder()
-            .host("127.0.0.1")
-            .port(state.port)
-            .user(BUILD_USER)
-            .key(state.user_key.clone())
-            .host_key(HostKeyCheck::PublicKey(state.host_public.clone()))
-            .connect_timeout(self.connect_timeout)
-            // Polled tightly: the guest's sshd comes up at one moment, and every second of
-            // backoff past it is a second of the build.
-            .retry_backoff(Duration::from_millis(100), Duration::from_millis(250))
-            .build()?;
-        let mut exited = state.exited.clone();
-        let comm = tokio::select! {
-            c = SshCommunicator::connect(cfg) => c?,
-            _ = exited.wait_for(|e| *e) => {
-                let log = std::fs::read_to_string(state.workdir.join("console.log")).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(10).collect();
-                return Err(LocalError::VmStopped { console: tail.into_iter().rev().collect::<Vec<_>>().join(" | ") }.into());
-            }
-        };
-        ctx.notice(format!("connected over SSH after {:.1} s; waiting for cloud-init", comm.last_connect_time().as_secs_f64()));
-        let sink = ctx.output.clone();
-        let st = comm
-            .execute(
-                &ExecRequest::new("cloud-init status --wait >/dev/null; s=$?; cloud-init status; exit $s")
-                    .with_timeout(Duration::from_secs(900)),
-                &*sink,
-            )
-            .await?;
-        // 0: done; 2: done with recoverable warnings.
-        if !matches!(st.code, Some(0) | Some(2)) {
-            return Err(Error::StepFailed {
-                step: "connect".into(),
-                exit_code: st.code,
-                message: "cloud-init did not finish on the build VM".into(),
-            });
+        if let Some(login) = &state.warm {
+            // The warm boot's keys open one session, which gives the VM this run's keys, clock
+            // and entropy; then this run's keys, and only they, are used.
+            let first = self.ssh(&state, &login.user_key, &login.host_public).await?;
+            ctx.notice(format!(
+                "connected to the restored VM after {:.1} s; mending clock, entropy and keys",
+                first.last_connect_time().as_secs_f64()
+            ));
+            self.mend(&first, &state, login, ctx).await?;
+            drop(first);
+            let comm = self.ssh(&state, &state.user_key, &state.host_public).await?;
+            return Ok(Arc::new(comm));
         }
+        let comm = self.ssh(&state, &state.user_key, &state.host_public).await?;
+        ctx.notice(format!("connected over SSH after {:.1} s; waiting for cloud-init", comm.last_connect_time().as_secs_f64()));
+        wait_for_cloud_init(&comm, &*ctx.output).await?;
         Ok(Arc::new(comm))
     }
 
@@ -575,117 +740,9 @@ impl Reclaim for QemuProvisioner {
     }
 }
 
-/// Creates `p` 0600 (exclusively, never through a link) and writes `data`: secrets are never
-/// readable by others, not even for a moment.
-fn write_private(p: &Path, data: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(p)
-        .map_err(|e| Error::io(p, e))?;
-    f.write_all(data).map_err(|e| Error::io(p, e))
-}
-
-/// The console file is cut back to nothing past this size: a guest that floods its serial
-/// console cannot fill the host's disk.
-const CONSOLE_MAX_BYTES: u64 = 16 << 20;
-/// A console line longer than this is cut into pieces.
-const CONSOLE_LINE_MAX: usize = 8 << 10;
-
-/// Follows the serial console file until QEMU exits: reads only what is new (never the whole
-/// file again), emits complete lines (long ones in pieces), and cuts the file back when it grows
-/// past [`CONSOLE_MAX_BYTES`].
-async fn follow_console(path: PathBuf, mut done: tokio::sync::watch::Receiver<bool>, out: Arc<dyn aib_core::OutputSink>) {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let (mut pos, mut partial, mut buf) = (0u64, Vec::<u8>::new(), vec![0u8; 64 << 10]);
-    let mut file: Option<tokio::fs::File> = None;
-    let emit = |bytes: &[u8]| {
-        for piece in bytes.chunks(CONSOLE_LINE_MAX) {
-            let line = String::from_utf8_lossy(piece).trim_end().replace(|c: char| c.is_control(), "");
-            if !line.is_empty() {
-                out.line(OutputStream::Stdout, &line);
-            }
-        }
-    };
-    loop {
-        let finished = *done.borrow();
-        if file.is_none() {
-            file = tokio::fs::File::open(&path).await.ok();
-        }
-        let mut more = false;
-        if let Some(f) = file.as_mut() {
-            let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
-            if len < pos {
-                pos = 0;
-            }
-            if len > pos && f.seek(std::io::SeekFrom::Start(pos)).await.is_ok() {
-                let n = f.read(&mut buf).await.unwrap_or(0);
-                pos += n as u64;
-                more = n > 0 && pos < len;
-                partial.extend_from_slice(&buf[..n]);
-                while let Some(i) = partial.iter().position(|b| *b == b'\n') {
-                    emit(&partial[..i]);
-                    partial.drain(..=i);
-                }
-                while partial.len() > CONSOLE_LINE_MAX {
-                    emit(&partial[..CONSOLE_LINE_MAX]);
-                    partial.drain(..CONSOLE_LINE_MAX);
-                }
-            }
-            if pos > CONSOLE_MAX_BYTES && !more {
-                if let Ok(w) = std::fs::OpenOptions::new().write(true).open(&path) {
-                    let _ = w.set_len(0);
-                }
-                pos = 0;
-                out.line(OutputStream::Stderr, &format!("[console over {} MiB: its file was cut back]", CONSOLE_MAX_BYTES >> 20));
-            }
-        }
-        if more {
-            continue;
-        }
-        if finished {
-            emit(&partial);
-            break;
-        }
-        let _ = tokio::time::timeout(Duration::from_millis(500), done.changed()).await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn the_console_is_followed_incrementally_and_bounded() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("console.log");
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
-        use std::io::Write;
-        writeln!(f, "boot: hello\r").unwrap();
-        f.write_all(&vec![b'z'; CONSOLE_LINE_MAX * 2 + 5]).unwrap();
-        writeln!(f).unwrap();
-        let flood = format!("{}\n", "y".repeat(999));
-        for _ in 0..(CONSOLE_MAX_BYTES as usize / 1000 + 100) {
-            f.write_all(flood.as_bytes()).unwrap();
-        }
-        write!(f, "last words").unwrap();
-        let sink = aib_core::MemorySink::with_limit(64 << 20);
-        let (tx, rx) = watch::channel(false);
-        let follower = tokio::spawn(follow_console(path.clone(), rx, Arc::new(sink.clone())));
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        tx.send(true).unwrap();
-        follower.await.unwrap();
-        let lines = sink.lines();
-        assert_eq!(lines[0].1, "boot: hello");
-        assert_eq!((lines[1].1.len(), lines[2].1.len(), lines[3].1.as_str()), (CONSOLE_LINE_MAX, CONSOLE_LINE_MAX, "zzzzz"));
-        assert!(lines.iter().any(|(s, l)| *s == OutputStream::Stderr && l.contains("cut back")), "the cut is said");
-        assert_eq!(lines.last().unwrap().1, "last words", "a final line without a newline is not lost");
-        assert!(std::fs::metadata(&path).unwrap().len() < CONSOLE_MAX_BYTES, "the file was cut back");
-    }
 
     #[test]
     fn vm_sizes_map_within_the_host() {

@@ -204,6 +204,29 @@ pub(crate) async fn disk_facts(path: &Path) -> Result<DiskFacts> {
     Ok(DiskFacts { size, virtual_size: info.virtual_size, sha256: sha256_file(path).await? })
 }
 
+/// The machine type `q35` stands for in the installed QEMU (`pc-q35-10.0` for QEMU 10.0),
+/// asked once: build VMs name it exactly, so a saved VM state always meets the same machine.
+pub(crate) fn machine_type() -> &'static str {
+    static TYPE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TYPE.get_or_init(|| {
+        let out = std::process::Command::new("qemu-system-x86_64")
+            .args(["-machine", "help"])
+            .env_clear()
+            .envs(aib_core::boundary::tool_env())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        pinned_machine(&out).unwrap_or_else(|| "q35".into())
+    })
+}
+
+/// The target of the `q35` alias in `qemu -machine help` output.
+fn pinned_machine(help: &str) -> Option<String> {
+    let line = help.lines().find(|l| l.split_whitespace().next() == Some("q35"))?;
+    let rest = line.split("(alias of ").nth(1)?;
+    Some(rest.trim_end().trim_end_matches(')').to_string())
+}
+
 /// Whether the host can run KVM guests for real.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accelerator {
@@ -251,6 +274,13 @@ mod tests {
         for k in keys {
             assert!(aib_core::boundary::TOOL_ENV.contains(&k), "`{k}` reached a tool");
         }
+    }
+
+    #[test]
+    fn the_q35_alias_is_pinned() {
+        let help = "pc-q35-9.2           Standard PC (Q35 + ICH9, 2009)\nq35                  Standard PC (Q35 + ICH9, 2009) (alias of pc-q35-10.0)\n";
+        assert_eq!(pinned_machine(help).as_deref(), Some("pc-q35-10.0"));
+        assert_eq!(pinned_machine("pc-q35-9.2  x\n"), None);
     }
 
     #[test]

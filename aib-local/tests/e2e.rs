@@ -10,7 +10,7 @@ use aib_core::template::ImageTemplate;
 use aib_core::{CommunicatorExt, ExecRequest, MemorySink, Pipeline, Provisioner, Reclaim, RunContext, RunReport, RunState, Source};
 use aib_local::GuestNetwork;
 use aib_local::LocalBackend;
-use common::{qemu_processes, shared_catalog};
+use common::{qemu_processes, shared_catalog, shared_warm};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -27,9 +27,15 @@ fn backend(state: &Path) -> LocalBackend {
     LocalBackend::builder()
         .state_dir(state)
         .catalog_dir(shared_catalog())
+        .warm_dir(shared_warm())
         .allow_file_root(repo().join("examples/templates/files"))
         .build()
         .unwrap()
+}
+
+/// Boots images as a user of them would: cold, never from a saved state.
+fn cold_provisioner(local: &LocalBackend) -> aib_local::QemuProvisioner {
+    aib_local::QemuProvisioner::new(local.state_dir().join("runs"))
 }
 
 fn example_template(patch: impl FnOnce(&mut serde_json::Value)) -> ImageTemplate {
@@ -100,7 +106,7 @@ async fn builds_the_example_and_the_image_boots_customized_and_generalized() {
     // Boot the produced image, as a user of the gallery would.
     let image = local.gallery().resolve_version(&format!("{gallery_id}/versions/latest")).await.unwrap();
     assert_eq!(image.exact_version.as_deref(), Some("1.0.0"));
-    let prov = local.provisioner();
+    let prov = cold_provisioner(&local);
     let ctx = RunContext::detached("e2e-boot").unwrap();
     let vm = prov.provision(&aib_core::ProvisionRequest::new(image), &ctx.step("provision")).await.unwrap();
     let comm = prov.connect(&vm, &ctx.step("connect")).await.unwrap();
@@ -219,7 +225,7 @@ async fn a_gen1_bios_image_builds_and_its_vhd_boots_with_bios() {
         .with_attribute("disk", vhd.clone())
         .with_attribute("diskFormat", "vpc")
         .with_attribute("firmware", "bios");
-    let prov = local.provisioner();
+    let prov = cold_provisioner(&local);
     let ctx = RunContext::detached("e2e-gen1").unwrap();
     let vm = prov.provision(&aib_core::ProvisionRequest::new(image), &ctx.step("provision")).await.unwrap();
     let comm = prov.connect(&vm, &ctx.step("connect")).await.unwrap();
@@ -263,6 +269,7 @@ async fn template_code_cannot_reach_the_hosts_loopback_services() {
         let local = LocalBackend::builder()
             .state_dir(state.path())
             .catalog_dir(shared_catalog())
+            .warm_dir(shared_warm())
             .guest_network(network)
             .allow_source_network(aib_testkit::http::loopback())
             .build()
@@ -295,4 +302,92 @@ async fn template_code_cannot_reach_the_hosts_loopback_services() {
         assert!(written.contains("signed.txt"), "the scan reads the run's log");
         assert!(!written.contains("AIBMARK-local-sas-3e9a"), "{network:?}: the SAS signature was written");
     }
+}
+
+/// A template that records, in the image, what its build VM was: machine-id, SSH host key,
+/// bytes of the kernel's RNG and the clock.
+fn identity_template(local: &LocalBackend, out: &Path) -> ImageTemplate {
+    let record = "sudo sh -c 'mkdir -p /var/lib/aib-id; cat /etc/machine-id > /var/lib/aib-id/machine-id; \
+                  cut -d\" \" -f2 /etc/ssh/ssh_host_ed25519_key.pub > /var/lib/aib-id/host-key; \
+                  head -c 32 /dev/urandom | od -An -tx1 | tr -d \" \\n\" > /var/lib/aib-id/random; date +%s > /var/lib/aib-id/clock'";
+    let v = serde_json::json!({"location": "local", "apiVersion": "2025-10-01", "properties": {
+        "vmProfile": {"vmSize": "Standard_D2ds_v4"},
+        "source": {"type": "PlatformImage", "publisher": "Debian", "offer": "debian-12", "sku": "12-gen2", "version": "latest"},
+        "customize": [{"type": "Shell", "name": "record-identity", "inline": [record]}],
+        "distribute": [{"type": "LocalFile", "runOutputName": "disk", "format": "qcow2", "compression": "none", "path": out.display().to_string()}]
+    }});
+    let opts = aib_core::template::ParseOptions::default().with_types(local.backend().registry.type_names());
+    ImageTemplate::from_json_with(&v.to_string(), &opts).unwrap().template
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "boots QEMU VMs for minutes; run by the e2e step of scripts/test.sh"]
+async fn builds_restored_from_one_warm_state_share_no_identity() {
+    let state = tempfile::tempdir().unwrap();
+    let _guard = KillOnDrop(state.path().to_path_buf());
+    let local = backend(state.path());
+    let text = |b: Option<Vec<u8>>| String::from_utf8(b.unwrap_or_default()).unwrap().trim().to_string();
+    let mut seen = Vec::new();
+    for n in ["a", "b"] {
+        let out = state.path().join(format!("outputs/{n}.qcow2"));
+        let report = build(&local, &identity_template(&local, &out)).await;
+        assert_eq!(report.run_state, RunState::Succeeded, "{}\n{:#?}", report.message, report.log_tail);
+        let log = std::fs::read_to_string(report.customization_log.as_ref().unwrap()).unwrap();
+        let key =
+            log.lines().find_map(|l| l.split("restored warm state ").nth(1)).map(|k| k.split_whitespace().next().unwrap().to_string());
+        let key = key.unwrap_or_else(|| panic!("build {n} was not restored from a warm state:\n{log}"));
+        let id = |f: &str| text(common::file_in_image(&out, &format!("/var/lib/aib-id/{f}")));
+        let (machine, host, random) = (id("machine-id"), id("host-key"), id("random"));
+        let clock: u64 = id("clock").parse().unwrap();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        assert!(now.abs_diff(clock) < 600, "build {n}: the restored VM's clock was set from the host ({clock} vs {now})");
+        assert_eq!((machine.len(), random.len()), (32, 64), "{machine} {random}");
+        // Generalized: no host key, no build key, no machine-id in the image.
+        assert_eq!(common::file_in_image(&out, "/etc/ssh/ssh_host_ed25519_key"), None, "build {n}: a host key is in the image");
+        assert_eq!(common::file_in_image(&out, "/home/aib/.ssh/authorized_keys"), None, "build {n}: the build key is in the image");
+        assert_eq!(text(common::file_in_image(&out, "/etc/machine-id")), "", "build {n}");
+        let seed = common::file_in_image(&out, "/var/lib/systemd/random-seed").unwrap_or_default();
+        seen.push((key, machine, host, random, seed, out));
+    }
+    let (a, b) = (&seen[0], &seen[1]);
+    assert_eq!(a.0, b.0, "both builds restored the same warm state");
+    assert_ne!(a.1, b.1, "the machine-id is this build's");
+    assert_ne!(a.2, b.2, "the SSH host key is this build's");
+    assert_ne!(a.3, b.3, "the kernel's RNG was reseeded");
+    assert!(!a.4.is_empty() && a.4 != b.4, "the random seed written at power-off is this build's");
+    // And none of it is the warm state's.
+    let warm = shared_warm().join(&a.0);
+    let warm_disk = warm.join("overlay.qcow2");
+    let warm_host = std::fs::read_to_string(warm.join("host_ed25519.pub")).unwrap();
+    let warm_machine = text(common::file_in_image(&warm_disk, "/etc/machine-id"));
+    let warm_seed = common::file_in_image(&warm_disk, "/var/lib/systemd/random-seed").unwrap_or_default();
+    for s in &seen {
+        assert!(!warm_host.contains(&s.2), "the warm host key served a build");
+        assert_ne!(warm_machine, s.1, "the warm machine-id served a build");
+        assert_ne!(warm_seed, s.4, "the warm random seed reached an image");
+    }
+    // The images boot, each with an identity of its own.
+    let prov = cold_provisioner(&local);
+    let mut booted = Vec::new();
+    for s in &seen {
+        let image = aib_core::ResolvedImage::new("PlatformImage", "out", s.5.display().to_string())
+            .with_attribute("disk", s.5.display().to_string())
+            .with_attribute("diskFormat", "qcow2");
+        let ctx = RunContext::detached("e2e-warm-boot").unwrap();
+        let vm = prov.provision(&aib_core::ProvisionRequest::new(image), &ctx.step("provision")).await.unwrap();
+        let comm = prov.connect(&vm, &ctx.step("connect")).await.unwrap();
+        let host = sh(&*comm, "sudo cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub").await;
+        let machine = sh(&*comm, "cat /etc/machine-id").await;
+        let seed = sh(&*comm, "sudo sha256sum /var/lib/systemd/random-seed | cut -c1-64").await;
+        drop(comm);
+        for r in ctx.ledger().outstanding().iter().rev() {
+            prov.delete(r).await.unwrap();
+            ctx.ledger().release(&r.id).unwrap();
+        }
+        assert!(!warm_host.contains(&host) && host != s.2, "a first boot's host key");
+        assert!(machine != warm_machine && machine != s.1, "a first boot's machine-id");
+        booted.push((host, machine, seed));
+    }
+    assert_ne!(booted[0], booted[1], "two images of one warm state boot as different machines");
+    assert_eq!(qemu_processes(state.path()), 0);
 }

@@ -1,4 +1,4 @@
-//! `aib build`, `aib gc`, `aib images`: the local backend from the command line, with a
+//! `aib build`, `aib gc`, `aib images`, `aib warm`: the local backend from the command line, with a
 //! live progress display on a terminal and plain lines otherwise.
 
 use crate::validate::{line, read};
@@ -49,6 +49,10 @@ pub(crate) struct Boundary {
     /// still without this machine's loopback services; by default a build VM reaches nothing.
     #[arg(long = "guest-outbound")]
     pub guest_outbound: bool,
+    /// Boot the build VM instead of restoring a saved VM state of its base and shape (kept in
+    /// the state directory's `warm/`, made by the first build; `aib warm ls|prune`).
+    #[arg(long)]
+    pub cold: bool,
 }
 
 fn backend(state_dir: Option<PathBuf>, boundary: &Boundary) -> Result<LocalBackend, aib::Error> {
@@ -68,7 +72,7 @@ fn backend(state_dir: Option<PathBuf>, boundary: &Boundary) -> Result<LocalBacke
     if boundary.guest_outbound {
         b = b.guest_network(aib_local::GuestNetwork::Outbound);
     }
-    b.build()
+    b.cold_boot(boundary.cold).build()
 }
 
 /// Shows a run: a spinner line on a terminal, plain lines otherwise.
@@ -243,7 +247,33 @@ pub(crate) async fn gc(state_dir: Option<PathBuf>, min_age: u64) -> CliResult {
     let provisioner = local.provisioner();
     let p: &dyn Provisioner = &*provisioner;
     let report = local.ledger()?.gc(&[p], Duration::from_secs(min_age)).await?;
+    if let Some(store) = provisioner.warm_states() {
+        for s in store.prune(false).await? {
+            println!("deleted expired warm state {} ({} MiB)", s.key, s.bytes >> 20);
+        }
+    }
     Ok(gc_summary(&report))
+}
+
+/// `aib warm ls` and `aib warm prune [--all]`.
+pub(crate) async fn warm(state_dir: Option<PathBuf>, prune: Option<bool>) -> CliResult {
+    let local = backend(state_dir, &Boundary::default())?;
+    let store = local.provisioner().warm_states().cloned().ok_or("warm states are off")?;
+    if let Some(all) = prune {
+        let removed = store.prune(all).await?;
+        let bytes: u64 = removed.iter().map(|s| s.bytes).sum();
+        for s in &removed {
+            println!("deleted {}  {}  {}", s.key, s.source, s.created);
+        }
+        println!("warm: {} state(s) deleted, {} MiB freed", removed.len(), bytes >> 20);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("warm states ({}, expire after {} h):", store.dir().display(), store.max_age().as_secs() / 3600);
+    for s in store.list().await? {
+        let expired = if s.age() > store.max_age() { " (expired)" } else { "" };
+        println!("  {}  {}  {} MiB  {}{expired}", s.key, s.source, s.bytes >> 20, s.created);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Prints what a ledger gc did; exit 1 if anything could not be deleted.

@@ -99,6 +99,14 @@ enum Command {
         #[command(subcommand)]
         server: TestServer,
     },
+    /// List or prune the saved VM states local builds restore instead of booting.
+    Warm {
+        /// State directory.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        action: WarmAction,
+    },
     /// List (or import) images.
     Images {
         /// State directory.
@@ -129,6 +137,18 @@ enum TestServer {
         /// (`http://127.0.0.1:10000/devstoreaccount1`; needs the `azure` feature).
         #[arg(long)]
         azurite: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum WarmAction {
+    /// List them, with their source, size and age.
+    Ls,
+    /// Delete the expired ones (every one with --all).
+    Prune {
+        /// Delete every saved state, expired or not.
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -223,6 +243,13 @@ fn main() -> ExitCode {
             }
             Ok(ExitCode::SUCCESS)
         }),
+        Command::Warm { state_dir, action } => build::runtime(build::warm(
+            state_dir,
+            match action {
+                WarmAction::Ls => None,
+                WarmAction::Prune { all } => Some(all),
+            },
+        )),
         Command::Images { state_dir, action } => build::runtime(build::images(
             state_dir,
             action.map(|ImagesAction::Import { urn, source, sha256, windows }| (urn, source, sha256, windows)),
