@@ -552,18 +552,17 @@ impl Provisioner for QemuProvisioner {
             },
             Err(why) => ctx.output.line(OutputStream::Stdout, &format!("aib: cold boot: {why}")),
         }
-        let (child, port, login) = match warm {
-            Some((child, port, login)) => (child, port, Some(login)),
+        let (rx, port, login) = match warm {
+            Some((rx, port, login)) => (rx, port, Some(login)),
             None => {
                 prepare_disks(&workdir, &base, &base_format, machine.bios, &user_key, &host_key, &host_public, ctx.run.run_id()).await?;
                 if let Some((gb, want)) = want_bytes {
                     grow_overlay(&files.overlay, gb, want).await?;
                 }
                 let (child, port) = self.start(&workdir, &machine, &files, &name, false, ctx).await?;
-                (child, port, None)
+                (self.watch(child, &files.console, ctx.run.output("console")), port, None)
             }
         };
-        let rx = self.watch(child, &files.console, ctx.run.output("console"));
         let known_hosts = workdir.join("known_hosts");
         tokio::fs::write(&known_hosts, format!("[127.0.0.1]:{port} {host_public}\n")).await.map_err(|e| Error::io(&known_hosts, e))?;
         let command = format!(
@@ -580,7 +579,11 @@ impl Provisioner for QemuProvisioner {
         if let Some(l) = &login {
             vm.attributes.insert("warmState".into(), l.key.clone().into());
         }
-        let how = if login.is_some() { "restored from its warm state" } else { "started" };
+        let how = match &login {
+            Some(l) if l.restored => "restored from its warm state",
+            Some(_) => "started, and saved as a warm state",
+            None => "started",
+        };
         // The host key reaches a restored VM over its first connection; a cold one had it in its seed.
         let host_private = login.is_some().then(|| private_key_openssh(&host_key)).transpose()?;
         let state =
@@ -600,7 +603,7 @@ impl Provisioner for QemuProvisioner {
             // and entropy; then this run's keys, and only they, are used.
             let first = self.ssh(&state, &login.user_key, &login.host_public).await?;
             ctx.notice(format!(
-                "connected to the restored VM after {:.1} s; mending clock, entropy and keys",
+                "connected with the warm state's keys after {:.1} s; mending clock, entropy and keys",
                 first.last_connect_time().as_secs_f64()
             ));
             self.mend(&first, &state, login, ctx).await?;
@@ -682,7 +685,9 @@ impl Reclaim for QemuProvisioner {
         // a planted `{"kind": "dir", "name": "/home/u"}` deletes nothing, and a process whose
         // work directory is elsewhere (or empty, which every command line contains) is not killed.
         let outside = |p: &Path| {
-            (!aib_core::boundary::lies_under(p, &self.runs)).then(|| {
+            // A warm state being saved is the other place a run makes things.
+            let in_warm = self.warm.as_ref().is_some_and(|w| aib_core::boundary::lies_under(p, w.dir()));
+            (!aib_core::boundary::lies_under(p, &self.runs) && !in_warm).then(|| {
                 Error::from(LocalError::VmState(format!(
                     "`{}` is not inside {}; nothing was done (remove it by hand if it is a leftover)",
                     p.display(),

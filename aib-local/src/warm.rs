@@ -1,26 +1,28 @@
 //! Warm VM states: build VMs restored from a saved state instead of booted.
 //!
-//! The first build of a base and VM shape boots a VM of its own for the purpose (no template
-//! code runs there and no run's secret reaches it), waits for cloud-init and systemd, masks the
-//! calendar timers for the runtime (in `/run`, never in an image), and saves the stopped VM
-//! with QEMU's migration to a file in `mapped-ram` form (every page at a fixed offset, zero
-//! pages left as holes). Beside the state are the frozen overlay the guest's page cache belongs
-//! to (read-only from then on), the UEFI variables, the seed and the warm boot's keys (0600).
+//! The first build of a base and VM shape boots its VM with an identity made for the state
+//! (keys and a seed of its own: nothing of the run), waits for cloud-init and systemd, masks
+//! the calendar timers for the runtime (in `/run`, never in an image), then freezes the disk
+//! (`blockdev-snapshot-sync`: the build goes on in a new overlay), saves the stopped VM with
+//! QEMU's migration to a file in `mapped-ram` form (every page at a fixed offset, zero pages
+//! left as holes) and continues it as the build's VM. Beside the state are the frozen overlay
+//! the guest's page cache belongs to (read-only from then on), the UEFI variables, the seed
+//! and the warm identity's keys (0600).
 //!
 //! A later build creates an overlay over the frozen one, starts QEMU paused with
-//! `-incoming defer`, loads the state and continues. Over the warm boot's keys, one command then
-//! mends what every restore would share: the clock (set from the host), the kernel's RNG (host
-//! entropy mixed in, then a reseed: Debian 12's kernel has no vmgenid driver), the SSH host key
-//! and the user key (this run's; the warm ones are never used again and generalization removes
-//! them), the machine-id and the random seed; and grows the disk to `osDiskSizeGB`. The build
-//! then connects with this run's keys only.
+//! `-incoming defer`, loads the state and continues. Either way, over the warm identity's
+//! keys, one command then mends what every VM of the state shares: the clock (set from the
+//! host), the kernel's RNG (host entropy mixed in, then a reseed: Debian 12's kernel has no
+//! vmgenid driver), the SSH host key and the user key (this run's; the warm ones are never
+//! used again and generalization removes them), the machine-id and the random seed; and
+//! grows the disk to `osDiskSizeGB`. The build then connects with this run's keys only.
 //!
 //! The key of a state covers all a restore needs to match: the base disk's digest, the QEMU
 //! binary's digest and version, the pinned machine type, the firmware's digest, the whole
 //! argument shape (accelerator, CPU model, vCPUs, memory, devices), the guest network and the
-//! build user. A miss boots a VM to save; an expired state (older than the store's `max_age`,
-//! 24 h by default, so the clock jump stays small), a VM shape it cannot serve (data disks, a
-//! direct kernel boot, Windows) or a failed restore boots cold, and says so.
+//! build user. An expired state (older than the store's `max_age`, 24 h by default, so the
+//! clock jump stays small) is made again; a VM shape it cannot serve (data disks, a direct
+//! kernel boot, Windows) or a failed save or restore boots cold, and says so.
 
 use crate::console::write_private;
 use crate::qemu::{Machine, QemuProvisioner, VmFiles, prepare_disks, ssh_to, wait_for_cloud_init};
@@ -32,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
 
 /// Calendar timers that could fire right after a restore's clock jump; masked for the
 /// runtime of the warm VM (and so of every VM restored from it).
@@ -176,6 +179,8 @@ pub(crate) struct Login {
     /// The disk was grown to this many bytes after the restore: the partition and file
     /// system follow.
     pub(crate) grow_to: Option<u64>,
+    /// Restored from a saved state (false: booted, and saved as one).
+    pub(crate) restored: bool,
 }
 
 /// The installed QEMU: path, version and digest (hashed once per process).
@@ -199,10 +204,8 @@ fn capabilities() -> Value {
     json!({"capabilities": serde_json::from_str::<Value>(CAPABILITIES).unwrap_or_default()})
 }
 
-/// Saves the stopped VM behind `qmp` into `file`.
-async fn save(qmp: &Path, file: &Path) -> Result<()> {
-    let mut q = Qmp::connect(qmp).await?;
-    q.call("stop", Value::Null).await?;
+/// Saves the stopped VM of session `q` into `file`.
+async fn save(q: &mut Qmp, file: &Path) -> Result<()> {
     q.call("migrate-set-capabilities", capabilities()).await?;
     // QEMU's default of 128 MiB/s throttles even a save to a file.
     q.call("migrate-set-parameters", json!({"max-bandwidth": 64u64 << 30, "multifd-channels": 2})).await?;
@@ -256,8 +259,10 @@ impl QemuProvisioner {
         Ok(Plan { key, inputs, base: base.to_path_buf(), base_format, source: req.image.exact.clone() })
     }
 
-    /// Starts a build VM from the warm state of `plan`, saving one first when there is none.
-    /// On failure nothing of the attempt is left in `workdir` or running.
+    /// Starts a build VM from the warm state of `plan`; when there is none yet, this build's
+    /// VM boots with an identity made for the state, is saved once it has settled, and goes
+    /// on as this build's VM. On failure nothing of the attempt is left running or in
+    /// `workdir`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn warm_start(
         &self,
@@ -268,31 +273,52 @@ impl QemuProvisioner {
         name: &str,
         want: Option<(u32, u64)>,
         ctx: &StepContext,
-    ) -> Result<(tokio::process::Child, u16, Login)> {
+    ) -> Result<(watch::Receiver<bool>, u16, Login)> {
         let store = self.warm.as_ref().ok_or_else(|| Error::generic(BACKEND, "warm states are off"))?;
-        let state = match store.fresh(&plan.key).await {
-            Some(s) => s,
+        let started = match store.fresh(&plan.key).await {
+            Some(state) => self.restore_timed(&state, workdir, m, files, name, want, ctx).await,
             None => {
-                ctx.notice(format!("no warm state {} yet: booting a VM to save (once per base, VM shape and QEMU)", plan.key));
-                self.create(store, plan, m, ctx).await?
+                crate::backend::private_dir(&store.dir)?;
+                // A second build of the same key waits here, then restores what the first saved.
+                let _lock = crate::tools::lock_file(&store.lock_path(&plan.key), Duration::from_secs(1800)).await?;
+                match store.fresh(&plan.key).await {
+                    Some(state) => self.restore_timed(&state, workdir, m, files, name, want, ctx).await,
+                    None => {
+                        ctx.notice(format!(
+                            "no warm state {} yet: this build's VM boots, and is saved once it has settled (once per base, VM shape and QEMU)",
+                            plan.key
+                        ));
+                        self.boot_and_save(store, plan, workdir, m, files, name, want, ctx).await
+                    }
+                }
             }
         };
-        let t0 = std::time::Instant::now();
-        match self.restore(&state, workdir, m, files, name, want, ctx).await {
-            Ok(r) => {
-                ctx.notice(format!("restored warm state {} in {:.2} s", state.key, t0.elapsed().as_secs_f64()));
-                Ok(r)
+        if started.is_err() {
+            for f in [&files.overlay, &files.vars, &files.qmp, &files.pidfile] {
+                let _ = tokio::fs::remove_file(f).await;
             }
-            Err(e) => {
-                for f in [&files.overlay, &files.vars, &files.qmp, &files.pidfile] {
-                    let _ = tokio::fs::remove_file(f).await;
-                }
-                for f in ["passt.sock", "passt.pid", "console.log", "qemu.out"] {
-                    let _ = tokio::fs::remove_file(workdir.join(f)).await;
-                }
-                Err(e)
+            for f in ["passt.sock", "passt.pid", "console.log", "qemu.out"] {
+                let _ = tokio::fs::remove_file(workdir.join(f)).await;
             }
         }
+        started
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn restore_timed(
+        &self,
+        state: &WarmState,
+        workdir: &Path,
+        m: &Machine,
+        files: &VmFiles,
+        name: &str,
+        want: Option<(u32, u64)>,
+        ctx: &StepContext,
+    ) -> Result<(watch::Receiver<bool>, u16, Login)> {
+        let t0 = std::time::Instant::now();
+        let (child, port, login) = self.restore(state, workdir, m, files, name, want, ctx).await?;
+        ctx.notice(format!("restored warm state {} in {:.2} s", state.key, t0.elapsed().as_secs_f64()));
+        Ok((self.watch(child, &files.console, ctx.run.output("console")), port, login))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -363,7 +389,7 @@ impl QemuProvisioner {
         }
         .await;
         match loaded {
-            Ok(()) => Ok((child, port, Login { key: state.key.clone(), user_key, host_public, grow_to })),
+            Ok(()) => Ok((child, port, Login { key: state.key.clone(), user_key, host_public, grow_to, restored: true })),
             Err(e) => {
                 let _ = child.start_kill();
                 let _ = child.wait().await;
@@ -372,31 +398,47 @@ impl QemuProvisioner {
         }
     }
 
-    /// Boots a VM for `plan`, lets it settle and saves it into the store (under a lock: a
-    /// second build of the same key waits and then restores it).
-    async fn create(&self, store: &WarmStore, plan: &Plan, m: &Machine, ctx: &StepContext) -> Result<WarmState> {
-        crate::backend::private_dir(&store.dir)?;
-        let _lock = crate::tools::lock_file(&store.lock_path(&plan.key), Duration::from_secs(1800)).await?;
-        if let Some(s) = store.fresh(&plan.key).await {
-            return Ok(s);
+    /// Boots this build's VM with an identity made for the warm state (its own keys and seed:
+    /// nothing of this run), lets it settle, freezes its disk (the build goes on in a new
+    /// overlay, `files.overlay`), saves it, and continues it. The caller holds the key's lock.
+    #[allow(clippy::too_many_arguments)]
+    async fn boot_and_save(
+        &self,
+        store: &WarmStore,
+        plan: &Plan,
+        workdir: &Path,
+        m: &Machine,
+        files: &VmFiles,
+        name: &str,
+        want: Option<(u32, u64)>,
+        ctx: &StepContext,
+    ) -> Result<(watch::Receiver<bool>, u16, Login)> {
+        // The state is made in place (the build's overlay names the frozen one by its path);
+        // it counts only once `meta.json` is there. What an earlier try left goes first.
+        let dir = store.dir.join(&plan.key);
+        if dir.exists() {
+            tokio::fs::remove_dir_all(&dir).await.map_err(|e| Error::io(&dir, e))?;
         }
-        let tmp = self.runs.join(ctx.run.run_id()).join(format!("warm-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
-        let dir_id = ctx.record(ResourceRecord::new(BACKEND, "dir", tmp.display().to_string(), Scope::BuildVm))?;
-        // It holds keys and, soon, guest memory.
-        crate::backend::private_dir(&tmp)?;
+        crate::backend::private_dir(&dir)?;
+        let dir_id = ctx.record(ResourceRecord::new(BACKEND, "dir", dir.display().to_string(), Scope::BuildVm))?;
         let (user_key, host_key) = (ephemeral_key()?, ephemeral_key()?);
         let host_public = public_key_line(&host_key, "aib-warm-host")?;
-        write_private(&tmp.join("id_ed25519"), private_key_openssh(&user_key)?.as_bytes())?;
-        tokio::fs::write(tmp.join("host_ed25519.pub"), format!("{host_public}\n")).await.map_err(|e| Error::io(&tmp, e))?;
+        write_private(&dir.join("id_ed25519"), private_key_openssh(&user_key)?.as_bytes())?;
+        tokio::fs::write(dir.join("host_ed25519.pub"), format!("{host_public}\n")).await.map_err(|e| Error::io(&dir, e))?;
         let instance = format!("aib-warm-{}", plan.key);
-        prepare_disks(&tmp, &plan.base, &plan.base_format, m.bios, &user_key, &host_key, &host_public, &instance).await?;
-        let _ = tokio::fs::remove_dir_all(tmp.join("seed")).await;
-        let files = VmFiles::in_dir(&tmp);
+        prepare_disks(&dir, &plan.base, &plan.base_format, m.bios, &user_key, &host_key, &host_public, &instance).await?;
+        let _ = tokio::fs::remove_dir_all(dir.join("seed")).await;
+        let mut f = files.clone();
+        f.overlay = dir.join("overlay.qcow2");
+        f.iso = dir.join("seed.iso");
+        if !m.bios {
+            tokio::fs::copy(dir.join("vars.fd"), &files.vars).await.map_err(|e| Error::io(&files.vars, e))?;
+        }
         let t0 = std::time::Instant::now();
-        let (child, port) = self.start(&tmp, m, &files, &instance, false, ctx).await?;
-        let exited = self.watch(child, &files.console, ctx.run.output("warm-console"));
+        let (child, port) = self.start(workdir, m, &f, name, false, ctx).await?;
+        let exited = self.watch(child, &f.console, ctx.run.output("console"));
         let saved = async {
-            let comm = ssh_to(port, &user_key, &host_public, self.connect_timeout, exited.clone(), &tmp).await?;
+            let comm = ssh_to(port, &user_key, &host_public, self.connect_timeout, exited.clone(), workdir).await?;
             let booted = t0.elapsed();
             wait_for_cloud_init(&comm, &*ctx.output).await?;
             settle(&comm, ctx).await?;
@@ -404,34 +446,63 @@ impl QemuProvisioner {
             // No SSH session open in the saved state.
             tokio::time::sleep(Duration::from_millis(500)).await;
             let t1 = std::time::Instant::now();
-            save(&files.qmp, &tmp.join("vm.state")).await?;
+            let mut q = Qmp::connect(&f.qmp).await?;
+            q.call("stop", Value::Null).await?;
+            // From here the warm overlay is frozen: the build writes to an overlay of its own.
+            let snapshot = json!({"device": "disk0", "snapshot-file": files.overlay, "format": "qcow2", "mode": "absolute-paths"});
+            q.call("blockdev-snapshot-sync", snapshot).await?;
+            if !m.bios {
+                tokio::fs::copy(&files.vars, dir.join("vars.fd")).await.map_err(|e| Error::io(dir.join("vars.fd"), e))?;
+            }
+            save(&mut q, &dir.join("vm.state")).await?;
+            q.call("cont", Value::Null).await?;
             ctx.output.line(
                 OutputStream::Stdout,
                 &format!(
-                    "aib: warm VM reached SSH after {:.1} s, settled after {:.1} s, saved in {:.2} s",
+                    "aib: VM reached SSH after {:.1} s, settled after {:.1} s, saved as warm state {} in {:.2} s",
                     booted.as_secs_f64(),
                     t1.duration_since(t0).as_secs_f64() - 0.5,
+                    plan.key,
                     t1.elapsed().as_secs_f64()
                 ),
             );
-            Ok::<_, Error>(())
+            let mut grow_to = None;
+            if let Some((_, size)) = want {
+                q.call("block_resize", json!({"device": "disk0", "size": size})).await?;
+                grow_to = Some(size);
+            }
+            self.finish_state(store, plan, &dir).await?;
+            Ok::<_, Error>(grow_to)
         }
         .await;
-        let _ = crate::qmp::execute(&files.qmp, "quit").await;
-        let mut ex = exited.clone();
-        let _ = tokio::time::timeout(Duration::from_secs(30), ex.wait_for(|e| *e)).await;
-        saved?;
+        match saved {
+            Ok(grow_to) => {
+                ctx.release(&dir_id)?;
+                Ok((exited, port, Login { key: plan.key.clone(), user_key, host_public, grow_to, restored: false }))
+            }
+            Err(e) => {
+                let _ = crate::qmp::execute(&f.qmp, "quit").await;
+                let mut ex = exited.clone();
+                let _ = tokio::time::timeout(Duration::from_secs(30), ex.wait_for(|e| *e)).await;
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+                ctx.release(&dir_id)?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes the state in `dir` durable and visible: synced, its overlay read-only, then
+    /// `meta.json`.
+    async fn finish_state(&self, store: &WarmStore, plan: &Plan, dir: &Path) -> Result<()> {
+        let frozen = dir.join("overlay.qcow2");
         for f in ["vm.state", "overlay.qcow2", "vars.fd"] {
-            if let Ok(file) = std::fs::File::open(tmp.join(f)) {
-                file.sync_all().map_err(|e| Error::io(tmp.join(f), e))?;
+            if let Ok(file) = std::fs::File::open(dir.join(f)) {
+                file.sync_all().map_err(|e| Error::io(dir.join(f), e))?;
             }
         }
         // The guest's memory belongs to exactly these bytes: nothing writes them again.
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&files.overlay, std::fs::Permissions::from_mode(0o400)).map_err(|e| Error::io(&files.overlay, e))?;
-        for f in ["qmp.sock", "qemu.pid", "passt.sock", "passt.pid", "qemu.out", "known_hosts"] {
-            let _ = std::fs::remove_file(tmp.join(f));
-        }
+        std::fs::set_permissions(&frozen, std::fs::Permissions::from_mode(0o400)).map_err(|e| Error::io(&frozen, e))?;
         let now = SystemTime::now();
         let state = WarmState {
             key: plan.key.clone(),
@@ -443,14 +514,9 @@ impl QemuProvisioner {
             bytes: 0,
         };
         let meta = serde_json::to_vec_pretty(&state).map_err(|e| Error::generic(BACKEND, e))?;
-        std::fs::write(tmp.join("meta.json"), meta).map_err(|e| Error::io(&tmp, e))?;
-        // An expired state of the same key makes room.
-        if state.dir.exists() {
-            tokio::fs::remove_dir_all(&state.dir).await.map_err(|e| Error::io(&state.dir, e))?;
-        }
-        tokio::fs::rename(&tmp, &state.dir).await.map_err(|e| Error::io(&state.dir, e))?;
-        ctx.release(&dir_id)?;
-        Ok(read_state(&state.dir).await.unwrap_or(state))
+        let tmp = dir.join(".meta.json");
+        std::fs::write(&tmp, meta).map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, dir.join("meta.json")).map_err(|e| Error::io(dir, e))
     }
 
     /// Over the warm boot's session: this run's clock, entropy, host key, user key,
@@ -512,7 +578,7 @@ impl QemuProvisioner {
 async fn settle(comm: &SshCommunicator, ctx: &StepContext) -> Result<()> {
     use aib_core::Communicator;
     let cmd = format!(
-        "systemctl is-system-running --wait >/dev/null 2>&1 || true\n\
+        "timeout 20 systemctl is-system-running --wait >/dev/null 2>&1 || true\n\
          systemd-analyze 2>/dev/null || true\nsystemd-analyze blame --no-pager 2>/dev/null | head -n 8 || true\n\
          systemctl mask --runtime --now {} >/dev/null 2>&1 || true\nsync",
         TIMERS.join(" ")

@@ -325,7 +325,10 @@ fn identity_template(local: &LocalBackend, out: &Path) -> ImageTemplate {
 async fn builds_restored_from_one_warm_state_share_no_identity() {
     let state = tempfile::tempdir().unwrap();
     let _guard = KillOnDrop(state.path().to_path_buf());
-    let local = backend(state.path());
+    // A store of its own: the first build saves its VM, the second restores it.
+    let warm_dir = state.path().join("warm");
+    let local = LocalBackend::builder().state_dir(state.path()).catalog_dir(shared_catalog()).warm_dir(&warm_dir).build().unwrap();
+    aib_local::tools::check().unwrap_or_else(|e| panic!("{e}"));
     let text = |b: Option<Vec<u8>>| String::from_utf8(b.unwrap_or_default()).unwrap().trim().to_string();
     let mut seen = Vec::new();
     for n in ["a", "b"] {
@@ -333,9 +336,9 @@ async fn builds_restored_from_one_warm_state_share_no_identity() {
         let report = build(&local, &identity_template(&local, &out)).await;
         assert_eq!(report.run_state, RunState::Succeeded, "{}\n{:#?}", report.message, report.log_tail);
         let log = std::fs::read_to_string(report.customization_log.as_ref().unwrap()).unwrap();
-        let key =
-            log.lines().find_map(|l| l.split("restored warm state ").nth(1)).map(|k| k.split_whitespace().next().unwrap().to_string());
-        let key = key.unwrap_or_else(|| panic!("build {n} was not restored from a warm state:\n{log}"));
+        let how = if n == "a" { "saved as warm state " } else { "restored warm state " };
+        let key = log.lines().find_map(|l| l.split(how).nth(1)).map(|k| k.split_whitespace().next().unwrap().to_string());
+        let key = key.unwrap_or_else(|| panic!("build {n}: no `{how}` in its log:\n{log}"));
         let id = |f: &str| text(common::file_in_image(&out, &format!("/var/lib/aib-id/{f}")));
         let (machine, host, random) = (id("machine-id"), id("host-key"), id("random"));
         let clock: u64 = id("clock").parse().unwrap();
@@ -350,13 +353,13 @@ async fn builds_restored_from_one_warm_state_share_no_identity() {
         seen.push((key, machine, host, random, seed, out));
     }
     let (a, b) = (&seen[0], &seen[1]);
-    assert_eq!(a.0, b.0, "both builds restored the same warm state");
+    assert_eq!(a.0, b.0, "the second build restored the state the first saved");
     assert_ne!(a.1, b.1, "the machine-id is this build's");
     assert_ne!(a.2, b.2, "the SSH host key is this build's");
     assert_ne!(a.3, b.3, "the kernel's RNG was reseeded");
     assert!(!a.4.is_empty() && a.4 != b.4, "the random seed written at power-off is this build's");
     // And none of it is the warm state's.
-    let warm = shared_warm().join(&a.0);
+    let warm = warm_dir.join(&a.0);
     let warm_disk = warm.join("overlay.qcow2");
     let warm_host = std::fs::read_to_string(warm.join("host_ed25519.pub")).unwrap();
     let warm_machine = text(common::file_in_image(&warm_disk, "/etc/machine-id"));

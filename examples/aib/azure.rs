@@ -100,10 +100,17 @@ fn state(state_dir: Option<PathBuf>) -> Result<PathBuf, Box<dyn std::error::Erro
 }
 
 #[cfg(feature = "azure")]
-pub(crate) async fn build(template: PathBuf, args: AzureArgs, boundary: Boundary, state_dir: Option<PathBuf>, json: bool) -> CliResult {
+pub(crate) async fn build(
+    template: PathBuf,
+    args: AzureArgs,
+    boundary: Boundary,
+    arm: crate::build::ArmContext,
+    state_dir: Option<PathBuf>,
+    json: bool,
+) -> CliResult {
     // One backend: its types check the template, then it builds it in the template's region.
     let azure = backend(&args, &boundary)?;
-    let (_, t) = match parse(&template, azure.backend().registry.type_names(), json) {
+    let (_, t) = match parse(&template, azure.backend().registry.type_names(), &arm, json) {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -144,7 +151,7 @@ pub(crate) async fn gc(args: AzureArgs, state_dir: Option<PathBuf>, min_age: Opt
 }
 
 #[cfg(not(feature = "azure"))]
-pub(crate) async fn build(_: PathBuf, _: AzureArgs, _: Boundary, _: Option<PathBuf>, _: bool) -> CliResult {
+pub(crate) async fn build(_: PathBuf, _: AzureArgs, _: Boundary, _: crate::build::ArmContext, _: Option<PathBuf>, _: bool) -> CliResult {
     Err("this aib was built without Azure: cargo run --features azure --example aib -- …".into())
 }
 

@@ -145,10 +145,29 @@ impl Display {
     }
 }
 
-/// Reads and parses a template for `types`; `Err(Ok(code))` when it is invalid (printed).
-pub(crate) fn parse(template: &Path, types: aib::template::TypeNames, json: bool) -> Result<(String, ImageTemplate), CliResult> {
+/// A deployment template's parameters and the deployment's subscription and resource group.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct ArmContext {
+    pub params: crate::validate::TemplateParams,
+    pub subscription: Option<String>,
+    pub resource_group: Option<String>,
+}
+
+/// Reads, evaluates (a deployment template with parameters or expressions) and parses a
+/// template for `types`; `Err(Ok(code))` when it is invalid (printed).
+pub(crate) fn parse(
+    template: &Path,
+    types: aib::template::TypeNames,
+    arm: &ArmContext,
+    json: bool,
+) -> Result<(String, ImageTemplate), CliResult> {
     let text = read(&template.to_path_buf()).map_err(|e| Err(format!("{}: {e}", template.display()).into()))?;
-    let parsed = match ImageTemplate::from_json_with(&text, &ParseOptions::default().with_types(types)) {
+    let doc = aib::template::Document::parse_with(&text, &ParseOptions::default().with_types(types));
+    let doc = arm
+        .params
+        .evaluate(doc, arm.subscription.as_deref(), arm.resource_group.as_deref(), true)
+        .map_err(|e| Err(format!("{}: {e}", template.display()).into()))?;
+    let parsed = match ImageTemplate::from_document(doc) {
         Ok(p) => p,
         Err(aib::Error::InvalidTemplate { diagnostics }) => {
             for d in diagnostics.iter() {
@@ -166,10 +185,10 @@ pub(crate) fn parse(template: &Path, types: aib::template::TypeNames, json: bool
     Ok((text, parsed.template))
 }
 
-pub(crate) async fn build(template: PathBuf, state_dir: Option<PathBuf>, boundary: Boundary, json: bool) -> CliResult {
+pub(crate) async fn build(template: PathBuf, state_dir: Option<PathBuf>, boundary: Boundary, arm: ArmContext, json: bool) -> CliResult {
     // One backend: its types check the template, then it builds it.
     let local = backend(state_dir, &boundary)?;
-    let (text, parsed) = match parse(&template, local.backend().registry.type_names(), json) {
+    let (text, parsed) = match parse(&template, local.backend().registry.type_names(), &arm, json) {
         Ok(p) => p,
         Err(r) => return r,
     };

@@ -58,6 +58,14 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        #[command(flatten)]
+        params: validate::TemplateParams,
+        /// The subscription `subscription()` and `resourceId()` see (default `AZURE_SUBSCRIPTION_ID`).
+        #[arg(long)]
+        subscription: Option<String>,
+        /// The resource group `resourceGroup()` and `resourceId()` see.
+        #[arg(long)]
+        resource_group: Option<String>,
     },
     /// Print the JSON Schema of an image template.
     Schema,
@@ -76,6 +84,8 @@ enum Command {
         output: Format,
         #[command(flatten)]
         boundary: build::Boundary,
+        #[command(flatten)]
+        params: validate::TemplateParams,
         #[command(flatten)]
         azure: azure::AzureArgs,
     },
@@ -102,7 +112,7 @@ enum Command {
     /// List or prune the saved VM states local builds restore instead of booting.
     Warm {
         /// State directory.
-        #[arg(long)]
+        #[arg(long, global = true)]
         state_dir: Option<PathBuf>,
         #[command(subcommand)]
         action: WarmAction,
@@ -178,16 +188,20 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Validate { files, format } => validate::validate(&files, format == Format::Json),
+        Command::Validate { files, format, params, subscription, resource_group } => {
+            validate::validate(&files, format == Format::Json, &params, subscription.as_deref(), resource_group.as_deref())
+        }
         Command::Schema => {
             println!("{}", serde_json::to_string_pretty(&aib::template::template_schema()).unwrap_or_default());
             ExitCode::SUCCESS
         }
-        Command::Build { template, backend: BackendKind::Local, state_dir, output, boundary, .. } => {
-            build::runtime(build::build(template, state_dir, boundary, output == Format::Json))
+        Command::Build { template, backend: BackendKind::Local, state_dir, output, boundary, params, azure } => {
+            let ctx = build::ArmContext { params, subscription: azure.subscription.clone(), resource_group: azure.resource_group.clone() };
+            build::runtime(build::build(template, state_dir, boundary, ctx, output == Format::Json))
         }
-        Command::Build { template, backend: BackendKind::Azure, state_dir, output, boundary, azure } => {
-            build::runtime(azure::build(template, azure, boundary, state_dir, output == Format::Json))
+        Command::Build { template, backend: BackendKind::Azure, state_dir, output, boundary, params, azure } => {
+            let ctx = build::ArmContext { params, subscription: azure.subscription.clone(), resource_group: azure.resource_group.clone() };
+            build::runtime(azure::build(template, azure, boundary, ctx, state_dir, output == Format::Json))
         }
         Command::Gc { backend: BackendKind::Local, state_dir, min_age_secs, .. } => {
             build::runtime(build::gc(state_dir, min_age_secs.unwrap_or(0)))

@@ -1,6 +1,6 @@
 //! `aib validate`.
 
-use aib::template::{Diagnostic, Document, MAX_DOCUMENT_BYTES};
+use aib::template::{Code, Diagnostic, Document, MAX_DOCUMENT_BYTES, Params};
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,12 +16,95 @@ pub(crate) fn read(path: &PathBuf) -> std::io::Result<String> {
     String::from_utf8(buf).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not UTF-8: {e}")))
 }
 
+/// Values for a deployment template's parameters and functions.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub(crate) struct TemplateParams {
+    /// An ARM parameter file for a deployment template (`{"parameters": {"name": {"value": …}}}`,
+    /// either schema, or just the `parameters` object).
+    #[arg(long = "parameters", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// A parameter value, `NAME=VALUE`, read as the parameter's declared type; repeatable,
+    /// and it wins over the parameter file.
+    #[arg(short = 'p', long = "parameter", value_name = "NAME=VALUE")]
+    pub values: Vec<String>,
+    /// The resource group's region, for `resourceGroup().location` (with --resource-group).
+    #[arg(long = "rg-location", value_name = "REGION")]
+    pub rg_location: Option<String>,
+}
+
+impl TemplateParams {
+    fn given(&self) -> bool {
+        self.file.is_some() || !self.values.is_empty()
+    }
+
+    /// The parameters, and what `subscription()`/`resourceGroup()` see.
+    pub(crate) fn params(&self, subscription: Option<&str>, resource_group: Option<&str>) -> Result<Params, String> {
+        let mut p = Params::new();
+        if let Some(f) = &self.file {
+            let text = read(f).map_err(|e| format!("{}: cannot read: {e}", f.display()))?;
+            p = p.with_file(&text).map_err(|e| format!("{}: {e}", f.display()))?;
+        }
+        for v in &self.values {
+            let (k, val) = v.split_once('=').ok_or_else(|| format!("-p {v}: expected NAME=VALUE"))?;
+            p = p.set_text(k.trim(), val);
+        }
+        if let Some(s) = subscription.map(str::to_string).or_else(|| std::env::var("AZURE_SUBSCRIPTION_ID").ok()) {
+            p = p.subscription(s);
+        }
+        if let Some(rg) = resource_group {
+            p = p.resource_group(rg, self.rg_location.clone().unwrap_or_default());
+        }
+        Ok(p)
+    }
+
+    /// `doc` evaluated when it is a deployment template with expressions (or parameters were
+    /// given): errors are the document's. Without parameters, a template that cannot be
+    /// evaluated is checked as it is, with a warning saying why (`required` makes it an error).
+    pub(crate) fn evaluate(
+        &self,
+        doc: Document,
+        subscription: Option<&str>,
+        resource_group: Option<&str>,
+        required: bool,
+    ) -> Result<Document, String> {
+        if !self.given() && !doc.has_expressions() {
+            return Ok(doc);
+        }
+        let params = self.params(subscription, resource_group)?;
+        match doc.evaluate(&params) {
+            Ok(d) => Ok(d),
+            Err(aib::Error::InvalidTemplate { diagnostics }) if !self.given() && !required => {
+                let mut doc = doc;
+                for d in diagnostics.iter() {
+                    doc.diagnostics.push(
+                        Diagnostic::warning(d.path.clone(), Code::ArmExpression, format!("not evaluated: {}", d.message))
+                            .with_hint("give --parameters FILE or -p NAME=VALUE to check the evaluated template in full"),
+                    );
+                }
+                Ok(doc)
+            }
+            Err(aib::Error::InvalidTemplate { diagnostics }) => {
+                let mut doc = doc;
+                doc.diagnostics = diagnostics;
+                Ok(doc)
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
 pub(crate) fn line(d: &Diagnostic) -> String {
     // One line per diagnostic even when a message quotes a multi-line value.
     d.to_string().replace(['\n', '\r'], " ")
 }
 
-pub(crate) fn validate(files: &[PathBuf], json: bool) -> ExitCode {
+pub(crate) fn validate(
+    files: &[PathBuf],
+    json: bool,
+    tp: &TemplateParams,
+    subscription: Option<&str>,
+    resource_group: Option<&str>,
+) -> ExitCode {
     let mut any_invalid = false;
     let mut io_error = false;
     let mut out = Vec::new();
@@ -35,7 +118,14 @@ pub(crate) fn validate(files: &[PathBuf], json: bool) -> ExitCode {
                 continue;
             }
         };
-        let doc = Document::parse(&text);
+        let doc = match tp.evaluate(Document::parse(&text), subscription, resource_group, false) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("{shown}: {e}");
+                io_error = true;
+                continue;
+            }
+        };
         let invalid = doc.diagnostics.has_errors();
         any_invalid |= invalid;
         if json {

@@ -245,7 +245,19 @@ impl<'v> Obj<'v> {
 
     pub(crate) fn bool(&mut self, cx: &mut Cx, key: &'static str) -> Option<Expr<bool>> {
         let (v, path) = self.take(cx, key)?;
-        expr(cx, v, &path, "a boolean", |_, v| v.as_bool())
+        expr(cx, v, &path, "a boolean", |cx, v| {
+            v.as_bool().or_else(|| {
+                let s = v.as_str()?.trim();
+                let b = if s.eq_ignore_ascii_case("true") {
+                    true
+                } else if s.eq_ignore_ascii_case("false") {
+                    false
+                } else {
+                    return None;
+                };
+                coerced(cx, &path, s, &b.to_string()).then_some(b)
+            })
+        })
     }
 
     pub(crate) fn int(&mut self, cx: &mut Cx, key: &'static str) -> Option<Expr<i32>> {
@@ -390,7 +402,17 @@ pub(crate) fn expr<T>(cx: &mut Cx, v: &Value, path: &str, want: &str, f: impl Fn
 
 pub(crate) fn int(cx: &mut Cx, v: &Value, path: &str) -> Option<Expr<i32>> {
     expr(cx, v, path, "an int32 number", |cx, v| {
-        let n = v.as_i64().or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 1e15).map(|f| f as i64))?;
+        let n = match v.as_i64().or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 1e15).map(|f| f as i64)) {
+            Some(n) => n,
+            None => {
+                let s = v.as_str()?.trim();
+                let n: i64 = s.parse().ok()?;
+                if !coerced(cx, path, s, &n.to_string()) {
+                    return None;
+                }
+                n
+            }
+        };
         match i32::try_from(n) {
             Ok(n) => Some(n),
             Err(_) => {
@@ -404,6 +426,23 @@ pub(crate) fn int(cx: &mut Cx, v: &Value, path: &str) -> Option<Expr<i32>> {
             }
         }
     })
+}
+
+/// A scalar written as the string `s`: lenient API versions coerce it as the service's JSON
+/// reader does (a warning naming the path); strict ones refuse it (false: the caller reports
+/// the wrong type).
+fn coerced(cx: &mut Cx, path: &str, s: &str, value: &str) -> bool {
+    if cx.strict {
+        return false;
+    }
+    let version = cx.api.map_or_else(|| "no apiVersion".to_string(), |a| format!("apiVersion {a}"));
+    cx.warn(
+        path,
+        Code::StringScalar,
+        format!("\"{s}\" is a string; the service reads it as {value} at {version}, and refuses it from {}", ApiVersion::STRICT_SINCE),
+        format!("write {value} without quotes"),
+    );
+    true
 }
 
 pub(crate) fn str_array(cx: &mut Cx, v: &Value, path: &str) -> Option<Expr<Vec<String>>> {

@@ -68,6 +68,10 @@ codes! {
     BadStagingResourceGroup,
     /// The input is not JSON, or not a JSON object where one is needed.
     InvalidJson,
+    /// Comments or trailing commas: ARM's template engine reads them, strict JSON does not.
+    JsonExtension,
+    /// A boolean or number written as a string, which lenient API versions coerce.
+    StringScalar,
     /// The document holds no image template aib recognises.
     UnknownDocument,
     /// A field the API version does not define.

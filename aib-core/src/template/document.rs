@@ -93,6 +93,8 @@ pub struct Document {
     pub items: Vec<Item>,
     /// Every diagnostic, parse and semantic.
     pub diagnostics: Diagnostics,
+    /// The decoded document and the options it was read with, for [`Document::evaluate`].
+    source: Option<(Value, ParseOptions)>,
 }
 
 impl Document {
@@ -103,7 +105,7 @@ impl Document {
 
     /// Parses `text`; never panics, whatever the input.
     pub fn parse_with(text: &str, opts: &ParseOptions) -> Document {
-        let mut doc = Document { shape: None, items: Vec::new(), diagnostics: Diagnostics::default() };
+        let mut doc = Document { shape: None, items: Vec::new(), diagnostics: Diagnostics::default(), source: None };
         if text.len() > MAX_DOCUMENT_BYTES {
             doc.diagnostics.push(
                 Diagnostic::error(
@@ -118,11 +120,40 @@ impl Document {
         let value: Value = match serde_json::from_str(text) {
             Ok(v) => v,
             Err(e) => {
-                doc.diagnostics.push(
-                    Diagnostic::error("", Code::InvalidJson, format!("not valid JSON: {e}"))
-                        .with_hint("fix the JSON syntax at the line and column given"),
-                );
-                return doc;
+                // ARM's template engine also reads comments and trailing commas; a request
+                // body of the REST API is strict JSON.
+                let (relaxed, ext) = super::armjson::relax(text);
+                match serde_json::from_str::<Value>(&relaxed) {
+                    Ok(v) if ext.any() && is_deployment(&v) => {
+                        doc.diagnostics.push(
+                            Diagnostic::warning(
+                                "",
+                                Code::JsonExtension,
+                                format!("{}: ARM's template engine accepts them, strict JSON does not", ext.describe()),
+                            )
+                            .with_hint("deploy this file through ARM; remove them to send the template to the REST API"),
+                        );
+                        v
+                    }
+                    Ok(_) if ext.any() => {
+                        doc.diagnostics.push(
+                            Diagnostic::error(
+                                "",
+                                Code::InvalidJson,
+                                format!("not valid JSON: {e}; it has {}, which only ARM deployment templates may have", ext.describe()),
+                            )
+                            .with_hint("remove them, or wrap the template in a deployment template's `resources`"),
+                        );
+                        return doc;
+                    }
+                    _ => {
+                        doc.diagnostics.push(
+                            Diagnostic::error("", Code::InvalidJson, format!("not valid JSON: {e}"))
+                                .with_hint("fix the JSON syntax at the line and column given"),
+                        );
+                        return doc;
+                    }
+                }
             }
         };
         doc.parse_value(&value, opts);
@@ -131,7 +162,7 @@ impl Document {
 
     /// Parses an already-decoded JSON value.
     pub fn from_value(value: &Value, opts: &ParseOptions) -> Document {
-        let mut doc = Document { shape: None, items: Vec::new(), diagnostics: Diagnostics::default() };
+        let mut doc = Document { shape: None, items: Vec::new(), diagnostics: Diagnostics::default(), source: None };
         doc.parse_value(value, opts);
         doc
     }
@@ -143,7 +174,48 @@ impl Document {
         req.chain(resp)
     }
 
+    /// True when a part of the document is an ARM expression (`"[...]"`), so that
+    /// [`Document::evaluate`] would change it.
+    pub fn has_expressions(&self) -> bool {
+        fn any(v: &Value) -> bool {
+            match v {
+                Value::String(s) => is_arm_expression(s),
+                Value::Array(a) => a.iter().any(any),
+                Value::Object(m) => m.iter().any(|(k, v)| k == "copy" || any(v)),
+                _ => false,
+            }
+        }
+        self.source.as_ref().is_some_and(|(v, _)| any(v))
+    }
+
+    /// Evaluates a deployment template as ARM would deploy it (parameters from `params`,
+    /// else their `defaultValue`s; variables; conditions; copy loops; the template functions
+    /// image templates use) and parses the image templates it deploys, in full, at their
+    /// paths. Any other document comes back as it is. An expression that cannot be
+    /// evaluated is an [`Error::InvalidTemplate`] at its path, naming the function.
+    pub fn evaluate(&self, params: &super::evaluate::Params) -> Result<Document, crate::Error> {
+        let Some((root, opts)) = &self.source else { return Ok(self.clone()) };
+        if self.shape != Some(Shape::DeploymentTemplate) {
+            return Ok(self.clone());
+        }
+        let mut doc = Document { shape: self.shape, items: Vec::new(), diagnostics: Diagnostics::default(), source: None };
+        // What reading the text found (comments, trailing commas) still holds.
+        doc.diagnostics.0.extend(self.diagnostics.iter().filter(|d| d.code == Code::JsonExtension).cloned());
+        for (path, resource) in super::evaluate::deployment(root, params)? {
+            let api = resource.get("apiVersion").and_then(Value::as_str).and_then(ApiVersion::parse);
+            doc.item(&resource, &path, ItemKind::Template, false, api, opts);
+        }
+        if doc.items.is_empty() {
+            doc.diagnostics.push(
+                Diagnostic::error("resources", Code::UnknownDocument, "the evaluated deployment deploys no image template")
+                    .with_hint("check the resources' `condition`s and copy counts"),
+            );
+        }
+        Ok(doc)
+    }
+
     fn parse_value(&mut self, value: &Value, opts: &ParseOptions) {
+        self.source = Some((value.clone(), opts.clone()));
         let Some(root) = value.as_object() else {
             self.diagnostics.push(
                 Diagnostic::error("", Code::InvalidJson, format!("expected a JSON object, found {}", super::decode::json_type(value)))
@@ -151,22 +223,10 @@ impl Document {
             );
             return;
         };
-        if let Some(resources) = root.get("resources").and_then(Value::as_array) {
+        if is_deployment(value) {
             self.shape = Some(Shape::DeploymentTemplate);
             let params = root.get("parameters").and_then(Value::as_object);
-            let mut found = false;
-            for (i, r) in resources.iter().enumerate() {
-                let is_template = r
-                    .get("type")
-                    .and_then(Value::as_str)
-                    .is_some_and(|t| t.eq_ignore_ascii_case("Microsoft.VirtualMachineImages/imageTemplates"));
-                if is_template {
-                    found = true;
-                    let api = deployment_api_version(r, params);
-                    self.item(r, &format!("resources[{i}]"), ItemKind::Template, false, api, opts);
-                }
-            }
-            if !found {
+            if !self.deployment(root, "", params, opts, 0) {
                 self.diagnostics.push(
                     Diagnostic::error(
                         "resources",
@@ -219,6 +279,52 @@ impl Document {
                 .with_hint("give an imageTemplates resource ({location, identity, properties: {source, customize, distribute}})"),
             );
         }
+    }
+
+    /// The imageTemplates resources of a deployment template at `prefix`, in its `resources`
+    /// array or, from `languageVersion` 2.0, its object keyed by symbolic name, and inside
+    /// nested inline deployments; whether there was one. `params` are the parameter
+    /// definitions in scope (ARM's `expressionEvaluationOptions.scope`: the outer template's
+    /// unless a nested one says `inner`).
+    fn deployment(
+        &mut self,
+        root: &Map<String, Value>,
+        prefix: &str,
+        params: Option<&Map<String, Value>>,
+        opts: &ParseOptions,
+        depth: usize,
+    ) -> bool {
+        let at = |key: &str| if prefix.is_empty() { key.to_string() } else { format!("{prefix}.{key}") };
+        let resources: Vec<(String, &Value)> = match root.get("resources") {
+            Some(Value::Array(list)) => list.iter().enumerate().map(|(i, r)| (format!("{}[{i}]", at("resources")), r)).collect(),
+            Some(Value::Object(named)) => named.iter().map(|(name, r)| (format!("{}.{name}", at("resources")), r)).collect(),
+            _ => Vec::new(),
+        };
+        let mut found = false;
+        for (path, r) in resources {
+            let ty = r.get("type").and_then(Value::as_str).unwrap_or_default();
+            if ty.eq_ignore_ascii_case("Microsoft.VirtualMachineImages/imageTemplates") {
+                found = true;
+                let api = deployment_api_version(r, params);
+                self.item(r, &path, ItemKind::Template, false, api, opts);
+            } else if ty.eq_ignore_ascii_case("Microsoft.Resources/deployments")
+                && let Some(inner) = r.pointer("/properties/template").and_then(Value::as_object)
+            {
+                if depth >= MAX_NESTING {
+                    self.diagnostics.push(Diagnostic::warning(
+                        &path,
+                        Code::UnknownDocument,
+                        format!("deployments nested deeper than {MAX_NESTING} levels are not read"),
+                    ));
+                    continue;
+                }
+                let scope = r.pointer("/properties/expressionEvaluationOptions/scope").and_then(Value::as_str).unwrap_or("outer");
+                let inner_params =
+                    if scope.eq_ignore_ascii_case("inner") { inner.get("parameters").and_then(Value::as_object) } else { params };
+                found |= self.deployment(inner, &format!("{path}.properties.template"), inner_params, opts, depth + 1);
+            }
+        }
+        found
     }
 
     fn rest_example(&mut self, root: &Map<String, Value>, opts: &ParseOptions) {
@@ -292,6 +398,21 @@ impl Document {
         }
         self.diagnostics.0.extend(cx.diags);
         self.items.push(Item { kind, path: path.to_string(), response, api_version: api, template });
+    }
+}
+
+/// How deep nested inline deployments are followed.
+const MAX_NESTING: usize = 8;
+
+/// True for an ARM deployment template: `resources` as an array, or (`languageVersion` 2.0)
+/// as an object keyed by symbolic name.
+fn is_deployment(v: &Value) -> bool {
+    match v.get("resources") {
+        Some(Value::Array(_)) => true,
+        Some(Value::Object(_)) => {
+            v.get("languageVersion").is_some() || v.get("$schema").and_then(Value::as_str).is_some_and(|s| s.contains("deploymentTemplate"))
+        }
+        _ => false,
     }
 }
 

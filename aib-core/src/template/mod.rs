@@ -21,10 +21,13 @@
 //! assert!(parsed.warnings.is_empty());
 //! ```
 
+mod arm_expr;
 mod armid;
+mod armjson;
 mod decode;
 mod diag;
 mod document;
+mod evaluate;
 mod model;
 mod parse;
 mod serde_impls;
@@ -33,6 +36,7 @@ mod validate;
 pub use decode::{ApiVersion, is_arm_expression, placeholder};
 pub use diag::{Code, Diagnostic, Diagnostics, Severity};
 pub use document::{Document, Item, ItemKind, MAX_DOCUMENT_BYTES, ParseOptions, Shape};
+pub use evaluate::Params;
 pub use model::*;
 pub use serde_impls::template_schema;
 pub use validate::{TypeNames, is_sha256_hex, is_valid_name, parse_go_duration};
