@@ -125,7 +125,7 @@ for s in r["steps"]:
     print(f'  {s["name"]:<24} {s["durationMs"]/1000:6.1f} s')
 PY
 done
-echo "the base's boot timeline (systemd-analyze in the warm VM, from the first build's log):"
+echo "the base's boot timeline (systemd-analyze before the first build saved its VM, from its log):"
 LOG=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("customizationLog") or "")' "$W/first-$RUNS.json")
-[ -n "$LOG" ] && grep -E '^\[provision\] (Startup finished|graphical|multi-user| +[0-9.]+m?s )|warm VM reached' "$LOG" | head -16 || echo "  (no log)"
+[ -n "$LOG" ] && grep -E '^\[provision\] (Startup finished|graphical|multi-user| +[0-9.]+m?s )|VM reached SSH' "$LOG" | head -16 || echo "  (no log)"
 ls -l "$W/aib-out/image.qcow2" "$W/packer-out/image" | awk '{print "  output", $9, $5/1048576, "MiB"}'

@@ -67,6 +67,55 @@ fn validate_accepts_the_whole_corpus() {
 }
 
 #[test]
+fn validate_evaluates_a_deployment_template_with_its_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path().join("azuredeploy.json");
+    // A deployment template as people write them: comments, parameters, a resource id.
+    std::fs::write(
+        &t,
+        r#"{
+  "$schema": "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#",
+  "contentVersion": "1.0.0.0",
+  "parameters": {
+    "imageName": {"type": "string"},
+    "timeout": {"type": "int", "defaultValue": 60, "allowedValues": [60, 120]}, // minutes
+  },
+  "resources": [{
+    "type": "Microsoft.VirtualMachineImages/imageTemplates", "apiVersion": "2024-02-01",
+    "name": "[parameters('imageName')]", "location": "[resourceGroup().location]",
+    "identity": {"type": "UserAssigned", "userAssignedIdentities": {"[resourceId('Microsoft.ManagedIdentity/userAssignedIdentities', 'builder')]": {}}},
+    "properties": {
+      "buildTimeoutInMinutes": "[parameters('timeout')]",
+      "source": {"type": "PlatformImage", "publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server", "version": "latest"},
+      "customize": [{"type": "Shell", "name": "hello", "inline": ["[concat('echo ', parameters('imageName'))]"]}],
+      "distribute": [{"type": "ManagedImage", "runOutputName": "[parameters('imageName')]", "location": "[resourceGroup().location]",
+        "imageId": "[resourceId('Microsoft.Compute/images', parameters('imageName'))]"}]
+    }
+  }]
+}"#,
+    )
+    .unwrap();
+    let p = dir.path().join("azuredeploy.parameters.json");
+    std::fs::write(&p, r#"{"$schema": "https://schema.management.azure.com/schemas/2019-04-01/deploymentParameters.json#", "contentVersion": "1.0.0.0", "parameters": {"imageName": {"value": "web"}}}"#).unwrap();
+    let (t, p) = (t.display().to_string(), p.display().to_string());
+    let ctx = ["--subscription", "00000000-0000-0000-0000-000000000000", "--resource-group", "img", "--rg-location", "westeurope"];
+    let out = run(&[&["validate", t.as_str(), "--parameters", p.as_str()][..], &ctx[..]].concat(), None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!stdout.contains("ArmExpression") && stdout.contains("JsonExtension"), "evaluated in full: {stdout}");
+    // Without the parameters, it is checked as written and says why it was not evaluated.
+    let out = run(&["validate", t.as_str()], None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("not evaluated: ") && stdout.contains("-p imageName=VALUE"), "{stdout}");
+    // A value outside allowedValues is an error at the parameter.
+    let out = run(&[&["validate", t.as_str(), "--parameters", p.as_str(), "-p", "timeout=45"][..], &ctx[..]].concat(), None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("parameters.timeout: ArmExpression:") && stdout.contains("allowedValues"), "{stdout}");
+}
+
+#[test]
 fn validate_reports_file_path_code_message_hint() {
     let bad = r#"{"location": "westus", "apiVersion": "2025-10-01", "properties": {
         "source": {"type": "PlatformImage", "publisher": "a", "offer": "b", "sku": "c", "version": "latest"},
@@ -223,8 +272,13 @@ mod azure {
         all
     }
 
-    async fn cli(s: &ArmServer, storage: &str, mut args: Vec<String>) -> Output {
-        let (url, storage) = (s.url(), storage.to_string());
+    async fn cli(s: &ArmServer, storage: &str, args: Vec<String>) -> Output {
+        cli_logging(s, storage, args, None).await
+    }
+
+    /// [`cli`] with `RUST_LOG` set.
+    async fn cli_logging(s: &ArmServer, storage: &str, mut args: Vec<String>, rust_log: Option<&str>) -> Output {
+        let (url, storage, rust_log) = (s.url(), storage.to_string(), rust_log.unwrap_or("warn").to_string());
         if let Some(port) = s.guest_port() {
             args.extend(["--ssh-port".into(), port.to_string()]);
         }
@@ -249,6 +303,7 @@ mod azure {
                 .env("AZURE_CLIENT_SECRET", CLIENT_SECRET)
                 .env("AZURE_AUTHORITY_HOST", &url)
                 .env("AZURE_SUBSCRIPTION_ID", SUB)
+                .env("RUST_LOG", &rust_log)
                 .env_remove("AZURE_FEDERATED_TOKEN_FILE")
                 .output()
                 .unwrap()
@@ -393,13 +448,36 @@ mod azure {
         let t = dir.path().join("helloImageTemplateWin.json");
         std::fs::write(&t, text).unwrap();
         let state = dir.path().join("state").display().to_string();
-        let args = ["build", &t.display().to_string(), "--backend", "azure", "--state-dir", &state, "--allow-source-net", "127.0.0.1"]
-            .map(String::from)
-            .to_vec();
-        let out = cli(&s, "http://127.0.0.1:9/devstoreaccount1", args).await;
+        let args = [
+            "build",
+            &t.display().to_string(),
+            "--backend",
+            "azure",
+            "--state-dir",
+            &state,
+            "--allow-source-net",
+            "127.0.0.1",
+            "--output",
+            "jsonl",
+        ]
+        .map(String::from)
+        .to_vec();
+        // One server error on the way: the ARM client's retry is a tracing event at debug.
+        s.inject(aib_testkit::arm::ArmFault::ServerError, 1);
+        let out = cli_logging(&s, "http://127.0.0.1:9/devstoreaccount1", args, Some("aib=debug")).await;
         let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
-        assert!(stdout.contains("Succeeded"), "{stdout}");
+        // `--output jsonl`: every line one JSON object, the events as they came, the report last.
+        let lines: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+        let (report, events) = lines.split_last().unwrap();
+        assert_eq!(report["report"]["runState"], "Succeeded", "{stdout}");
+        let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+        assert!(kinds.contains(&"stepStarted") && kinds.contains(&"stepFinished") && kinds.contains(&"output"), "{kinds:?}");
+        assert!(stderr.contains("retrying"), "RUST_LOG=aib=debug shows the ARM client's retry: {stderr}");
+        assert!(
+            stderr.contains("step finished") && stderr.contains("run_id="),
+            "run events are tracing events in the run's span: {stderr}"
+        );
         // The secret scan: nothing shown or kept holds the password or a marked signature: not
         // the output, not the state directory.
         let shown = written(&out, &dir.path().join("state"));

@@ -112,6 +112,7 @@ impl Emitter {
     }
 
     pub(crate) fn send(&self, e: Event) {
+        trace_event(&e);
         if let Some(tx) = &self.tx {
             tx.send(e);
         }
@@ -121,6 +122,38 @@ impl Emitter {
         if let Ok(mut l) = self.log.lock() {
             l.push(line);
         }
+    }
+}
+
+/// Every run event is also a `tracing` event (target `aib::events`), inside the run's and
+/// the step's spans: states and step ends at INFO, step starts and resources at DEBUG,
+/// output lines and progress at TRACE. Output is already masked.
+fn trace_event(e: &Event) {
+    const T: &str = "aib::events";
+    match e {
+        Event::State { state, sub_state, .. } => {
+            tracing::info!(target: T, state = %state, sub_state = ?sub_state, "run state")
+        }
+        Event::StepStarted { step } => tracing::debug!(target: T, step = %step, "step started"),
+        Event::StepFinished { step, duration, error: None } => {
+            tracing::info!(target: T, step = %step, duration_ms = duration.as_millis() as u64, "step finished")
+        }
+        Event::StepFinished { step, duration, error: Some(err) } => {
+            tracing::warn!(target: T, step = %step, duration_ms = duration.as_millis() as u64, error = %err, "step failed")
+        }
+        Event::Output { step, stream, line } => tracing::trace!(target: T, step = %step, stream = ?stream, "{line}"),
+        Event::ResourceCreated { resource } => {
+            tracing::debug!(target: T, kind = %resource.kind, name = %resource.name, "resource recorded")
+        }
+        Event::ResourceDeleted { resource } => {
+            tracing::debug!(target: T, kind = %resource.kind, name = %resource.name, "resource deleted")
+        }
+        Event::Progress { step, done, total, unit } => {
+            tracing::trace!(target: T, step = %step, done, total = ?total, unit = %unit, "progress")
+        }
+        Event::Notice { message } => tracing::info!(target: T, "{message}"),
+        #[allow(unreachable_patterns)]
+        _ => tracing::debug!(target: T, event = ?e, "event"),
     }
 }
 

@@ -163,6 +163,7 @@ fn allocated(dir: &Path) -> u64 {
 }
 
 /// Which state a build VM could restore.
+#[derive(Clone)]
 pub(crate) struct Plan {
     key: String,
     inputs: Value,
@@ -280,7 +281,7 @@ impl QemuProvisioner {
             None => {
                 crate::backend::private_dir(&store.dir)?;
                 // A second build of the same key waits here, then restores what the first saved.
-                let _lock = crate::tools::lock_file(&store.lock_path(&plan.key), Duration::from_secs(1800)).await?;
+                let lock = crate::tools::lock_file(&store.lock_path(&plan.key), Duration::from_secs(1800)).await?;
                 match store.fresh(&plan.key).await {
                     Some(state) => self.restore_timed(&state, workdir, m, files, name, want, ctx).await,
                     None => {
@@ -288,7 +289,7 @@ impl QemuProvisioner {
                             "no warm state {} yet: this build's VM boots, and is saved once it has settled (once per base, VM shape and QEMU)",
                             plan.key
                         ));
-                        self.boot_and_save(store, plan, workdir, m, files, name, want, ctx).await
+                        self.boot_and_save(store, plan, lock, workdir, m, files, name, want, ctx).await
                     }
                 }
             }
@@ -400,12 +401,14 @@ impl QemuProvisioner {
 
     /// Boots this build's VM with an identity made for the warm state (its own keys and seed:
     /// nothing of this run), lets it settle, freezes its disk (the build goes on in a new
-    /// overlay, `files.overlay`), saves it, and continues it. The caller holds the key's lock.
+    /// overlay, `files.overlay`), saves it, and continues it. `lock` is the key's; it is held
+    /// until the state is durable and visible, which happens beside the build.
     #[allow(clippy::too_many_arguments)]
     async fn boot_and_save(
         &self,
         store: &WarmStore,
         plan: &Plan,
+        lock: std::fs::File,
         workdir: &Path,
         m: &Machine,
         files: &VmFiles,
@@ -415,7 +418,7 @@ impl QemuProvisioner {
     ) -> Result<(watch::Receiver<bool>, u16, Login)> {
         // The state is made in place (the build's overlay names the frozen one by its path);
         // it counts only once `meta.json` is there. What an earlier try left goes first.
-        let dir = store.dir.join(&plan.key);
+        let (dir, plan_key) = (store.dir.join(&plan.key), plan.key.clone());
         if dir.exists() {
             tokio::fs::remove_dir_all(&dir).await.map_err(|e| Error::io(&dir, e))?;
         }
@@ -471,14 +474,24 @@ impl QemuProvisioner {
                 q.call("block_resize", json!({"device": "disk0", "size": size})).await?;
                 grow_to = Some(size);
             }
-            self.finish_state(store, plan, &dir).await?;
             Ok::<_, Error>(grow_to)
         }
         .await;
         match saved {
             Ok(grow_to) => {
-                ctx.release(&dir_id)?;
-                Ok((exited, port, Login { key: plan.key.clone(), user_key, host_public, grow_to, restored: false }))
+                // Syncing half a gigabyte of state is not the build's wait: it happens beside
+                // it, under the key's lock, and the state counts once `meta.json` is there.
+                let (store_dir, plan, dir, ctx2) = (store.dir.clone(), plan.clone(), dir.clone(), ctx.clone());
+                tokio::task::spawn_blocking(move || {
+                    let _held = lock;
+                    match finish_state(&store_dir, &plan, &dir) {
+                        Ok(()) => {
+                            let _ = ctx2.release(&dir_id);
+                        }
+                        Err(e) => ctx2.notice(format!("the warm state {} was not kept: {e}", plan.key)),
+                    }
+                });
+                Ok((exited, port, Login { key: plan_key, user_key, host_public, grow_to, restored: false }))
             }
             Err(e) => {
                 let _ = crate::qmp::execute(&f.qmp, "quit").await;
@@ -489,34 +502,6 @@ impl QemuProvisioner {
                 Err(e)
             }
         }
-    }
-
-    /// Makes the state in `dir` durable and visible: synced, its overlay read-only, then
-    /// `meta.json`.
-    async fn finish_state(&self, store: &WarmStore, plan: &Plan, dir: &Path) -> Result<()> {
-        let frozen = dir.join("overlay.qcow2");
-        for f in ["vm.state", "overlay.qcow2", "vars.fd"] {
-            if let Ok(file) = std::fs::File::open(dir.join(f)) {
-                file.sync_all().map_err(|e| Error::io(dir.join(f), e))?;
-            }
-        }
-        // The guest's memory belongs to exactly these bytes: nothing writes them again.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&frozen, std::fs::Permissions::from_mode(0o400)).map_err(|e| Error::io(&frozen, e))?;
-        let now = SystemTime::now();
-        let state = WarmState {
-            key: plan.key.clone(),
-            source: plan.source.clone(),
-            created: humantime::format_rfc3339_seconds(now).to_string(),
-            created_unix: now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs(),
-            inputs: plan.inputs.clone(),
-            dir: store.dir.join(&plan.key),
-            bytes: 0,
-        };
-        let meta = serde_json::to_vec_pretty(&state).map_err(|e| Error::generic(BACKEND, e))?;
-        let tmp = dir.join(".meta.json");
-        std::fs::write(&tmp, meta).map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, dir.join("meta.json")).map_err(|e| Error::io(dir, e))
     }
 
     /// Over the warm boot's session: this run's clock, entropy, host key, user key,
@@ -573,13 +558,41 @@ impl QemuProvisioner {
     }
 }
 
-/// Lets the warm VM settle before it is saved: systemd's start-up done (its boot timeline
-/// into the log), and the calendar timers masked for the runtime.
+/// Makes the state in `dir` durable and visible: synced, its overlay read-only, then
+/// `meta.json`.
+fn finish_state(store_dir: &Path, plan: &Plan, dir: &Path) -> Result<()> {
+    let frozen = dir.join("overlay.qcow2");
+    for f in ["vm.state", "overlay.qcow2", "vars.fd"] {
+        if let Ok(file) = std::fs::File::open(dir.join(f)) {
+            file.sync_all().map_err(|e| Error::io(dir.join(f), e))?;
+        }
+    }
+    // The guest's memory belongs to exactly these bytes: nothing writes them again.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&frozen, std::fs::Permissions::from_mode(0o400)).map_err(|e| Error::io(&frozen, e))?;
+    let now = SystemTime::now();
+    let state = WarmState {
+        key: plan.key.clone(),
+        source: plan.source.clone(),
+        created: humantime::format_rfc3339_seconds(now).to_string(),
+        created_unix: now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs(),
+        inputs: plan.inputs.clone(),
+        dir: store_dir.join(&plan.key),
+        bytes: 0,
+    };
+    let meta = serde_json::to_vec_pretty(&state).map_err(|e| Error::generic(BACKEND, e))?;
+    let tmp = dir.join(".meta.json");
+    std::fs::write(&tmp, meta).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, dir.join("meta.json")).map_err(|e| Error::io(dir, e))
+}
+
+/// Readies the VM to be saved, once cloud-init is done: its boot timeline into the log, and
+/// the calendar timers masked for the runtime. (Waiting for every start-up job as well cost
+/// the first build up to 20 s under TCG; what is still starting goes on after a restore.)
 async fn settle(comm: &SshCommunicator, ctx: &StepContext) -> Result<()> {
     use aib_core::Communicator;
     let cmd = format!(
-        "timeout 20 systemctl is-system-running --wait >/dev/null 2>&1 || true\n\
-         systemd-analyze 2>/dev/null || true\nsystemd-analyze blame --no-pager 2>/dev/null | head -n 8 || true\n\
+        "systemd-analyze 2>/dev/null || true\nsystemd-analyze blame --no-pager 2>/dev/null | head -n 8 || true\n\
          systemctl mask --runtime --now {} >/dev/null 2>&1 || true\nsync",
         TIMERS.join(" ")
     );

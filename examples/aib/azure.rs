@@ -106,11 +106,11 @@ pub(crate) async fn build(
     boundary: Boundary,
     arm: crate::build::ArmContext,
     state_dir: Option<PathBuf>,
-    json: bool,
+    out: crate::build::Output,
 ) -> CliResult {
     // One backend: its types check the template, then it builds it in the template's region.
     let azure = backend(&args, &boundary)?;
-    let (_, t) = match parse(&template, azure.backend().registry.type_names(), &arm, json) {
+    let (_, t) = match parse(&template, azure.backend().registry.type_names(), &arm, out) {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -119,7 +119,7 @@ pub(crate) async fn build(
         .ledger(aib::Ledger::open(dir.join("ledger"))?)
         .log_dir(dir.join("logs"))
         .build()?;
-    run(pipeline, json).await
+    run(pipeline, out).await
 }
 
 #[cfg(feature = "azure")]
@@ -151,7 +151,14 @@ pub(crate) async fn gc(args: AzureArgs, state_dir: Option<PathBuf>, min_age: Opt
 }
 
 #[cfg(not(feature = "azure"))]
-pub(crate) async fn build(_: PathBuf, _: AzureArgs, _: Boundary, _: crate::build::ArmContext, _: Option<PathBuf>, _: bool) -> CliResult {
+pub(crate) async fn build(
+    _: PathBuf,
+    _: AzureArgs,
+    _: Boundary,
+    _: crate::build::ArmContext,
+    _: Option<PathBuf>,
+    _: crate::build::Output,
+) -> CliResult {
     Err("this aib was built without Azure: cargo run --features azure --example aib -- …".into())
 }
 

@@ -13,6 +13,19 @@ use std::time::{Duration, Instant};
 
 pub(crate) type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
 
+/// How a build reports: the format of stdout, and whether stderr shows progress.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Output {
+    pub format: crate::Format,
+    pub quiet: bool,
+}
+
+impl Output {
+    fn machine(&self) -> bool {
+        self.format != crate::Format::Text
+    }
+}
+
 pub(crate) fn runtime(f: impl std::future::Future<Output = CliResult>) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
@@ -159,8 +172,9 @@ pub(crate) fn parse(
     template: &Path,
     types: aib::template::TypeNames,
     arm: &ArmContext,
-    json: bool,
+    out: Output,
 ) -> Result<(String, ImageTemplate), CliResult> {
+    let json = out.machine() || out.quiet;
     let text = read(&template.to_path_buf()).map_err(|e| Err(format!("{}: {e}", template.display()).into()))?;
     let doc = aib::template::Document::parse_with(&text, &ParseOptions::default().with_types(types));
     let doc = arm
@@ -185,10 +199,10 @@ pub(crate) fn parse(
     Ok((text, parsed.template))
 }
 
-pub(crate) async fn build(template: PathBuf, state_dir: Option<PathBuf>, boundary: Boundary, arm: ArmContext, json: bool) -> CliResult {
+pub(crate) async fn build(template: PathBuf, state_dir: Option<PathBuf>, boundary: Boundary, arm: ArmContext, out: Output) -> CliResult {
     // One backend: its types check the template, then it builds it.
     let local = backend(state_dir, &boundary)?;
-    let (text, parsed) = match parse(&template, local.backend().registry.type_names(), &arm, json) {
+    let (text, parsed) = match parse(&template, local.backend().registry.type_names(), &arm, out) {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -199,11 +213,11 @@ pub(crate) async fn build(template: PathBuf, state_dir: Option<PathBuf>, boundar
         .ledger(local.ledger()?)
         .log_dir(local.log_dir())
         .build()?;
-    run(pipeline, json).await
+    run(pipeline, out).await
 }
 
-/// Runs a pipeline with progress (or a JSON report) and Ctrl-C cancellation.
-pub(crate) async fn run(pipeline: Pipeline, json: bool) -> CliResult {
+/// Runs a pipeline with progress (or JSON, or a JSON line per event) and Ctrl-C cancellation.
+pub(crate) async fn run(pipeline: Pipeline, out: Output) -> CliResult {
     let mut run = pipeline.start();
     let cancel = run.cancellation();
     tokio::spawn(async move {
@@ -215,19 +229,24 @@ pub(crate) async fn run(pipeline: Pipeline, json: bool) -> CliResult {
             }
         }
     });
-    let mut display = Display::new(json);
+    let quiet = out.quiet || out.machine();
+    let mut display = Display::new(quiet);
     let mut events = run.events();
     while let Some(e) = events.next().await {
-        display.event(&e, json);
+        if out.format == crate::Format::Jsonl {
+            // Each event names itself: `{"event": "stepStarted", "step": …}`.
+            println!("{}", serde_json::to_string(&e).unwrap_or_default());
+        }
+        display.event(&e, quiet);
     }
     if let Some(b) = &display.bar {
         b.finish_and_clear();
     }
     let report = run.wait().await;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
-    } else {
-        summary(&report);
+    match out.format {
+        crate::Format::Json => println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default()),
+        crate::Format::Jsonl => println!("{}", serde_json::json!({ "report": report })),
+        crate::Format::Text => summary(&report),
     }
     Ok(match report.run_state {
         RunState::Succeeded => ExitCode::SUCCESS,

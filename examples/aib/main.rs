@@ -1,19 +1,25 @@
 //! The `aib` command line.
 //!
 //! ```text
-//! aib validate [--format json] FILE…     check templates (exit 0 valid, 1 invalid, 2 usage/I/O)
+//! aib validate [--format text|json] FILE… [--parameters FILE] [-p NAME=VALUE]… [--subscription ID]
+//!              [--resource-group RG] [--rg-location REGION]
+//!                                        check templates (exit 0 valid, 1 invalid, 2 usage/I/O)
 //! aib schema                             the template's JSON Schema
-//! aib build TEMPLATE [--backend local|azure] [--state-dir DIR] [--output json]
+//! aib build TEMPLATE [--backend local|azure] [--state-dir DIR] [--output text|json|jsonl] [--cold]
+//!           [--parameters FILE] [-p NAME=VALUE]… [--rg-location REGION]
 //!           [--allow-file-root DIR]… [--allow-source-net CIDR]… [--allow-output-root DIR]… [--guest-outbound]
-//!           [--resource-group RG] [--arm-endpoint URL] [--storage-endpoint URL] [--ssh-port N]
+//!           [--resource-group RG] [--subscription ID] [--arm-endpoint URL] [--storage-endpoint URL] [--ssh-port N]
 //!                                        build an image (exit 0 Succeeded, 1 Failed/Canceled, 3 PartiallySucceeded)
 //! aib gc [--backend local|azure] [--state-dir DIR] [--min-age-secs N]
-//!                                        remove what killed or aborted builds left
+//!                                        remove what killed or aborted builds left (and expired warm states)
 //! aib images [--state-dir DIR]           list the local catalog and gallery
 //! aib images import URN FILE --sha256 SUM
+//! aib warm ls|prune [--all] [--state-dir DIR]
+//!                                        the saved VM states local builds restore
 //! aib testkit arm-server [--port N] [--guests sshd] [--windows-guests] [--image REGION:PUBLISHER:OFFER:SKU:VERSION]… [--azurite URL]
 //!                                        the ARM test server, standalone
 //! ```
+//! Every command: `-v`/`-vv` (debug, trace logs on stderr), `-q` (errors only); `RUST_LOG` wins.
 
 mod azure;
 mod build;
@@ -24,16 +30,32 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "aib", version, about = "Azure VM Image Builder templates, built anywhere")]
+#[command(
+    name = "aib",
+    version,
+    about = "Azure VM Image Builder templates, built anywhere",
+    after_help = "Exit codes: 0 success; 1 invalid template, or a build that Failed or was Canceled; \
+                  2 usage or I/O error; 3 a build that PartiallySucceeded.\n\
+                  Logs: RUST_LOG (for example RUST_LOG=debug, or aib=debug,aib_azure=trace) overrides -v/-q."
+)]
 struct Cli {
+    /// More log lines on stderr: -v debug, -vv trace (ARM retries, SSH connect attempts, every event).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Only errors on stderr, and no progress display.
+    #[arg(short, long, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Format {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Format {
     Text,
     Json,
+    /// One JSON object a line: every event as it happens (`{"event": "stepStarted", …}`), then
+    /// `{"report": …}`.
+    Jsonl,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -187,9 +209,11 @@ fn main() -> ExitCode {
             return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
         }
     };
+    init_logs(cli.verbose, cli.quiet);
+    let quiet = cli.quiet;
     match cli.command {
         Command::Validate { files, format, params, subscription, resource_group } => {
-            validate::validate(&files, format == Format::Json, &params, subscription.as_deref(), resource_group.as_deref())
+            validate::validate(&files, format != Format::Text, &params, subscription.as_deref(), resource_group.as_deref())
         }
         Command::Schema => {
             println!("{}", serde_json::to_string_pretty(&aib::template::template_schema()).unwrap_or_default());
@@ -197,11 +221,11 @@ fn main() -> ExitCode {
         }
         Command::Build { template, backend: BackendKind::Local, state_dir, output, boundary, params, azure } => {
             let ctx = build::ArmContext { params, subscription: azure.subscription.clone(), resource_group: azure.resource_group.clone() };
-            build::runtime(build::build(template, state_dir, boundary, ctx, output == Format::Json))
+            build::runtime(build::build(template, state_dir, boundary, ctx, build::Output { format: output, quiet }))
         }
         Command::Build { template, backend: BackendKind::Azure, state_dir, output, boundary, params, azure } => {
             let ctx = build::ArmContext { params, subscription: azure.subscription.clone(), resource_group: azure.resource_group.clone() };
-            build::runtime(azure::build(template, azure, boundary, ctx, state_dir, output == Format::Json))
+            build::runtime(azure::build(template, azure, boundary, ctx, state_dir, build::Output { format: output, quiet }))
         }
         Command::Gc { backend: BackendKind::Local, state_dir, min_age_secs, .. } => {
             build::runtime(build::gc(state_dir, min_age_secs.unwrap_or(0)))
@@ -269,4 +293,19 @@ fn main() -> ExitCode {
             action.map(|ImagesAction::Import { urn, source, sha256, windows }| (urn, source, sha256, windows)),
         )),
     }
+}
+
+/// Logs to stderr through `tracing`: warnings by default, `-v` debug, `-vv` trace, `-q` errors;
+/// `RUST_LOG` wins. The library itself never prints.
+fn init_logs(verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).try_init();
 }

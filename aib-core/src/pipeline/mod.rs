@@ -148,7 +148,8 @@ impl Pipeline {
     pub async fn run_with(&self, opts: RunOptions) -> RunReport {
         let run_id = opts.run_id.unwrap_or_else(new_run_id);
         let cancel = opts.cancel.unwrap_or_default();
-        run::execute(self.inner.clone(), run_id, cancel, None).await
+        let span = tracing::info_span!("run", run_id = %run_id, template = %self.inner.cfg.name);
+        tracing::Instrument::instrument(run::execute(self.inner.clone(), run_id, cancel, None), span).await
     }
 
     /// Starts a run on the current tokio runtime; the handle streams events, cancels, and
@@ -162,7 +163,9 @@ impl Pipeline {
         let run_id = opts.run_id.unwrap_or_else(new_run_id);
         let cancel = opts.cancel.unwrap_or_default();
         let (tx, rx) = crate::channel::channel(self.inner.cfg.event_capacity);
-        let join = tokio::spawn(run::execute(self.inner.clone(), run_id.clone(), cancel.clone(), Some(tx)));
+        let span = tracing::info_span!("run", run_id = %run_id, template = %self.inner.cfg.name);
+        let join =
+            tokio::spawn(tracing::Instrument::instrument(run::execute(self.inner.clone(), run_id.clone(), cancel.clone(), Some(tx)), span));
         RunHandle::new(run_id, rx, cancel, join)
     }
 

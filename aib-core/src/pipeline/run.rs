@@ -204,12 +204,14 @@ impl Run<'_> {
                 c.attempts = running.attempts;
             }
             let sc = self.ctx.step(name);
+            let span = tracing::info_span!("step", name = %name, phase = %phase, attempt = running.attempts);
+            let work = tracing::Instrument::instrument(f(sc), span);
             let r = match options.timeout {
-                Some(t) => match tokio::time::timeout(t, f(sc)).await {
+                Some(t) => match tokio::time::timeout(t, work).await {
                     Ok(r) => r,
                     Err(_) => Err(Error::Timeout { operation: name.to_string(), after: t }),
                 },
-                None => f(sc).await,
+                None => work.await,
             };
             match r {
                 Err(e) if running.attempts <= options.max_retries && retries(options, &e) => {
