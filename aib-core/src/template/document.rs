@@ -192,7 +192,7 @@ impl Document {
     /// else their `defaultValue`s; variables; conditions; copy loops; the template functions
     /// image templates use) and parses the image templates it deploys, in full, at their
     /// paths. Any other document comes back as it is. An expression that cannot be
-    /// evaluated is an [`Error::InvalidTemplate`] at its path, naming the function.
+    /// evaluated is an [`crate::Error::InvalidTemplate`] at its path, naming the function.
     pub fn evaluate(&self, params: &super::evaluate::Params) -> Result<Document, crate::Error> {
         let Some((root, opts)) = &self.source else { return Ok(self.clone()) };
         if self.shape != Some(Shape::DeploymentTemplate) {
