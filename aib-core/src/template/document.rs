@@ -281,9 +281,8 @@ impl Document {
         }
     }
 
-    /// The imageTemplates resources of a deployment template at `prefix`, in its `resources`
-    /// array or, from `languageVersion` 2.0, its object keyed by symbolic name, and inside
-    /// nested inline deployments; whether there was one. `params` are the parameter
+    /// The imageTemplates resources of a deployment template at `prefix` (empty, or a path
+    /// ending in `.`), inside nested inline deployments too; whether there was one. `params` are the parameter
     /// definitions in scope (ARM's `expressionEvaluationOptions.scope`: the outer template's
     /// unless a nested one says `inner`).
     fn deployment(
@@ -294,22 +293,19 @@ impl Document {
         opts: &ParseOptions,
         depth: usize,
     ) -> bool {
-        let at = |key: &str| if prefix.is_empty() { key.to_string() } else { format!("{prefix}.{key}") };
-        let resources: Vec<(String, &Value)> = match root.get("resources") {
-            Some(Value::Array(list)) => list.iter().enumerate().map(|(i, r)| (format!("{}[{i}]", at("resources")), r)).collect(),
-            Some(Value::Object(named)) => named.iter().map(|(name, r)| (format!("{}.{name}", at("resources")), r)).collect(),
-            _ => Vec::new(),
-        };
         let mut found = false;
-        for (path, r) in resources {
-            let ty = r.get("type").and_then(Value::as_str).unwrap_or_default();
-            if ty.eq_ignore_ascii_case("Microsoft.VirtualMachineImages/imageTemplates") {
-                found = true;
-                let api = deployment_api_version(r, params);
-                self.item(r, &path, ItemKind::Template, false, api, opts);
-            } else if ty.eq_ignore_ascii_case("Microsoft.Resources/deployments")
-                && let Some(inner) = r.pointer("/properties/template").and_then(Value::as_object)
-            {
+        for (path, r) in resources_at(root, prefix) {
+            match resource_kind(r) {
+                ResourceKind::ImageTemplate => {
+                    found = true;
+                    let api = deployment_api_version(r, params);
+                    self.item(r, &path, ItemKind::Template, false, api, opts);
+                    continue;
+                }
+                ResourceKind::Deployment => {}
+                ResourceKind::Other => continue,
+            }
+            if let Some(inner) = r.pointer("/properties/template").and_then(Value::as_object) {
                 if depth >= MAX_NESTING {
                     self.diagnostics.push(Diagnostic::warning(
                         &path,
@@ -321,7 +317,7 @@ impl Document {
                 let scope = r.pointer("/properties/expressionEvaluationOptions/scope").and_then(Value::as_str).unwrap_or("outer");
                 let inner_params =
                     if scope.eq_ignore_ascii_case("inner") { inner.get("parameters").and_then(Value::as_object) } else { params };
-                found |= self.deployment(inner, &format!("{path}.properties.template"), inner_params, opts, depth + 1);
+                found |= self.deployment(inner, &format!("{path}.properties.template."), inner_params, opts, depth + 1);
             }
         }
         found
@@ -401,8 +397,39 @@ impl Document {
     }
 }
 
-/// How deep nested inline deployments are followed.
-const MAX_NESTING: usize = 8;
+/// How deep nested inline deployments are followed (read and evaluated).
+pub(crate) const MAX_NESTING: usize = 8;
+
+/// What a deployment-template resource is, for finding image templates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ResourceKind {
+    ImageTemplate,
+    /// `Microsoft.Resources/deployments`: it may hold an inline template.
+    Deployment,
+    Other,
+}
+
+pub(crate) fn resource_kind(r: &Value) -> ResourceKind {
+    let ty = r.get("type").and_then(Value::as_str).unwrap_or_default();
+    if ty.eq_ignore_ascii_case("Microsoft.VirtualMachineImages/imageTemplates") {
+        ResourceKind::ImageTemplate
+    } else if ty.eq_ignore_ascii_case("Microsoft.Resources/deployments") {
+        ResourceKind::Deployment
+    } else {
+        ResourceKind::Other
+    }
+}
+
+/// The resources of the template `t` with their paths under `prefix` (empty, or ending in
+/// `.`): its `resources` array, or, from `languageVersion` 2.0, its object keyed by
+/// symbolic name.
+pub(crate) fn resources_at<'a>(t: &'a Map<String, Value>, prefix: &str) -> Vec<(String, &'a Value)> {
+    match t.get("resources") {
+        Some(Value::Array(list)) => list.iter().enumerate().map(|(i, r)| (format!("{prefix}resources[{i}]"), r)).collect(),
+        Some(Value::Object(named)) => named.iter().map(|(n, r)| (format!("{prefix}resources.{n}"), r)).collect(),
+        _ => Vec::new(),
+    }
+}
 
 /// True for an ARM deployment template: `resources` as an array, or (`languageVersion` 2.0)
 /// as an object keyed by symbolic name.

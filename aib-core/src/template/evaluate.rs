@@ -5,6 +5,7 @@
 use super::arm_expr::{self, Scope};
 use super::decode::is_arm_expression;
 use super::diag::{Code, Diagnostic, Diagnostics};
+use super::document::{MAX_NESTING, ResourceKind, resource_kind, resources_at};
 use crate::Error;
 use serde_json::{Map, Value, json};
 use std::cell::RefCell;
@@ -112,11 +113,6 @@ impl Params {
     pub fn utc_now(mut self, value: impl Into<String>) -> Self {
         self.utc_now = Some(value.into());
         self
-    }
-
-    /// True when no value and no context was given.
-    pub fn is_empty(&self) -> bool {
-        self.values.is_empty() && self.subscription_id.is_none() && self.resource_group.is_none()
     }
 }
 
@@ -369,18 +365,12 @@ fn template(
             scope.resolved.borrow_mut().insert(name, Value::Array(items));
         }
     }
-    let resources: Vec<(String, &Value)> = match t.get("resources") {
-        Some(Value::Array(list)) => list.iter().enumerate().map(|(i, r)| (format!("{prefix}resources[{i}]"), r)).collect(),
-        Some(Value::Object(named)) => named.iter().map(|(n, r)| (format!("{prefix}resources.{n}"), r)).collect(),
-        _ => Vec::new(),
-    };
-    for (path, r) in resources {
-        let ty = r.get("type").and_then(Value::as_str).unwrap_or_default();
-        let image = ty.eq_ignore_ascii_case("Microsoft.VirtualMachineImages/imageTemplates");
-        let nested = ty.eq_ignore_ascii_case("Microsoft.Resources/deployments");
-        if !image && !nested {
-            continue;
-        }
+    for (path, r) in resources_at(t, prefix) {
+        let nested = match resource_kind(r) {
+            ResourceKind::ImageTemplate => false,
+            ResourceKind::Deployment => true,
+            ResourceKind::Other => continue,
+        };
         let count = match r.get("copy") {
             Some(c) => {
                 let name = c.get("name").and_then(Value::as_str).unwrap_or("copy").to_string();
@@ -435,8 +425,8 @@ fn one_resource(
         return Ok(());
     }
     let Some(inner) = r.pointer("/properties/template") else { return Ok(()) };
-    if depth >= 8 {
-        return Err((path.to_string(), "deployments nested deeper than 8 levels are not evaluated".into()));
+    if depth >= MAX_NESTING {
+        return Err((path.to_string(), format!("deployments nested deeper than {MAX_NESTING} levels are not evaluated")));
     }
     let inner_prefix = format!("{here}.properties.template.");
     let inner_scope = r.pointer("/properties/expressionEvaluationOptions/scope").and_then(Value::as_str).unwrap_or("outer");
@@ -450,18 +440,13 @@ fn one_resource(
     } else {
         // Outer scope: the nested template's expressions are the parent's.
         let Some(t) = inner.as_object() else { return Ok(()) };
-        let resources: Vec<(String, &Value)> = match t.get("resources") {
-            Some(Value::Array(list)) => list.iter().enumerate().map(|(i, r)| (format!("{inner_prefix}resources[{i}]"), r)).collect(),
-            Some(Value::Object(named)) => named.iter().map(|(n, r)| (format!("{inner_prefix}resources.{n}"), r)).collect(),
-            _ => Vec::new(),
-        };
-        for (p, r) in resources {
-            let ty = r.get("type").and_then(Value::as_str).unwrap_or_default();
-            let is_image = ty.eq_ignore_ascii_case("Microsoft.VirtualMachineImages/imageTemplates");
-            let is_nested = ty.eq_ignore_ascii_case("Microsoft.Resources/deployments");
-            if is_image || is_nested {
-                one_resource(r, scope, &p, 0, false, is_nested, params, out, depth + 1)?;
-            }
+        for (p, r) in resources_at(t, &inner_prefix) {
+            let is_nested = match resource_kind(r) {
+                ResourceKind::ImageTemplate => false,
+                ResourceKind::Deployment => true,
+                ResourceKind::Other => continue,
+            };
+            one_resource(r, scope, &p, 0, false, is_nested, params, out, depth + 1)?;
         }
         Ok(())
     }
