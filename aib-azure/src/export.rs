@@ -194,11 +194,13 @@ impl Distributor for DiskVhdDistributor {
             backend: BACKEND,
         })?;
         let (dest, url) = self.destination(image, ctx).await?;
-        ctx.output.line(OutputStream::Stdout, &format!("granting read access to {disk}"));
         // The SAS outlives the longest copy.
         let sas_seconds = self.copy_timeout.as_secs() + 600;
         // No image is made from the VM while its disk has an active SAS (source_lock.rs).
         let source = crate::source_lock::lock(&image.id).await;
+        // Said once the lock is held: the grant is what happens next, not a wait for the
+        // managed image's capture.
+        ctx.output.line(OutputStream::Stdout, &format!("granting read access to {disk}"));
         // In the ledger before it exists: a cancelled or killed export still revokes the SAS
         // (the provisioner deletes a `diskAccess` with `endGetAccess`).
         let grant = ctx.record(aib_core::ResourceRecord::new(BACKEND, "diskAccess", disk, aib_core::Scope::Run))?;
