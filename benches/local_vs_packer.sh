@@ -18,8 +18,8 @@ RUNS=${RUNS:-3}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/aib/target}"
 ./scripts/setup-local.sh >/dev/null
 command -v packer >/dev/null || { echo "installing packer (apt)"; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends packer >/dev/null; }
-cargo build --quiet --example aib
-AIB="$CARGO_TARGET_DIR/debug/examples/aib"
+cargo build --quiet --features cli --bin aib
+AIB="$CARGO_TARGET_DIR/debug/aib"
 W=$(mktemp -d /tmp/aib-vs-packer.XXXX)
 trap 'rm -rf "$W"' EXIT
 STATE="${AIB_BENCH_STATE:-$HOME/.cache/aib/bench-state}"

@@ -16,14 +16,14 @@ echo "==> checking local build tools"
 ./scripts/setup-local.sh
 
 echo "==> building the aib command line"
-cargo build --quiet --example aib
+cargo build --quiet --features cli --bin aib
 
 template=$(mktemp --suffix=.json)
 trap 'rm -f "$template"' EXIT
 sed "s#<repoRoot>#${root}#g" examples/templates/debian-local.json > "$template"
 
 echo "==> aib build examples/templates/debian-local.json (state: ${AIB_STATE_DIR:-~/.cache/aib/local})"
-"$CARGO_TARGET_DIR/debug/examples/aib" validate "$template" >/dev/null
+"$CARGO_TARGET_DIR/debug/aib" validate "$template" >/dev/null
 # The template's scripts are file:// URIs under examples/templates/files: the one host
 # directory this build may read (templates get no host files unless the operator says so).
-exec "$CARGO_TARGET_DIR/debug/examples/aib" build "$template" --allow-file-root "$root/examples/templates/files" "$@"
+exec "$CARGO_TARGET_DIR/debug/aib" build "$template" --allow-file-root "$root/examples/templates/files" "$@"

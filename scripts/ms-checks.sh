@@ -60,8 +60,8 @@ fi
 echo "oav validate-traffic: $files exchanges, 0 errors"
 
 echo "==> the Azure SDK for Python against the ARM test server (its own pollers)"
-cargo build -q --example aib --all-features
-"$CARGO_TARGET_DIR/debug/examples/aib" testkit arm-server --windows-guests >"$server_out" 2>"$server_err" &
+cargo build -q --bin aib --all-features
+"$CARGO_TARGET_DIR/debug/aib" testkit arm-server --windows-guests >"$server_out" 2>"$server_err" &
 server=$!
 for _ in $(seq 1 100); do
   grep -q 'listening on' "$server_out" && break

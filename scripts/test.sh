@@ -13,7 +13,8 @@
 #                                 scripts/deny.sh; installs cargo-deny into ~/.cache/aib/tools)
 #   8. end to end (own step)      real QEMU builds of the example template: boot the image
 #                                 produced, check customization and generalization; failure
-#                                 under cleanup and abort. Minutes under TCG. Skip with --quick.
+#                                 under cleanup and abort; `cargo install` of the CLI into a
+#                                 clean cargo home. Minutes under TCG. Skip with --quick.
 # Needs the Rust toolchain (cargo, rustfmt, clippy). Azure storage tests run against Azurite,
 # installed with npm into ~/.cache/aib/azurite when missing. The SSH tests start a real OpenSSH sshd
 # on 127.0.0.1 and use sudo: when they are missing and this runs as root, it installs Debian's
@@ -73,10 +74,11 @@ cargo fmt --all --check
 step "cargo clippy --workspace --all-targets --all-features -- -D warnings"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
-step "feature matrix: cargo check -p aib --no-default-features [--features azure | customizers]"
+step "feature matrix: cargo check -p aib --no-default-features [--features azure | customizers]; the CLI without azure"
 cargo check -p aib --no-default-features
 cargo check -p aib --no-default-features --features azure
 cargo check -p aib --no-default-features --features customizers
+cargo check -p aib --features cli --bin aib
 
 step "cargo test --workspace --all-targets --all-features (ARM traffic recorded for oav)"
 traffic=$(mktemp -d)
@@ -103,6 +105,8 @@ step "end to end: local QEMU builds (scripts/setup-local.sh installs the tools a
 cargo test -p aib-local --test e2e -- --ignored --test-threads=1
 # The Azure provisioner on a real Debian VM behind the ARM test server.
 cargo test -p aib-local --test azure_qemu -- --ignored
+# `cargo install --path . --features cli` into a clean cargo home (offline, from the crate cache).
+cargo test --all-features --test cli -- --ignored
 
 echo
 echo "all checks passed"

@@ -1,4 +1,5 @@
-//! The `aib` example CLI: exit codes, output lines, JSON output, schema.
+//! The `aib` CLI (feature `cli`): exit codes, output lines, JSON output, schema, completions,
+//! and (slow, ignored) `cargo install` of it into a clean cargo home.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -24,8 +25,9 @@ fn example(name: &str) -> PathBuf {
     bin
 }
 
+/// The `aib` binary cargo built for this test (same features).
 fn aib() -> PathBuf {
-    example("aib")
+    PathBuf::from(env!("CARGO_BIN_EXE_aib"))
 }
 
 fn run(args: &[&str], stdin: Option<&str>) -> Output {
@@ -146,6 +148,45 @@ fn usage_and_io_errors_exit_2() {
     assert_eq!(run(&["validate", "/nonexistent/template.json"], None).status.code(), Some(2));
     assert_eq!(run(&["validate"], None).status.code(), Some(2));
     assert_eq!(run(&["frobnicate"], None).status.code(), Some(2));
+}
+
+#[test]
+fn version_names_the_version_and_the_backends() {
+    let out = run(&["--version"], None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.starts_with(&format!("aib {} (backends: local", env!("CARGO_PKG_VERSION"))), "{stdout}");
+    assert_eq!(stdout.contains("azure)"), cfg!(feature = "azure"), "{stdout}");
+    // The exit codes are in --help.
+    let help = String::from_utf8_lossy(&run(&["--help"], None).stdout).to_string();
+    assert!(help.contains("Exit codes: 0 success") && help.contains("3 a build that PartiallySucceeded"), "{help}");
+}
+
+#[test]
+fn completions_for_bash_zsh_and_fish_name_every_command() {
+    for (shell, marker) in [("bash", "complete -F _aib"), ("zsh", "#compdef aib"), ("fish", "complete -c aib")] {
+        let out = run(&["completions", shell], None);
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{shell}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(script.contains(marker), "{shell}: no `{marker}` in\n{script}");
+        for command in ["validate", "build", "gc", "warm", "images", "completions"] {
+            assert!(script.contains(command), "{shell}: `{command}` missing");
+        }
+        assert!(script.contains("parameters"), "{shell}: the options of the commands are completed too");
+    }
+    // bash itself reads the script without complaint, and then completes `aib va` to `validate`.
+    let out = run(&["completions", "bash"], None);
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("aib.bash");
+    std::fs::write(&script, &out.stdout).unwrap();
+    let probe = format!(
+        "source {}; COMP_WORDS=(aib va); COMP_CWORD=1; COMP_LINE='aib va'; COMP_POINT=6; _aib aib va aib; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        script.display()
+    );
+    let out = Command::new("bash").args(["--norc", "-c", &probe]).output().expect("bash");
+    let replies = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(replies.trim(), "validate", "{replies}");
 }
 
 #[test]
@@ -337,6 +378,24 @@ mod azure {
             "images",
             &[("<region>", "westus2"), ("<imageName>", "hello"), ("<runOutputName>", "hello")],
         );
+        // The failing build's template is an ARM deployment template in the group's region:
+        // `aib build --backend azure` asks ARM where `resourceGroup()` is (westus2, where the
+        // source image is; a wrong or empty location finds no image and fails before any VM).
+        let text = match abort_on {
+            None => text,
+            Some(_) => {
+                let mut resource: Value = serde_json::from_str(&text).unwrap();
+                resource["location"] = json!("[resourceGroup().location]");
+                resource["name"] = json!("[parameters('name')]");
+                json!({
+                    "$schema": "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#",
+                    "contentVersion": "1.0.0.0",
+                    "parameters": {"name": {"type": "string", "defaultValue": "hello"}},
+                    "resources": [resource],
+                })
+                .to_string()
+            }
+        };
         let out = dir.join("helloImageTemplateLinux.json");
         std::fs::write(&out, text).unwrap();
         out
@@ -491,4 +550,68 @@ mod azure {
         assert!(s.resource(&format!("/subscriptions/{SUB}/resourceGroups/images/providers/Microsoft.Compute/images/win")).is_some());
         assert_eq!(build_resources(&s), Vec::<String>::new(), "only the staging group stays");
     }
+}
+
+/// Copies the directory tree `from` to `to` (files hard-linked where the file system allows).
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&src, &dst);
+        } else if std::fs::hard_link(&src, &dst).is_err() {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
+
+/// `cargo install --path . --features cli` into a cargo home holding nothing but the crate
+/// archives (copied from the home that built this test, so the install reaches no network:
+/// `--offline`) puts a working `aib` on the PATH. A whole build of the CLI: the test command
+/// runs it in its slow step. `--debug` keeps it to minutes; its target directory stays under
+/// `$CARGO_TARGET_DIR/install-check` so a second run is incremental, and the home is wiped and
+/// seeded again every time.
+#[test]
+#[ignore = "slow (a whole build of the CLI): run by the end-to-end step of scripts/test.sh"]
+fn cargo_install_puts_a_working_aib_on_the_path() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let source_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cargo"));
+    let registry = source_home.join("registry");
+    assert!(registry.join("cache").is_dir(), "no crate archives in {}: build the workspace once (cargo fetch)", registry.display());
+    // Integration tests run from target/<profile>/deps.
+    let target_dir = std::env::current_exe().unwrap().ancestors().nth(3).unwrap().join("install-check");
+    let home = target_dir.join("cargo-home");
+    let _ = std::fs::remove_dir_all(&home);
+    for part in ["index", "cache"] {
+        copy_tree(&registry.join(part), &home.join("registry").join(part));
+    }
+    let prefix = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO"))
+        .args(["install", "--offline", "--locked", "--debug", "--features", "cli", "--path"])
+        .arg(root)
+        .arg("--root")
+        .arg(prefix.path())
+        .env("CARGO_HOME", &home)
+        .env("CARGO_TARGET_DIR", target_dir.join("target"))
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET_DIR")
+        .output()
+        .expect("cargo install");
+    assert!(out.status.success(), "cargo install failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let bin = prefix.path().join("bin");
+    assert!(bin.join("aib").is_file(), "no aib in {}", bin.display());
+    // On the PATH, by name: --version, a validation of the example template, a completion script.
+    let template = root.join("examples/templates/debian-local.json");
+    let script = format!(
+        "aib --version && aib validate {} && aib completions bash | grep -q 'complete -F _aib' && echo completions-ok",
+        template.display()
+    );
+    let out = Command::new("sh").args(["-c", &script]).env("PATH", format!("{}:/usr/bin:/bin", bin.display())).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.starts_with(&format!("aib {} (backends: local;", env!("CARGO_PKG_VERSION"))), "{stdout}");
+    assert_eq!(stdout.lines().last(), Some("completions-ok"), "{stdout}");
 }

@@ -179,6 +179,25 @@ impl AzureBackend {
         Backend::new(self.provisioner.clone(), aib_customizers::registry_with(self.fetcher.clone()).merge(reg))
     }
 
+    /// What a deployment template's `subscription()` and `resourceGroup()` see when this
+    /// backend builds it ([`Document::evaluate`](aib_core::template::Document::evaluate)): the
+    /// build's subscription, and its resource group with the location ARM reports. A group that
+    /// does not exist (yet) gives no location: `resourceGroup().location` is then an error,
+    /// never a guess. Parameter values go on top (`Params::set`).
+    ///
+    /// # Errors
+    /// ARM's, other than the group not being found.
+    pub async fn deployment_params(&self) -> Result<aib_core::template::Params> {
+        let p = &self.provisioner;
+        let path = format!("/subscriptions/{}/resourcegroups/{}", p.subscription(), p.resource_group());
+        let location = match self.arm().get(&path, RESOURCES_API).await {
+            Ok(v) => v.get("location").and_then(Value::as_str).unwrap_or_default().to_string(),
+            Err(Error::NotFound { .. }) => String::new(),
+            Err(e) => return Err(e),
+        };
+        Ok(aib_core::template::Params::new().subscription(p.subscription()).resource_group(p.resource_group(), location))
+    }
+
     /// Deletes what runs left behind, found by their tags (`createdBy`, `aibRunId`): for when
     /// the ledger is gone or on another machine. Resources of `live_runs`, younger than
     /// `min_age`, or without a creation tag are left alone. Staging groups are kept.

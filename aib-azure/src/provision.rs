@@ -288,6 +288,12 @@ impl AzureProvisioner {
         &self.subscription
     }
 
+    /// The resource group of the template (the image template's own group, AIB's
+    /// `imageTemplateResourceGroupName`).
+    pub fn resource_group(&self) -> &str {
+        &self.resource_group
+    }
+
     fn vm(&self, id: &str) -> Result<Arc<Vm>> {
         self.vms.get(id, BACKEND)
     }

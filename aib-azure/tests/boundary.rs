@@ -106,3 +106,35 @@ async fn a_build_vm_port_is_open_only_to_the_range_the_operator_gives() {
     Pipeline::from_template(&public, &backend(&s, Some("*"), &[]).unwrap()).unwrap().build().unwrap();
     assert!(s.resource_ids().is_empty());
 }
+
+/// A deployment template sees the build's own subscription and resource group, with the
+/// location ARM reports; without the group there is no location to guess.
+#[tokio::test]
+async fn a_deployment_template_sees_the_builds_subscription_and_group() {
+    let s = ArmServer::start().await.unwrap();
+    let b = AzureBackend::builder()
+        .provisioner(AzureProvisioner::builder().arm(client(&s)).subscription(SUB).resource_group(RG).allowed_source("127.0.0.1/32"))
+        .build()
+        .unwrap();
+    let deployment = json!({
+        "$schema": "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#",
+        "contentVersion": "1.0.0.0",
+        "resources": [{"type": "Microsoft.VirtualMachineImages/imageTemplates", "apiVersion": "2024-02-01", "name": "t",
+            "location": "[resourceGroup().location]",
+            "properties": {"source": platform(), "customize": [{"type": "Shell", "name": "s", "inline": ["true"]}],
+                "distribute": [{"type": "ManagedImage", "runOutputName": "m", "location": "[resourceGroup().location]",
+                    "imageId": "[resourceId('Microsoft.Compute/images', 'x')]"}]}}]
+    })
+    .to_string();
+    let doc = aib_core::template::Document::parse(&deployment);
+    // No group yet: `.location` is refused by name, never an empty region.
+    let err = doc.evaluate(&b.deployment_params().await.unwrap()).unwrap_err().to_string();
+    assert!(err.contains("location"), "{err}");
+    common::group(&client(&s), RG, "westus3").await;
+    let evaluated = doc.evaluate(&b.deployment_params().await.unwrap()).unwrap();
+    let t = ImageTemplate::from_document(evaluated).unwrap().template;
+    assert_eq!(t.location, "westus3");
+    let target = serde_json::to_value(&t.properties.distribute[0]).unwrap();
+    assert_eq!(target["imageId"], format!("/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/images/x"));
+    assert_eq!(target["location"], "westus3");
+}

@@ -101,7 +101,8 @@ impl Params {
         self
     }
 
-    /// The resource group (name and location) `resourceGroup()` and `resourceId()` see.
+    /// The resource group (name and location) `resourceGroup()` and `resourceId()` see. An empty
+    /// location is an unknown one: `resourceGroup().location` is then an error, not `""`.
     #[must_use]
     pub fn resource_group(mut self, name: impl Into<String>, location: impl Into<String>) -> Self {
         self.resource_group = Some((name.into(), location.into()));
@@ -154,18 +155,30 @@ impl Scope for TemplateScope<'_> {
             .subscription_id
             .as_deref()
             .ok_or("`subscription()` needs the deployment's subscription: give --subscription ID (CLI) or Params::subscription")?;
-        Ok(
-            json!({"id": format!("/subscriptions/{id}"), "subscriptionId": id, "tenantId": self.params.tenant_id.clone().unwrap_or_default(), "displayName": id}),
-        )
+        // What is not known is left out: `subscription().tenantId` without a tenant is an error
+        // naming the property, never an empty string.
+        let mut v = json!({"id": format!("/subscriptions/{id}"), "subscriptionId": id, "displayName": id});
+        if let Some(t) = &self.params.tenant_id {
+            v["tenantId"] = json!(t);
+        }
+        Ok(v)
     }
 
     fn resource_group(&self) -> Result<Value, String> {
         let (name, location) = self.params.resource_group.clone().ok_or(
-            "`resourceGroup()` needs the deployment's resource group: give --resource-group NAME --location REGION (CLI) or Params::resource_group",
+            "`resourceGroup()` needs the deployment's resource group: give --resource-group NAME [--rg-location REGION] (CLI) or Params::resource_group",
         )?;
-        let sub = self.params.subscription_id.clone().unwrap_or_else(|| "00000000-0000-0000-0000-000000000000".into());
-        Ok(json!({"id": format!("/subscriptions/{sub}/resourceGroups/{name}"), "name": name, "type": "Microsoft.Resources/resourceGroups",
-            "location": location, "properties": {"provisioningState": "Succeeded"}, "tags": {}}))
+        // What is not known is left out (`.location` without one, `.id` without a
+        // subscription): an error naming the property, never a made-up value.
+        let mut v = json!({"name": name, "type": "Microsoft.Resources/resourceGroups",
+            "properties": {"provisioningState": "Succeeded"}, "tags": {}});
+        if let Some(sub) = &self.params.subscription_id {
+            v["id"] = json!(format!("/subscriptions/{sub}/resourceGroups/{name}"));
+        }
+        if !location.is_empty() {
+            v["location"] = json!(location);
+        }
+        Ok(v)
     }
 
     fn copy_index(&self, name: Option<&str>) -> Result<i64, String> {

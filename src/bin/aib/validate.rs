@@ -27,7 +27,8 @@ pub(crate) struct TemplateParams {
     /// and it wins over the parameter file.
     #[arg(short = 'p', long = "parameter", value_name = "NAME=VALUE")]
     pub values: Vec<String>,
-    /// The resource group's region, for `resourceGroup().location` (with --resource-group).
+    /// The resource group's region, for `resourceGroup().location` (with --resource-group;
+    /// `--backend azure` asks ARM for it).
     #[arg(long = "rg-location", value_name = "REGION")]
     pub rg_location: Option<String>,
 }
@@ -37,9 +38,16 @@ impl TemplateParams {
         self.file.is_some() || !self.values.is_empty()
     }
 
-    /// The parameters, and what `subscription()`/`resourceGroup()` see.
-    pub(crate) fn params(&self, subscription: Option<&str>, resource_group: Option<&str>) -> Result<Params, String> {
-        let mut p = Params::new();
+    /// The parameters, and what `subscription()`/`resourceGroup()` see: the backend's `context`
+    /// when there is one (`--backend azure`: the group's location from ARM), where
+    /// `--rg-location` wins; otherwise the options.
+    pub(crate) fn params(
+        &self,
+        context: Option<&Params>,
+        subscription: Option<&str>,
+        resource_group: Option<&str>,
+    ) -> Result<Params, String> {
+        let mut p = context.cloned().unwrap_or_default();
         if let Some(f) = &self.file {
             let text = read(f).map_err(|e| format!("{}: cannot read: {e}", f.display()))?;
             p = p.with_file(&text).map_err(|e| format!("{}: {e}", f.display()))?;
@@ -48,11 +56,15 @@ impl TemplateParams {
             let (k, val) = v.split_once('=').ok_or_else(|| format!("-p {v}: expected NAME=VALUE"))?;
             p = p.set_text(k.trim(), val);
         }
-        if let Some(s) = subscription.map(str::to_string).or_else(|| std::env::var("AZURE_SUBSCRIPTION_ID").ok()) {
+        if context.is_none()
+            && let Some(s) = subscription.map(str::to_string).or_else(|| std::env::var("AZURE_SUBSCRIPTION_ID").ok())
+        {
             p = p.subscription(s);
         }
-        if let Some(rg) = resource_group {
-            p = p.resource_group(rg, self.rg_location.clone().unwrap_or_default());
+        match (resource_group, &self.rg_location) {
+            (Some(rg), Some(location)) => p = p.resource_group(rg, location),
+            (Some(rg), None) if context.is_none() => p = p.resource_group(rg, ""),
+            _ => {}
         }
         Ok(p)
     }
@@ -63,6 +75,7 @@ impl TemplateParams {
     pub(crate) fn evaluate(
         &self,
         doc: Document,
+        context: Option<&Params>,
         subscription: Option<&str>,
         resource_group: Option<&str>,
         required: bool,
@@ -70,7 +83,7 @@ impl TemplateParams {
         if !self.given() && !doc.has_expressions() {
             return Ok(doc);
         }
-        let params = self.params(subscription, resource_group)?;
+        let params = self.params(context, subscription, resource_group)?;
         match doc.evaluate(&params) {
             Ok(d) => Ok(d),
             Err(aib::Error::InvalidTemplate { diagnostics }) if !self.given() && !required => {
@@ -118,7 +131,7 @@ pub(crate) fn validate(
                 continue;
             }
         };
-        let doc = match tp.evaluate(Document::parse(&text), subscription, resource_group, false) {
+        let doc = match tp.evaluate(Document::parse(&text), None, subscription, resource_group, false) {
             Ok(d) => d,
             Err(e) => {
                 eprintln!("{shown}: {e}");

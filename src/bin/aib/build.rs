@@ -164,6 +164,8 @@ pub(crate) struct ArmContext {
     pub params: crate::validate::TemplateParams,
     pub subscription: Option<String>,
     pub resource_group: Option<String>,
+    /// What the backend says `subscription()` and `resourceGroup()` are (Azure).
+    pub context: Option<aib::template::Params>,
 }
 
 /// Reads, evaluates (a deployment template with parameters or expressions) and parses a
@@ -179,7 +181,7 @@ pub(crate) fn parse(
     let doc = aib::template::Document::parse_with(&text, &ParseOptions::default().with_types(types));
     let doc = arm
         .params
-        .evaluate(doc, arm.subscription.as_deref(), arm.resource_group.as_deref(), true)
+        .evaluate(doc, arm.context.as_ref(), arm.subscription.as_deref(), arm.resource_group.as_deref(), true)
         .map_err(|e| Err(format!("{}: {e}", template.display()).into()))?;
     let parsed = match ImageTemplate::from_document(doc) {
         Ok(p) => p,

@@ -110,6 +110,8 @@ pub(crate) async fn build(
 ) -> CliResult {
     // One backend: its types check the template, then it builds it in the template's region.
     let azure = backend(&args, &boundary)?;
+    // `subscription()` and `resourceGroup()` (its location from ARM) as this build sees them.
+    let arm = crate::build::ArmContext { context: Some(azure.deployment_params().await?), ..arm };
     let (_, t) = match parse(&template, azure.backend().registry.type_names(), &arm, out) {
         Ok(p) => p,
         Err(r) => return r,
@@ -159,10 +161,10 @@ pub(crate) async fn build(
     _: Option<PathBuf>,
     _: crate::build::Output,
 ) -> CliResult {
-    Err("this aib was built without Azure: cargo run --features azure --example aib -- …".into())
+    Err("this aib was built without the Azure backend: install it with `cargo install aib --features cli,azure`".into())
 }
 
 #[cfg(not(feature = "azure"))]
 pub(crate) async fn gc(_: AzureArgs, _: Option<PathBuf>, _: Option<u64>) -> CliResult {
-    Err("this aib was built without Azure: cargo run --features azure --example aib -- …".into())
+    Err("this aib was built without the Azure backend: install it with `cargo install aib --features cli,azure`".into())
 }

@@ -1,4 +1,4 @@
-//! The `aib` command line.
+//! The `aib` command line: `cargo install aib --features cli` (add `azure` for `--backend azure`).
 //!
 //! ```text
 //! aib validate [--format text|json] FILE… [--parameters FILE] [-p NAME=VALUE]… [--subscription ID]
@@ -16,6 +16,8 @@
 //! aib images import URN FILE --sha256 SUM
 //! aib warm ls|prune [--all] [--state-dir DIR]
 //!                                        the saved VM states local builds restore
+//! aib completions bash|zsh|fish|elvish|powershell
+//!                                        a shell completion script on stdout
 //! aib testkit arm-server [--port N] [--guests sshd] [--windows-guests] [--image REGION:PUBLISHER:OFFER:SKU:VERSION]… [--azurite URL]
 //!                                        the ARM test server, standalone
 //! ```
@@ -29,10 +31,16 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// `aib --version`: the version and the backends compiled in.
+#[cfg(feature = "azure")]
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (backends: local, azure)");
+#[cfg(not(feature = "azure"))]
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (backends: local; `--features cli,azure` adds azure)");
+
 #[derive(Parser)]
 #[command(
     name = "aib",
-    version,
+    version = VERSION,
     about = "Azure VM Image Builder templates, built anywhere",
     after_help = "Exit codes: 0 success; 1 invalid template, or a build that Failed or was Canceled; \
                   2 usage or I/O error; 3 a build that PartiallySucceeded.\n\
@@ -139,6 +147,12 @@ enum Command {
         #[command(subcommand)]
         action: WarmAction,
     },
+    /// Print a shell completion script: `aib completions bash > ~/.local/share/bash-completion/completions/aib`,
+    /// `aib completions zsh > ~/.zfunc/_aib`, `aib completions fish > ~/.config/fish/completions/aib.fish`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// List (or import) images.
     Images {
         /// State directory.
@@ -220,11 +234,21 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Build { template, backend: BackendKind::Local, state_dir, output, boundary, params, azure } => {
-            let ctx = build::ArmContext { params, subscription: azure.subscription.clone(), resource_group: azure.resource_group.clone() };
+            let ctx = build::ArmContext {
+                params,
+                subscription: azure.subscription.clone(),
+                resource_group: azure.resource_group.clone(),
+                context: None,
+            };
             build::runtime(build::build(template, state_dir, boundary, ctx, build::Output { format: output, quiet }))
         }
         Command::Build { template, backend: BackendKind::Azure, state_dir, output, boundary, params, azure } => {
-            let ctx = build::ArmContext { params, subscription: azure.subscription.clone(), resource_group: azure.resource_group.clone() };
+            let ctx = build::ArmContext {
+                params,
+                subscription: azure.subscription.clone(),
+                resource_group: azure.resource_group.clone(),
+                context: None,
+            };
             build::runtime(azure::build(template, azure, boundary, ctx, state_dir, build::Output { format: output, quiet }))
         }
         Command::Gc { backend: BackendKind::Local, state_dir, min_age_secs, .. } => {
@@ -288,6 +312,11 @@ fn main() -> ExitCode {
                 WarmAction::Prune { all } => Some(all),
             },
         )),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "aib", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
         Command::Images { state_dir, action } => build::runtime(build::images(
             state_dir,
             action.map(|ImagesAction::Import { urn, source, sha256, windows }| (urn, source, sha256, windows)),
