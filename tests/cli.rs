@@ -425,7 +425,11 @@ mod azure {
         let state = dir.path().join("state").display().to_string();
 
         let t = template(&web, dir.path(), None).display().to_string();
-        let out = cli(
+        // RUST_LOG=debug, unscoped (third-party crates' debug lines too), and one ARM server
+        // error on the way: the retry and the SSH connect attempts are tracing events, and the
+        // secret scan below reads all of it.
+        s.inject(aib_testkit::arm::ArmFault::ServerError, 1);
+        let out = cli_logging(
             &s,
             &storage,
             vec![
@@ -440,10 +444,13 @@ mod azure {
                 "--allow-source-net".into(),
                 "127.0.0.1".into(),
             ],
+            Some("debug"),
         )
         .await;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(0), "{stderr}");
+        assert!(stderr.contains("retrying"), "the ARM client's retry at debug: {stderr}");
+        assert!(stderr.contains("ssh connect attempt") && stderr.contains("ssh connected"), "SSH connect attempts at debug: {stderr}");
         let report: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(report["runState"], "Succeeded");
         assert_eq!(

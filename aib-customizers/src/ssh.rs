@@ -322,11 +322,13 @@ impl SshCommunicator {
         let mut attempts = 0u32;
         loop {
             attempts += 1;
+            tracing::debug!(host = %self.cfg.host, port = self.cfg.port, attempt = attempts, "ssh connect attempt");
             let mismatch = Arc::new(std::sync::Mutex::new(None));
             let left = deadline.saturating_sub(start.elapsed());
             let r = tokio::time::timeout(self.cfg.attempt_timeout.min(left.max(Duration::from_millis(1))), self.attempt(&mismatch)).await;
             let err = match r {
                 Ok(Ok(s)) => {
+                    tracing::debug!(attempts, elapsed = ?start.elapsed(), "ssh connected");
                     if let Ok(mut t) = self.connect_time.lock() {
                         *t = start.elapsed();
                     }
