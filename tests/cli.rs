@@ -189,6 +189,28 @@ fn completions_for_bash_zsh_and_fish_name_every_command() {
     assert_eq!(replies.trim(), "validate", "{replies}");
 }
 
+/// A download shows its progress: without a terminal, plain lines (one at the end at least)
+/// naming the transfer, the bytes and the percentage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_download_reports_its_progress_in_plain_lines() {
+    let web = aib_testkit::http::StaticServer::start().await.unwrap();
+    let disk: Vec<u8> = (0..3u32 << 20).map(|i| (i % 253) as u8).collect();
+    let sum = aib::customizers::fetch::sha256_hex(&disk);
+    let url = web.put("disk.raw", disk);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state").display().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        run(&["images", "--state-dir", &state, "import", "Test:img:1:1.0.0", &url, "--sha256", &sum], None)
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("[download Test:img:1:1.0.0] 3.00 MiB / 3.00 MiB (100%)"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("imported Test:img:1:1.0.0 ("), "{stdout}");
+}
+
 #[test]
 fn garbage_never_crashes() {
     for input in ["", "\u{0}\u{1}", "{{{{", "[]", &"[".repeat(200_000), "{\"resources\": 5}"] {

@@ -55,6 +55,34 @@ impl Default for Fetcher {
     }
 }
 
+/// Told the bytes received so far and the total, when known.
+pub type Progress<'a> = &'a (dyn Fn(u64, Option<u64>) + Send + Sync);
+
+/// Reports a transfer about every MiB, and once at its end.
+struct Reporter<'a> {
+    progress: Progress<'a>,
+    total: Option<u64>,
+    last: u64,
+}
+
+impl<'a> Reporter<'a> {
+    fn new(progress: Progress<'a>, total: Option<u64>) -> Self {
+        progress(0, total);
+        Reporter { progress, total, last: 0 }
+    }
+
+    fn at(&mut self, n: u64) {
+        if n >= self.last + (1 << 20) {
+            self.last = n;
+            (self.progress)(n, self.total);
+        }
+    }
+
+    fn done(&self, n: u64) {
+        (self.progress)(n, Some(n));
+    }
+}
+
 /// Lowercase hex SHA-256 of `data`.
 pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
@@ -151,7 +179,13 @@ impl Fetcher {
     /// Fetches `uri` and checks it against `sha256` (lowercase hex; empty or `None` = no check).
     /// Nothing is returned unless the checksum matches.
     pub async fn fetch(&self, uri: &str, sha256: Option<&str>) -> Result<Vec<u8>> {
-        let data = self.fetch_raw(uri).await?;
+        self.fetch_reporting(uri, sha256, &|_, _| {}).await
+    }
+
+    /// [`Fetcher::fetch`], telling `progress` the bytes received so far and the total when the
+    /// server says it (about every MiB, and once at the end; from 0 again on a retry).
+    pub async fn fetch_reporting(&self, uri: &str, sha256: Option<&str>, progress: Progress<'_>) -> Result<Vec<u8>> {
+        let data = self.fetch_raw(uri, progress).await?;
         if let Some(want) = sha256.filter(|s| !s.is_empty()) {
             let got = sha256_hex(&data);
             if !got.eq_ignore_ascii_case(want) {
@@ -161,7 +195,7 @@ impl Fetcher {
         Ok(data)
     }
 
-    async fn fetch_raw(&self, uri: &str) -> Result<Vec<u8>> {
+    async fn fetch_raw(&self, uri: &str, progress: Progress<'_>) -> Result<Vec<u8>> {
         let (scheme, rest) = uri.split_once("://").ok_or_else(|| invalid(uri, "not an absolute URI"))?;
         match scheme.to_ascii_lowercase().as_str() {
             "file" => {
@@ -174,7 +208,7 @@ impl Fetcher {
             }
             "http" | "https" => {
                 let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(8));
-                retry_while(backoff, self.retries + 1, Error::is_retryable, || self.get(uri)).await
+                retry_while(backoff, self.retries + 1, Error::is_retryable, || self.get(uri, progress)).await
             }
             other => Err(invalid(uri, &format!("scheme `{other}` is not supported; use https, http or file"))),
         }
@@ -211,12 +245,18 @@ impl Fetcher {
     /// no byte comes for a minute, however long it takes in all. `dest` is removed unless the
     /// SHA-256 matches `sha256`. Returns the size.
     pub async fn fetch_to_file(&self, uri: &str, sha256: &str, dest: &std::path::Path) -> Result<u64> {
+        self.fetch_to_file_reporting(uri, sha256, dest, &|_, _| {}).await
+    }
+
+    /// [`Fetcher::fetch_to_file`], telling `progress` how far the download is (as
+    /// [`Fetcher::fetch_reporting`] does).
+    pub async fn fetch_to_file_reporting(&self, uri: &str, sha256: &str, dest: &std::path::Path, progress: Progress<'_>) -> Result<u64> {
         let scheme = uri.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
         if !matches!(scheme.as_deref(), Some("http" | "https")) {
             return Err(invalid(uri, "downloads to a file take an http or https URL"));
         }
         let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(8));
-        let result = retry_while(backoff, self.retries + 1, Error::is_retryable, || self.download(uri, dest)).await;
+        let result = retry_while(backoff, self.retries + 1, Error::is_retryable, || self.download(uri, dest, progress)).await;
         let got = match result {
             Ok(got) => got,
             Err(e) => {
@@ -231,10 +271,11 @@ impl Fetcher {
         Ok(got.1)
     }
 
-    async fn download(&self, uri: &str, dest: &std::path::Path) -> Result<(String, u64)> {
+    async fn download(&self, uri: &str, dest: &std::path::Path, progress: Progress<'_>) -> Result<(String, u64)> {
         use tokio::io::AsyncWriteExt;
         let _ = tokio::fs::remove_file(dest).await;
         let mut resp = self.send(uri, None).await?;
+        let mut report = Reporter::new(progress, resp.content_length());
         let mut f = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -251,20 +292,25 @@ impl Fetcher {
             }
             hash.update(&chunk);
             f.write_all(&chunk).await.map_err(|e| Error::io(dest, e))?;
+            report.at(n);
         }
         f.sync_all().await.map_err(|e| Error::io(dest, e))?;
+        report.done(n);
         Ok((hex::encode(hash.finalize()), n))
     }
 
-    async fn get(&self, uri: &str) -> Result<Vec<u8>> {
+    async fn get(&self, uri: &str, progress: Progress<'_>) -> Result<Vec<u8>> {
         let mut resp = self.send(uri, Some(SCRIPT_TIMEOUT)).await?;
+        let mut report = Reporter::new(progress, resp.content_length());
         let mut out = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(|e| transfer(uri, e))? {
             out.extend_from_slice(&chunk);
             if out.len() as u64 > self.max_bytes {
                 return Err(too_big(uri, out.len() as u64, self.max_bytes));
             }
+            report.at(out.len() as u64);
         }
+        report.done(out.len() as u64);
         Ok(out)
     }
 

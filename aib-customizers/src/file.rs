@@ -93,7 +93,9 @@ impl Customizer for FileCustomizer {
     async fn run(&self, comm: &(dyn Communicator + 'static), ctx: &StepContext) -> Result<()> {
         let platform = comm.platform();
         let parent = self.check_destination(&ctx.name, platform)?;
-        let data = self.fetcher.fetch(&self.source_uri, self.sha256.as_deref()).await?;
+        let output = ctx.output.clone();
+        let progress = move |done: u64, total: Option<u64>| output.progress(done, total, "bytes");
+        let data = self.fetcher.fetch_reporting(&self.source_uri, self.sha256.as_deref(), &progress).await?;
         let size = data.len() as u64;
         let want = crate::fetch::sha256_hex(&data);
         let tail = Tail::new(ctx.output.clone(), 8);

@@ -330,6 +330,19 @@ impl Catalog {
     /// Imports a disk (`qcow2`, `raw` or `vhd`; a path or an `http(s)` URL) as
     /// `publisher:offer:sku:version`, verifying `sha256` first.
     pub async fn import(&self, urn: &str, source: &str, sha256: &str, windows: bool) -> Result<CatalogEntry> {
+        self.import_reporting(urn, source, sha256, windows, &|_, _| {}).await
+    }
+
+    /// [`Catalog::import`], telling `progress` how far a download is (bytes so far, and the
+    /// total when the server says it).
+    pub async fn import_reporting(
+        &self,
+        urn: &str,
+        source: &str,
+        sha256: &str,
+        windows: bool,
+        progress: aib_customizers::fetch::Progress<'_>,
+    ) -> Result<CatalogEntry> {
         let parts: Vec<&str> = urn.split(':').collect();
         let [publisher, offer, sku, version] = parts.as_slice() else {
             return Err(Error::InvalidConfig {
@@ -364,7 +377,7 @@ impl Catalog {
                     .with_allowed_network(IpNet::ANY_V4)
                     .with_allowed_network(IpNet::ANY_V6)
                     .with_max_bytes(MAX_IMPORT_BYTES);
-                fetcher.fetch_to_file(source, sha256, &p).await?;
+                fetcher.fetch_to_file_reporting(source, sha256, &p, progress).await?;
                 p
             } else {
                 // Resolved: an absolute path, which qemu-img never reads as `json:` or a protocol.

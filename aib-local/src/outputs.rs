@@ -2,7 +2,7 @@
 //! and the local gallery's SharedImage and ManagedImage targets.
 
 use crate::gallery::Gallery;
-use crate::tools::{BACKEND, image_info, run};
+use crate::tools::{BACKEND, image_info};
 use aib_core::template::{DistributorSpec, ManagedImageTarget, SharedImageTarget};
 use aib_core::{Artifact, CapturedImage, DistributeRequest, Distributor, Error, OutputStream, ResourceRecord, Result, Scope, StepContext};
 use async_trait::async_trait;
@@ -111,11 +111,14 @@ async fn write_file(image: &CapturedImage, format: DiskFormat, dest: &Path, ctx:
     ctx.output.progress(0, Some(info.virtual_size), "bytes");
     // Out-of-order writes with 16 coroutines, for every format (a file made here is not read
     // before it is complete and renamed).
-    let mut args: Vec<String> = ["convert", "-W", "-m", "16", "-f", &image.format].map(String::from).to_vec();
+    let mut args: Vec<String> = ["convert", "-p", "-W", "-m", "16", "-f", &image.format].map(String::from).to_vec();
     args.extend(format.args().into_iter().map(String::from));
     args.push(image.location.clone());
     args.push(tmp.display().to_string());
-    run("qemu-img", &args).await?;
+    let total = info.virtual_size;
+    let output = ctx.output.clone();
+    crate::tools::run_reporting("qemu-img", &args, &move |p| output.progress((total as f64 * p / 100.0) as u64, Some(total), "bytes"))
+        .await?;
     if format == DiskFormat::VhdFixed {
         check_vhd(&tmp)?;
     }

@@ -49,6 +49,61 @@ where
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// `qemu-img convert -p …` (give `-p`), telling `progress` the percentage done as qemu-img
+/// prints it (`    (42.17/100%)`, one update a carriage return).
+pub(crate) async fn run_reporting(program: &str, args: &[String], progress: &(dyn Fn(f64) + Send + Sync)) -> Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut child = Command::new(program)
+        .args(args)
+        .env_clear()
+        .envs(aib_core::boundary::tool_env())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| missing(program, e))?;
+    let (mut stdout, mut stderr) = (child.stdout.take(), child.stderr.take());
+    let read_stdout = async {
+        let Some(out) = stdout.as_mut() else { return };
+        let (mut buf, mut pending) = ([0u8; 512], Vec::new());
+        while let Ok(n @ 1..) = out.read(&mut buf).await {
+            pending.extend_from_slice(&buf[..n]);
+            while let Some(i) = pending.iter().position(|b| *b == b'\r' || *b == b'\n') {
+                let piece: Vec<u8> = pending.drain(..=i).collect();
+                if let Some(p) = percent(&String::from_utf8_lossy(&piece)) {
+                    progress(p);
+                }
+            }
+            // A line without an end this long is no progress line: never hold it all.
+            if pending.len() > 4096 {
+                pending.clear();
+            }
+        }
+    };
+    let read_stderr = async {
+        let mut err = Vec::new();
+        if let Some(e) = stderr.as_mut() {
+            let _ = e.take(1 << 20).read_to_end(&mut err).await;
+        }
+        err
+    };
+    let ((), err) = tokio::join!(read_stdout, read_stderr);
+    let status = child.wait().await.map_err(|e| missing(program, e))?;
+    if !status.success() {
+        let stderr = String::from_utf8_lossy(&err);
+        let tail: Vec<&str> = stderr.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+        return Err(LocalError::ToolFailed { command: format!("{program} {}", args.join(" ")), status, stderr: tail.join(" | ") }.into());
+    }
+    Ok(())
+}
+
+/// `42.17` of qemu-img's `    (42.17/100%)`.
+fn percent(piece: &str) -> Option<f64> {
+    let inner = piece.trim().strip_prefix('(')?.strip_suffix("/100%)")?;
+    inner.parse::<f64>().ok().filter(|p| (0.0..=100.0).contains(p))
+}
+
 pub(crate) fn missing(program: &str, e: std::io::Error) -> Error {
     if e.kind() == std::io::ErrorKind::NotFound {
         LocalError::ToolMissing { program: program.to_string() }.into()
@@ -290,6 +345,28 @@ mod tests {
             assert_eq!(Accelerator::probe(), Accelerator::Tcg);
         }
         assert_eq!(Accelerator::Tcg.qemu_args(), ["-accel", "tcg", "-cpu", "max"]);
+    }
+
+    #[tokio::test]
+    async fn a_conversion_reports_its_percentage() {
+        // A 64 MiB raw disk with data in it, converted by the real qemu-img with -p.
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("a.raw"), dir.path().join("b.qcow2"));
+        let data: Vec<u8> = (0..64u32 << 20).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&src, data).unwrap();
+        let seen = std::sync::Mutex::new(Vec::new());
+        let args: Vec<String> = ["convert", "-p", "-f", "raw", "-O", "qcow2"].map(String::from).to_vec();
+        let args = [args, vec![src.display().to_string(), dst.display().to_string()]].concat();
+        run_reporting("qemu-img", &args, &|p| seen.lock().unwrap().push(p)).await.unwrap_or_else(|e| panic!("{e}"));
+        let seen = seen.into_inner().unwrap();
+        assert!(seen.len() >= 2 && seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+        assert_eq!(seen.last(), Some(&100.0), "{seen:?}");
+        assert_eq!(percent("    (42.17/100%)\r"), Some(42.17));
+        assert_eq!(percent("(142/100%)"), None);
+        let e = run_reporting("qemu-img", &["convert".into(), "-p".into(), "/nonexistent".into(), dst.display().to_string()], &|_| {})
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("/nonexistent"), "{e}");
     }
 
     #[tokio::test]

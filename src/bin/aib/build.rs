@@ -4,12 +4,11 @@
 use crate::validate::{line, read};
 use aib::local::LocalBackend;
 use aib::template::{ImageTemplate, ParseOptions};
-use aib::{Event, OutputStream, Pipeline, Provisioner, RunReport, RunState};
+use aib::{Pipeline, Provisioner, RunReport, RunState};
 use futures::StreamExt;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub(crate) type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
 
@@ -88,76 +87,6 @@ fn backend(state_dir: Option<PathBuf>, boundary: &Boundary) -> Result<LocalBacke
     b.cold_boot(boundary.cold).build()
 }
 
-/// Shows a run: a spinner line on a terminal, plain lines otherwise.
-struct Display {
-    bar: Option<indicatif::ProgressBar>,
-    start: Instant,
-    phase: String,
-    step: String,
-    bytes: Option<(u64, Option<u64>)>,
-}
-
-impl Display {
-    fn new(quiet: bool) -> Self {
-        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
-            let b = indicatif::ProgressBar::new_spinner();
-            b.set_style(
-                indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-            );
-            b.enable_steady_tick(Duration::from_millis(200));
-            b
-        });
-        Display { bar, start: Instant::now(), phase: "Queued".into(), step: String::new(), bytes: None }
-    }
-
-    fn print(&self, quiet: bool, s: String) {
-        if quiet {
-            return;
-        }
-        match &self.bar {
-            Some(b) => b.println(s),
-            None => eprintln!("[{:>6.1}s] {s}", self.start.elapsed().as_secs_f64()),
-        }
-    }
-
-    fn refresh(&self) {
-        if let Some(b) = &self.bar {
-            let bytes = match self.bytes {
-                Some((d, Some(t))) if t > 0 => format!(" {} / {} MiB", d >> 20, t >> 20),
-                _ => String::new(),
-            };
-            b.set_message(format!("{} | {}{bytes}", self.phase, self.step));
-        }
-    }
-
-    fn event(&mut self, e: &Event, quiet: bool) {
-        match e {
-            Event::State { state, sub_state, .. } => {
-                self.phase = sub_state.map(|s| format!("{state}/{s}")).unwrap_or_else(|| state.to_string());
-                self.print(quiet, format!("state: {}", self.phase));
-            }
-            Event::StepStarted { step } => {
-                self.step = step.clone();
-                self.bytes = None;
-                self.print(quiet, format!("▶ {step}"));
-            }
-            Event::StepFinished { step, duration, error } => match error {
-                None => self.print(quiet, format!("✔ {step} ({:.1}s)", duration.as_secs_f64())),
-                Some(e) => self.print(quiet, format!("✘ {step} ({:.1}s): {e}", duration.as_secs_f64())),
-            },
-            Event::Output { step, stream, line } if step != "console" => {
-                let mark = if *stream == OutputStream::Stderr { "!" } else { " " };
-                self.print(quiet, format!("  {mark}[{step}] {line}"));
-            }
-            Event::Progress { done, total, .. } => self.bytes = Some((*done, *total)),
-            Event::Notice { message } => self.print(quiet, format!("• {message}")),
-            _ => {}
-        }
-        self.refresh();
-    }
-}
-
 /// A deployment template's parameters and the deployment's subscription and resource group.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct ArmContext {
@@ -232,18 +161,16 @@ pub(crate) async fn run(pipeline: Pipeline, out: Output) -> CliResult {
         }
     });
     let quiet = out.quiet || out.machine();
-    let mut display = Display::new(quiet);
+    let mut display = crate::display::Display::new(quiet);
     let mut events = run.events();
     while let Some(e) = events.next().await {
         if out.format == crate::Format::Jsonl {
             // Each event names itself: `{"event": "stepStarted", "step": …}`.
             println!("{}", serde_json::to_string(&e).unwrap_or_default());
         }
-        display.event(&e, quiet);
+        display.event(&e);
     }
-    if let Some(b) = &display.bar {
-        b.finish_and_clear();
-    }
+    display.finish_all();
     let report = run.wait().await;
     match out.format {
         crate::Format::Json => println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default()),
@@ -334,10 +261,11 @@ pub(crate) fn gc_summary(report: &aib::GcReport) -> ExitCode {
     if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }
 
-pub(crate) async fn images(state_dir: Option<PathBuf>, import: Option<(String, String, String, bool)>) -> CliResult {
+pub(crate) async fn images(state_dir: Option<PathBuf>, import: Option<(String, String, String, bool)>, quiet: bool) -> CliResult {
     let local = backend(state_dir, &Boundary::default())?;
     if let Some((urn, source, sha, windows)) = import {
-        let e = local.catalog().import(&urn, &source, &sha, windows).await?;
+        let progress = crate::display::transfer(&format!("download {urn}"), quiet);
+        let e = local.catalog().import_reporting(&urn, &source, &sha, windows, &progress).await?;
         println!("imported {} ({} MiB, sha256 {})", e.urn, e.size >> 20, e.sha256);
         return Ok(ExitCode::SUCCESS);
     }

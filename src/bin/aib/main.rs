@@ -25,6 +25,7 @@
 
 mod azure;
 mod build;
+mod display;
 mod validate;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -320,6 +321,7 @@ fn main() -> ExitCode {
         Command::Images { state_dir, action } => build::runtime(build::images(
             state_dir,
             action.map(|ImagesAction::Import { urn, source, sha256, windows }| (urn, source, sha256, windows)),
+            quiet,
         )),
     }
 }
