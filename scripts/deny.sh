@@ -25,6 +25,9 @@ if [ -n "${AIB_ADVISORY_DB:-}" ] && [ ! -d "$db/.git" ]; then
   mkdir -p "$(dirname "$db")"
   git clone --quiet "$AIB_ADVISORY_DB" "$db"
 fi
+# cargo-deny reads the metadata of every target platform offline: the crates of the platforms
+# nothing here builds for come from crates.io first.
+cargo fetch --quiet
 # Fetch (or update) it when GitHub is reachable; cargo-deny keeps the copy it has otherwise.
 "$deny" fetch db >/dev/null 2>&1 || true
 if [ ! -d "$db/.git" ]; then
