@@ -37,14 +37,7 @@ where
         .map_err(|e| missing(program, e))?;
     if !out.status.success() {
         let shown: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = stderr.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
-        return Err(LocalError::ToolFailed {
-            command: format!("{program} {}", shown.join(" ")),
-            status: out.status,
-            stderr: tail.join(" | "),
-        }
-        .into());
+        return Err(failed(program, &shown, out.status, &out.stderr));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -91,11 +84,16 @@ pub(crate) async fn run_reporting(program: &str, args: &[String], progress: &(dy
     let ((), err) = tokio::join!(read_stdout, read_stderr);
     let status = child.wait().await.map_err(|e| missing(program, e))?;
     if !status.success() {
-        let stderr = String::from_utf8_lossy(&err);
-        let tail: Vec<&str> = stderr.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
-        return Err(LocalError::ToolFailed { command: format!("{program} {}", args.join(" ")), status, stderr: tail.join(" | ") }.into());
+        return Err(failed(program, args, status, &err));
     }
     Ok(())
+}
+
+/// A tool that failed: its command line and the last 15 lines of its stderr.
+fn failed(program: &str, args: &[String], status: std::process::ExitStatus, stderr: &[u8]) -> Error {
+    let stderr = String::from_utf8_lossy(stderr);
+    let tail: Vec<&str> = stderr.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+    LocalError::ToolFailed { command: format!("{program} {}", args.join(" ")), status, stderr: tail.join(" | ") }.into()
 }
 
 /// `42.17` of qemu-img's `    (42.17/100%)`.
