@@ -500,6 +500,10 @@ mod azure {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(1), "{stdout}");
         assert!(stdout.contains("build VM kept: ssh -p"), "{stdout}");
+        // The top failure says which step, why, and what to do next.
+        assert!(stdout.contains("step `customize[4]") && stdout.contains("exit code 7"), "{stdout}");
+        assert!(stdout.contains("next: read why `customize[4]"), "{stdout}");
+        assert!(stdout.contains("next: reach the kept build VM with `ssh -p"), "{stdout}");
         assert!(build_resources(&s).iter().any(|r| r.contains("/virtualMachines/")));
         assert_eq!(s.running_guests(), 1);
         let out = cli(&s, &storage, vec!["gc".into(), "--backend".into(), "azure".into(), "--state-dir".into(), state]).await;

@@ -50,6 +50,7 @@ pub mod error;
 pub mod events;
 pub mod gc;
 pub mod ledger;
+mod next_steps;
 pub mod pipeline;
 pub mod reclaim;
 pub mod redact;

@@ -202,6 +202,9 @@ fn summary(r: &RunReport) {
     if let Some(vm) = &r.kept_vm {
         println!("build VM kept: {}", vm.command);
     }
+    for n in r.next_steps() {
+        println!("next: {n}");
+    }
     if let Some(log) = &r.customization_log {
         println!("customization log: {}", log.display());
     }
