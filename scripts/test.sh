@@ -19,6 +19,8 @@
 # installed with npm into ~/.cache/aib/azurite when missing. The SSH tests start a real OpenSSH sshd
 # on 127.0.0.1 and use sudo: when they are missing and this runs as root, it installs Debian's
 # openssh-server, openssh-client and sudo; otherwise it says what to install.
+# QEMU and qemu-img (the output tests use the real qemu-img) come first, from
+# scripts/setup-local.sh, which installs them as root or says what to install.
 # Build output goes to $CARGO_TARGET_DIR (default: ~/.cache/aib/target), shared with CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,6 +70,11 @@ if [ ! -x "$azurite_dir/node_modules/.bin/azurite-blob" ]; then
   fi
 fi
 
+# QEMU and qemu-img first: the workspace tests use the real qemu-img and read QEMU's machine
+# types, not only the end-to-end step.
+step "local build tools: scripts/setup-local.sh (installs QEMU and qemu-img as root when missing)"
+./scripts/setup-local.sh
+
 step "cargo fmt --all --check"
 cargo fmt --all --check
 
@@ -100,8 +107,7 @@ step "cargo deny: licenses, sources, RustSec advisories (deny.toml)"
 if [ "${1:-}" = "--quick" ]; then
   echo; echo "quick run: end-to-end VM tests skipped (--quick)"; exit 0
 fi
-step "end to end: local QEMU builds (scripts/setup-local.sh installs the tools as root)"
-./scripts/setup-local.sh
+step "end to end: local QEMU builds"
 cargo test -p aib-local --test e2e -- --ignored --test-threads=1
 # The Azure provisioner on a real Debian VM behind the ARM test server.
 cargo test -p aib-local --test azure_qemu -- --ignored
