@@ -326,14 +326,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr through `tracing`: warnings by default, `-v` debug, `-vv` trace, `-q` errors;
+/// Logs to stderr through `tracing`: warnings by default, `-v` debug, `-vv` trace (winrm-rs at
+/// debug), `-q` errors;
 /// `RUST_LOG` wins. The library itself never prints.
 fn init_logs(verbose: u8, quiet: bool) {
     let level = match (quiet, verbose) {
         (true, _) => "error",
         (false, 0) => "warn",
         (false, 1) => "debug",
-        _ => "trace",
+        // winrm-rs writes whole SOAP bodies (environment values, file contents) at trace,
+        // past aib's masking: `-vv` keeps it at debug; only an explicit RUST_LOG goes further.
+        _ => "trace,winrm_rs=debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     use std::io::IsTerminal;
