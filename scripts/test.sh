@@ -70,8 +70,6 @@ if [ ! -x "$azurite_dir/node_modules/.bin/azurite-blob" ]; then
   fi
 fi
 
-# QEMU and qemu-img first: the workspace tests use the real qemu-img and read QEMU's machine
-# types, not only the end-to-end step.
 step "local build tools: scripts/setup-local.sh (installs QEMU and qemu-img as root when missing)"
 ./scripts/setup-local.sh
 

@@ -41,11 +41,9 @@ impl RunReport {
                         .to_string(),
                 ),
                 Error::InvalidConfig { key, .. } => next.push(format!("correct the setting `{key}` of the backend and run the build again")),
-                Error::Timeout { .. } if e.phase == RunSubState::Customizing || e.phase == RunSubState::Validating => next.push(format!(
-                    "`{step}` ran out of time: raise its timeout, or the template's `buildTimeoutInMinutes` when the whole build did; the customization log shows how far it got"
-                )),
                 Error::Timeout { operation, .. } => {
-                    next.push(format!("`{operation}` ran out of time: raise the limit, or the template's `buildTimeoutInMinutes`"))
+                    let how_far = if self.customization_log.is_some() { "; the customization log shows how far it got" } else { "" };
+                    next.push(format!("`{operation}` ran out of time: raise its limit, or the template's `buildTimeoutInMinutes`{how_far}"))
                 }
                 Error::StepFailed { exit_code, .. } => {
                     let how = exit_code.map(|c| format!(" (exit code {c})")).unwrap_or_default();
@@ -74,7 +72,7 @@ impl RunReport {
                     next.push(format!("sign in again: the {backend} credentials are missing, expired or refused"))
                 }
                 Error::PermissionDenied { backend, .. } => {
-                    next.push(format!("grant the identity the role `{step}` needs on the {backend} resources, then run the build again"))
+                    next.push(format!("grant the identity a role on the {backend} resources that allows `{step}`, then run the build again"))
                 }
                 Error::Disconnected { .. } => next.push(format!(
                     "the connection to the build VM dropped during `{step}`: check the VM's network and the SSH/WinRM port, then run the build again"
@@ -91,11 +89,10 @@ impl RunReport {
         if let Some(vm) = &self.kept_vm {
             next.push(format!("reach the kept build VM with `{}`; remove it with `aib gc` when done", vm.command));
         }
-        if !self.cleanup_errors.is_empty() || !self.leftover_resources.is_empty() {
-            let n = self.leftover_resources.len().max(self.cleanup_errors.len());
-            if self.kept_vm.is_none() {
-                next.push(format!("cleanup left {n} resource(s) in the ledger: run `aib gc` to remove them"));
-            }
+        // A kept VM's line already names `aib gc` for what the run left.
+        let left = self.leftover_resources.len().max(self.cleanup_errors.len());
+        if left > 0 && self.kept_vm.is_none() {
+            next.push(format!("cleanup left {left} resource(s) in the ledger: run `aib gc` to remove them"));
         }
         if self.run_state == RunState::Canceled && next.is_empty() {
             next.push("the run was cancelled; nothing is left behind, run the build again when ready".to_string());

@@ -199,9 +199,7 @@ fn summary(r: &RunReport) {
             println!("    id {id}\n    at {uri}");
         }
     }
-    if let Some(vm) = &r.kept_vm {
-        println!("build VM kept: {}", vm.command);
-    }
+    // A kept VM's `ssh …` command is among the next steps.
     for n in r.next_steps() {
         println!("next: {n}");
     }
