@@ -320,6 +320,8 @@ impl SshCommunicator {
         // A booting VM refuses for a while: poll on the shared backoff, up to the deadline.
         let mut backoff = Backoff::new(self.cfg.retry_initial, self.cfg.retry_max).without_jitter();
         let mut attempts = 0u32;
+        // The last answer the server gave: an attempt the deadline cut short says less than it.
+        let mut answered: Option<String> = None;
         loop {
             attempts += 1;
             tracing::debug!(host = %self.cfg.host, port = self.cfg.port, attempt = attempts, "ssh connect attempt");
@@ -348,14 +350,21 @@ impl SshCommunicator {
                 });
             }
             let wait = backoff.next_delay();
+            let timed_out = matches!(err, SshError::AttemptTimedOut);
+            let mut last = aib_core::report::error_chain(&err);
             if start.elapsed() + wait >= deadline {
-                let last = aib_core::report::error_chain(&err);
+                if let (true, Some(before)) = (timed_out, answered) {
+                    last = format!("{last}; before it: {before}");
+                }
                 return Err(Error::Timeout {
                     operation: format!("ssh connect to {}:{} ({attempts} attempts, last: {last})", self.cfg.host, self.cfg.port),
                     after: deadline,
                 });
             }
             tracing::debug!(attempt = attempts, error = %err, "ssh connect failed; retrying");
+            if !timed_out {
+                answered = Some(last);
+            }
             tokio::time::sleep(wait).await;
         }
     }

@@ -64,7 +64,7 @@ async fn an_unauthorized_key_is_refused_by_the_deadline() {
         .user(sshd.user())
         .key(ephemeral_key().unwrap())
         .host_key(HostKeyCheck::PublicKey(sshd.host_public_key()))
-        .connect_timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_secs(5))
         .build()
         .unwrap();
     let err = SshCommunicator::connect(cfg).await.unwrap_err();
