@@ -13,6 +13,7 @@ use aib_core::{
 use async_trait::async_trait;
 use base64::Engine;
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use winrm_rs::{AuthMethod, EncryptionMode, WinrmClient, WinrmConfig, WinrmCredentials, WinrmError};
 
@@ -166,10 +167,48 @@ impl WinRmConfigBuilder {
     }
 }
 
+/// A shell on the VM, closed however the command's future ends: explicitly where it finishes,
+/// from a spawned task where the future is dropped (a cancelled run, a step's timeout), so
+/// shells never pile up towards the server's `MaxShellsPerUser`.
+struct OpenShell {
+    client: Arc<WinrmClient>,
+    endpoint: String,
+    id: String,
+    command: Option<String>,
+    open: bool,
+}
+
+impl OpenShell {
+    async fn close(&mut self) {
+        self.open = false;
+        close_shell(&self.client, &self.endpoint, &self.id, self.command.as_deref()).await;
+    }
+}
+
+/// Best effort: a failure to close is the VM's to forget when it is deleted.
+async fn close_shell(client: &WinrmClient, endpoint: &str, id: &str, command: Option<&str>) {
+    if let Some(c) = command {
+        let _ = client.signal_terminate(endpoint, id, c).await;
+    }
+    let _ = client.delete_shell(endpoint, id).await;
+}
+
+impl Drop for OpenShell {
+    fn drop(&mut self) {
+        if !self.open {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let (client, endpoint, id, command) =
+            (self.client.clone(), std::mem::take(&mut self.endpoint), std::mem::take(&mut self.id), self.command.take());
+        rt.spawn(async move { close_shell(&client, &endpoint, &id, command.as_deref()).await });
+    }
+}
+
 /// A connection to a Windows build VM over WinRM.
 pub struct WinRmCommunicator {
     cfg: WinRmConfig,
-    client: WinrmClient,
+    client: Arc<WinrmClient>,
     /// Where WinRM requests go: the host, or 127.0.0.1 with a pinned-TLS tunnel.
     endpoint: String,
     tunnel: Option<crate::tls_pin::PinnedTlsTunnel>,
@@ -254,7 +293,7 @@ impl WinRmCommunicator {
             });
         }
         let client = WinrmClient::new(config, WinrmCredentials::new(cfg.user.clone(), cfg.password.clone(), "")).map_err(map_err)?;
-        let c = WinRmCommunicator { cfg, client, endpoint, tunnel };
+        let c = WinRmCommunicator { cfg, client: Arc::new(client), endpoint, tunnel };
         c.wait_until_up(c.cfg.connect_timeout).await?;
         Ok(c)
     }
@@ -315,14 +354,16 @@ impl WinRmCommunicator {
         let script = self.script(req)?;
         let args = powershell_args(&script);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let shell = self.client.open_shell(&self.endpoint).await.map_err(map_err)?;
-        let cmd_id = match shell.start_command("powershell.exe", &args).await {
+        let id = self.client.create_shell(&self.endpoint).await.map_err(map_err)?;
+        let mut shell = OpenShell { client: self.client.clone(), endpoint: self.endpoint.clone(), id, command: None, open: true };
+        let cmd_id = match self.client.execute_command(&self.endpoint, &shell.id, "powershell.exe", &args).await {
             Ok(id) => id,
             Err(e) => {
-                let _ = shell.close().await;
+                shell.close().await;
                 return Err(map_err(e));
             }
         };
+        shell.command = Some(cmd_id.clone());
         let (mut so, mut se) = (LineSplitter::default(), LineSplitter::default());
         // The scheduled-task wrapper of elevated runs ends with its own marker line: it is
         // aib's, not the command's, and the exit code comes back as the process's.
@@ -332,18 +373,19 @@ impl WinRmCommunicator {
             }
         };
         // The timeout ends the wait, not the shell: it is closed below on every path but a
-        // dropped connection, so timed-out and failed commands do not pile up on the VM.
+        // dropped connection (and by `OpenShell`'s drop when this future is), so timed-out,
+        // failed and cancelled commands do not pile up on the VM.
         let deadline = req.timeout.map(|t| tokio::time::Instant::now() + t);
         let result = loop {
             let next = match deadline {
-                Some(d) => match tokio::time::timeout_at(d, shell.receive_next(&cmd_id)).await {
+                Some(d) => match tokio::time::timeout_at(d, self.client.receive_output(&self.endpoint, &shell.id, &cmd_id)).await {
                     Ok(r) => r,
                     Err(_) => {
                         let after = req.timeout.unwrap_or_default();
                         break Err(Error::Timeout { operation: req.command.lines().next().unwrap_or_default().to_string(), after });
                     }
                 },
-                None => shell.receive_next(&cmd_id).await,
+                None => self.client.receive_output(&self.endpoint, &shell.id, &cmd_id).await,
             };
             match next {
                 Ok(r) => {
@@ -369,9 +411,10 @@ impl WinRmCommunicator {
             Ok(s) => s.disconnected,
             Err(e) => matches!(e, Error::Disconnected { .. }),
         };
-        if !dropped {
-            let _ = self.client.signal_terminate(&self.endpoint, shell.shell_id(), &cmd_id).await;
-            let _ = shell.close().await;
+        if dropped {
+            shell.open = false;
+        } else {
+            shell.close().await;
         }
         result
     }

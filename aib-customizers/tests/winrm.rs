@@ -59,6 +59,22 @@ fn the_fake_machine_speaks_aibs_protocol() {
 }
 
 #[tokio::test]
+async fn a_dropped_command_closes_its_shell() {
+    let (s, _) = server().await;
+    let c = WinRmCommunicator::connect(config(&s, "P@ss'w0rd")).await.unwrap();
+    // A cancelled run drops the command's future mid-wait: the shell must still go.
+    let sink = MemorySink::new();
+    let cut = tokio::time::timeout(Duration::from_millis(300), c.execute(&ExecRequest::new("Start-Sleep -Seconds 60"), &sink)).await;
+    assert!(cut.is_err(), "the command was still running when dropped");
+    let mut waited = 0;
+    while s.open_shells() > 0 && waited < 100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += 1;
+    }
+    assert_eq!(s.open_shells(), 0, "the dropped command's shell was deleted");
+}
+
+#[tokio::test]
 async fn passes_the_communicator_conformance_suite_over_the_wire() {
     let (s, _) = server().await;
     let c = WinRmCommunicator::connect(config(&s, "P@ss'w0rd")).await.unwrap();
