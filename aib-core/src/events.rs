@@ -133,7 +133,11 @@ struct Kept {
     bytes: usize,
     limit: usize,
     dropped: u64,
+    progress: Vec<(u64, Option<u64>, String)>,
 }
+
+/// How many progress reports a [`MemorySink`] keeps (the first ones and the last).
+const MEMORY_SINK_PROGRESS: usize = 4096;
 
 /// What a [`MemorySink`] keeps by default.
 pub const MEMORY_SINK_LIMIT: usize = 16 << 20;
@@ -169,6 +173,11 @@ impl MemorySink {
     pub fn dropped(&self) -> u64 {
         self.state.lock().map(|l| l.dropped).unwrap_or(0)
     }
+
+    /// The progress reports so far, `(done, total, unit)`: the first 4095 and the latest.
+    pub fn progress_reports(&self) -> Vec<(u64, Option<u64>, String)> {
+        self.state.lock().map(|l| l.progress.clone()).unwrap_or_default()
+    }
 }
 
 impl OutputSink for MemorySink {
@@ -180,6 +189,15 @@ impl OutputSink for MemorySink {
                 k.bytes += line.len();
                 k.lines.push((stream, line.to_string()));
             }
+        }
+    }
+
+    fn progress(&self, done: u64, total: Option<u64>, unit: &str) {
+        if let Ok(mut k) = self.state.lock() {
+            if k.progress.len() >= MEMORY_SINK_PROGRESS {
+                k.progress.pop();
+            }
+            k.progress.push((done, total, unit.to_string()));
         }
     }
 }

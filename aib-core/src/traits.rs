@@ -83,6 +83,9 @@ pub trait Provisioner: Reclaim + Display {
 ///   [`ExecRequest::expect_disconnect`], which yields `ExitStatus { disconnected: true }`),
 ///   [`Error::Timeout`] past [`ExecRequest::timeout`].
 /// - `upload` writes the whole file or fails, and returns the bytes written.
+///   `upload_with_progress` does the same and tells `progress` the bytes sent so far (unit
+///   `bytes`, never decreasing, the last report the total); the provided one reports once,
+///   at the end, so a communicator that can do better overrides it.
 /// - `reconnect` waits for the VM to come back after an expected disconnect.
 /// - Secrets (passwords, keys) never appear in `Debug`, `Display` or errors.
 #[async_trait]
@@ -93,6 +96,12 @@ pub trait Communicator: Debug + Display + Send + Sync + 'static {
     async fn execute(&self, req: &ExecRequest, out: &(dyn OutputSink + 'static)) -> Result<ExitStatus>;
     /// Uploads a file.
     async fn upload(&self, req: &UploadRequest) -> Result<u64>;
+    /// Uploads a file, reporting its bytes to `progress` as they go.
+    async fn upload_with_progress(&self, req: &UploadRequest, progress: &(dyn OutputSink + 'static)) -> Result<u64> {
+        let n = self.upload(req).await?;
+        progress.progress(n, Some(n), "bytes");
+        Ok(n)
+    }
     /// Reconnects after an expected disconnect.
     async fn reconnect(&self, opts: &ReconnectOptions) -> Result<()>;
 }
@@ -182,6 +191,9 @@ macro_rules! forward {
             }
             async fn upload(&self, req: &UploadRequest) -> Result<u64> {
                 (**self).upload(req).await
+            }
+            async fn upload_with_progress(&self, req: &UploadRequest, progress: &(dyn OutputSink + 'static)) -> Result<u64> {
+                (**self).upload_with_progress(req, progress).await
             }
             async fn reconnect(&self, opts: &ReconnectOptions) -> Result<()> {
                 (**self).reconnect(opts).await

@@ -116,7 +116,7 @@ impl Customizer for FileCustomizer {
                 ),
             });
         }
-        let n = comm.upload(&UploadRequest::bytes(data, self.destination.clone())).await?;
+        let n = comm.upload_with_progress(&UploadRequest::bytes(data, self.destination.clone()), &*ctx.output).await?;
         if n != size {
             return Err(Error::StepFailed { step: ctx.name.clone(), exit_code: None, message: format!("uploaded {n} of {size} bytes") });
         }

@@ -441,7 +441,7 @@ impl SshCommunicator {
         Err(disconnected(format!("the connection dropped while `{}` ran, before it exited", short(&req.command))))
     }
 
-    async fn upload_sftp(&self, session: &Session, req: &UploadRequest) -> std::result::Result<u64, SshError> {
+    async fn upload_sftp(&self, session: &Session, req: &UploadRequest, progress: &dyn OutputSink) -> std::result::Result<u64, SshError> {
         let sftp_err = |what: String| move |e: russh_sftp::client::error::Error| SshError::Sftp { what, source: Box::new(e) };
         let ch = session.channel_open_session().await.map_err(SshError::Transport)?;
         ch.request_subsystem(true, "sftp").await.map_err(SshError::Transport)?;
@@ -454,7 +454,7 @@ impl SshCommunicator {
             .open_with_flags_and_attributes(&req.destination, flags, attrs)
             .await
             .map_err(sftp_err(format!("creating {}", req.destination)))?;
-        let n = copy_content(&req.content, &mut f).await?;
+        let n = copy_content(&req.content, &mut f, progress).await?;
         f.shutdown().await.map_err(SshError::Write)?;
         if let Some(mode) = req.mode {
             let attrs = russh_sftp::protocol::FileAttributes { permissions: Some(mode), ..Default::default() };
@@ -464,7 +464,7 @@ impl SshCommunicator {
         Ok(n)
     }
 
-    async fn upload_exec(&self, session: &Session, req: &UploadRequest) -> Result<u64> {
+    async fn upload_exec(&self, session: &Session, req: &UploadRequest, progress: &dyn OutputSink) -> Result<u64> {
         let mut ch = session.channel_open_session().await.map_err(disconnected)?;
         let mut cmd = format!("cat > {}", sh_quote(&req.destination));
         if let Some(mode) = req.mode {
@@ -472,7 +472,7 @@ impl SshCommunicator {
         }
         ch.exec(true, cmd).await.map_err(disconnected)?;
         let mut writer = ch.make_writer();
-        let n = copy_content(&req.content, &mut writer).await?;
+        let n = copy_content(&req.content, &mut writer, progress).await?;
         writer.shutdown().await.map_err(disconnected)?;
         drop(writer);
         ch.eof().await.map_err(disconnected)?;
@@ -500,7 +500,20 @@ impl SshCommunicator {
     /// Uploads with the `cat` fallback only (for measurements and servers without SFTP).
     pub async fn upload_with_exec(&self, req: &UploadRequest) -> Result<u64> {
         let session = self.session().await?;
-        self.upload_exec(&session, req).await
+        self.upload_exec(&session, req, &aib_core::NullSink).await
+    }
+
+    async fn upload_reporting(&self, req: &UploadRequest, progress: &dyn OutputSink) -> Result<u64> {
+        let session = self.session().await?;
+        if self.cfg.sftp {
+            match self.upload_sftp(&session, req, progress).await {
+                Ok(n) => return Ok(n),
+                Err(e) if session.is_closed() => return Err(disconnected(e)),
+                Err(e @ (SshError::Read { .. } | SshError::UnsupportedContent)) => return Err(e.into()),
+                Err(e) => tracing::debug!(error = %e, "SFTP upload failed; falling back to cat over exec"),
+            }
+        }
+        self.upload_exec(&session, req, progress).await
     }
 }
 
@@ -513,17 +526,28 @@ fn short(cmd: &str) -> String {
     }
 }
 
-async fn copy_content<W: tokio::io::AsyncWrite + Unpin>(content: &UploadContent, w: &mut W) -> std::result::Result<u64, SshError> {
+/// Copies in 256 KiB writes, reporting the bytes written after each.
+async fn copy_content<W: tokio::io::AsyncWrite + Unpin>(
+    content: &UploadContent,
+    w: &mut W,
+    progress: &dyn OutputSink,
+) -> std::result::Result<u64, SshError> {
+    const CHUNK: usize = 256 * 1024;
+    let mut n = 0u64;
     match content {
         UploadContent::Bytes(b) => {
-            w.write_all(b).await.map_err(SshError::Write)?;
-            Ok(b.len() as u64)
+            let total = Some(b.len() as u64);
+            for part in b.chunks(CHUNK) {
+                w.write_all(part).await.map_err(SshError::Write)?;
+                n += part.len() as u64;
+                progress.progress(n, total, "bytes");
+            }
         }
         UploadContent::File(p) => {
             let read = |source| SshError::Read { path: p.clone(), source };
             let mut f = tokio::fs::File::open(p).await.map_err(read)?;
-            let mut buf = vec![0u8; 256 * 1024];
-            let mut n = 0u64;
+            let total = f.metadata().await.ok().map(|m| m.len());
+            let mut buf = vec![0u8; CHUNK];
             loop {
                 let k = f.read(&mut buf).await.map_err(read)?;
                 if k == 0 {
@@ -531,11 +555,15 @@ async fn copy_content<W: tokio::io::AsyncWrite + Unpin>(content: &UploadContent,
                 }
                 w.write_all(&buf[..k]).await.map_err(SshError::Write)?;
                 n += k as u64;
+                progress.progress(n, total.map(|t| t.max(n)), "bytes");
             }
-            Ok(n)
         }
-        _ => Err(SshError::UnsupportedContent),
+        _ => return Err(SshError::UnsupportedContent),
     }
+    if n == 0 {
+        progress.progress(0, Some(0), "bytes");
+    }
+    Ok(n)
 }
 
 #[async_trait]
@@ -554,16 +582,11 @@ impl Communicator for SshCommunicator {
     }
 
     async fn upload(&self, req: &UploadRequest) -> Result<u64> {
-        let session = self.session().await?;
-        if self.cfg.sftp {
-            match self.upload_sftp(&session, req).await {
-                Ok(n) => return Ok(n),
-                Err(e) if session.is_closed() => return Err(disconnected(e)),
-                Err(e @ (SshError::Read { .. } | SshError::UnsupportedContent)) => return Err(e.into()),
-                Err(e) => tracing::debug!(error = %e, "SFTP upload failed; falling back to cat over exec"),
-            }
-        }
-        self.upload_exec(&session, req).await
+        self.upload_reporting(req, &aib_core::NullSink).await
+    }
+
+    async fn upload_with_progress(&self, req: &UploadRequest, progress: &(dyn OutputSink + 'static)) -> Result<u64> {
+        self.upload_reporting(req, progress).await
     }
 
     async fn reconnect(&self, opts: &ReconnectOptions) -> Result<()> {

@@ -441,6 +441,22 @@ impl Communicator for WinRmCommunicator {
     }
 
     async fn upload(&self, req: &UploadRequest) -> Result<u64> {
+        self.upload_reporting(req, &aib_core::NullSink).await
+    }
+
+    async fn upload_with_progress(&self, req: &UploadRequest, progress: &(dyn OutputSink + 'static)) -> Result<u64> {
+        self.upload_reporting(req, progress).await
+    }
+
+    async fn reconnect(&self, opts: &ReconnectOptions) -> Result<()> {
+        self.wait_until_up(opts.timeout).await
+    }
+}
+
+impl WinRmCommunicator {
+    /// One command a chunk, then the checksum check and the move into place; the bytes sent
+    /// are reported after each chunk.
+    async fn upload_reporting(&self, req: &UploadRequest, progress: &dyn OutputSink) -> Result<u64> {
         let data = match &req.content {
             UploadContent::Bytes(b) => b.to_vec(),
             UploadContent::File(p) => tokio::fs::read(p).await.map_err(|e| Error::io(p, e))?,
@@ -449,12 +465,19 @@ impl Communicator for WinRmCommunicator {
         let dest = ps_quote(&req.destination);
         let part = ps_quote(&format!("{}.aib-part", req.destination));
         self.checked(format!("$ErrorActionPreference = 'Stop'; [IO.File]::WriteAllBytes({part}, [byte[]]@())")).await?;
+        let total = Some(data.len() as u64);
+        let mut sent = 0u64;
+        if data.is_empty() {
+            progress.progress(0, total, "bytes");
+        }
         for chunk in data.chunks(self.cfg.chunk) {
             let b64 = base64::engine::general_purpose::STANDARD.encode(chunk);
             self.checked(format!(
                 "$ErrorActionPreference = 'Stop'; $b = [Convert]::FromBase64String('{b64}'); $f = [IO.File]::Open({part}, 'Append'); $f.Write($b, 0, $b.Length); $f.Close()"
             ))
             .await?;
+            sent += chunk.len() as u64;
+            progress.progress(sent, total, "bytes");
         }
         // The whole file or nothing: check the checksum, then move it into place.
         let want = sha256_hex(&data);
@@ -468,9 +491,5 @@ impl Communicator for WinRmCommunicator {
             return Err(Error::ChecksumMismatch { what: req.destination.clone(), expected: want, actual: got });
         }
         Ok(data.len() as u64)
-    }
-
-    async fn reconnect(&self, opts: &ReconnectOptions) -> Result<()> {
-        self.wait_until_up(opts.timeout).await
     }
 }

@@ -277,6 +277,21 @@ pub async fn upload_reads_back(c: &dyn Communicator, caps: &Capabilities) {
     let st = c.execute(&ExecRequest::new(w.read), &sink).await.expect("[upload_reads_back] read back");
     assert!(st.success(), "[upload_reads_back] reading back exited {st}");
     assert_eq!(sink.stdout(), vec!["line one".to_string(), "line two".to_string()], "[upload_reads_back] uploaded content must read back");
+    upload_reports_progress(c, caps).await;
+}
+
+/// An upload with progress reports bytes, never fewer than before, the last one the total.
+pub async fn upload_reports_progress(c: &dyn Communicator, caps: &Capabilities) {
+    let w = words(caps);
+    let payload: Vec<u8> = b"line one\nline two\n".repeat(20_000);
+    let progress = MemorySink::new();
+    let n =
+        c.upload_with_progress(&UploadRequest::bytes(payload.clone(), w.path), &progress).await.expect("[upload_reports_progress] upload");
+    assert_eq!(n, payload.len() as u64, "[upload_reports_progress] upload must report the bytes written");
+    let reports = progress.progress_reports();
+    assert!(reports.iter().all(|(_, _, u)| u == "bytes"), "[upload_reports_progress] unit must be bytes: {reports:?}");
+    assert!(reports.windows(2).all(|p| p[0].0 <= p[1].0), "[upload_reports_progress] progress must not go back: {reports:?}");
+    assert_eq!(reports.last().map(|r| r.0), Some(n), "[upload_reports_progress] the last report must be the total");
 }
 
 /// A command that drops its own connection, marked [`ExecRequest::expect_disconnect`], is a
