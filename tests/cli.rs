@@ -475,6 +475,7 @@ mod azure {
         assert!(stderr.contains("ssh connect attempt") && stderr.contains("ssh connected"), "SSH connect attempts at debug: {stderr}");
         let report: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(report["runState"], "Succeeded");
+        assert_eq!(report["nextSteps"], json!([]), "a run that succeeded has nothing to do next");
         assert_eq!(
             report["runOutputs"][0]["artifactId"],
             format!("/subscriptions/{SUB}/resourceGroups/images/providers/Microsoft.Compute/images/hello")
@@ -503,8 +504,18 @@ mod azure {
         assert!(stdout.contains("step `customize[4]") && stdout.contains("exit code 7"), "{stdout}");
         assert!(stdout.contains("next: read why `customize[4]"), "{stdout}");
         assert!(stdout.contains("next: reach the kept build VM with `ssh -p"), "{stdout}");
+        // `--output json` carries the same sentences as `nextSteps`.
+        let t = template(&web, dir.path(), Some("exit 7")).display().to_string();
+        let build = vec!["build".into(), t, "--backend".into(), "azure".into(), "--state-dir".into(), state.clone()];
+        let json_out = vec!["--allow-source-net".into(), "127.0.0.1".into(), "--output".into(), "json".into()];
+        let out = cli(&s, &storage, [build, json_out].concat()).await;
+        assert_eq!(out.status.code(), Some(1));
+        let failed: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let next: Vec<&str> = failed["nextSteps"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+        assert!(next.iter().any(|n| n.starts_with("read why `customize[4]")), "{next:?}");
+        assert!(next.iter().any(|n| n.starts_with("reach the kept build VM with `ssh -p")), "{next:?}");
         assert!(build_resources(&s).iter().any(|r| r.contains("/virtualMachines/")));
-        assert_eq!(s.running_guests(), 1);
+        assert_eq!(s.running_guests(), 2);
         let out = cli(&s, &storage, vec!["gc".into(), "--backend".into(), "azure".into(), "--state-dir".into(), state]).await;
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));

@@ -173,8 +173,8 @@ pub(crate) async fn run(pipeline: Pipeline, out: Output) -> CliResult {
     display.finish_all();
     let report = run.wait().await;
     match out.format {
-        crate::Format::Json => println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default()),
-        crate::Format::Jsonl => println!("{}", serde_json::json!({ "report": report })),
+        crate::Format::Json => println!("{}", serde_json::to_string_pretty(&machine_report(&report)).unwrap_or_default()),
+        crate::Format::Jsonl => println!("{}", serde_json::json!({ "report": machine_report(&report) })),
         crate::Format::Text => summary(&report),
     }
     Ok(match report.run_state {
@@ -208,6 +208,16 @@ fn summary(r: &RunReport) {
     }
     let total: Duration = r.steps.iter().map(|s| s.duration).sum();
     println!("steps: {} in {:.1}s", r.steps.len(), total.as_secs_f64());
+}
+
+/// The report as `--output json|jsonl` prints it: the library's report with the sentences of
+/// [`RunReport::next_steps`] as `nextSteps` (empty on success), so a CI system can show them.
+fn machine_report(r: &RunReport) -> serde_json::Value {
+    let mut v = serde_json::to_value(r).unwrap_or_default();
+    if let Some(m) = v.as_object_mut() {
+        m.insert("nextSteps".into(), serde_json::json!(r.next_steps()));
+    }
+    v
 }
 
 pub(crate) async fn gc(state_dir: Option<PathBuf>, min_age: u64) -> CliResult {
