@@ -115,6 +115,21 @@ fn validate_evaluates_a_deployment_template_with_its_parameters() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("parameters.timeout: ArmExpression:") && stdout.contains("allowedValues"), "{stdout}");
+    // A broken parameter file: its name, where, and the fix, on one line.
+    std::fs::write(&p, "{\"parameters\": {\"imageName\": {\"value\": \"web\"},\n").unwrap();
+    let out = run(&[&["validate", t.as_str(), "--parameters", p.as_str()][..], &ctx[..]].concat(), None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{p}: $: InvalidValue: the parameter file is not valid JSON")) && stderr.contains("line 2"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("(fix the JSON syntax)") && !stderr.contains("invalid template"), "{stderr}");
+    // A parameter the template does not declare: the names it does declare.
+    let out = run(&[&["validate", t.as_str(), "-p", "imageName=web", "-p", "nope=1"][..], &ctx[..]].concat(), None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("no parameter `nope` (it declares: imageName, timeout)"), "{stdout}");
 }
 
 #[test]
@@ -148,6 +163,11 @@ fn usage_and_io_errors_exit_2() {
     assert_eq!(run(&["validate", "/nonexistent/template.json"], None).status.code(), Some(2));
     assert_eq!(run(&["validate"], None).status.code(), Some(2));
     assert_eq!(run(&["frobnicate"], None).status.code(), Some(2));
+    // An I/O error names the path and the operating system's reason.
+    let out = run(&["gc", "--state-dir", "/proc/aib-none"], None);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("/proc/aib-none: No such file or directory"), "{stderr}");
 }
 
 #[test]

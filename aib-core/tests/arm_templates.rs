@@ -263,6 +263,15 @@ fn parameters_and_expressions_evaluate_to_the_template() {
         .resource_group("images", "northeurope")
         .utc_now("20261202T000000Z");
     assert_eq!(doc.evaluate(&p2).unwrap().templates().next().unwrap().template, item.template);
+    // `{"parameters": {…}}` without `$schema` is the full form, as az reads it.
+    let wrapped = json!({ "parameters": bare });
+    let p3 = Params::new()
+        .with_file(&wrapped.to_string())
+        .unwrap()
+        .subscription("00000000-0000-0000-0000-0000000000aa")
+        .resource_group("images", "northeurope")
+        .utc_now("20261202T000000Z");
+    assert_eq!(doc.evaluate(&p3).unwrap().templates().next().unwrap().template, item.template);
 }
 
 #[test]

@@ -58,8 +58,13 @@ impl Params {
         };
         let v: Value = serde_json::from_str(&super::armjson::relax(text).0)
             .map_err(|e| bad(String::new(), format!("the parameter file is not valid JSON: {e}"), "fix the JSON syntax"))?;
+        // The full form has `$schema`/`contentVersion`, or a `parameters` object that is not
+        // itself one parameter's entry (`{"value": …}`): az reads `{"parameters": {…}}` so too.
+        let full = |p: &serde_json::Map<String, Value>| {
+            v.get("$schema").is_some() || v.get("contentVersion").is_some() || !(p.contains_key("value") || p.contains_key("reference"))
+        };
         let (params, prefix) = match v.get("parameters").and_then(Value::as_object) {
-            Some(p) if v.get("$schema").is_some() || v.get("contentVersion").is_some() => (p.clone(), "parameters."),
+            Some(p) if full(p) => (p.clone(), "parameters."),
             _ => match v.as_object() {
                 Some(p) => (p.clone(), ""),
                 None => return Err(bad(String::new(), "the parameter file is not an object".into(), "give {\"parameters\": {...}}")),
@@ -273,7 +278,14 @@ fn resolve_parameters(
     let declared = template.get("parameters").and_then(Value::as_object).cloned().unwrap_or_default();
     for name in given.keys() {
         if lookup(&declared, name).is_none() {
-            return Err((format!("{prefix}parameters"), format!("the template declares no parameter `{name}`")));
+            let names: Vec<&str> = declared.keys().map(String::as_str).collect();
+            let names = if names.is_empty() { "none".to_string() } else { names.join(", ") };
+            return Err((
+                format!("{prefix}parameters"),
+                format!(
+                    "the template declares no parameter `{name}` (it declares: {names}); leave `{name}` out of the parameter file and -p"
+                ),
+            ));
         }
     }
     let mut scope = TemplateScope {

@@ -36,7 +36,17 @@ pub(crate) fn runtime(f: impl std::future::Future<Output = CliResult>) -> ExitCo
     match rt.block_on(f) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("aib: {e}");
+            // The whole chain: "I/O error on DIR: Permission denied (os error 13)".
+            let mut shown = e.to_string();
+            let mut cause = e.source();
+            while let Some(c) = cause {
+                let c_shown = c.to_string();
+                if !shown.contains(&c_shown) {
+                    shown = format!("{shown}: {c_shown}");
+                }
+                cause = c.source();
+            }
+            eprintln!("aib: {shown}");
             ExitCode::from(2)
         }
     }

@@ -50,7 +50,13 @@ impl TemplateParams {
         let mut p = context.cloned().unwrap_or_default();
         if let Some(f) = &self.file {
             let text = read(f).map_err(|e| format!("{}: cannot read: {e}", f.display()))?;
-            p = p.with_file(&text).map_err(|e| format!("{}: {e}", f.display()))?;
+            p = p.with_file(&text).map_err(|e| match e {
+                // Each finding on a line of its own: `FILE: PATH: CODE: message (fix)`.
+                aib::Error::InvalidTemplate { diagnostics } => {
+                    diagnostics.iter().map(|d| format!("{}: {}", f.display(), line(d))).collect::<Vec<_>>().join("\n")
+                }
+                e => format!("{}: {e}", f.display()),
+            })?;
         }
         for v in &self.values {
             let (k, val) = v.split_once('=').ok_or_else(|| format!("-p {v}: expected NAME=VALUE"))?;
