@@ -4,9 +4,11 @@
 #   cloud-init wait, a marker written with sudo, a 19 MB file copied (sha256 verified) and
 #   installed, generalize (host keys, machine-id, cloud-init clean, fstrim), power off, and a
 #   standalone uncompressed qcow2 as the output.
-# Each run times, for aib: the first build of the base (no warm state: it boots one VM, saves
-# it and restores it), a warm build (restored from that state), and a rebuild after the last
-# customizer changed; and Packer's build. Once, aib with --cold (every VM booted) for reference.
+# Each run times, for aib: the first build of the base (no warm state: it boots its VM and
+# saves it, and keeps resume points of the step cache after its slow steps), a warm build
+# (restored from that state, every step run: --no-cache), and a rebuild after the last
+# customizer changed (the step cache starts it after the unchanged steps); and Packer's build.
+# Once, aib with --cold (every VM booted) for reference.
 # Prints each run's wall times, the medians and the ratios to Packer, the warm build's steps
 # and the base's boot timeline. Run as root (installs packer and the local build tools);
 # RUNS=3 by default; AIB_ACCEL=kvm|tcg picks the accelerator (Packer gets the same).
@@ -104,8 +106,11 @@ aib_build cold "$W/aib.json" --cold; COLD=$LAST
 echo "aib --cold (every VM booted, for reference): $COLD s"
 for i in $(seq "$RUNS"); do
   "$AIB" warm prune --all --state-dir "$STATE" > /dev/null
+  # Pruning the warm states breaks the resume points over them: `cache prune` drops those.
+  "$AIB" cache prune --state-dir "$STATE" > /dev/null
   aib_build "first-$i" "$W/aib.json"; first_times+=("$LAST")
-  aib_build "warm-$i" "$W/aib.json"; warm_times+=("$LAST")
+  # A warm build runs every step (the same template again would be all cache hits).
+  aib_build "warm-$i" "$W/aib.json" --no-cache; warm_times+=("$LAST")
   aib_build "rebuild-$i" "$W/aib-rebuild.json"; rebuild_times+=("$LAST")
   rm -rf "$W/packer-out"; packer_json "$W/packer-out" > "$W/packer.json"
   t0=$(now); PACKER_CACHE_DIR="$W/packer_cache" PACKER_LOG=0 packer build -color=false "$W/packer.json" > "$W/packer-$i.log" 2>&1 || { tail -20 "$W/packer-$i.log"; exit 1; }; t1=$(now)

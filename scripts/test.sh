@@ -107,6 +107,8 @@ if [ "${1:-}" = "--quick" ]; then
 fi
 step "end to end: local QEMU builds"
 cargo test -p aib-local --test e2e -- --ignored --test-threads=1
+# The step cache: a cache hit builds the image a build without the cache builds.
+cargo test -p aib-local --test step_cache -- --ignored --test-threads=1
 # The Azure provisioner on a real Debian VM behind the ARM test server.
 cargo test -p aib-local --test azure_qemu -- --ignored
 # `cargo install --path . --features cli` into a clean cargo home (offline, from the crate cache).

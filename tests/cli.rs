@@ -189,7 +189,7 @@ fn completions_for_bash_zsh_and_fish_name_every_command() {
         let script = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{shell}: {}", String::from_utf8_lossy(&out.stderr));
         assert!(script.contains(marker), "{shell}: no `{marker}` in\n{script}");
-        for command in ["validate", "build", "gc", "warm", "images", "completions"] {
+        for command in ["validate", "build", "gc", "warm", "cache", "images", "completions"] {
             assert!(script.contains(command), "{shell}: `{command}` missing");
         }
         assert!(script.contains("parameters"), "{shell}: the options of the commands are completed too");

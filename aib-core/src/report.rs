@@ -123,6 +123,28 @@ pub struct StepReport {
     pub attempts: u32,
     /// The error, if it failed.
     pub error: Option<StepError>,
+    /// The step did not run: the build VM started at a resume point after it (the step cache).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
+}
+
+/// What the step cache did in a run ([`crate::PipelineBuilder::cache`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[non_exhaustive]
+#[serde(rename_all = "camelCase")]
+pub struct CacheReport {
+    /// The customizers that can be cached, in order: the resume points asked for.
+    pub points: Vec<crate::types::ResumePoint>,
+    /// The steps the build VM did not run: it started after the last of them.
+    pub hits: Vec<String>,
+    /// Why the cache did not serve more: the first cacheable step that ran and why (no
+    /// point kept for it, its fingerprint changed), or why nothing was cached.
+    pub miss: Option<String>,
+    /// The steps after which the VM was kept as a new resume point.
+    pub kept: Vec<String>,
+    /// The first step that is never cached, and why (no fingerprint, or opted out); it and
+    /// every step after it run on every build.
+    pub uncached_from: Option<String>,
 }
 
 /// `Succeeded` or `Failed`, as AIB's RunOutput `provisioningState`.
@@ -196,6 +218,8 @@ pub struct RunReport {
     pub customization_log: Option<PathBuf>,
     /// The last lines of the customization log.
     pub log_tail: Vec<String>,
+    /// What the step cache did; `None` when it was off or had nothing to do.
+    pub cache: Option<CacheReport>,
 }
 
 impl RunReport {
@@ -220,6 +244,7 @@ impl RunReport {
             leftover_resources: Vec::new(),
             customization_log: None,
             log_tail: Vec::new(),
+            cache: None,
         }
     }
 

@@ -62,6 +62,14 @@ pub trait Reclaim: Debug + Send + Sync + 'static {
 /// - `capture` turns the stopped VM's disk into a [`CapturedImage`]; resources it creates
 ///   are in the ledger like any other.
 /// - Its records name it ([`Reclaim::backend`]); `delete` follows [`Reclaim`]'s contract.
+/// - Resume points (the step cache, optional): a provisioner that keeps them says so in
+///   `checkpoints`. `provision` may then start the VM at the longest of
+///   [`ProvisionRequest::resume`] it holds (disk and memory as they were after that step) and
+///   says how many steps it skipped in [`BuildVm::resumed`]; a VM that resumed goes through
+///   `connect` like any other, with this run's keys. `checkpoint` keeps the running VM as the
+///   resume point `point` and returns `Ok(false)` when it keeps nothing (another run holds
+///   the point, or the VM cannot be kept); it never changes what the build goes on with, and
+///   what it keeps is never in the run's ledger once kept. The default keeps nothing.
 #[async_trait]
 pub trait Provisioner: Reclaim + Display {
     /// Starts a build VM, in the step `provision`.
@@ -72,6 +80,16 @@ pub trait Provisioner: Reclaim + Display {
     async fn generalize(&self, vm: &BuildVm, comm: &(dyn Communicator + 'static), ctx: &StepContext) -> Result<()>;
     /// Captures its disk.
     async fn capture(&self, vm: &BuildVm, ctx: &StepContext) -> Result<CapturedImage>;
+    /// Whether this provisioner keeps resume points for `req` (the step cache).
+    fn checkpoints(&self, req: &ProvisionRequest) -> bool {
+        let _ = req;
+        false
+    }
+    /// Keeps the running VM as the resume point `point`, in the step after `point.step`.
+    async fn checkpoint(&self, vm: &BuildVm, point: &ResumePoint, ctx: &StepContext) -> Result<bool> {
+        let _ = (vm, point, ctx);
+        Ok(false)
+    }
 }
 
 /// A connection to a build VM.
@@ -113,10 +131,19 @@ pub trait Communicator: Debug + Display + Send + Sync + 'static {
 ///   [`Error::StepFailed`] (naming `ctx.name`) when the step fails on the VM.
 /// - Downloads are verified against their checksum before anything is uploaded or run.
 /// - A step is not retried by the pipeline unless its [`crate::pipeline::StepOptions`] say so.
+/// - `fingerprint` (the step cache): a digest of everything the step's effect on the VM
+///   depends on (its settings, and the bytes of every file or script it fetches, verified as
+///   `run` would), or `None` when that cannot be known; the cache then stops before the step.
+///   Two steps with one fingerprint must leave the same VM. The provided one is `None`.
 #[async_trait]
 pub trait Customizer: Debug + Display + Send + Sync + 'static {
     /// Runs the step.
     async fn run(&self, comm: &(dyn Communicator + 'static), ctx: &StepContext) -> Result<()>;
+    /// What the step cache keys this step by.
+    async fn fingerprint(&self, ctx: &StepContext) -> Result<Option<String>> {
+        let _ = ctx;
+        Ok(None)
+    }
 }
 
 /// Publishes a captured image to one target.
@@ -179,6 +206,12 @@ macro_rules! forward {
             async fn capture(&self, vm: &BuildVm, ctx: &StepContext) -> Result<CapturedImage> {
                 (**self).capture(vm, ctx).await
             }
+            fn checkpoints(&self, req: &ProvisionRequest) -> bool {
+                (**self).checkpoints(req)
+            }
+            async fn checkpoint(&self, vm: &BuildVm, point: &ResumePoint, ctx: &StepContext) -> Result<bool> {
+                (**self).checkpoint(vm, point, ctx).await
+            }
         }
 
         #[async_trait]
@@ -204,6 +237,9 @@ macro_rules! forward {
         impl<T: Customizer + ?Sized> Customizer for $ptr<T> {
             async fn run(&self, comm: &(dyn Communicator + 'static), ctx: &StepContext) -> Result<()> {
                 (**self).run(comm, ctx).await
+            }
+            async fn fingerprint(&self, ctx: &StepContext) -> Result<Option<String>> {
+                (**self).fingerprint(ctx).await
             }
         }
 

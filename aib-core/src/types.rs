@@ -145,12 +145,20 @@ pub struct BuildVm {
     /// Backend-specific facts.
     #[serde(skip_serializing_if = "Map::is_empty")]
     pub attributes: Map<String, Value>,
+    /// How many customizers the VM already went through: it was started at the resume point
+    /// of the customizer before this index (0: it starts from the source).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub resumed: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl BuildVm {
     /// A VM known by `id` whose ledger record is `resource`.
     pub fn new(id: impl Into<String>, resource: impl Into<String>, platform: Platform, access: AccessInfo) -> Self {
-        BuildVm { id: id.into(), resource: resource.into(), platform, access, attributes: Map::new() }
+        BuildVm { id: id.into(), resource: resource.into(), platform, access, attributes: Map::new(), resumed: 0 }
     }
 }
 
@@ -469,6 +477,42 @@ pub struct ProvisionRequest {
     pub location: String,
     /// The template's `stagingResourceGroup` (an ARM resource group id), if any.
     pub staging_resource_group: Option<String>,
+    /// The step cache's resume points, one for each leading customizer that can be cached, in
+    /// order: a provisioner that keeps them may start the VM at the longest it holds.
+    pub resume: Vec<ResumePoint>,
+}
+
+/// A point after a customizer where a build can resume: the VM as it is after the steps up
+/// to `step`. `key` digests all the VM then depends on: the source, the VM profile and every
+/// step's fingerprint up to this one; a provisioner adds its own settings to it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct ResumePoint {
+    /// The step after which the VM is kept, such as `customize[1] payload`.
+    pub step: String,
+    /// Its index among the customizers.
+    pub index: usize,
+    /// The key: lowercase hex SHA-256.
+    pub key: String,
+    /// The key of the point before it (of the source and VM profile, for the first step).
+    pub parent: String,
+    /// The step's own fingerprint.
+    pub fingerprint: String,
+}
+
+impl ResumePoint {
+    /// The point after step `index` named `step` with `fingerprint`, after `parent`.
+    pub fn new(step: impl Into<String>, index: usize, parent: impl Into<String>, fingerprint: impl Into<String>) -> Self {
+        use sha2::Digest;
+        let (parent, fingerprint) = (parent.into(), fingerprint.into());
+        let mut h = sha2::Sha256::new();
+        for part in ["aib-step-cache/1", &parent, &fingerprint] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        ResumePoint { step: step.into(), index, key: hex::encode(h.finalize()), parent, fingerprint }
+    }
 }
 
 impl ProvisionRequest {

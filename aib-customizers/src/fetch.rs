@@ -83,6 +83,31 @@ impl<'a> Reporter<'a> {
     }
 }
 
+/// What a step fetched for its fingerprint, kept for its run (by run id) so that the bytes the
+/// step cache keyed by are the bytes the step puts on the VM, fetched once.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Fetched(Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>>);
+
+impl Fetched {
+    pub(crate) fn keep(&self, run: &str, data: Vec<u8>) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(run.to_string(), data);
+    }
+
+    pub(crate) fn take(&self, run: &str) -> Option<Vec<u8>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(run)
+    }
+}
+
+/// One digest of `parts` (each length-prefixed: no two lists of parts share one).
+pub(crate) fn digest_parts<S: AsRef<[u8]>>(parts: &[S]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.as_ref().len() as u64).to_le_bytes());
+        h.update(p.as_ref());
+    }
+    hex::encode(h.finalize())
+}
+
 /// Lowercase hex SHA-256 of `data`.
 pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))

@@ -1,6 +1,6 @@
 //! The `File` customizer: one file, downloaded by the builder, checked, and put on the VM.
 
-use crate::fetch::Fetcher;
+use crate::fetch::{Fetched, Fetcher, digest_parts};
 use crate::lines::Tail;
 use crate::quote::{ps_quote, sh_quote};
 use crate::script::{bad, failed};
@@ -19,6 +19,7 @@ pub struct FileCustomizer {
     sha256: Option<String>,
     any_destination: bool,
     fetcher: Fetcher,
+    fetched: Fetched,
 }
 
 impl fmt::Display for FileCustomizer {
@@ -36,6 +37,7 @@ impl FileCustomizer {
             sha256: sha256.filter(|s| !s.is_empty()),
             any_destination: false,
             fetcher: Fetcher::new(),
+            fetched: Fetched::default(),
         }
     }
 
@@ -95,7 +97,10 @@ impl Customizer for FileCustomizer {
         let parent = self.check_destination(&ctx.name, platform)?;
         let output = ctx.output.clone();
         let progress = move |done: u64, total: Option<u64>| output.progress(done, total, "bytes");
-        let data = self.fetcher.fetch_reporting(&self.source_uri, self.sha256.as_deref(), &progress).await?;
+        let data = match self.fetched.take(ctx.run.run_id()) {
+            Some(data) => data,
+            None => self.fetcher.fetch_reporting(&self.source_uri, self.sha256.as_deref(), &progress).await?,
+        };
         let size = data.len() as u64;
         let want = crate::fetch::sha256_hex(&data);
         let tail = Tail::new(ctx.output.clone(), 8);
@@ -141,5 +146,16 @@ impl Customizer for FileCustomizer {
             &format!("copied {} ({size} bytes, sha256 {want}) to {}", aib_core::redact::url(&self.source_uri), self.destination),
         );
         Ok(())
+    }
+    /// The bytes copied (fetched and verified here, and that copy is the one put on the VM),
+    /// where they go, and the destination rule.
+    async fn fingerprint(&self, ctx: &StepContext) -> Result<Option<String>> {
+        let output = ctx.output.clone();
+        let progress = move |done: u64, total: Option<u64>| output.progress(done, total, "bytes");
+        let data = self.fetcher.fetch_reporting(&self.source_uri, self.sha256.as_deref(), &progress).await?;
+        let digest = crate::fetch::sha256_hex(&data);
+        self.fetched.keep(ctx.run.run_id(), data);
+        let parts = ["File/1", &digest, &self.destination, if self.any_destination { "any" } else { "tmp" }];
+        Ok(Some(digest_parts(&parts)))
     }
 }

@@ -1,7 +1,7 @@
 //! The `Shell` customizer: inline lines or a downloaded script, run on Linux with `sh -e`
 //! semantics; the first failing line fails the step and is named.
 
-use crate::fetch::Fetcher;
+use crate::fetch::{Fetched, Fetcher, digest_parts, sha256_hex};
 use crate::lines::Tail;
 use crate::quote::sh_quote;
 use crate::script::{ScriptSource, failed, unique};
@@ -18,6 +18,7 @@ pub struct ShellCustomizer {
     sudo: bool,
     remote_dir: String,
     fetcher: Fetcher,
+    fetched: Fetched,
 }
 
 impl fmt::Display for ShellCustomizer {
@@ -35,7 +36,14 @@ const MARK: &str = "aib-inline-failed:";
 impl ShellCustomizer {
     /// A customizer for `source`.
     pub fn new(source: ScriptSource) -> Self {
-        ShellCustomizer { source, env: Vec::new(), sudo: false, remote_dir: "/tmp".into(), fetcher: Fetcher::new() }
+        ShellCustomizer {
+            source,
+            env: Vec::new(),
+            sudo: false,
+            remote_dir: "/tmp".into(),
+            fetcher: Fetcher::new(),
+            fetched: Fetched::default(),
+        }
     }
 
     /// From a template step.
@@ -90,7 +98,10 @@ impl Customizer for ShellCustomizer {
         // Download and verify first: nothing is uploaded or run if the checksum is wrong.
         let script = match &self.source {
             ScriptSource::Inline(lines) => Self::inline_script(lines).into_bytes(),
-            src => src.load(&self.fetcher).await?,
+            src => match self.fetched.take(ctx.run.run_id()) {
+                Some(script) => script,
+                None => src.load(&self.fetcher).await?,
+            },
         };
         let path = format!("{}/{}", self.remote_dir.trim_end_matches('/'), unique("aib-script", "sh"));
         comm.upload(&UploadRequest::bytes(script, path.clone()).with_mode(0o700)).await?;
@@ -115,6 +126,25 @@ impl Customizer for ShellCustomizer {
             ScriptSource::Uri { uri, .. } => format!("script {}", aib_core::redact::url(uri)),
         };
         Err(failed(&ctx.name, &status, &what, &tail))
+    }
+
+    /// The script (a downloaded one is fetched and verified here, and that copy is the one
+    /// run), its environment, `sudo` and where it is put.
+    async fn fingerprint(&self, ctx: &StepContext) -> Result<Option<String>> {
+        let script = match &self.source {
+            ScriptSource::Inline(lines) => sha256_hex(Self::inline_script(lines).as_bytes()),
+            src => {
+                let bytes = src.load(&self.fetcher).await?;
+                let digest = sha256_hex(&bytes);
+                self.fetched.keep(ctx.run.run_id(), bytes);
+                digest
+            }
+        };
+        let mut parts = vec!["Shell/1".to_string(), script, self.sudo.to_string(), self.remote_dir.clone()];
+        for (k, v) in &self.env {
+            parts.push(format!("{k}={v}"));
+        }
+        Ok(Some(digest_parts(&parts)))
     }
 }
 

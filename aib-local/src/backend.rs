@@ -81,6 +81,8 @@ pub struct LocalBackendBuilder {
     cold: bool,
     warm_dir: Option<PathBuf>,
     warm_max_age: Option<std::time::Duration>,
+    no_cache: bool,
+    cache_max_bytes: Option<u64>,
 }
 
 impl LocalBackendBuilder {
@@ -137,6 +139,21 @@ impl LocalBackendBuilder {
         self
     }
 
+    /// Keeps no resume points of the step cache ([`crate::cache`]; kept in `<state>/cache` by
+    /// default, with warm states). A pipeline turns the cache off for one build with
+    /// [`aib_core::PipelineBuilder::cache`].
+    pub fn no_step_cache(mut self, off: bool) -> Self {
+        self.no_cache = off;
+        self
+    }
+
+    /// The step cache's size limit (default 20 GiB): past it, the least recently used resume
+    /// points go first.
+    pub fn step_cache_max_bytes(mut self, n: u64) -> Self {
+        self.cache_max_bytes = Some(n);
+        self
+    }
+
     /// Lets templates read `file://` scripts and files under `dir` (off by default).
     pub fn allow_file_root(mut self, dir: impl Into<PathBuf>) -> Self {
         self.file_roots.push(dir.into());
@@ -157,15 +174,25 @@ impl LocalBackendBuilder {
             Some(s) => s,
             None => default_state_dir()?,
         };
+        // Absolute: disks name their backing files by path, and a relative one would be read
+        // from the overlay's own directory.
+        let state = std::path::absolute(&state).map_err(|e| Error::io(&state, e))?;
         private_dir(&state)?;
         for d in ["catalog", "gallery", "runs", "outputs", "ledger", "logs"] {
             private_dir(&state.join(d))?;
         }
-        let mut warm = crate::warm::WarmStore::new(self.warm_dir.unwrap_or_else(|| state.join("warm")));
+        let warm_dir = self.warm_dir.unwrap_or_else(|| state.join("warm"));
+        let mut warm = crate::warm::WarmStore::new(std::path::absolute(&warm_dir).map_err(|e| Error::io(&warm_dir, e))?);
         if let Some(age) = self.warm_max_age {
             warm = warm.with_max_age(age);
         }
-        let mut p = QemuProvisioner::new(state.join("runs")).with_warm_states((!self.cold).then_some(warm));
+        let mut cache = crate::cache::StepCache::new(state.join("cache"));
+        if let Some(n) = self.cache_max_bytes {
+            cache = cache.with_max_bytes(n);
+        }
+        let mut p = QemuProvisioner::new(state.join("runs"))
+            .with_warm_states((!self.cold).then_some(warm))
+            .with_step_cache((!self.cold && !self.no_cache).then_some(cache));
         if let Some(a) = self.accel {
             p = p.with_accelerator(a);
         }
@@ -173,6 +200,7 @@ impl LocalBackendBuilder {
             p = p.with_guest_network(n);
         }
         let catalog = self.catalog.unwrap_or_else(|| state.join("catalog"));
+        let catalog = std::path::absolute(&catalog).map_err(|e| Error::io(&catalog, e))?;
         std::fs::create_dir_all(&catalog).map_err(|e| Error::io(&catalog, e))?;
         // Roots are compared resolved, so a link inside one cannot lead out of it.
         let resolve = |d: PathBuf| std::fs::canonicalize(&d).map_err(|e| Error::io(&d, e));

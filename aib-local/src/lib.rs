@@ -32,6 +32,7 @@
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
 mod backend;
+pub mod cache;
 pub mod catalog;
 mod console;
 pub mod debian;
@@ -41,10 +42,12 @@ pub mod outputs;
 mod passt;
 mod qemu;
 mod qmp;
+mod resume;
 pub mod tools;
 pub mod warm;
 
 pub use backend::{LocalBackend, LocalBackendBuilder, LocalSource, default_state_dir};
+pub use cache::{CacheEntry, StepCache};
 pub use catalog::Catalog;
 pub use gallery::Gallery;
 pub use qemu::{BUILD_USER, GuestNetwork, QemuProvisioner, vm_shape};

@@ -36,6 +36,30 @@ pub(crate) struct Vm {
     image: aib_core::ResolvedImage,
     /// Restored from a warm state: how to log in first, and what to mend.
     pub(crate) warm: Option<crate::warm::Login>,
+    /// The overlay the VM writes now, and the frozen disk it is backed by (both change when
+    /// a resume point is kept).
+    disks: std::sync::Mutex<(PathBuf, PathBuf)>,
+    /// How many resume points this VM has kept.
+    pub(crate) layers: std::sync::atomic::AtomicUsize,
+    /// The UEFI variables' file (unless `bios`).
+    pub(crate) vars: PathBuf,
+    pub(crate) bios: bool,
+}
+
+impl Vm {
+    /// The overlay the VM writes now.
+    pub(crate) fn active(&self) -> PathBuf {
+        self.disks.lock().unwrap_or_else(|e| e.into_inner()).0.clone()
+    }
+
+    /// The frozen disk the active overlay is backed by.
+    pub(crate) fn backing(&self) -> PathBuf {
+        self.disks.lock().unwrap_or_else(|e| e.into_inner()).1.clone()
+    }
+
+    pub(crate) fn set_active(&self, active: PathBuf, backing: PathBuf) {
+        *self.disks.lock().unwrap_or_else(|e| e.into_inner()) = (active, backing);
+    }
 }
 
 /// Starts build VMs under QEMU.
@@ -46,6 +70,7 @@ pub struct QemuProvisioner {
     pub(crate) connect_timeout: Duration,
     vms: BuildVmTable<Vm>,
     pub(crate) warm: Option<crate::warm::WarmStore>,
+    pub(crate) cache: Option<crate::cache::StepCache>,
 }
 
 impl fmt::Debug for QemuProvisioner {
@@ -145,7 +170,21 @@ impl QemuProvisioner {
             connect_timeout: Duration::from_secs(20 * 60),
             vms: BuildVmTable::default(),
             warm: None,
+            cache: None,
         }
+    }
+
+    /// Keeps the step cache's resume points in `cache` (see [`crate::cache`]); they need warm
+    /// states ([`QemuProvisioner::with_warm_states`]). `None` (the default) keeps none.
+    #[must_use]
+    pub fn with_step_cache(mut self, cache: Option<crate::cache::StepCache>) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// Where resume points are kept, if they are.
+    pub fn step_cache(&self) -> Option<&crate::cache::StepCache> {
+        self.cache.as_ref()
     }
 
     /// Starts build VMs from saved VM states kept in `store` (see [`crate::warm`]): the first
@@ -186,7 +225,7 @@ impl QemuProvisioner {
         self.network
     }
 
-    fn vm(&self, id: &str) -> Result<Arc<Vm>> {
+    pub(crate) fn vm(&self, id: &str) -> Result<Arc<Vm>> {
         self.vms.get(id, BACKEND)
     }
 
@@ -545,11 +584,23 @@ impl Provisioner for QemuProvisioner {
 
         // A saved VM state of this base and shape, when there is one (or one can be made).
         let mut warm = None;
+        let (mut resumed, mut miss) = (0, None);
         match self.warm_plan(req, &machine, &base).await {
-            Ok(plan) => match self.warm_start(&plan, &workdir, &machine, &files, &name, want_bytes, ctx).await {
-                Ok(w) => warm = Some(w),
-                Err(e) => ctx.notice(format!("warm state not used ({e}); booting the build VM cold")),
-            },
+            Ok(plan) => {
+                // The longest resume point of the step cache first, then the warm state.
+                if self.cache.is_some() && !req.resume.is_empty() {
+                    match self.resume_start(&plan, req, &workdir, &machine, &files, &name, want_bytes, ctx).await {
+                        Ok((w, n)) => (warm, resumed) = (Some(w), n),
+                        Err(why) => miss = Some(why),
+                    }
+                }
+                if warm.is_none() {
+                    match self.warm_start(&plan, &workdir, &machine, &files, &name, want_bytes, ctx).await {
+                        Ok(w) => warm = Some(w),
+                        Err(e) => ctx.notice(format!("warm state not used ({e}); booting the build VM cold")),
+                    }
+                }
+            }
             Err(why) => ctx.output.line(OutputStream::Stdout, &format!("aib: cold boot: {why}")),
         }
         let (rx, port, login) = match warm {
@@ -577,17 +628,36 @@ impl Provisioner for QemuProvisioner {
         vm.attributes.insert("accelerator".into(), format!("{:?}", self.accel).into());
         vm.attributes.insert("shape".into(), format!("{cpus} vCPU, {mem} MiB").into());
         if let Some(l) = &login {
-            vm.attributes.insert("warmState".into(), l.key.clone().into());
+            vm.attributes.insert("warmState".into(), l.chain.warm_key.clone().into());
+        }
+        vm.resumed = resumed;
+        if let Some(why) = miss {
+            vm.attributes.insert("cacheMiss".into(), why.into());
         }
         let how = match &login {
+            Some(_) if resumed > 0 => "restored from a resume point of the step cache",
             Some(l) if l.restored => "restored from its warm state",
             Some(_) => "started, and saved as a warm state",
             None => "started",
         };
         // The host key reaches a restored VM over its first connection; a cold one had it in its seed.
         let host_private = login.is_some().then(|| private_key_openssh(&host_key)).transpose()?;
-        let state =
-            Vm { user_key, host_public, host_private, port, workdir: workdir.clone(), exited: rx, image: req.image.clone(), warm: login };
+        // A cold VM's overlay is backed by the base; only warm ones keep resume points.
+        let backing = login.as_ref().map(|l| l.disk.clone()).unwrap_or_else(|| base.clone());
+        let state = Vm {
+            user_key,
+            host_public,
+            host_private,
+            port,
+            workdir: workdir.clone(),
+            exited: rx,
+            image: req.image.clone(),
+            warm: login,
+            disks: std::sync::Mutex::new((files.overlay.clone(), backing)),
+            layers: Default::default(),
+            vars: files.vars.clone(),
+            bios: machine.bios,
+        };
         self.vms.insert(vm.id.clone(), state);
         ctx.notice(format!("build VM {how}: {:?}, {cpus} vCPU, {mem} MiB, SSH on 127.0.0.1:{port}", self.accel));
         Ok(vm)
@@ -603,7 +673,8 @@ impl Provisioner for QemuProvisioner {
             // and entropy; then this run's keys, and only they, are used.
             let first = self.ssh(&state, &login.user_key, &login.host_public).await?;
             ctx.notice(format!(
-                "connected with the warm state's keys after {:.1} s; mending clock, entropy and keys",
+                "connected with the keys of {} after {:.1} s; mending clock, entropy and keys",
+                login.key,
                 first.last_connect_time().as_secs_f64()
             ));
             self.mend(&first, &state, login, ctx).await?;
@@ -644,14 +715,22 @@ impl Provisioner for QemuProvisioner {
         }
     }
 
+    fn checkpoints(&self, req: &ProvisionRequest) -> bool {
+        self.cache.is_some()
+            && self.warm.is_some()
+            && req.image.platform == Platform::Linux
+            && req.data_disks_gb.is_empty()
+            && req.image.attributes.get("kernel").is_none()
+    }
+
+    async fn checkpoint(&self, vm: &BuildVm, point: &aib_core::ResumePoint, ctx: &StepContext) -> Result<bool> {
+        self.keep_point(vm, point, ctx).await
+    }
+
     async fn capture(&self, vm: &BuildVm, ctx: &StepContext) -> Result<CapturedImage> {
-        let overlay = vm
-            .attributes
-            .get("overlay")
-            .and_then(|v| v.as_str())
-            .map(PathBuf::from)
-            .ok_or_else(|| LocalError::VmState(format!("the build VM `{}` has no overlay disk", vm.id)))?;
         let state = self.vm(&vm.id)?;
+        // The overlay the VM wrote last: a kept resume point moves the VM to a new one.
+        let overlay = state.active();
         if !*state.exited.borrow() {
             return Err(LocalError::VmState("the build VM is still running; capture needs it powered off".into()).into());
         }
@@ -685,8 +764,9 @@ impl Reclaim for QemuProvisioner {
         // a planted `{"kind": "dir", "name": "/home/u"}` deletes nothing, and a process whose
         // work directory is elsewhere (or empty, which every command line contains) is not killed.
         let outside = |p: &Path| {
-            // A warm state being saved is the other place a run makes things.
-            let in_warm = self.warm.as_ref().is_some_and(|w| aib_core::boundary::lies_under(p, w.dir()));
+            // A warm state or a resume point being kept are the other places a run makes things.
+            let in_warm = self.warm.as_ref().is_some_and(|w| aib_core::boundary::lies_under(p, w.dir()))
+                || self.cache.as_ref().is_some_and(|c| aib_core::boundary::lies_under(p, c.dir()));
             (!aib_core::boundary::lies_under(p, &self.runs) && !in_warm).then(|| {
                 Error::from(LocalError::VmState(format!(
                     "`{}` is not inside {}; nothing was done (remove it by hand if it is a leftover)",

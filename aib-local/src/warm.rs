@@ -70,6 +70,10 @@ pub struct WarmState {
     pub created_unix: u64,
     /// What the key was made of.
     pub inputs: Value,
+    /// Which making of the state this is (a state made again after it expired has the same
+    /// key and another generation): the step cache's resume points name it.
+    #[serde(default)]
+    pub generation: String,
     /// Its directory.
     #[serde(skip)]
     pub dir: PathBuf,
@@ -143,7 +147,7 @@ impl WarmStore {
     }
 
     /// The state of `key`, if it exists and has not expired.
-    async fn fresh(&self, key: &str) -> Option<WarmState> {
+    pub(crate) async fn fresh(&self, key: &str) -> Option<WarmState> {
         read_state(&self.dir.join(key)).await.filter(|s| s.age() <= self.max_age && s.key == key)
     }
 }
@@ -157,7 +161,7 @@ async fn read_state(dir: &Path) -> Option<WarmState> {
 }
 
 /// Bytes allocated to the files of `dir` (holes not counted).
-fn allocated(dir: &Path) -> u64 {
+pub(crate) fn allocated(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::read_dir(dir).map(|rd| rd.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.blocks() * 512).sum()).unwrap_or(0)
 }
@@ -165,7 +169,7 @@ fn allocated(dir: &Path) -> u64 {
 /// Which state a build VM could restore.
 #[derive(Clone)]
 pub(crate) struct Plan {
-    key: String,
+    pub(crate) key: String,
     inputs: Value,
     base: PathBuf,
     base_format: String,
@@ -182,6 +186,27 @@ pub(crate) struct Login {
     pub(crate) grow_to: Option<u64>,
     /// Restored from a saved state (false: booted, and saved as one).
     pub(crate) restored: bool,
+    /// The warm state the VM's disk and memory descend from: its resume points name it.
+    pub(crate) chain: Chain,
+    /// The frozen disk the VM's overlay is backed by (the warm state's, or a resume point's).
+    pub(crate) disk: PathBuf,
+}
+
+/// The warm state a VM descends from, and the seed image its VM state was saved with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Chain {
+    pub(crate) warm_key: String,
+    pub(crate) generation: String,
+    pub(crate) seed: PathBuf,
+}
+
+impl WarmState {
+    /// The chain of a VM restored from this state.
+    pub(crate) fn chain(&self) -> Chain {
+        let generation = if self.generation.is_empty() { self.created_unix.to_string() } else { self.generation.clone() };
+        Chain { warm_key: self.key.clone(), generation, seed: self.dir.join("seed.iso") }
+    }
 }
 
 /// The installed QEMU: path, version and digest (hashed once per process).
@@ -206,7 +231,7 @@ fn capabilities() -> Value {
 }
 
 /// Saves the stopped VM of session `q` into `file`.
-async fn save(q: &mut Qmp, file: &Path) -> Result<()> {
+pub(crate) async fn save(q: &mut Qmp, file: &Path) -> Result<()> {
     q.call("migrate-set-capabilities", capabilities()).await?;
     // QEMU's default of 128 MiB/s throttles even a save to a file.
     q.call("migrate-set-parameters", json!({"max-bandwidth": 64u64 << 30, "multifd-channels": 2})).await?;
@@ -323,7 +348,7 @@ impl QemuProvisioner {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn restore(
+    pub(crate) async fn restore(
         &self,
         state: &WarmState,
         workdir: &Path,
@@ -390,7 +415,11 @@ impl QemuProvisioner {
         }
         .await;
         match loaded {
-            Ok(()) => Ok((child, port, Login { key: state.key.clone(), user_key, host_public, grow_to, restored: true })),
+            Ok(()) => Ok((
+                child,
+                port,
+                Login { key: state.key.clone(), user_key, host_public, grow_to, restored: true, chain: state.chain(), disk: frozen },
+            )),
             Err(e) => {
                 let _ = child.start_kill();
                 let _ = child.wait().await;
@@ -425,6 +454,8 @@ impl QemuProvisioner {
         crate::backend::private_dir(&dir)?;
         let dir_id = ctx.record(ResourceRecord::new(BACKEND, "dir", dir.display().to_string(), Scope::BuildVm))?;
         let (user_key, host_key) = (ephemeral_key()?, ephemeral_key()?);
+        let generation = uuid::Uuid::new_v4().simple().to_string();
+        let chain = Chain { warm_key: plan.key.clone(), generation: generation.clone(), seed: dir.join("seed.iso") };
         let host_public = public_key_line(&host_key, "aib-warm-host")?;
         write_private(&dir.join("id_ed25519"), private_key_openssh(&user_key)?.as_bytes())?;
         tokio::fs::write(dir.join("host_ed25519.pub"), format!("{host_public}\n")).await.map_err(|e| Error::io(&dir, e))?;
@@ -481,17 +512,18 @@ impl QemuProvisioner {
             Ok(grow_to) => {
                 // Syncing half a gigabyte of state is not the build's wait: it happens beside
                 // it, under the key's lock, and the state counts once `meta.json` is there.
+                let frozen_disk = dir.join("overlay.qcow2");
                 let (store_dir, plan, dir, ctx2) = (store.dir.clone(), plan.clone(), dir.clone(), ctx.clone());
                 tokio::task::spawn_blocking(move || {
                     let _held = lock;
-                    match finish_state(&store_dir, &plan, &dir) {
+                    match finish_state(&store_dir, &plan, &dir, generation) {
                         Ok(()) => {
                             let _ = ctx2.release(&dir_id);
                         }
                         Err(e) => ctx2.notice(format!("the warm state {} was not kept: {e}", plan.key)),
                     }
                 });
-                Ok((exited, port, Login { key: plan_key, user_key, host_public, grow_to, restored: false }))
+                Ok((exited, port, Login { key: plan_key, user_key, host_public, grow_to, restored: false, chain, disk: frozen_disk }))
             }
             Err(e) => {
                 let _ = crate::qmp::execute(&f.qmp, "quit").await;
@@ -560,7 +592,7 @@ impl QemuProvisioner {
 
 /// Makes the state in `dir` durable and visible: synced, its overlay read-only, then
 /// `meta.json`.
-fn finish_state(store_dir: &Path, plan: &Plan, dir: &Path) -> Result<()> {
+fn finish_state(store_dir: &Path, plan: &Plan, dir: &Path, generation: String) -> Result<()> {
     let frozen = dir.join("overlay.qcow2");
     for f in ["vm.state", "overlay.qcow2", "vars.fd"] {
         if let Ok(file) = std::fs::File::open(dir.join(f)) {
@@ -577,6 +609,7 @@ fn finish_state(store_dir: &Path, plan: &Plan, dir: &Path) -> Result<()> {
         created: humantime::format_rfc3339_seconds(now).to_string(),
         created_unix: now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs(),
         inputs: plan.inputs.clone(),
+        generation,
         dir: store_dir.join(&plan.key),
         bytes: 0,
     };
@@ -623,6 +656,7 @@ mod tests {
                 created: "x".into(),
                 created_unix: now - age,
                 inputs: json!({}),
+                generation: String::new(),
                 dir: PathBuf::new(),
                 bytes: 0,
             };

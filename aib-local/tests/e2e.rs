@@ -325,9 +325,16 @@ fn identity_template(local: &LocalBackend, out: &Path) -> ImageTemplate {
 async fn builds_restored_from_one_warm_state_share_no_identity() {
     let state = tempfile::tempdir().unwrap();
     let _guard = KillOnDrop(state.path().to_path_buf());
-    // A store of its own: the first build saves its VM, the second restores it.
+    // A store of its own: the first build saves its VM, the second restores it. No step
+    // cache: the second build would take the first's step, and its identity, from it.
     let warm_dir = state.path().join("warm");
-    let local = LocalBackend::builder().state_dir(state.path()).catalog_dir(shared_catalog()).warm_dir(&warm_dir).build().unwrap();
+    let local = LocalBackend::builder()
+        .state_dir(state.path())
+        .catalog_dir(shared_catalog())
+        .warm_dir(&warm_dir)
+        .no_step_cache(true)
+        .build()
+        .unwrap();
     aib_local::tools::check().unwrap_or_else(|e| panic!("{e}"));
     let text = |b: Option<Vec<u8>>| String::from_utf8(b.unwrap_or_default()).unwrap().trim().to_string();
     let mut seen = Vec::new();

@@ -8,7 +8,7 @@ use aib_core::template::{CustomizerSpec, DistributorSpec, Expr, ImageSource};
 use aib_core::{
     AccessInfo, Artifact, Backend, BuildVm, CapturedImage, Communicator, CommunicatorExt, Customizer, DistributeRequest, Distributor,
     Error, ExecRequest, Platform, PreflightRequest, ProvisionRequest, Provisioner, Reclaim, ReconnectOptions, Registry, ResolveRequest,
-    ResolvedImage, ResourceRecord, Result, Scope, Source, StepContext, UploadRequest,
+    ResolvedImage, ResourceRecord, Result, ResumePoint, Scope, Source, StepContext, UploadRequest,
 };
 use async_trait::async_trait;
 use std::collections::BTreeMap;
@@ -27,6 +27,9 @@ struct Cloud {
     artifacts: Vec<(String, Artifact)>,
     communicators: Vec<FakeCommunicator>,
     counter: u64,
+    /// The step cache: on, and the resume points kept (their keys).
+    cache: bool,
+    points: Vec<String>,
 }
 
 /// All fakes of one backend, sharing a fault table, a journal and a cloud.
@@ -66,6 +69,21 @@ impl FakeBackend {
     /// The communicators handed out so far (one per `connect`).
     pub fn communicators(&self) -> Vec<FakeCommunicator> {
         self.cloud.lock().map(|c| c.communicators.clone()).unwrap_or_default()
+    }
+
+    /// Makes the fake provisioner keep resume points of the step cache (in memory, shared by
+    /// every fake of this backend): a later run with the same steps starts after the longest.
+    #[must_use]
+    pub fn with_step_cache(self) -> Self {
+        if let Ok(mut c) = self.cloud.lock() {
+            c.cache = true;
+        }
+        self
+    }
+
+    /// The keys of the resume points kept so far, in the order they were kept.
+    pub fn resume_points(&self) -> Vec<String> {
+        self.cloud.lock().map(|c| c.points.clone()).unwrap_or_default()
     }
 
     /// The fake provisioner.
@@ -204,7 +222,24 @@ impl Provisioner for FakeProvisioner {
         self.fakes.create(ctx, "disk", Scope::BuildVm)?;
         self.fakes.faults.apply("provision").await?;
         let access = AccessInfo::new("ssh", "127.0.0.1", 2222, "aib", "ssh -p 2222 aib@127.0.0.1");
-        Ok(BuildVm::new(format!("fake-vm-{vm}"), vm, req.image.platform, access))
+        let mut b = BuildVm::new(format!("fake-vm-{vm}"), vm, req.image.platform, access);
+        let kept = self.fakes.resume_points();
+        b.resumed = req.resume.iter().rposition(|p| kept.contains(&p.key)).map_or(0, |i| i + 1);
+        Ok(b)
+    }
+
+    fn checkpoints(&self, _req: &ProvisionRequest) -> bool {
+        self.fakes.cloud.lock().map(|c| c.cache).unwrap_or(false)
+    }
+
+    async fn checkpoint(&self, _vm: &BuildVm, point: &ResumePoint, _ctx: &StepContext) -> Result<bool> {
+        self.fakes.faults.apply("checkpoint").await?;
+        let mut c = self.fakes.cloud.lock().map_err(|_| Error::generic(BACKEND, "the fake cloud's lock is poisoned"))?;
+        if !c.cache || c.points.contains(&point.key) {
+            return Ok(false);
+        }
+        c.points.push(point.key.clone());
+        Ok(true)
     }
 
     async fn connect(&self, vm: &BuildVm, _ctx: &StepContext) -> Result<Arc<dyn Communicator>> {
@@ -313,6 +348,13 @@ impl Customizer for FakeCustomizer {
                 }
             }
         }
+    }
+
+    /// What it does, in the fakes' words (faults at `fingerprint`: the step that takes every
+    /// customizer's fingerprint, in order).
+    async fn fingerprint(&self, ctx: &StepContext) -> Result<Option<String>> {
+        self.fakes.faults.apply(&ctx.name).await?;
+        Ok(Some(format!("{}:{:?}", self.label, self.plan)))
     }
 }
 

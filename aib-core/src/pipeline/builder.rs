@@ -41,6 +41,10 @@ pub struct StepOptions {
     pub retry_on: RetryOn,
     /// Wait before the step starts.
     pub pause_before: Option<Duration>,
+    /// Never take this step from the step cache (nor any after it): for a step whose effect
+    /// its fingerprint cannot show (a script that downloads at run time). See
+    /// [`PipelineBuilder::cache`].
+    pub no_cache: bool,
 }
 
 impl StepOptions {
@@ -72,6 +76,13 @@ impl StepOptions {
     #[must_use]
     pub fn with_pause_before(mut self, d: Duration) -> Self {
         self.pause_before = Some(d);
+        self
+    }
+
+    /// Runs this step, and every step after it, on every build: the step cache stops before it.
+    #[must_use]
+    pub fn without_cache(mut self) -> Self {
+        self.no_cache = true;
         self
     }
 }
@@ -140,6 +151,7 @@ impl PipelineBuilder {
                 log_dir: None,
                 secrets: Arc::new(Vec::new()),
                 event_capacity: crate::channel::DEFAULT_CAPACITY,
+                cache: true,
             },
         }
     }
@@ -354,6 +366,21 @@ impl PipelineBuilder {
     /// are never dropped. Default 4096.
     pub fn event_capacity(mut self, n: usize) -> Self {
         self.cfg.event_capacity = n;
+        self
+    }
+
+    /// The step cache (on by default; it acts only with a provisioner that keeps resume
+    /// points, see [`Provisioner::checkpoints`]). Before the build VM starts, every leading
+    /// customizer's [`Customizer::fingerprint`] is taken (downloading what it fetches) and
+    /// chained into [`crate::ResumePoint`] keys; the provisioner may start the VM at the longest
+    /// point it holds, and those steps are reported as `cached`. After a customizer that took
+    /// at least [`crate::RESUME_POINT_MIN_STEP`] (a resume point costs about a second to keep;
+    /// quicker steps are cheaper to run again) the provisioner is asked to keep the VM as a
+    /// new point. A step without a fingerprint, or with [`StepOptions::without_cache`], ends
+    /// the chain: it and every step after it always run. Hits, misses and points kept are
+    /// notices in the log and in [`crate::RunReport::cache`].
+    pub fn cache(mut self, on: bool) -> Self {
+        self.cfg.cache = on;
         self
     }
 

@@ -28,6 +28,11 @@ mod run;
 pub use builder::{PipelineBuilder, RetryOn, StepOptions};
 pub use run::RunHandle;
 
+/// The step cache keeps a resume point after a customizer that took at least this long: keeping
+/// one (the VM's memory and a disk layer) costs about a second, so a quicker step is cheaper
+/// to run again than to restore.
+pub const RESUME_POINT_MIN_STEP: Duration = Duration::from_secs(2);
+
 use crate::ledger::Ledger;
 use crate::report::RunReport;
 use crate::template::{ErrorAction, ImageSource, StringMap, VmProfile};
@@ -77,6 +82,7 @@ pub(crate) struct PipelineConfig {
     pub(crate) log_dir: Option<PathBuf>,
     pub(crate) secrets: Arc<Vec<String>>,
     pub(crate) event_capacity: usize,
+    pub(crate) cache: bool,
 }
 
 /// A built pipeline: its checked settings, source and provisioner.

@@ -7,12 +7,12 @@ use crate::context::{Emitter, RunContext, StepContext};
 use crate::events::Event;
 use crate::ledger::Scope;
 use crate::reclaim::FileReclaim;
-use crate::report::{OutputState, RUN_STEP, RunOutput, RunReport, StateChange, StepError, StepReport, error_chain};
+use crate::report::{CacheReport, OutputState, RUN_STEP, RunOutput, RunReport, StateChange, StepError, StepReport, error_chain};
 use crate::retry::Backoff;
 use crate::state::{RunState, RunSubState};
 use crate::template::ErrorAction;
 use crate::traits::{Communicator, Reclaim};
-use crate::types::{BuildVm, DistributeRequest, PreflightRequest, ProvisionRequest, ResolveRequest, ResolvedImage};
+use crate::types::{BuildVm, DistributeRequest, PreflightRequest, ProvisionRequest, ResolveRequest, ResolvedImage, ResumePoint};
 use crate::{Error, Result};
 use futures::FutureExt;
 use std::future::Future;
@@ -92,6 +92,7 @@ struct Record {
     source: Option<ResolvedImage>,
     vm: Option<BuildVm>,
     outputs: Vec<RunOutput>,
+    cache: Option<CacheReport>,
 }
 
 type Shared = Arc<Mutex<Record>>;
@@ -175,6 +176,7 @@ impl Run<'_> {
                 duration,
                 attempts: running.attempts,
                 error,
+                cached: false,
             });
         }
     }
@@ -256,6 +258,130 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// The step cache's resume points for `req`: the leading customizers' fingerprints,
+    /// chained; `None` when the cache is off or the provisioner keeps no points. A
+    /// fingerprint that fails (a download) ends the chain: the step itself then reports it.
+    async fn cache_points(&self, req: &ProvisionRequest) -> Option<CacheReport> {
+        let cfg = &self.inner.cfg;
+        if !cfg.cache || cfg.source_validation_only || cfg.customizers.is_empty() || !self.inner.provisioner.checkpoints(req) {
+            return None;
+        }
+        let none = &StepOptions::default();
+        let (points, uncached_from) = self
+            .step("fingerprint", RunSubState::Building, none, |sc| async move {
+                let mut uncached_from = None;
+                use sha2::Digest;
+                let base = serde_json::json!({"source": req.image, "vmProfile": req.vm_profile, "dataDisksGb": req.data_disks_gb});
+                let mut parent = hex::encode(sha2::Sha256::digest(base.to_string().as_bytes()));
+                let mut points = Vec::new();
+                for (i, s) in cfg.customizers.iter().enumerate() {
+                    if s.options.no_cache {
+                        uncached_from = Some(format!("{}: its options opt out of the cache", s.name));
+                        break;
+                    }
+                    let f = match s.customizer.fingerprint(&sc).await {
+                        Ok(Some(f)) => f,
+                        Ok(None) => {
+                            uncached_from = Some(format!("{}: its customizer ({}) has no fingerprint", s.name, s.customizer));
+                            break;
+                        }
+                        Err(e) => {
+                            uncached_from = Some(format!("{}: its fingerprint failed: {}", s.name, error_chain(&e)));
+                            break;
+                        }
+                    };
+                    let p = ResumePoint::new(&s.name, i, &parent, f);
+                    parent = p.key.clone();
+                    points.push(p);
+                }
+                if let Some(why) = &uncached_from {
+                    sc.notice(format!("step cache: {why}; it and every step after it run on every build"));
+                }
+                Ok((points, uncached_from))
+            })
+            .await
+            .ok()?;
+        if points.is_empty() && uncached_from.is_none() {
+            return None;
+        }
+        let report = CacheReport { points, uncached_from, ..Default::default() };
+        Some(report)
+    }
+
+    /// How many customizers `vm` went through at its resume point; those steps are reported
+    /// as cached.
+    fn resumed(&self, cache: &mut CacheReport, vm: &BuildVm) -> usize {
+        let n = vm.resumed.min(cache.points.len());
+        let steps = &self.inner.cfg.customizers;
+        cache.hits = steps[..n].iter().map(|s| s.name.clone()).collect();
+        if n > 0 {
+            self.ctx.notice(format!(
+                "step cache: {} taken from the cache; the build VM starts after `{}`",
+                cache.hits.join(", "),
+                steps[n - 1].name
+            ));
+        }
+        if n < cache.points.len() {
+            let why = vm.attributes.get("cacheMiss").and_then(|v| v.as_str()).unwrap_or("no resume point is kept for it");
+            let miss = format!("{}: {why}", cache.points[n].step);
+            self.ctx.notice(format!("step cache: miss at {miss}"));
+            cache.miss = Some(miss);
+        }
+        if let Ok(mut r) = self.rec.lock() {
+            let now = SystemTime::now();
+            for s in &steps[..n] {
+                r.steps.push(StepReport {
+                    name: s.name.clone(),
+                    phase: RunSubState::Customizing,
+                    started: now,
+                    duration: Duration::ZERO,
+                    attempts: 0,
+                    error: None,
+                    cached: true,
+                });
+            }
+        }
+        n
+    }
+
+    /// Runs the customizers from `from`; after each that is cacheable and took at least
+    /// [`super::RESUME_POINT_MIN_STEP`], asks the provisioner to keep the VM as its resume
+    /// point. Keeping one never fails the run.
+    async fn customize(
+        &self,
+        from: usize,
+        vm: &BuildVm,
+        comm: &Arc<dyn Communicator>,
+        mut cache: Option<&mut CacheReport>,
+    ) -> Result<(), StepError> {
+        let inner = self.inner;
+        for (i, s) in inner.cfg.customizers.iter().enumerate().skip(from) {
+            // Tokio's clock: a test with paused time sees the step's time too.
+            let t0 = tokio::time::Instant::now();
+            self.steps(std::slice::from_ref(s), RunSubState::Customizing, comm).await?;
+            let Some(point) = cache.as_deref().and_then(|c| c.points.get(i)).cloned() else { continue };
+            if t0.elapsed() < super::RESUME_POINT_MIN_STEP {
+                continue;
+            }
+            let none = &StepOptions::default();
+            let name = format!("keep resume point after {}", s.name);
+            let point = &point;
+            match self
+                .step(&name, RunSubState::Customizing, none, |sc| async move { inner.provisioner.checkpoint(vm, point, &sc).await })
+                .await
+            {
+                Ok(true) => {
+                    if let Some(c) = cache.as_deref_mut() {
+                        c.kept.push(s.name.clone());
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => self.ctx.notice(format!("step cache: the resume point after {} was not kept: {e}", s.name)),
+            }
+        }
+        Ok(())
+    }
+
     /// "step `a`" or "steps `a`, `b`": what was running, for timeout and cancel messages.
     fn running(&self) -> Option<String> {
         let r = self.rec.lock().ok()?;
@@ -305,6 +431,10 @@ impl Run<'_> {
         req.data_disks_gb = cfg.data_disks_gb.clone();
         req.tags = self.tags();
         req.staging_resource_group = cfg.staging_resource_group.clone();
+        let mut cache = self.cache_points(&req).await;
+        if let Some(c) = &cache {
+            req.resume = c.points.clone();
+        }
         let req = &req;
         let vm =
             self.step("provision", RunSubState::Building, none, |sc| async move { inner.provisioner.provision(req, &sc).await }).await?;
@@ -312,15 +442,19 @@ impl Run<'_> {
             r.vm = Some(vm.clone());
         }
         let vm = &vm;
+        let resumed = match &mut cache {
+            Some(c) => self.resumed(c, vm),
+            None => 0,
+        };
         let comm = self.step("connect", RunSubState::Building, none, |sc| async move { inner.provisioner.connect(vm, &sc).await }).await?;
 
         if !cfg.source_validation_only && !cfg.customizers.is_empty() {
             self.set_state(RunState::Running, Some(RunSubState::Customizing));
-            self.steps(&cfg.customizers, RunSubState::Customizing, &comm).await.map_err(|error| Failure {
-                error,
-                keep_vm: cfg.on_customizer_error == ErrorAction::Abort,
-                prefix: "",
-            })?;
+            let customized = self.customize(resumed, vm, &comm, cache.as_mut()).await;
+            if let (Some(c), Ok(mut r)) = (cache.take(), self.rec.lock()) {
+                r.cache = Some(c);
+            }
+            customized.map_err(|error| Failure { error, keep_vm: cfg.on_customizer_error == ErrorAction::Abort, prefix: "" })?;
         }
 
         let mut validation_failure = None;
@@ -533,6 +667,7 @@ pub(crate) async fn execute(inner: Arc<Inner>, run_id: String, cancel: Cancellat
     report.steps = r.steps;
     report.source = r.source;
     report.run_outputs = r.outputs;
+    report.cache = r.cache;
     report.cleanup_errors = cleanup_errors;
     report.leftover_resources = ctx.ledger().outstanding();
     report.end_time = SystemTime::now();

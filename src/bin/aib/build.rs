@@ -75,6 +75,10 @@ pub(crate) struct Boundary {
     /// the state directory's `warm/`, made by the first build; `aib warm ls|prune`).
     #[arg(long)]
     pub cold: bool,
+    /// Run every customizer: neither start at a resume point of the step cache nor keep one
+    /// (kept in the state directory's `cache/`; `aib cache ls|prune`).
+    #[arg(long)]
+    pub no_cache: bool,
 }
 
 fn backend(state_dir: Option<PathBuf>, boundary: &Boundary) -> Result<LocalBackend, aib::Error> {
@@ -94,7 +98,7 @@ fn backend(state_dir: Option<PathBuf>, boundary: &Boundary) -> Result<LocalBacke
     if boundary.guest_outbound {
         b = b.guest_network(aib_local::GuestNetwork::Outbound);
     }
-    b.cold_boot(boundary.cold).build()
+    b.cold_boot(boundary.cold).no_step_cache(boundary.no_cache).build()
 }
 
 /// A deployment template's parameters and the deployment's subscription and resource group.
@@ -209,6 +213,20 @@ fn summary(r: &RunReport) {
             println!("    id {id}\n    at {uri}");
         }
     }
+    if let Some(c) = &r.cache {
+        if !c.hits.is_empty() {
+            println!("cache: {} step(s) taken from the step cache: {}", c.hits.len(), c.hits.join(", "));
+        }
+        if let Some(m) = &c.miss {
+            println!("cache: miss at {m}");
+        }
+        if !c.kept.is_empty() {
+            println!("cache: resume points kept after {}", c.kept.join(", "));
+        }
+        if let Some(u) = &c.uncached_from {
+            println!("cache: never cached from {u}");
+        }
+    }
     // A kept VM's `ssh …` command is among the next steps.
     for n in r.next_steps() {
         println!("next: {n}");
@@ -240,7 +258,43 @@ pub(crate) async fn gc(state_dir: Option<PathBuf>, min_age: u64) -> CliResult {
             println!("deleted expired warm state {} ({} MiB)", s.key, s.bytes >> 20);
         }
     }
+    // After the warm states: resume points over a state just deleted go too.
+    if let Some(cache) = provisioner.step_cache() {
+        for e in cache.prune(false).await? {
+            println!("deleted resume point {} after `{}` ({} MiB)", e.key, e.step, e.bytes >> 20);
+        }
+    }
     Ok(gc_summary(&report))
+}
+
+/// `aib cache ls` and `aib cache prune [--all]`.
+pub(crate) async fn cache(state_dir: Option<PathBuf>, prune: Option<bool>) -> CliResult {
+    let local = backend(state_dir, &Boundary::default())?;
+    let cache = local.provisioner().step_cache().cloned().ok_or("the step cache is off")?;
+    if let Some(all) = prune {
+        let removed = cache.prune(all).await?;
+        let bytes: u64 = removed.iter().map(|e| e.bytes).sum();
+        for e in &removed {
+            println!("deleted {}  after `{}`", e.key, e.step);
+        }
+        println!("cache: {} resume point(s) deleted, {} MiB freed", removed.len(), bytes >> 20);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let entries = cache.list().await?;
+    let total: u64 = entries.iter().map(|e| e.bytes).sum();
+    println!(
+        "resume points ({}, {} MiB of {} MiB, least recently used first):",
+        cache.dir().display(),
+        total >> 20,
+        cache.max_bytes() >> 20
+    );
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    for e in entries {
+        let ago = now.saturating_sub(e.used_unix);
+        let used = if ago < 3600 { format!("{} min", ago / 60) } else { format!("{} h", ago / 3600) };
+        println!("  {}  after `{}`  {} MiB  used {used} ago", e.key, e.step, e.bytes >> 20);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `aib warm ls` and `aib warm prune [--all]`.

@@ -48,9 +48,15 @@ pub(crate) fn amount(done: u64, total: Option<u64>, unit: &str) -> String {
 impl Display {
     /// A display; `quiet` shows nothing.
     pub(crate) fn new(quiet: bool) -> Self {
+        Self::with_status(quiet, true)
+    }
+
+    /// A display with the run's status line (phase, step, elapsed) when `status`, or only
+    /// transfer bars (a transfer outside a run has no phase).
+    fn with_status(quiet: bool, status: bool) -> Self {
         let tty = !quiet && std::io::stderr().is_terminal();
         let multi = tty.then(indicatif::MultiProgress::new);
-        let status = multi.as_ref().map(|m| {
+        let status = multi.as_ref().filter(|_| status).map(|m| {
             let b = m.add(indicatif::ProgressBar::new_spinner());
             b.set_style(style("{spinner} {elapsed_precise} {msg}"));
             b.enable_steady_tick(Duration::from_millis(200));
@@ -178,7 +184,7 @@ impl Display {
 /// A progress callback for one transfer outside a run (`aib images import`): a bar on a
 /// terminal, a line every few seconds otherwise.
 pub(crate) fn transfer(what: &str, quiet: bool) -> impl Fn(u64, Option<u64>) + Send + Sync + use<> {
-    let d = std::sync::Mutex::new(Display::new(quiet));
+    let d = std::sync::Mutex::new(Display::with_status(quiet, false));
     let what = what.to_string();
     move |done, total| {
         if let Ok(mut d) = d.lock() {

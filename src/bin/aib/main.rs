@@ -5,7 +5,7 @@
 //!              [--resource-group RG] [--rg-location REGION]
 //!                                        check templates (exit 0 valid, 1 invalid, 2 usage/I/O)
 //! aib schema                             the template's JSON Schema
-//! aib build TEMPLATE [--backend local|azure] [--state-dir DIR] [--output text|json|jsonl] [--cold]
+//! aib build TEMPLATE [--backend local|azure] [--state-dir DIR] [--output text|json|jsonl] [--cold] [--no-cache]
 //!           [--parameters FILE] [-p NAME=VALUE]… [--rg-location REGION]
 //!           [--allow-file-root DIR]… [--allow-source-net CIDR]… [--allow-output-root DIR]… [--guest-outbound]
 //!           [--resource-group RG] [--subscription ID] [--arm-endpoint URL] [--storage-endpoint URL] [--ssh-port N]
@@ -15,6 +15,7 @@
 //! aib images [--state-dir DIR]           list the local catalog and gallery
 //! aib images import URN FILE --sha256 SUM
 //! aib warm ls|prune [--all] [--state-dir DIR]
+//! aib cache ls|prune [--all] [--state-dir DIR]
 //!                                        the saved VM states local builds restore
 //! aib completions bash|zsh|fish|elvish|powershell
 //!                                        a shell completion script on stdout
@@ -148,6 +149,15 @@ enum Command {
         #[command(subcommand)]
         action: WarmAction,
     },
+    /// List or prune the step cache's resume points (a build starts at the longest one its
+    /// steps match, and runs only the rest).
+    Cache {
+        /// State directory.
+        #[arg(long, global = true)]
+        state_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        action: CacheAction,
+    },
     /// Print a shell completion script: `aib completions bash > ~/.local/share/bash-completion/completions/aib`,
     /// `aib completions zsh > ~/.zfunc/_aib`, `aib completions fish > ~/.config/fish/completions/aib.fish`.
     Completions {
@@ -184,6 +194,19 @@ enum TestServer {
         /// (`http://127.0.0.1:10000/devstoreaccount1`; needs the `azure` feature).
         #[arg(long)]
         azurite: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheAction {
+    /// List them, least recently used first, with their step, size and last use.
+    Ls,
+    /// Delete those over a warm state that is gone, then the least recently used past the
+    /// size limit (every one with --all; do not use --all while a build runs).
+    Prune {
+        /// Delete every resume point.
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -311,6 +334,13 @@ fn main() -> ExitCode {
             match action {
                 WarmAction::Ls => None,
                 WarmAction::Prune { all } => Some(all),
+            },
+        )),
+        Command::Cache { state_dir, action } => build::runtime(build::cache(
+            state_dir,
+            match action {
+                CacheAction::Ls => None,
+                CacheAction::Prune { all } => Some(all),
             },
         )),
         Command::Completions { shell } => {
