@@ -41,6 +41,13 @@ impl QemuProvisioner {
             return Err("no warm state yet for this base and VM shape, so no resume point either".into());
         };
         let chain = warm.chain();
+        // A point still being synced (a build that just ended kept it) is waited for, briefly.
+        if let Some(p) = req.resume.iter().rev().find(|p| {
+            let d = cache.entry_dir(&entry_key(p, &chain));
+            d.is_dir() && !d.join("meta.json").exists()
+        }) {
+            let _ = crate::tools::lock_file(&cache.lock_path(&entry_key(p, &chain)), Duration::from_secs(60)).await;
+        }
         let (n, entry) = cache.lookup(&req.resume, &chain)?;
         let point = WarmState {
             key: entry.key.clone(),

@@ -285,13 +285,13 @@ async fn template_code_cannot_reach_the_hosts_loopback_services() {
             assert!(!gateway.is_empty() && gateway != "10.0.2.2", "the Outbound VM's gateway is {gateway:?}: {:?}", report.log_tail);
         }
         // The secret scan: the marked signature is in nothing the run wrote (logs, ledger,
-        // report, state), disks aside.
+        // report, state), disks and saved VM memory (warm states, resume points) aside.
         let mut written = serde_json::to_string(&report).unwrap();
         let mut dirs = vec![state.path().to_path_buf()];
         while let Some(d) = dirs.pop() {
             for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
                 let (path, ft) = (e.path(), e.file_type().unwrap());
-                let disk = path.extension().is_some_and(|x| x == "qcow2" || x == "vhd" || x == "raw");
+                let disk = path.extension().is_some_and(|x| x == "qcow2" || x == "vhd" || x == "raw" || x == "state" || x == "fd");
                 if ft.is_dir() {
                     dirs.push(path);
                 } else if ft.is_file() && !disk {

@@ -20,7 +20,8 @@
 use aib_core::template::{ImageSource, PlatformImageSource};
 use aib_core::{
     BuildVm, Communicator, Customizer, DistributeRequest, Distributor, Error, ExecRequest, MemorySink, OutputStream, Platform,
-    ProvisionRequest, Provisioner, ReconnectOptions, ResolveRequest, ResolvedImage, RunContext, Scope, Source, StepContext, UploadRequest,
+    ProvisionRequest, Provisioner, ReconnectOptions, ResolveRequest, ResolvedImage, ResumePoint, RunContext, Scope, Source, StepContext,
+    UploadRequest,
 };
 use std::time::Duration;
 
@@ -43,6 +44,9 @@ pub struct Capabilities {
     pub disconnect: bool,
     /// The VM can restart and be reconnected to.
     pub restart: bool,
+    /// A VM started at a resume point holds the files the VM it was kept of held (the fakes'
+    /// VMs hold none).
+    pub resume_state: bool,
 }
 
 impl Capabilities {
@@ -56,13 +60,14 @@ impl Capabilities {
             exec_timeout: true,
             disconnect: true,
             restart: true,
+            resume_state: false,
         }
     }
 
     /// A Linux machine over SSH that does not restart (an sshd, a QEMU VM started with
     /// `-no-reboot`): the connection can be dropped and reopened.
     pub fn linux_ssh() -> Self {
-        Capabilities { restart: false, ..Self::fake() }
+        Capabilities { restart: false, resume_state: true, ..Self::fake() }
     }
 
     /// A Windows build VM over WinRM: it restarts, but a command cannot drop the connection
@@ -419,8 +424,55 @@ pub async fn provisioner(p: &dyn Provisioner, req: &ProvisionRequest, caps: &Cap
     let comm = p.connect(&vm, &ctx.step("connect")).await.expect("[provisioner] connect");
     assert_eq!(comm.platform(), vm.platform, "[provisioner] the communicator speaks to the VM's platform");
     communicator(&*comm, caps).await;
+    resume_points(p, req, &vm, &*comm, caps).await;
     capture_after_generalize(p, &ctx, &vm, &*comm).await;
     drop(comm);
+    delete_is_idempotent(p, &ctx).await;
+}
+
+/// What `cat FILE` prints on the VM of `comm`.
+async fn read_back(comm: &dyn Communicator, file: &str) -> String {
+    let sink = MemorySink::new();
+    let st = comm.execute(&ExecRequest::new(format!("cat {file}")), &sink).await.expect("[resume_points] read");
+    assert!(st.success(), "[resume_points] reading the marker");
+    sink.lines().into_iter().map(|(_, l)| l).collect::<Vec<_>>().join("\n")
+}
+
+/// A provisioner that keeps resume points for `req` ([`Provisioner::checkpoints`]): keeping
+/// one of the running `vm` leaves it running as it was, and a VM provisioned at that point says
+/// it resumed there (and, with `resume_state`, holds what `vm` held then). Nothing to check for
+/// one that keeps none.
+pub async fn resume_points(p: &dyn Provisioner, req: &ProvisionRequest, vm: &BuildVm, comm: &dyn Communicator, caps: &Capabilities) {
+    if !p.checkpoints(req) || vm.platform != Platform::Linux {
+        return;
+    }
+    let ctx = RunContext::detached("conformance-keep").expect("context");
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let marker = format!("resume-{nanos:x}");
+    let file = "/tmp/aib-conformance-resume";
+    if caps.resume_state {
+        let write = ExecRequest::new(format!("echo {marker} > {file}"));
+        assert!(comm.execute(&write, &MemorySink::new()).await.expect("[resume_points] write").success());
+    }
+    let point = ResumePoint::new("customize[0] conformance", 0, format!("conformance {marker}"), "marker");
+    let kept = p.checkpoint(vm, &point, &ctx.step("keep")).await.expect("[resume_points] checkpoint");
+    if caps.resume_state {
+        assert_eq!(read_back(comm, file).await.trim(), marker, "[resume_points] the VM goes on as it was after a point is kept");
+    }
+    if !kept {
+        return;
+    }
+    let mut again = req.clone();
+    again.resume = vec![point];
+    let ctx2 = RunContext::detached("conformance-resume").expect("context");
+    let vm2 = p.provision(&again, &ctx2.step("provision")).await.expect("[resume_points] provision at the point");
+    assert_eq!(vm2.resumed, 1, "[resume_points] a VM provisioned at a kept point says it resumed after its step");
+    let comm2 = p.connect(&vm2, &ctx2.step("connect")).await.expect("[resume_points] connect");
+    if caps.resume_state {
+        assert_eq!(read_back(&*comm2, file).await.trim(), marker, "[resume_points] the resumed VM holds what the kept one held");
+    }
+    drop(comm2);
+    delete_is_idempotent(p, &ctx2).await;
     delete_is_idempotent(p, &ctx).await;
 }
 

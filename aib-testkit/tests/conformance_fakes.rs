@@ -25,6 +25,11 @@ async fn fake_provisioner() {
     let fakes = FakeBackend::new();
     conformance::provisioner(&fakes.provisioner(), &ProvisionRequest::new(conformance::fake_image()), &Capabilities::fake()).await;
     assert!(fakes.live_resources().is_empty());
+    // With resume points.
+    let fakes = FakeBackend::new().with_step_cache();
+    conformance::provisioner(&fakes.provisioner(), &ProvisionRequest::new(conformance::fake_image()), &Capabilities::fake()).await;
+    assert_eq!(fakes.resume_points().len(), 1);
+    assert!(fakes.live_resources().is_empty());
 }
 
 #[tokio::test]
