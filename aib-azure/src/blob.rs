@@ -69,6 +69,16 @@ pub(crate) fn check_template_target(field: &str, uri: &str, operator_endpoint: O
     ))
 }
 
+/// Storage credentials for `account` from `AZURE_STORAGE_KEY` or `AZURE_STORAGE_SAS_TOKEN`,
+/// `None` when neither is set.
+pub(crate) fn env_credentials_if_set(account: &str) -> Result<Option<StorageCredentials>> {
+    match env_credentials(account) {
+        Ok(c) => Ok(Some(c)),
+        Err(Error::Unauthenticated { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Storage credentials for `account` from `AZURE_STORAGE_KEY` or `AZURE_STORAGE_SAS_TOKEN`.
 pub(crate) fn env_credentials(account: &str) -> Result<StorageCredentials> {
     match (std::env::var("AZURE_STORAGE_KEY"), std::env::var("AZURE_STORAGE_SAS_TOKEN")) {

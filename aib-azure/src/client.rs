@@ -253,6 +253,12 @@ impl ArmClient {
         ArmClientBuilder::default()
     }
 
+    /// The credential behind the client's tokens, for Entra ID calls to other services
+    /// (Blob storage).
+    pub(crate) fn token_credential(&self) -> Arc<dyn azure_core::auth::TokenCredential> {
+        self.inner.credential.0.clone()
+    }
+
     /// The pause between polls of a long-running operation.
     pub fn poll_interval(&self) -> Duration {
         self.inner.poll_interval

@@ -18,9 +18,28 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use std::fmt;
 
-/// True when the captured image is a (generalized) VM rather than a managed image or disk.
+/// True when the captured image is a (generalized) VM rather than a disk, snapshot or image.
 fn is_vm(image: &CapturedImage) -> bool {
     image.id.to_ascii_lowercase().contains("/providers/microsoft.compute/virtualmachines/")
+}
+
+/// What a capture's id names, for the forms of Images_CreateOrUpdate (a snapshot source
+/// exists too; no capture is one).
+enum CaptureKind {
+    Vm,
+    Disk,
+    Other,
+}
+
+fn capture_kind(image: &CapturedImage) -> CaptureKind {
+    let id = image.id.to_ascii_lowercase();
+    if is_vm(image) {
+        CaptureKind::Vm
+    } else if id.contains("/providers/microsoft.compute/disks/") {
+        CaptureKind::Disk
+    } else {
+        CaptureKind::Other
+    }
 }
 
 fn source_ref(image: &CapturedImage) -> Value {
@@ -148,6 +167,25 @@ impl Distributor for ManagedImageDistributor {
     async fn distribute(&self, req: &DistributeRequest, ctx: &StepContext) -> Result<Artifact> {
         let image = &req.image;
         let id = &self.target.image_id;
+        let mut props = json!({"hyperVGeneration": image.source.hyper_v_generation.as_deref().unwrap_or("V2")});
+        let os = if image.platform == aib_core::Platform::Windows { "Windows" } else { "Linux" };
+        match capture_kind(image) {
+            CaptureKind::Vm => props["sourceVirtualMachine"] = json!({"id": image.id}),
+            CaptureKind::Disk => {
+                props["storageProfile"] = json!({"osDisk": {"osType": os, "osState": "Generalized", "managedDisk": {"id": image.id}}});
+            }
+            // Images_CreateOrUpdate has no form that copies an image.
+            CaptureKind::Other => {
+                return Err(Error::Unsupported {
+                    operation: format!(
+                        "a managed image from `{}`: aib makes managed images from a VM or a managed disk only (ARM has no form that copies an image)",
+                        image.id
+                    ),
+                    backend: BACKEND,
+                });
+            }
+        }
+        same_region(&image.location, &self.target.location, "the managed image", "location", Code::BadDistributeType)?;
         // An image's source cannot change in place: replace it, as AIB does, but only once the
         // capture it is made from is known to be there, so a build whose capture is gone does
         // not delete the image it was to replace.
@@ -161,14 +199,6 @@ impl Distributor for ManagedImageDistributor {
             Err(Error::NotFound { .. }) => {}
             Err(e) => return Err(e),
         }
-        let mut props = json!({"hyperVGeneration": image.source.hyper_v_generation.as_deref().unwrap_or("V2")});
-        if is_vm(image) {
-            props["sourceVirtualMachine"] = json!({"id": image.id});
-        } else {
-            let os = if image.platform == aib_core::Platform::Windows { "Windows" } else { "Linux" };
-            props["storageProfile"] = json!({"osDisk": {"osType": os, "osState": "Generalized", "managedDisk": {"id": image.id}}});
-        }
-        same_region(&image.location, &self.target.location, "the managed image", "location", Code::BadDistributeType)?;
         let tags = self.target.artifact_tags.as_ref().and_then(Expr::value).cloned().unwrap_or_default();
         let body = json!({"location": self.target.location, "tags": tags, "properties": props});
         let rec = record(ctx, "image", id)?;

@@ -166,6 +166,36 @@ pub(crate) fn retryable_status(status: u16) -> bool {
     matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
 }
 
+/// What to change when ARM refused a build VM of `size` in `location` for want of capacity:
+/// a size the region does not offer, a cores quota used up, or no capacity right now.
+pub(crate) fn capacity_hint(e: &Error, size: &str, location: &str) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let arm = loop {
+        let c = cur?;
+        if let Some(a) = c.downcast_ref::<ArmError>() {
+            break a;
+        }
+        cur = c.source();
+    };
+    let code = arm.code.as_str();
+    let quota = arm.message.to_ascii_lowercase().contains("quota");
+    Some(match code {
+        "SkuNotAvailable" => format!(
+            "{size} is not offered in {location} to this subscription: set properties.vmProfile.vmSize to a size it offers \
+             (az vm list-skus --location {location} --resource-type virtualMachines --output table), or build in another region"
+        ),
+        "OperationNotAllowed" | "QuotaExceeded" if quota => format!(
+            "the subscription's cores quota in {location} is used up: ask for more (Azure portal, Quotas), wait for other VMs to \
+             go, or choose a smaller properties.vmProfile.vmSize"
+        ),
+        "AllocationFailed" | "ZonalAllocationFailed" | "OverconstrainedAllocationRequest" => format!(
+            "Azure has no capacity for {size} in {location} right now: build again later, or set another \
+             properties.vmProfile.vmSize or region"
+        ),
+        _ => return None,
+    })
+}
+
 /// Maps an ARM failure to aib's error, semantic variants first.
 pub(crate) fn classify(e: ArmError, retry_after: Option<Duration>) -> Error {
     if e.is_transient_conflict() {

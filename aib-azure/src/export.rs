@@ -4,7 +4,7 @@
 //! progress in bytes; the SAS is revoked on every path and the copy's VHD footer checked.
 
 use crate::api::{DISK_API, STORAGE_API};
-use crate::blob::{env_credentials, parse_blob_uri, redact};
+use crate::blob::{env_credentials_if_set, parse_blob_uri, redact};
 use crate::client::ArmClient;
 use crate::error::{AzureError, BACKEND};
 use crate::naming::{CREATED_BY, staging_account_name};
@@ -63,7 +63,17 @@ impl DiskVhdDistributor {
     async fn destination(&self, image: &CapturedImage, ctx: &StepContext) -> Result<(BlobClient, String)> {
         if let Some(uri) = &self.uri {
             let (location, account, container, blob) = parse_blob_uri(uri)?;
-            let creds = env_credentials(&account)?;
+            let creds = match env_credentials_if_set(&account)? {
+                Some(c) => c,
+                None => {
+                    ctx.output.line(
+                        OutputStream::Stdout,
+                        "no AZURE_STORAGE_KEY or AZURE_STORAGE_SAS_TOKEN: the VHD blob is written with the build's Entra ID \
+                         credential (it needs Storage Blob Data Contributor on the account)",
+                    );
+                    StorageCredentials::token_credential(self.arm.token_credential())
+                }
+            };
             let client = ClientBuilder::with_location(location, creds).blob_client(container, blob);
             return Ok((client, uri.split('?').next().unwrap_or(uri).to_string()));
         }
@@ -86,11 +96,20 @@ impl DiskVhdDistributor {
             }
             Err(e) => return Err(e),
         };
-        let keys = self.arm.post(&format!("{id}/listKeys"), STORAGE_API, None).await?;
-        let key = keys["keys"][0]["value"]
-            .as_str()
-            .ok_or_else(|| Error::generic(BACKEND, format!("{id}: listKeys returned no key")))?
-            .to_string();
+        // An account that allows no Shared Key access (a policy may force it) takes only Entra
+        // ID tokens; the build's own credential made the account, so it is used for its blobs.
+        let shared_key = account["properties"]["allowSharedKeyAccess"].as_bool() != Some(false);
+        let key = if shared_key {
+            let keys = self.arm.post(&format!("{id}/listKeys"), STORAGE_API, None).await?;
+            let key = keys["keys"][0]["value"].as_str();
+            Some(key.ok_or_else(|| Error::generic(BACKEND, format!("{id}: listKeys returned no key")))?.to_string())
+        } else {
+            ctx.output.line(
+                OutputStream::Stdout,
+                &format!("{name} allows no Shared Key access: its blobs are reached with the build's Entra ID credential"),
+            );
+            None
+        };
         let endpoint = self
             .storage_endpoint
             .clone()
@@ -108,7 +127,10 @@ impl DiskVhdDistributor {
             None => (CloudLocation::Custom { account: name.clone(), uri: endpoint.clone() }, name.clone()),
             Some(acct) => (CloudLocation::Custom { account: acct.clone(), uri: endpoint.clone() }, acct),
         };
-        let creds = StorageCredentials::access_key(signer, azure_core::auth::Secret::new(key));
+        let creds = match key {
+            Some(key) => StorageCredentials::access_key(signer, azure_core::auth::Secret::new(key)),
+            None => StorageCredentials::token_credential(self.arm.token_credential()),
+        };
         let container = ClientBuilder::with_location(location, creds).container_client("vhds");
         if let Err(e) = container.create().await
             && !crate::error::is_conflict(&e, "ContainerAlreadyExists")

@@ -537,7 +537,15 @@ impl Provisioner for AzureProvisioner {
         // The disk is recorded before the VM so that cleanup (newest first) deletes the VM first.
         ctx.record(ResourceRecord::new(BACKEND, "disk", &disk_id, Scope::BuildVm))?;
         ctx.notice(format!("creating build VM {vm_name} ({size}) in {group}"));
-        let record = self.create(ctx, "virtualMachine", &vm_id, &body).await?;
+        let record = match self.create(ctx, "virtualMachine", &vm_id, &body).await {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(hint) = crate::error::capacity_hint(&e, &size, &location) {
+                    ctx.notice(hint);
+                }
+                return Err(e);
+            }
+        };
         // A VM's tags are not given to its OS disk: tagged here, an orphan disk is found by `gc`.
         if let Err(e) = self.arm.patch(&disk_id, DISK_API, &json!({"tags": tags_v})).await {
             ctx.notice(format!("tagging the OS disk {disk_id} failed ({e}); the run's ledger still holds it"));

@@ -107,6 +107,42 @@ async fn a_replication_timeout_does_not_fail_a_version_that_exists() {
 }
 
 #[tokio::test]
+async fn a_managed_image_is_made_from_a_vm_or_a_disk_and_never_from_an_image() {
+    let s = ArmServer::start().await.unwrap();
+    let c = client(&s, Duration::from_secs(30));
+    setup(&s, &c).await;
+    let id = format!("/subscriptions/{SUB}/resourceGroups/images/providers/Microsoft.Compute/images/web");
+    s.put_resource(&id, json!({"location": "westus", "properties": {"provisioningState": "Succeeded"}}));
+    let spec = DistributorSpec::ManagedImage(ManagedImageTarget {
+        run_output_name: "mi".into(),
+        image_id: id.clone(),
+        location: "westus".into(),
+        artifact_tags: None,
+    });
+    let d = ManagedImageDistributor::from_spec(c.clone(), &spec).unwrap();
+    let (step, _) = StepContext::capturing("distribute mi").unwrap();
+    let from = |id: String| DistributeRequest::new(CapturedImage::new(id, "managedImage", "westus", ResolvedImage::default()));
+    // A capture that is a managed image: refused before anything is touched (the image it
+    // would replace included), where it used to become an osDisk.managedDisk ARM refuses.
+    let before = s.requests().len();
+    let base = format!("/subscriptions/{SUB}/resourceGroups/images/providers/Microsoft.Compute/images/base");
+    let e = d.distribute(&from(base), &step).await.unwrap_err();
+    assert!(matches!(e, Error::Unsupported { .. }) && e.to_string().contains("from a VM or a managed disk only"), "{e}");
+    assert_eq!(&s.requests()[before..], &[] as &[String], "nothing was sent");
+    assert!(s.resource(&id).is_some(), "the existing image stays");
+    // A managed disk is the other source a capture can be.
+    let disk = format!("/subscriptions/{SUB}/resourceGroups/IT_rg_web_1/providers/Microsoft.Compute/disks/os");
+    s.put_resource(&disk, json!({"location": "westus", "properties": {"creationData": {"createOption": "Empty"}, "diskSizeGB": 30}}));
+    d.distribute(&from(disk.clone()), &step).await.unwrap();
+    assert_eq!(s.resource(&id).unwrap()["properties"]["storageProfile"]["osDisk"]["managedDisk"]["id"], disk.as_str());
+    // The server's rule, for a request that skips the check.
+    let body = json!({"location": "westus", "properties": {"storageProfile": {"osDisk": {"osType": "Linux", "osState": "Generalized", "managedDisk": {"id": id}}}}});
+    let raw = format!("/subscriptions/{SUB}/resourceGroups/images/providers/Microsoft.Compute/images/raw");
+    let e = c.put(&raw, aib_azure::COMPUTE_API, &body).await.unwrap_err();
+    assert!(e.to_string().contains("not a managed disk"), "{e}");
+}
+
+#[tokio::test]
 async fn managed_images_are_created_or_replaced() {
     let s = ArmServer::start().await.unwrap();
     let c = client(&s, Duration::from_secs(30));

@@ -26,9 +26,51 @@ async fn server() -> ArmServer {
     marketplace(ArmServer::start_with(0, Some(Arc::new(guests))).await.unwrap())
 }
 
-/// A server whose storage accounts and exported disks live in `azurite`.
-async fn server_with_storage(azurite: &Azurite) -> ArmServer {
-    server().await.with_disk_store(Arc::new(AzuriteDisks::new(azurite.endpoint())))
+/// A server whose exported disks live in `azurite`, and whose storage accounts are Azurite
+/// accounts of their own behind the account rules (copies stay pending for three status
+/// reads); and those accounts.
+async fn server_with_storage(azurite: &Azurite) -> (ArmServer, AzuriteDisks) {
+    let store = AzuriteDisks::with_accounts(azurite, 3).await.unwrap();
+    (server().await.with_disk_store(Arc::new(store.clone())), store)
+}
+
+/// The server's one storage account.
+fn storage_account(s: &ArmServer) -> String {
+    let accounts: Vec<String> =
+        s.resource_ids().into_iter().filter(|id| id.to_ascii_lowercase().contains("/microsoft.storage/storageaccounts/")).collect();
+    assert_eq!(accounts.len(), 1, "{accounts:?}");
+    accounts[0].clone()
+}
+
+/// Blob clients of the account `name` (with `key`) at the path-style endpoint `uri`.
+fn blob_account(uri: String, (name, key): (String, String)) -> azure_storage_blobs::prelude::ClientBuilder {
+    let creds = azure_storage::StorageCredentials::access_key(name.clone(), azure_core::auth::Secret::new(key));
+    azure_storage_blobs::prelude::ClientBuilder::with_location(azure_storage::CloudLocation::Custom { account: name, uri }, creds)
+        .retry(azure_core::RetryOptions::none())
+}
+
+/// Blob clients of the Azurite account behind the ARM storage account `id`, past the front.
+fn in_azurite(azurite: &Azurite, store: &AzuriteDisks, id: &str) -> azure_storage_blobs::prelude::ClientBuilder {
+    let (name, key) = store.azurite_account(id).expect("an account of the pool");
+    blob_account(format!("{}/{name}", azurite.base_url()), (name, key))
+}
+
+/// The VHD blob at `url` in the server's storage account, read with the account's key.
+fn vhd_blob(s: &ArmServer, store: &AzuriteDisks, url: &str) -> azure_storage_blobs::prelude::BlobClient {
+    let account = store.azurite_account(&storage_account(s)).expect("an account of the pool");
+    let (endpoint, blob) = url.split_once("/vhds/").expect("a blob in vhds/");
+    blob_account(endpoint.to_string(), account).blob_client("vhds", blob)
+}
+
+/// The progress events of the VHD step: (done, total).
+fn vhd_progress(events: &[Event]) -> Vec<(u64, u64)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Progress { step, done, total: Some(total), unit } if step.contains("vhd") && unit == "bytes" => Some((*done, *total)),
+            _ => None,
+        })
+        .collect()
 }
 
 fn marketplace(s: ArmServer) -> ArmServer {
@@ -159,7 +201,7 @@ async fn build_with(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corpus_template_builds_managed_image_gallery_version_in_two_regions_and_vhd() {
     let azurite = Azurite::start().unwrap_or_else(|e| panic!("{e}"));
-    let s = server_with_storage(&azurite).await;
+    let (s, store) = server_with_storage(&azurite).await;
     let web = StaticServer::start().await.unwrap();
     let t = corpus_template(&s, &web, true).await;
     let started = Instant::now();
@@ -193,18 +235,12 @@ async fn a_corpus_template_builds_managed_image_gallery_version_in_two_regions_a
     assert_eq!(v["tags"]["baseosimg"], "ubuntu2004");
     // The VHD: the OS disk copied server-side into the staging group's storage account.
     let vhd = report.run_outputs.iter().find(|o| o.name == "vhd").and_then(|o| o.artifact_uri.clone()).expect("a VHD uri");
-    assert!(vhd.starts_with(&azurite.endpoint()) && vhd.contains("/vhds/") && vhd.ends_with(".vhd"), "{vhd}");
+    assert!(vhd.starts_with("http://127.0.0.1:") && vhd.contains("/vhds/") && vhd.ends_with(".vhd"), "{vhd}");
     assert!(!vhd.contains("sig="), "no SAS in the artifact URI");
-    let blob = vhd.rsplit("/vhds/").next().unwrap();
-    let creds = azure_storage::StorageCredentials::access_key(
-        aib_testkit::azurite::ACCOUNT,
-        azure_core::auth::Secret::new(aib_testkit::azurite::KEY),
-    );
-    let client = azure_storage_blobs::prelude::ClientBuilder::with_location(
-        azure_storage::CloudLocation::Custom { account: aib_testkit::azurite::ACCOUNT.into(), uri: azurite.endpoint() },
-        creds,
-    )
-    .blob_client("vhds", blob);
+    let client = vhd_blob(&s, &store, &vhd);
+    // The copy was pending for three status reads, its progress shown as it grew.
+    let progress = vhd_progress(&events);
+    assert!(progress.iter().filter(|(done, total)| done < total).count() >= 2, "pending copy progress: {progress:?}");
     let props = client.get_properties().await.unwrap().blob.properties;
     assert_eq!(props.content_length, aib_testkit::arm::storage::EXPORT_CAP + 512, "the whole (test-sized) OS disk and its footer");
     let head: Vec<u8> = client.get().range(0u64..512).into_stream().next().await.unwrap().unwrap().data.collect().await.unwrap().to_vec();
@@ -238,10 +274,36 @@ async fn allocation_failures_fail_fast_with_their_code_and_leave_nothing() {
     let t = corpus_template(&s, &web, false).await;
     s.fail_creates("Microsoft.Compute/virtualMachines", "AllocationFailed", "Allocation failed. We do not have sufficient capacity.");
     let started = Instant::now();
-    let (report, _) = build(&s, &t, |b| b).await;
+    let (report, events) = build(&s, &t, |b| b).await;
     assert_eq!(report.run_state, RunState::Failed);
     assert!(report.message.contains("AllocationFailed"), "{}", report.message);
     assert!(started.elapsed() < Duration::from_secs(60), "failed fast, not at an SSH timeout");
+    assert_eq!(leaked(&s), Vec::<String>::new());
+    assert!(notice(&events, "no capacity for Standard_D2s_v3 in westus2"), "what to do next is said");
+}
+
+fn notice(events: &[Event], text: &str) -> bool {
+    events.iter().any(|e| matches!(e, Event::Notice { message, .. } if message.contains(text)))
+}
+
+#[tokio::test]
+async fn a_size_the_region_lacks_or_past_the_cores_quota_fails_saying_what_to_change() {
+    // The server's capacity rules, not injected faults: the template's size is not offered.
+    let s = server().await.with_unavailable_size("West US 2", "Standard_D2s_v3");
+    let web = StaticServer::start().await.unwrap();
+    let t = corpus_template(&s, &web, false).await;
+    let (report, events) = build(&s, &t, |b| b).await;
+    assert_eq!(report.run_state, RunState::Failed);
+    assert!(report.message.contains("SkuNotAvailable"), "{}", report.message);
+    assert!(notice(&events, "set properties.vmProfile.vmSize"), "the field to change is named");
+    assert_eq!(leaked(&s), Vec::<String>::new());
+    // Two vCPUs past a one-core quota.
+    let s = server().await.with_cores_quota("westus2", 1);
+    let t = corpus_template(&s, &web, false).await;
+    let (report, events) = build(&s, &t, |b| b).await;
+    assert_eq!(report.run_state, RunState::Failed);
+    assert!(report.message.contains("exceeding approved Total Regional Cores quota"), "{}", report.message);
+    assert!(notice(&events, "cores quota in westus2"), "the quota is named");
     assert_eq!(leaked(&s), Vec::<String>::new());
 }
 
@@ -281,22 +343,22 @@ async fn failed_deletes_are_retried_and_reported() {
 }
 
 /// Runs `run` to its end, cancelling it once, at the first event `at` matches, while the
-/// server holds every operation in flight: the cancel waits until the server has seen, after
-/// that event, a request containing `in_flight` (at most a minute, however loaded the machine).
-/// Whether it cancelled, and the report.
+/// server holds every operation in flight: the cancel waits until the server has seen a
+/// request `in_flight` matches (at most a minute, however loaded the machine; it may have come
+/// before the event reached this loop). Whether it cancelled, and the report.
 async fn cancel_once(
     s: &ArmServer,
     mut run: aib_core::RunHandle,
     at: impl Fn(&Event) -> bool,
-    in_flight: &str,
+    in_flight: impl Fn(&str) -> bool,
 ) -> (bool, aib_core::RunReport) {
     let (cancel, mut events, mut cancelled) = (run.cancellation(), run.events(), false);
     while let Some(e) = events.next().await {
         if !cancelled && at(&e) {
             cancelled = true;
             s.set_polls(1000);
-            let (deadline, seen) = (tokio::time::Instant::now() + Duration::from_secs(60), s.requests().len());
-            while !s.requests()[seen..].iter().any(|r| r.contains(in_flight)) && tokio::time::Instant::now() < deadline {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while !s.requests().iter().any(|r| in_flight(r)) && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -315,8 +377,13 @@ async fn cancel_during_distribution_leaves_only_the_staging_group() {
     let backend = AzureBackend::builder().provisioner(provisioner(&s)).allow_source_network(aib_testkit::http::loopback()).build().unwrap();
     let run = Pipeline::from_template(&t, &backend.backend()).unwrap().build().unwrap().start();
     // Once, at the first distribution step (the others start at the same moment).
-    let (cancelled, report) =
-        cancel_once(&s, run, |e| matches!(e, Event::StepStarted { step, .. } if step.starts_with("distribute")), "PUT ").await;
+    let (cancelled, report) = cancel_once(
+        &s,
+        run,
+        |e| matches!(e, Event::StepStarted { step, .. } if step.starts_with("distribute")),
+        |r| r.starts_with("PUT") && r.contains("/images/"),
+    )
+    .await;
     assert!(cancelled, "the build reached distribution");
     assert_eq!(report.run_state, RunState::Canceled, "{}", report.message);
     assert_eq!(leaked(&s), Vec::<String>::new(), "half-made outputs and build resources are deleted");
@@ -326,15 +393,19 @@ async fn cancel_during_distribution_leaves_only_the_staging_group() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_vhd_export_revokes_the_disks_read_access() {
     let azurite = Azurite::start().unwrap_or_else(|e| panic!("{e}"));
-    let s = server_with_storage(&azurite).await;
+    let (s, _) = server_with_storage(&azurite).await;
     let web = StaticServer::start().await.unwrap();
     let t = corpus_template(&s, &web, true).await;
     let backend = AzureBackend::builder().provisioner(provisioner(&s)).allow_source_network(aib_testkit::http::loopback()).build().unwrap();
     let run = Pipeline::from_template(&t, &backend.backend()).unwrap().build().unwrap().start();
     // When the export asks for the OS disk's read SAS: the grant hangs until the cancel.
-    let (cancelled, report) =
-        cancel_once(&s, run, |e| matches!(e, Event::Output { line, .. } if line.starts_with("granting read access to")), "/beginGetAccess")
-            .await;
+    let (cancelled, report) = cancel_once(
+        &s,
+        run,
+        |e| matches!(e, Event::Output { line, .. } if line.starts_with("granting read access to")),
+        |r| r.contains("/beginGetAccess"),
+    )
+    .await;
     assert!(cancelled, "the build reached the VHD export");
     assert_eq!(report.run_state, RunState::Canceled, "{}", report.message);
     assert!(s.requests().iter().any(|r| r.contains("/beginGetAccess")), "the cancel came during the export");
@@ -442,7 +513,7 @@ async fn marketplace_plans_need_accepted_terms_and_reach_the_vm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distributors_pass_the_conformance_suite() {
     let azurite = Azurite::start().unwrap_or_else(|e| panic!("{e}"));
-    let s = server_with_storage(&azurite).await;
+    let (s, _) = server_with_storage(&azurite).await;
     let web = StaticServer::start().await.unwrap();
     let t = corpus_template(&s, &web, true).await;
     let c = client(&s);
@@ -532,7 +603,7 @@ async fn a_target_outside_the_build_region_fails_the_preflight_before_any_vm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vhd_without_uri_outlives_a_per_run_staging_group() {
     let azurite = Azurite::start().unwrap_or_else(|e| panic!("{e}"));
-    let s = server_with_storage(&azurite).await;
+    let (s, store) = server_with_storage(&azurite).await;
     let web = StaticServer::start().await.unwrap();
     let t = corpus_template(&s, &web, true).await;
     let (report, events) = build_with(provisioner(&s).keep_staging_group(false), &t, |b| b).await;
@@ -548,5 +619,82 @@ async fn a_vhd_without_uri_outlives_a_per_run_staging_group() {
     assert!(said, "the kept group is said");
     assert_eq!(leaked(&s), Vec::<String>::new());
     assert!(report.leftover_resources.is_empty(), "{:?}", report.leftover_resources);
-    assert!(vhd.ends_with(".vhd"));
+    // The VHD itself is there after the run: a deleted group would have taken its blobs along.
+    let blob = vhd_blob(&s, &store, &vhd);
+    let props = blob.get_properties().await.expect("the VHD outlives the run").blob.properties;
+    assert_eq!(props.content_length, aib_testkit::arm::storage::EXPORT_CAP + 512);
+    // Deleting the group now deletes the account and the VHD in it (the server's rule, which
+    // the kept group above is measured against).
+    let direct = in_azurite(&azurite, &store, &account).blob_service_client();
+    client(&s).delete(&group, "2021-04-01").await.unwrap();
+    assert!(blob.get_properties().await.is_err(), "a deleted account's endpoint still answers");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let page = direct.list_containers().into_stream().next().await.unwrap().unwrap();
+        if page.containers.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the deleted account's containers are still in Azurite: {:?}", store.stats());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staging_account_without_shared_key_access_is_reached_with_entra_tokens() {
+    let azurite = Azurite::start().unwrap_or_else(|e| panic!("{e}"));
+    let store = AzuriteDisks::with_accounts(&azurite, 1).await.unwrap().refusing_shared_key();
+    let s = server().await.with_disk_store(Arc::new(store.clone()));
+    let web = StaticServer::start().await.unwrap();
+    let t = corpus_template(&s, &web, true).await;
+    let (report, events) = build(&s, &t, |b| b).await;
+    assert_eq!(report.run_state, RunState::Succeeded, "{}\n{:?}", report.message, report.log_tail);
+    let stats = store.stats();
+    assert_eq!(stats.shared_key_refused, 0, "a Shared Key request reached an account that refuses them");
+    assert!(stats.bearer_requests >= 3, "container, copy and status reads with a token: {stats:?}");
+    let account = s.resource(&storage_account(&s)).unwrap();
+    assert_eq!(account["properties"]["allowSharedKeyAccess"], false, "the policy's setting is what ARM answers");
+    assert!(!s.requests().iter().any(|r| r.contains("/listKeys")), "no key is read for an account that takes none");
+    let said = events.iter().any(|e| matches!(e, Event::Output { line, .. } if line.contains("allows no Shared Key access")));
+    assert!(said, "the token path is said");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vhd_uri_without_storage_keys_is_written_with_entra_tokens() {
+    assert!(
+        std::env::var_os("AZURE_STORAGE_KEY").is_none() && std::env::var_os("AZURE_STORAGE_SAS_TOKEN").is_none(),
+        "unset AZURE_STORAGE_KEY and AZURE_STORAGE_SAS_TOKEN for this test: it checks the path taken without them"
+    );
+    let azurite = Azurite::start().unwrap_or_else(|e| panic!("{e}"));
+    let store = AzuriteDisks::with_accounts(&azurite, 0).await.unwrap();
+    let s = server().await.with_disk_store(Arc::new(store.clone()));
+    let web = StaticServer::start().await.unwrap();
+    let t = corpus_template(&s, &web, false).await;
+    // The operator's own account, which allows no Shared Key access.
+    let c = client(&s);
+    group(&c, "vhds", "westus2").await;
+    let id = format!("/subscriptions/{SUB}/resourceGroups/vhds/providers/Microsoft.Storage/storageAccounts/contosovhds");
+    let body =
+        json!({"location": "westus2", "sku": {"name": "Standard_LRS"}, "kind": "StorageV2", "properties": {"allowSharedKeyAccess": false}});
+    c.put(&id, "2023-01-01", &body).await.unwrap();
+    let endpoint = c.get(&id, "2023-01-01").await.unwrap()["properties"]["primaryEndpoints"]["blob"].as_str().unwrap().to_string();
+    let container = in_azurite(&azurite, &store, &id).container_client("vhds");
+    container.create().await.unwrap();
+    let uri = format!("{endpoint}vhds/image.vhd");
+    let mut v = t.to_json_value();
+    v["properties"]["distribute"].as_array_mut().unwrap().push(json!({"type": "VHD", "runOutputName": "vhd", "uri": uri}));
+    let t = ImageTemplate::from_json(&v.to_string()).unwrap().template;
+    let front = endpoint.trim_end_matches('/').rsplit_once('/').unwrap().0.to_string();
+    let backend = AzureBackend::builder()
+        .provisioner(provisioner(&s))
+        .storage_endpoint(front)
+        .allow_source_network(aib_testkit::http::loopback())
+        .build()
+        .unwrap();
+    let report = Pipeline::from_template(&t, &backend.backend()).unwrap().build().unwrap().start().wait().await;
+    assert_eq!(report.run_state, RunState::Succeeded, "{}\n{:?}", report.message, report.log_tail);
+    assert!(store.stats().bearer_requests > 0 && store.stats().shared_key_refused == 0, "{:?}", store.stats());
+    let out = report.run_outputs.iter().find(|o| o.name == "vhd").and_then(|o| o.artifact_uri.clone());
+    assert_eq!(out.as_deref(), Some(uri.as_str()));
+    let props = container.blob_client("image.vhd").get_properties().await.unwrap().blob.properties;
+    assert_eq!(props.content_length, aib_testkit::arm::storage::EXPORT_CAP + 512);
 }

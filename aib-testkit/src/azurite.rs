@@ -1,5 +1,6 @@
 //! Azurite, Microsoft's storage emulator (npm `azurite`), started on a free port of 127.0.0.1
-//! with in-memory storage.
+//! with in-memory storage, its well-known account and a pool of [`POOL`] more
+//! (`AZURITE_ACCOUNTS`): one for each storage account the ARM test server creates.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -9,6 +10,19 @@ use std::time::{Duration, Instant};
 pub const ACCOUNT: &str = "devstoreaccount1";
 /// Azurite's well-known account key.
 pub const KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// Accounts of the pool, beside the well-known one.
+pub const POOL: usize = 16;
+
+/// The pool's account `i`: its name and key.
+pub fn pool_account(i: usize) -> (String, String) {
+    use base64::Engine;
+    use sha2::Digest;
+    let name = format!("aibpool{i:02}");
+    let mut key = sha2::Sha256::digest(name.as_bytes()).to_vec();
+    key.extend(sha2::Sha256::digest(key.as_slice()));
+    (name, base64::engine::general_purpose::STANDARD.encode(key))
+}
 
 /// What to run when Azurite is missing.
 pub const INSTALL_HINT: &str = "install Azurite with `mkdir -p ~/.cache/aib/azurite && cd ~/.cache/aib/azurite && npm install azurite@3` (or set AIB_AZURITE_DIR to a directory holding node_modules/.bin/azurite-blob)";
@@ -38,6 +52,11 @@ impl Azurite {
         if let Some(log) = std::env::var_os("AIB_AZURITE_DEBUG") {
             cmd.arg("--debug").arg(log);
         }
+        let accounts: Vec<String> = std::iter::once((ACCOUNT.to_string(), KEY.to_string()))
+            .chain((0..POOL).map(pool_account))
+            .map(|(n, k)| format!("{n}:{k}"))
+            .collect();
+        cmd.env("AZURITE_ACCOUNTS", accounts.join(";"));
         let child = cmd
             .args([
                 "--blobHost",
@@ -69,6 +88,11 @@ impl Azurite {
     /// The blob port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
     }
 
     /// The account's blob endpoint, `http://127.0.0.1:PORT/devstoreaccount1`.

@@ -141,9 +141,11 @@ impl HttpServer {
                         if resp.drop_connection {
                             return;
                         }
-                        let mut head =
-                            format!("HTTP/1.1 {} {}\r\nContent-Length: {}\r\n", resp.status, reason(resp.status), resp.body.len());
-                        for (k, v) in &resp.headers {
+                        // A length the handler gives wins (a `HEAD` answer has none of its body).
+                        let given = resp.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-length"));
+                        let len = given.map_or_else(|| resp.body.len().to_string(), |(_, v)| v.clone());
+                        let mut head = format!("HTTP/1.1 {} {}\r\nContent-Length: {len}\r\n", resp.status, reason(resp.status));
+                        for (k, v) in resp.headers.iter().filter(|(k, _)| !k.eq_ignore_ascii_case("content-length")) {
                             head.push_str(&format!("{k}: {v}\r\n"));
                         }
                         head.push_str("\r\n");

@@ -108,7 +108,13 @@ pub(super) fn on_put(s: &mut State, rtype: &str, key: &str, path: &str, body: &m
         VM => vm_put(s, key, path, body)?,
         STORAGE => {
             if let Some(d) = &s.disks {
-                body["properties"]["primaryEndpoints"] = json!({"blob": d.blob_endpoint()});
+                let asked = body["properties"]["allowSharedKeyAccess"].as_bool() != Some(false);
+                let (endpoint, shared_key) =
+                    d.create_account(key, asked).map_err(|e| error(409, "StorageAccountCountExceeded", &format!("{path}: {e}")))?;
+                body["properties"]["primaryEndpoints"] = json!({"blob": endpoint});
+                if !shared_key {
+                    body["properties"]["allowSharedKeyAccess"] = false.into();
+                }
             }
             body["properties"]["statusOfPrimary"] = "available".into();
         }
@@ -285,6 +291,11 @@ pub(super) fn on_delete(s: &State, rtype: &str, key: &str) -> Result<(), Respons
 
 /// After a resource was deleted: a VM's guest stops and its disk goes with it when asked.
 pub(super) fn deleted(s: &mut State, removed: &Value, key: &str) {
+    if removed["type"].as_str().is_some_and(|t| t.eq_ignore_ascii_case(STORAGE))
+        && let Some(d) = &s.disks
+    {
+        d.delete_account(key);
+    }
     if removed["type"].as_str().is_some_and(|t| t.eq_ignore_ascii_case(NIC)) && !s.settle.is_zero() {
         let until = std::time::Instant::now() + s.settle;
         let mut held = Vec::new();

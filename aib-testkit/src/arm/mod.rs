@@ -7,6 +7,8 @@
 //! and `…/resourcegroups` list what is live; `POST /{tenant}/oauth2/v2.0/token` answers Entra
 //! ID's client-credential flow, so the ordinary client-secret credential works against it.
 
+#[cfg(feature = "azure")]
+mod blob_front;
 mod compute;
 mod rules;
 pub mod spec;
@@ -92,6 +94,8 @@ struct State {
     settle: std::time::Duration,
     /// Network resources still held by a NIC being deleted, until when.
     settling: HashMap<String, std::time::Instant>,
+    /// Sizes the regions do not offer, and their cores quotas.
+    capacity: rules::Capacity,
 }
 
 /// How the server judges its traffic by Microsoft's specs.
@@ -309,9 +313,15 @@ impl ArmServer {
         self.with(|s| s.settle = t);
     }
 
-    /// Long-running operations take `n` polls to finish.
+    /// Long-running operations take `n` polls to finish: new ones, and those in flight from
+    /// now on (a test can hold every operation, then let them go).
     pub fn set_polls(&self, n: u32) {
-        self.with(|s| s.polls = n.max(1));
+        self.with(|s| {
+            s.polls = n.max(1);
+            for op in s.ops.values_mut().filter(|o| o.polls_left > 0) {
+                op.polls_left = s.polls;
+            }
+        });
     }
 
     /// Adds a marketplace image version.
@@ -734,7 +744,7 @@ impl ArmServer {
                     let ttype = s.resources[&target]["type"].as_str().unwrap_or_default().to_ascii_lowercase();
                     if ttype == "microsoft.storage/storageaccounts" && action == "listkeys" {
                         let Some(d) = &s.disks else { return error(409, "StorageUnavailable", "the test server has no storage") };
-                        return ok(200, &json!({"keys": [{"keyName": "key1", "value": d.key(), "permissions": "Full"}]}));
+                        return ok(200, &json!({"keys": [{"keyName": "key1", "value": d.account_key(&target), "permissions": "Full"}]}));
                     }
                     let kind = match (&s.disks, action.as_str()) {
                         (Some(d), "begingetaccess") => {

@@ -5,21 +5,102 @@
 //! |---|---|
 //! | a managed image is created from a VM in its own region | a maintainer on Azure/azure-cli#3809: "The Images need to be created from sources in the same Azure region" |
 //! | a gallery image version is created from a source in its own region | MicrosoftDocs/azure-docs#28793, #122646 |
+//! | an image's `osDisk.managedDisk.id` names a managed disk (an image cannot be copied into another) | the recorded example Image_CreateFromAManagedDisk.json; image.json's `ImageOSDisk` has separate `snapshot` and `managedDisk` sources and no image source |
 //! | a version's `targetRegions` contain its own region | ARM's refusal quoted in hashicorp/packer#8895 |
 //! | a VM from an image whose `SecurityType` is `TrustedLaunch` is a Trusted Launch VM | ARM's refusal quoted in hashicorp/terraform-provider-azurerm#23148 |
 //! | a VM from a plan image names the plan | ARM's `VMMarketplaceInvalidInput` (the plan is `PurchasePlan` in virtualMachineImage.json) |
 //! | an Arm64 image boots only on an Arm64 size (the `p` families: D2ps_v5, E2pds_v5, B2pts_v2) | inference: the size families Azure documents for Ampere Altra |
 //! | no image or gallery version is made from a VM whose OS disk has an active access SAS, and no SAS is granted on the disk of a VM an image or version is being made from | inference, unverified: no published source says whether Compute allows it; modelled strictly, so aib orders these operations (ADR 0012) |
+//! | a VM size a region does not offer to the subscription is refused with `SkuNotAvailable` (409) | ARM's message quoted in Microsoft's "Resolve errors for SKU not available" (azure-resource-manager troubleshooting) |
+//! | a VM whose vCPUs would take the region's cores past the subscription's quota is refused with `OperationNotAllowed` (409), naming the quota | ARM's message quoted in Microsoft's "Resolve errors for resource quotas" |
 //! | a Trusted Launch VM publishes into a definition whose `SecurityType` supports it, a `TrustedLaunch` definition takes only Trusted Launch VMs | hashicorp/packer-plugin-azure#304; the gallery definition's `features` in gallery.json |
 //!
 //! Still modelled elsewhere: generalized sources (`compute.rs`), resources in use that cannot
-//! be deleted (`compute.rs`), a group's deletion taking its resources along (`mod.rs`).
+//! be deleted (`compute.rs`), a group's deletion taking its resources along (`mod.rs`), and the
+//! storage accounts' rules (`blob_front.rs`, with [`super::storage::AzuriteDisks::with_accounts`]):
+//! a deleted account's blobs gone with it, `allowSharedKeyAccess: false` taking only Entra ID
+//! tokens, server-side copies that stay `pending` for a while.
 
-use super::{State, error};
+use super::{ArmServer, State, error};
 use crate::http::Response;
 use serde_json::Value;
+use std::collections::{HashMap, HashSet};
 
-fn region(s: &str) -> String {
+/// What a region offers the subscription: the sizes it does not, and its cores quota.
+#[derive(Debug, Default)]
+pub(super) struct Capacity {
+    /// (region, size), both normalized.
+    unavailable: HashSet<(String, String)>,
+    /// region → total regional vCPUs.
+    cores: HashMap<String, u64>,
+}
+
+impl ArmServer {
+    /// `size` is not offered in `region` (`SkuNotAvailable`, as ARM answers a size whose
+    /// capacity or restrictions keep it from the subscription).
+    #[must_use]
+    pub fn with_unavailable_size(self, location: &str, size: &str) -> Self {
+        self.with(|s| s.capacity.unavailable.insert((region(location), size.to_ascii_lowercase())));
+        self
+    }
+
+    /// The subscription's total regional vCPUs quota in `region`: VMs beyond it are refused.
+    #[must_use]
+    pub fn with_cores_quota(self, location: &str, cores: u64) -> Self {
+        self.with(|s| s.capacity.cores.insert(region(location), cores));
+        self
+    }
+}
+
+/// The vCPUs of a size: the number after its family letters (`Standard_D2s_v3` → 2,
+/// `Standard_E16pds_v5` → 16); 2 when it has none.
+fn vcpus(size: &str) -> u64 {
+    let family = size.trim_start_matches("Standard_").trim_start_matches("Basic_").split('_').next().unwrap_or_default();
+    let digits: String = family.trim_start_matches(|c: char| c.is_ascii_alphabetic()).chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().unwrap_or(2)
+}
+
+/// The capacity rules for a VM PUT of `size` in `location` (`key`: the VM's id, lowercased).
+fn check_capacity(s: &State, key: &str, location: &str, size: &str) -> Result<(), Response> {
+    if s.capacity.unavailable.contains(&(region(location), size.to_ascii_lowercase())) {
+        return Err(error(
+            409,
+            "SkuNotAvailable",
+            &format!(
+                "The requested VM size for resource 'Following SKUs have failed for Capacity Restrictions: {size}' is currently not \
+                 available in location '{location}'. Please try another size or deploy to a different location or different zone."
+            ),
+        ));
+    }
+    if let Some(quota) = s.capacity.cores.get(&region(location)) {
+        let used: u64 = s
+            .resources
+            .iter()
+            .filter(|(k, v)| {
+                k.as_str() != key
+                    && v["type"].as_str().is_some_and(|t| t.eq_ignore_ascii_case(super::compute::VM))
+                    && v["location"].as_str().is_some_and(|l| region(l) == region(location))
+            })
+            .map(|(_, v)| vcpus(v["properties"]["hardwareProfile"]["vmSize"].as_str().unwrap_or_default()))
+            .sum();
+        let asked = vcpus(size);
+        if used + asked > *quota {
+            return Err(error(
+                409,
+                "OperationNotAllowed",
+                &format!(
+                    "Operation could not be completed as it results in exceeding approved Total Regional Cores quota. Additional \
+                     details - Deployment Model: Resource Manager, Location: {location}, Current Limit: {quota}, Current Usage: {used}, \
+                     Additional Required: {asked}, (Minimum) New Limit Required: {}.",
+                    used + asked
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn region(s: &str) -> String {
     s.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase()
 }
 
@@ -73,6 +154,8 @@ pub(super) fn check_put(s: &State, rtype: &str, body: &Value) -> Result<(), Resp
     match rtype {
         "microsoft.compute/virtualmachines" => {
             let p = &body["properties"];
+            let size = p["hardwareProfile"]["vmSize"].as_str().unwrap_or_default();
+            check_capacity(s, &rtype_key(body), location, size)?;
             let Some(image) = image_properties(s, location, &p["storageProfile"]["imageReference"]) else { return Ok(()) };
             let security = p["securityProfile"]["securityType"].as_str();
             if trusted_launch(feature(&image, "SecurityType")) && !trusted_launch(security) {
@@ -82,7 +165,6 @@ pub(super) fn check_put(s: &State, rtype: &str, body: &Value) -> Result<(), Resp
                     "The provided gallery image only supports creation of VMs and VM scale sets with 'TrustedLaunch' security type.",
                 ));
             }
-            let size = p["hardwareProfile"]["vmSize"].as_str().unwrap_or_default();
             if image["architecture"].as_str().is_some_and(|a| a.eq_ignore_ascii_case("Arm64")) != arm64_size(size) {
                 return Err(error(
                     400,
@@ -110,6 +192,14 @@ pub(super) fn check_put(s: &State, rtype: &str, body: &Value) -> Result<(), Resp
             ));
         }
         "microsoft.compute/images" => {
+            let disk = &body["properties"]["storageProfile"]["osDisk"]["managedDisk"]["id"];
+            if let Some(d) = disk.as_str().filter(|d| !d.to_ascii_lowercase().contains("/providers/microsoft.compute/disks/")) {
+                return Err(error(
+                    400,
+                    "InvalidParameter",
+                    &format!("The managed disk '{d}' of the image's OS disk is not a managed disk (Microsoft.Compute/disks)."),
+                ));
+            }
             if let Some((vm, at)) = foreign_source(s, body, location) {
                 return Err(error(
                     400,

@@ -17,6 +17,26 @@ pub trait DiskStore: Send + Sync + fmt::Debug + 'static {
     fn key(&self) -> String;
     /// Exports the disk `disk_id`.
     fn export(&self, disk_id: &str, size_bytes: u64) -> BoxFuture<'static, Result<String, String>>;
+
+    /// A storage account `id` is created (or updated): its blob endpoint and whether it takes
+    /// Shared Key requests (`shared_key` asks for it; a store may refuse, as a policy does).
+    /// By default every account shares [`DiskStore::blob_endpoint`].
+    fn create_account(&self, id: &str, shared_key: bool) -> Result<(String, bool), String> {
+        let _ = id;
+        Ok((self.blob_endpoint(), shared_key))
+    }
+
+    /// The key `listKeys` answers for the account `id`; by default [`DiskStore::key`].
+    fn account_key(&self, id: &str) -> String {
+        let _ = id;
+        self.key()
+    }
+
+    /// The account `id` was deleted (alone or with its group): a store that keeps accounts
+    /// apart removes its blobs. By default nothing happens.
+    fn delete_account(&self, id: &str) {
+        let _ = id;
+    }
 }
 
 /// The 512-byte footer of a fixed VHD of `size` bytes (Microsoft's VHD specification).
@@ -66,15 +86,17 @@ pub fn vhd_footer(size: u64) -> [u8; 512] {
 }
 
 #[cfg(feature = "azure")]
-pub use azurite::{AzuriteDisks, EXPORT_CAP};
+pub use azurite::{AzuriteDisks, EXPORT_CAP, StorageStats};
 
 #[cfg(feature = "azure")]
 mod azurite {
     use super::{DiskStore, vhd_footer};
+    use crate::arm::blob_front::BlobFront;
     use azure_storage::shared_access_signature::service_sas::BlobSasPermissions;
     use azure_storage::{CloudLocation, StorageCredentials};
     use azure_storage_blobs::prelude::{BA512Range, ClientBuilder};
     use futures::future::BoxFuture;
+    use std::sync::Arc;
 
     /// The largest disk exported into Azurite.
     pub const EXPORT_CAP: u64 = 256 << 20;
@@ -83,12 +105,59 @@ mod azurite {
     #[derive(Debug, Clone)]
     pub struct AzuriteDisks {
         endpoint: String,
+        front: Option<Arc<BlobFront>>,
+    }
+
+    /// What the storage accounts' endpoints saw.
+    #[derive(Debug, Clone, Default, PartialEq, Eq)]
+    #[non_exhaustive]
+    pub struct StorageStats {
+        /// Shared Key requests refused by accounts that take only Entra ID tokens.
+        pub shared_key_refused: usize,
+        /// Requests authorized with a bearer token.
+        pub bearer_requests: usize,
+        /// Deleted accounts whose blobs could not be removed.
+        pub cleanup_failures: Vec<String>,
     }
 
     impl AzuriteDisks {
-        /// Disks kept in the Azurite at `endpoint` (`http://127.0.0.1:PORT/devstoreaccount1`).
+        /// Disks kept in the Azurite at `endpoint` (`http://127.0.0.1:PORT/devstoreaccount1`),
+        /// every storage account sharing its well-known account (an Azurite started elsewhere).
         pub fn new(endpoint: impl Into<String>) -> Self {
-            AzuriteDisks { endpoint: endpoint.into().trim_end_matches('/').to_string() }
+            AzuriteDisks { endpoint: endpoint.into().trim_end_matches('/').to_string(), front: None }
+        }
+
+        /// Disks kept in `azurite`, and every storage account an Azurite account of its own
+        /// behind a front that applies the account rules (`blob_front.rs`): a deleted account's
+        /// blobs are gone, an account without Shared Key access takes only tokens, a copy stays
+        /// pending for `copy_reads` status reads (0: Azurite's at-once copies).
+        pub async fn with_accounts(azurite: &crate::azurite::Azurite, copy_reads: u32) -> std::io::Result<Self> {
+            let pool = (0..crate::azurite::POOL).map(crate::azurite::pool_account).collect();
+            let front = BlobFront::start(azurite.base_url(), pool, copy_reads).await?;
+            Ok(AzuriteDisks { endpoint: azurite.endpoint(), front: Some(Arc::new(front)) })
+        }
+
+        /// Every account takes only Entra ID tokens (`allowSharedKeyAccess: false`), as an Azure
+        /// Policy that forces it makes them. Needs [`AzuriteDisks::with_accounts`].
+        #[must_use]
+        pub fn refusing_shared_key(self) -> Self {
+            if let Some(f) = &self.front {
+                f.refuse_shared_key();
+            }
+            self
+        }
+
+        /// What the accounts' endpoints saw.
+        pub fn stats(&self) -> StorageStats {
+            let Some(f) = &self.front else { return StorageStats::default() };
+            let (shared_key_refused, bearer_requests, cleanup_failures) = f.stats();
+            StorageStats { shared_key_refused, bearer_requests, cleanup_failures }
+        }
+
+        /// The Azurite account (name, key) behind the ARM storage account `id`, to look at its
+        /// blobs without the front.
+        pub fn azurite_account(&self, id: &str) -> Option<(String, String)> {
+            self.front.as_ref()?.azurite_account(id)
         }
     }
 
@@ -99,6 +168,23 @@ mod azurite {
 
         fn key(&self) -> String {
             crate::azurite::KEY.into()
+        }
+
+        fn create_account(&self, id: &str, shared_key: bool) -> Result<(String, bool), String> {
+            match &self.front {
+                Some(f) => f.create(id, shared_key),
+                None => Ok((self.blob_endpoint(), shared_key)),
+            }
+        }
+
+        fn account_key(&self, id: &str) -> String {
+            self.front.as_ref().and_then(|f| f.key(id)).unwrap_or_else(|| self.key())
+        }
+
+        fn delete_account(&self, id: &str) {
+            if let Some(f) = &self.front {
+                f.delete(id);
+            }
         }
 
         fn export(&self, disk_id: &str, size_bytes: u64) -> BoxFuture<'static, Result<String, String>> {
