@@ -10,6 +10,7 @@
 #[cfg(feature = "azure")]
 mod blob_front;
 mod compute;
+mod ops;
 mod rules;
 pub mod spec;
 pub mod storage;
@@ -17,6 +18,7 @@ mod traffic;
 
 use crate::guest::{Guest, GuestHost};
 use crate::http::{HttpServer, Request, Response};
+use ops::{Op, OpKind, Pending};
 use serde_json::{Value, json};
 use spec::{Specs, Violation};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -39,28 +41,6 @@ pub enum ArmFault {
     Unavailable,
     /// `409 AnotherOperationInProgress`: an operation on the same resource has not ended.
     Conflict,
-}
-
-/// The result of work that goes on beside the server (a disk export, a Run Command): the
-/// operation's output, or an ARM error code and message.
-type Pending = Arc<Mutex<Option<Result<Value, (String, String)>>>>;
-
-#[derive(Debug, Clone)]
-enum OpKind {
-    Create(String),
-    Delete(String),
-    Action {
-        result: Option<Value>,
-    },
-    /// Work going on beside the server (a disk export, a Run Command): done once it ends.
-    Pending(Pending),
-}
-
-#[derive(Debug, Clone)]
-struct Op {
-    polls_left: u32,
-    kind: OpKind,
-    error: Option<(String, String)>,
 }
 
 #[derive(Default)]
@@ -382,55 +362,6 @@ impl ArmServer {
         self.with(|s| s.unauthenticated)
     }
 
-    fn new_op(s: &mut State, base: &str, sub: &str, kind: OpKind, error: Option<(String, String)>) -> (String, String) {
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        s.ops.insert(id.clone(), Op { polls_left: s.polls, kind, error });
-        let async_url = format!("{base}/subscriptions/{sub}/providers/Microsoft.Testkit/operations/{id}?api-version=2024-07-01");
-        let location = format!("{base}/subscriptions/{sub}/providers/Microsoft.Testkit/operationResults/{id}?api-version=2024-07-01");
-        (async_url, location)
-    }
-
-    fn finish(s: &mut State, op: &Op) {
-        match &op.kind {
-            OpKind::Create(id) => {
-                s.capturing.remove(id);
-                if let Some(r) = s.resources.get_mut(id) {
-                    r["properties"]["provisioningState"] = if op.error.is_some() { "Failed" } else { "Succeeded" }.into();
-                    if op.error.is_none() {
-                        compute::created(r);
-                    }
-                }
-            }
-            OpKind::Delete(_) if op.error.is_some() => {}
-            OpKind::Delete(id) => {
-                if let Some(r) = s.resources.remove(id) {
-                    compute::deleted(s, &r, id);
-                }
-                // Child resources (a VNet's subnets, a gallery's images) go with their parent, and
-                // a group's resources with the group.
-                s.groups.remove(id);
-                {
-                    let prefix = format!("{id}/");
-                    let gone: Vec<String> = s.resources.keys().filter(|k| k.starts_with(&prefix)).cloned().collect();
-                    for k in gone {
-                        if let Some(r) = s.resources.remove(&k) {
-                            compute::deleted(s, &r, &k);
-                        }
-                    }
-                }
-            }
-            OpKind::Action { .. } | OpKind::Pending(_) => {}
-        }
-    }
-
-    fn op_in_progress(kind: &str, name: &str) -> Response {
-        if kind == "operations" {
-            ok(200, &json!({"name": name, "status": "InProgress"}))
-        } else {
-            Response::new(202, "").header("Retry-After", "0")
-        }
-    }
-
     /// One exchange: HTTP.sys's length rule, the spec check of the request, the answer, the
     /// spec check of the answer, and its record for `oav validate-traffic`.
     fn exchange(state: &Mutex<State>, base: &str, req: Request) -> Response {
@@ -541,47 +472,7 @@ impl ArmServer {
         }
         // Operation status: Azure-AsyncOperation (body status) and Location (202 until done).
         if lower.len() == 6 && lower[2] == "providers" && lower[3] == "microsoft.testkit" {
-            let Some(mut op) = s.ops.get_mut(&seg[5]).cloned() else { return error(404, "OperationNotFound", "no such operation") };
-            if let OpKind::Pending(p) = &op.kind {
-                let Some(ended) = p.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
-                    return Self::op_in_progress(&lower[4], &seg[5]);
-                };
-                match ended {
-                    Ok(v) => op.kind = OpKind::Action { result: Some(v) },
-                    Err(e) => op.error = Some(e),
-                }
-            }
-            let done = op.polls_left <= 1;
-            if let Some(o) = s.ops.get_mut(&seg[5]) {
-                o.polls_left = o.polls_left.saturating_sub(1);
-            }
-            if done {
-                Self::finish(&mut s, &op);
-            }
-            let status = match (done, &op.error) {
-                (false, _) => "InProgress",
-                (true, None) => "Succeeded",
-                (true, Some(_)) => "Failed",
-            };
-            if lower[4] == "operations" {
-                let mut body = json!({"name": seg[5], "status": status});
-                if let (true, Some((code, msg))) = (done, &op.error) {
-                    body["error"] = json!({"code": code, "message": msg});
-                }
-                // ARM leaves a status body's `properties` to the provider; the result of an
-                // operation is at its `Location`, unless the server was asked to mimic the
-                // Compute provider's undocumented copy of it here.
-                if let (true, OpKind::Action { result: Some(r) }, true) = (done, &op.kind, s.results_in_status) {
-                    body["properties"] = json!({"output": r});
-                }
-                return ok(200, &body);
-            }
-            return match (done, &op.error, &op.kind) {
-                (false, _, _) => Response::new(202, "").header("Retry-After", "0"),
-                (true, Some((code, msg)), _) => error(409, code, msg),
-                (true, None, OpKind::Action { result: Some(r) }) => ok(200, r),
-                (true, None, _) => Response::new(204, ""),
-            };
+            return ops::status(&mut s, &lower[4], &seg[5]);
         }
         // Marketplace image versions.
         if lower.len() >= 14
@@ -698,7 +589,7 @@ impl ArmServer {
                     if !s.groups.contains_key(&key) {
                         return error(404, "ResourceGroupNotFound", &format!("Resource group '{}' could not be found.", seg[3]));
                     }
-                    let (_, location) = Self::new_op(&mut s, base, &sub, OpKind::Delete(key), None);
+                    let (_, location) = ops::new_op(&mut s, base, &sub, OpKind::Delete(key), None);
                     Response::new(202, "").header("Location", &location).header("Retry-After", "0")
                 }
                 _ => error(405, "MethodNotAllowed", "method not allowed"),
@@ -770,7 +661,7 @@ impl ArmServer {
                             None => OpKind::Action { result: None },
                         },
                     };
-                    let (async_url, location) = Self::new_op(&mut s, base, &sub, kind, None);
+                    let (async_url, location) = ops::new_op(&mut s, base, &sub, kind, None);
                     return Response::new(202, "")
                         .header("Azure-AsyncOperation", &async_url)
                         .header("Location", &location)
@@ -833,7 +724,7 @@ impl ArmServer {
                 }
                 let failure = s.create_failures.get(&rtype.to_ascii_lowercase()).cloned();
                 let existed = s.resources.insert(key.clone(), body.clone()).is_some();
-                let (async_url, location) = Self::new_op(&mut s, base, &sub, OpKind::Create(key), failure);
+                let (async_url, location) = ops::new_op(&mut s, base, &sub, OpKind::Create(key), failure);
                 // StorageAccounts_Create answers `202` with only a `Location` (its spec lists 200
                 // and 202, no 201 and no Azure-AsyncOperation).
                 if rtype.eq_ignore_ascii_case("Microsoft.Storage/storageAccounts") {
@@ -882,7 +773,7 @@ impl ArmServer {
                     }
                     _ => None,
                 };
-                let (async_url, location) = Self::new_op(&mut s, base, &sub, OpKind::Delete(key), failure);
+                let (async_url, location) = ops::new_op(&mut s, base, &sub, OpKind::Delete(key), failure);
                 Response::new(202, "").header("Azure-AsyncOperation", &async_url).header("Location", &location).header("Retry-After", "0")
             }
             _ => error(405, "MethodNotAllowed", "method not allowed"),
