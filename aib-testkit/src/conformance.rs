@@ -148,8 +148,6 @@ struct Words {
     two_lines: &'static str,
     to_stderr: &'static str,
     exit_3: &'static str,
-    path: &'static str,
-    read: &'static str,
     print_env: &'static str,
     whoami_admin: &'static str,
     admin_answer: &'static str,
@@ -165,8 +163,6 @@ fn words(caps: &Capabilities) -> Words {
             two_lines: "Write-Output 'conformance-one'; Write-Output 'conformance-two'",
             to_stderr: "[Console]::Error.WriteLine('to-stderr')",
             exit_3: "exit 3",
-            path: r"C:\Windows\Temp\aib-conformance.txt",
-            read: r"Get-Content -LiteralPath 'C:\Windows\Temp\aib-conformance.txt'",
             print_env: "Write-Output $env:AIB_CONFORMANCE",
             whoami_admin: "Write-Output ([Security.Principal.WindowsPrincipal][Security.Principal.WindowsIdentity]::GetCurrent()).IsInRole([Security.Principal.WindowsBuiltInRole]::Administrator)",
             admin_answer: "True",
@@ -180,8 +176,6 @@ fn words(caps: &Capabilities) -> Words {
             two_lines: "echo conformance-one; echo conformance-two",
             to_stderr: "echo to-stderr >&2",
             exit_3: "exit 3",
-            path: "/tmp/aib-conformance.txt",
-            read: "cat /tmp/aib-conformance.txt",
             print_env: "echo \"$AIB_CONFORMANCE\"",
             whoami_admin: "id -u",
             admin_answer: "0",
@@ -272,31 +266,47 @@ pub async fn exec_timeout_is_error_timeout(c: &dyn Communicator, caps: &Capabili
     );
 }
 
+/// A file of this check's own in the machine's temp directory (suites may run side by side on
+/// one machine): its path, the command that prints it and the one that removes it.
+fn own_file(caps: &Capabilities, what: &str) -> (String, String, String) {
+    let id = uuid::Uuid::new_v4().simple();
+    if caps.powershell {
+        let p = format!(r"C:\Windows\Temp\aib-conformance-{what}-{id}.txt");
+        (p.clone(), format!("Get-Content -LiteralPath '{p}'"), format!("Remove-Item -LiteralPath '{p}'"))
+    } else {
+        let p = format!("/tmp/aib-conformance-{what}-{id}.txt");
+        (p.clone(), format!("cat {p}"), format!("rm -f {p}"))
+    }
+}
+
 /// An upload writes every byte, reports the count, and reads back unchanged.
 pub async fn upload_reads_back(c: &dyn Communicator, caps: &Capabilities) {
-    let w = words(caps);
+    let (path, read, remove) = own_file(caps, "upload");
     let payload: Vec<u8> = b"line one\nline two\n".to_vec();
-    let n = c.upload(&UploadRequest::bytes(payload.clone(), w.path)).await.expect("[upload_reads_back] upload");
+    let n = c.upload(&UploadRequest::bytes(payload.clone(), &path)).await.expect("[upload_reads_back] upload");
     assert_eq!(n, payload.len() as u64, "[upload_reads_back] upload must report the bytes written");
     let sink = MemorySink::new();
-    let st = c.execute(&ExecRequest::new(w.read), &sink).await.expect("[upload_reads_back] read back");
+    let st = c.execute(&ExecRequest::new(read), &sink).await.expect("[upload_reads_back] read back");
     assert!(st.success(), "[upload_reads_back] reading back exited {st}");
     assert_eq!(sink.stdout(), vec!["line one".to_string(), "line two".to_string()], "[upload_reads_back] uploaded content must read back");
+    // Tidying only: whether the machine can remove a file is not what is checked here.
+    let _ = c.execute(&ExecRequest::new(remove), &MemorySink::new()).await;
     upload_reports_progress(c, caps).await;
 }
 
 /// An upload with progress reports bytes, never fewer than before, the last one the total.
 pub async fn upload_reports_progress(c: &dyn Communicator, caps: &Capabilities) {
-    let w = words(caps);
+    let (path, _, remove) = own_file(caps, "progress");
     let payload: Vec<u8> = b"line one\nline two\n".repeat(20_000);
     let progress = MemorySink::new();
     let n =
-        c.upload_with_progress(&UploadRequest::bytes(payload.clone(), w.path), &progress).await.expect("[upload_reports_progress] upload");
+        c.upload_with_progress(&UploadRequest::bytes(payload.clone(), &path), &progress).await.expect("[upload_reports_progress] upload");
     assert_eq!(n, payload.len() as u64, "[upload_reports_progress] upload must report the bytes written");
     let reports = progress.progress_reports();
     assert!(reports.iter().all(|(_, _, u)| u == "bytes"), "[upload_reports_progress] unit must be bytes: {reports:?}");
     assert!(reports.windows(2).all(|p| p[0].0 <= p[1].0), "[upload_reports_progress] progress must not go back: {reports:?}");
     assert_eq!(reports.last().map(|r| r.0), Some(n), "[upload_reports_progress] the last report must be the total");
+    let _ = c.execute(&ExecRequest::new(remove), &MemorySink::new()).await;
 }
 
 /// A command that drops its own connection, marked [`ExecRequest::expect_disconnect`], is a
