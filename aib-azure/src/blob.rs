@@ -72,23 +72,19 @@ pub(crate) fn check_template_target(field: &str, uri: &str, operator_endpoint: O
 /// Storage credentials for `account` from `AZURE_STORAGE_KEY` or `AZURE_STORAGE_SAS_TOKEN`,
 /// `None` when neither is set.
 pub(crate) fn env_credentials_if_set(account: &str) -> Result<Option<StorageCredentials>> {
-    match env_credentials(account) {
-        Ok(c) => Ok(Some(c)),
-        Err(Error::Unauthenticated { .. }) => Ok(None),
-        Err(e) => Err(e),
+    match (std::env::var("AZURE_STORAGE_KEY"), std::env::var("AZURE_STORAGE_SAS_TOKEN")) {
+        (Ok(key), _) => Ok(Some(StorageCredentials::access_key(account.to_string(), azure_core::auth::Secret::new(key)))),
+        (_, Ok(sas)) => StorageCredentials::sas_token(sas).map(Some).map_err(|e| invalid(format!("AZURE_STORAGE_SAS_TOKEN: {e}"))),
+        _ => Ok(None),
     }
 }
 
 /// Storage credentials for `account` from `AZURE_STORAGE_KEY` or `AZURE_STORAGE_SAS_TOKEN`.
 pub(crate) fn env_credentials(account: &str) -> Result<StorageCredentials> {
-    match (std::env::var("AZURE_STORAGE_KEY"), std::env::var("AZURE_STORAGE_SAS_TOKEN")) {
-        (Ok(key), _) => Ok(StorageCredentials::access_key(account.to_string(), azure_core::auth::Secret::new(key))),
-        (_, Ok(sas)) => StorageCredentials::sas_token(sas).map_err(|e| invalid(format!("AZURE_STORAGE_SAS_TOKEN: {e}"))),
-        _ => Err(Error::Unauthenticated {
-            backend: BACKEND,
-            source: "set AZURE_STORAGE_KEY or AZURE_STORAGE_SAS_TOKEN for the VHD blob".into(),
-        }),
-    }
+    env_credentials_if_set(account)?.ok_or_else(|| Error::Unauthenticated {
+        backend: BACKEND,
+        source: "set AZURE_STORAGE_KEY or AZURE_STORAGE_SAS_TOKEN for the VHD blob".into(),
+    })
 }
 
 #[cfg(test)]

@@ -18,11 +18,6 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use std::fmt;
 
-/// True when the captured image is a (generalized) VM rather than a disk, snapshot or image.
-fn is_vm(image: &CapturedImage) -> bool {
-    image.id.to_ascii_lowercase().contains("/providers/microsoft.compute/virtualmachines/")
-}
-
 /// What a capture's id names, for the forms of Images_CreateOrUpdate (a snapshot source
 /// exists too; no capture is one).
 enum CaptureKind {
@@ -33,13 +28,18 @@ enum CaptureKind {
 
 fn capture_kind(image: &CapturedImage) -> CaptureKind {
     let id = image.id.to_ascii_lowercase();
-    if is_vm(image) {
+    if id.contains("/providers/microsoft.compute/virtualmachines/") {
         CaptureKind::Vm
     } else if id.contains("/providers/microsoft.compute/disks/") {
         CaptureKind::Disk
     } else {
         CaptureKind::Other
     }
+}
+
+/// True when the captured image is a (generalized) VM rather than a disk, snapshot or image.
+fn is_vm(image: &CapturedImage) -> bool {
+    matches!(capture_kind(image), CaptureKind::Vm)
 }
 
 fn source_ref(image: &CapturedImage) -> Value {

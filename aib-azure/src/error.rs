@@ -166,17 +166,22 @@ pub(crate) fn retryable_status(status: u16) -> bool {
     matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
 }
 
+/// The ARM error an aib error carries (as its source, or further down its chain).
+pub(crate) fn arm_error(e: &Error) -> Option<&ArmError> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if let Some(a) = c.downcast_ref::<ArmError>() {
+            return Some(a);
+        }
+        cur = c.source();
+    }
+    None
+}
+
 /// What to change when ARM refused a build VM of `size` in `location` for want of capacity:
 /// a size the region does not offer, a cores quota used up, or no capacity right now.
 pub(crate) fn capacity_hint(e: &Error, size: &str, location: &str) -> Option<String> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    let arm = loop {
-        let c = cur?;
-        if let Some(a) = c.downcast_ref::<ArmError>() {
-            break a;
-        }
-        cur = c.source();
-    };
+    let arm = arm_error(e)?;
     let code = arm.code.as_str();
     let quota = arm.message.to_ascii_lowercase().contains("quota");
     Some(match code {

@@ -706,8 +706,7 @@ const IN_USE: &[&str] = &[
 ];
 
 fn in_use(e: &Error) -> bool {
-    let Error::Generic { source, .. } = e else { return false };
-    source.downcast_ref::<crate::ArmError>().is_some_and(|a| IN_USE.iter().any(|c| a.code.eq_ignore_ascii_case(c)))
+    matches!(e, Error::Generic { .. }) && crate::error::arm_error(e).is_some_and(|a| IN_USE.iter().any(|c| a.code.eq_ignore_ascii_case(c)))
 }
 
 /// Deletes `id`: a failure is tried again (three times, or for `settle` while ARM says a

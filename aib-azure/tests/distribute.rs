@@ -40,6 +40,16 @@ async fn setup(s: &ArmServer, c: &ArmClient) -> String {
     def
 }
 
+/// A `ManagedImage` target `mi` at `id` in `location`.
+fn managed(id: &str, location: &str, artifact_tags: Option<Expr<aib_core::template::StringMap>>) -> DistributorSpec {
+    DistributorSpec::ManagedImage(ManagedImageTarget {
+        run_output_name: "mi".into(),
+        image_id: id.into(),
+        location: location.into(),
+        artifact_tags,
+    })
+}
+
 fn req() -> DistributeRequest {
     DistributeRequest::new(captured()).with_location("westus")
 }
@@ -113,13 +123,7 @@ async fn a_managed_image_is_made_from_a_vm_or_a_disk_and_never_from_an_image() {
     setup(&s, &c).await;
     let id = format!("/subscriptions/{SUB}/resourceGroups/images/providers/Microsoft.Compute/images/web");
     s.put_resource(&id, json!({"location": "westus", "properties": {"provisioningState": "Succeeded"}}));
-    let spec = DistributorSpec::ManagedImage(ManagedImageTarget {
-        run_output_name: "mi".into(),
-        image_id: id.clone(),
-        location: "westus".into(),
-        artifact_tags: None,
-    });
-    let d = ManagedImageDistributor::from_spec(c.clone(), &spec).unwrap();
+    let d = ManagedImageDistributor::from_spec(c.clone(), &managed(&id, "westus", None)).unwrap();
     let (step, _) = StepContext::capturing("distribute mi").unwrap();
     let from = |id: String| DistributeRequest::new(CapturedImage::new(id, "managedImage", "westus", ResolvedImage::default()));
     // A capture that is a managed image: refused before anything is touched (the image it
@@ -148,13 +152,8 @@ async fn managed_images_are_created_or_replaced() {
     let c = client(&s, Duration::from_secs(30));
     setup(&s, &c).await;
     let id = format!("/subscriptions/{SUB}/resourceGroups/images/providers/Microsoft.Compute/images/web");
-    let spec = DistributorSpec::ManagedImage(ManagedImageTarget {
-        run_output_name: "mi".into(),
-        image_id: id.clone(),
-        location: "westus".into(),
-        artifact_tags: Some(Expr::Value([("team".to_string(), "web".to_string())].into())),
-    });
-    let d = ManagedImageDistributor::from_spec(c.clone(), &spec).unwrap();
+    let tags = Some(Expr::Value([("team".to_string(), "web".to_string())].into()));
+    let d = ManagedImageDistributor::from_spec(c.clone(), &managed(&id, "westus", tags)).unwrap();
     let (step, _) = StepContext::capturing("distribute mi").unwrap();
     assert_eq!(d.distribute(&req(), &step).await.unwrap().artifact_id.as_deref(), Some(id.as_str()));
     let img = s.resource(&id).unwrap();
@@ -207,12 +206,7 @@ async fn a_target_in_another_region_than_the_build_is_refused_before_anything_is
     let before = s.requests().len();
     let err = SharedImageDistributor::from_spec(c.clone(), &shared(&east, None)).unwrap().distribute(&req(), &step).await.unwrap_err();
     assert!(err.to_string().contains("only from a source in its own region") && err.to_string().contains("eastus"), "{err}");
-    let mi = DistributorSpec::ManagedImage(ManagedImageTarget {
-        run_output_name: "mi".into(),
-        image_id: format!("/subscriptions/{SUB}/resourceGroups/images/providers/Microsoft.Compute/images/east"),
-        location: "East US".into(),
-        artifact_tags: None,
-    });
+    let mi = managed(&format!("/subscriptions/{SUB}/resourceGroups/images/providers/Microsoft.Compute/images/east"), "East US", None);
     let err = ManagedImageDistributor::from_spec(c.clone(), &mi).unwrap().distribute(&req(), &step).await.unwrap_err();
     assert!(err.to_string().contains("only from a source in its own region"), "{err}");
     assert!(s.requests()[before..].iter().all(|r| !r.starts_with("PUT")), "nothing was created: {:?}", &s.requests()[before..]);

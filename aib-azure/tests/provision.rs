@@ -191,7 +191,16 @@ async fn build_with(
     t: &ImageTemplate,
     tweak: impl FnOnce(aib_core::PipelineBuilder) -> aib_core::PipelineBuilder,
 ) -> (aib_core::RunReport, Vec<Event>) {
-    let backend = AzureBackend::builder().provisioner(provisioner).allow_source_network(aib_testkit::http::loopback()).build().unwrap();
+    build_on(AzureBackend::builder().provisioner(provisioner), t, tweak).await
+}
+
+/// [`build`] on this backend (the test servers' network allowed for sources).
+async fn build_on(
+    backend: aib_azure::AzureBackendBuilder,
+    t: &ImageTemplate,
+    tweak: impl FnOnce(aib_core::PipelineBuilder) -> aib_core::PipelineBuilder,
+) -> (aib_core::RunReport, Vec<Event>) {
+    let backend = backend.allow_source_network(aib_testkit::http::loopback()).build().unwrap();
     let pipeline = tweak(Pipeline::from_template(t, &backend.backend()).unwrap()).build().unwrap();
     let mut run = pipeline.start();
     let events: Vec<Event> = run.events().collect().await;
@@ -288,23 +297,21 @@ fn notice(events: &[Event], text: &str) -> bool {
 
 #[tokio::test]
 async fn a_size_the_region_lacks_or_past_the_cores_quota_fails_saying_what_to_change() {
-    // The server's capacity rules, not injected faults: the template's size is not offered.
-    let s = server().await.with_unavailable_size("West US 2", "Standard_D2s_v3");
+    // The server's capacity rules, not injected faults: the template's size is not offered,
+    // or its two vCPUs are past a one-core quota.
     let web = StaticServer::start().await.unwrap();
-    let t = corpus_template(&s, &web, false).await;
-    let (report, events) = build(&s, &t, |b| b).await;
-    assert_eq!(report.run_state, RunState::Failed);
-    assert!(report.message.contains("SkuNotAvailable"), "{}", report.message);
-    assert!(notice(&events, "set properties.vmProfile.vmSize"), "the field to change is named");
-    assert_eq!(leaked(&s), Vec::<String>::new());
-    // Two vCPUs past a one-core quota.
-    let s = server().await.with_cores_quota("westus2", 1);
-    let t = corpus_template(&s, &web, false).await;
-    let (report, events) = build(&s, &t, |b| b).await;
-    assert_eq!(report.run_state, RunState::Failed);
-    assert!(report.message.contains("exceeding approved Total Regional Cores quota"), "{}", report.message);
-    assert!(notice(&events, "cores quota in westus2"), "the quota is named");
-    assert_eq!(leaked(&s), Vec::<String>::new());
+    let cases = [
+        (server().await.with_unavailable_size("West US 2", "Standard_D2s_v3"), "SkuNotAvailable", "set properties.vmProfile.vmSize"),
+        (server().await.with_cores_quota("westus2", 1), "exceeding approved Total Regional Cores quota", "cores quota in westus2"),
+    ];
+    for (s, refusal, what_to_change) in cases {
+        let t = corpus_template(&s, &web, false).await;
+        let (report, events) = build(&s, &t, |b| b).await;
+        assert_eq!(report.run_state, RunState::Failed);
+        assert!(report.message.contains(refusal), "{}", report.message);
+        assert!(notice(&events, what_to_change), "what to change is named: {what_to_change}");
+        assert_eq!(leaked(&s), Vec::<String>::new());
+    }
 }
 
 #[tokio::test]
@@ -610,8 +617,8 @@ async fn a_vhd_without_uri_outlives_a_per_run_staging_group() {
     assert_eq!(report.run_state, RunState::Succeeded, "{}", report.message);
     let vhd = report.run_outputs.iter().find(|o| o.name == "vhd").and_then(|o| o.artifact_uri.clone()).expect("a VHD uri");
     // The group holding the VHD's account is kept (and said so); the build VM's resources are gone.
-    let account = s.resource_ids().into_iter().find(|id| id.to_ascii_lowercase().contains("/microsoft.storage/storageaccounts/"));
-    let account = account.expect("the staging account still exists, and so does the VHD in it");
+    // The staging account still exists, and so does the VHD in it.
+    let account = storage_account(&s);
     let group = account.split("/providers/").next().unwrap().to_string();
     assert!(s.group_ids().iter().any(|g| g.eq_ignore_ascii_case(&group)), "{group} was deleted with the VHD's account");
     let said =
@@ -684,13 +691,7 @@ async fn a_vhd_uri_without_storage_keys_is_written_with_entra_tokens() {
     v["properties"]["distribute"].as_array_mut().unwrap().push(json!({"type": "VHD", "runOutputName": "vhd", "uri": uri}));
     let t = ImageTemplate::from_json(&v.to_string()).unwrap().template;
     let front = endpoint.trim_end_matches('/').rsplit_once('/').unwrap().0.to_string();
-    let backend = AzureBackend::builder()
-        .provisioner(provisioner(&s))
-        .storage_endpoint(front)
-        .allow_source_network(aib_testkit::http::loopback())
-        .build()
-        .unwrap();
-    let report = Pipeline::from_template(&t, &backend.backend()).unwrap().build().unwrap().start().wait().await;
+    let (report, _) = build_on(AzureBackend::builder().provisioner(provisioner(&s)).storage_endpoint(front), &t, |b| b).await;
     assert_eq!(report.run_state, RunState::Succeeded, "{}\n{:?}", report.message, report.log_tail);
     assert!(store.stats().bearer_requests > 0 && store.stats().shared_key_refused == 0, "{:?}", store.stats());
     let out = report.run_outputs.iter().find(|o| o.name == "vhd").and_then(|o| o.artifact_uri.clone());

@@ -137,19 +137,25 @@ impl HttpServer {
                     while let Some(req) = read_request(&mut rd).await {
                         counter.fetch_add(1, Ordering::SeqCst);
                         let close = req.headers.get("connection").is_some_and(|c| c.eq_ignore_ascii_case("close"));
+                        let head = req.method == "HEAD";
                         let resp = handler(req).await;
                         if resp.drop_connection {
                             return;
                         }
-                        // A length the handler gives wins (a `HEAD` answer has none of its body).
+                        // The length is the body's; an answer to `HEAD` has no body and states
+                        // the length a `GET` would have (the handler's `Content-Length`).
                         let given = resp.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-length"));
-                        let len = given.map_or_else(|| resp.body.len().to_string(), |(_, v)| v.clone());
-                        let mut head = format!("HTTP/1.1 {} {}\r\nContent-Length: {len}\r\n", resp.status, reason(resp.status));
+                        let len = match given {
+                            Some((_, v)) if head => v.clone(),
+                            _ => resp.body.len().to_string(),
+                        };
+                        let mut out = format!("HTTP/1.1 {} {}\r\nContent-Length: {len}\r\n", resp.status, reason(resp.status));
                         for (k, v) in resp.headers.iter().filter(|(k, _)| !k.eq_ignore_ascii_case("content-length")) {
-                            head.push_str(&format!("{k}: {v}\r\n"));
+                            out.push_str(&format!("{k}: {v}\r\n"));
                         }
-                        head.push_str("\r\n");
-                        if wr.write_all(head.as_bytes()).await.is_err() || wr.write_all(&resp.body).await.is_err() || close {
+                        out.push_str("\r\n");
+                        let body: &[u8] = if head { &[] } else { &resp.body };
+                        if wr.write_all(out.as_bytes()).await.is_err() || wr.write_all(body).await.is_err() || close {
                             return;
                         }
                     }

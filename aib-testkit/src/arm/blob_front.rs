@@ -13,6 +13,7 @@
 //! token (Azurite takes tokens only over https): the token itself is checked only for being
 //! there, as the ARM test server checks its own.
 
+use super::storage::StorageStats;
 use crate::http::{HttpServer, Request, Response};
 use azure_core::auth::Secret;
 use azure_storage::shared_access_signature::SasToken;
@@ -31,21 +32,14 @@ struct Slot {
     deleted: bool,
 }
 
-/// A copy the front reports as pending: reads of its status left, and the blob's size.
-#[derive(Debug, Clone, Copy)]
-struct Copy {
-    reads_left: u32,
-    total: u64,
-}
-
 #[derive(Debug, Default)]
 struct FrontState {
     /// ARM id (lowercased) → slot.
     accounts: HashMap<String, Slot>,
     /// Pool accounts not handed out yet (never handed out twice).
     free: Vec<(String, String)>,
-    /// Blob path → pending copy.
-    copies: HashMap<String, Copy>,
+    /// Blob path → status reads left that see its copy pending.
+    copies: HashMap<String, u32>,
     copy_reads: u32,
     refuse_shared_key: bool,
     shared_key_refused: usize,
@@ -100,11 +94,6 @@ fn account_sas(slot: &Slot, path_and_query: &str) -> Result<String, String> {
     .map_err(|e| e.to_string())
 }
 
-/// The total of an `x-ms-copy-progress` value (`copied/total`).
-fn progress_total(v: &str) -> Option<u64> {
-    v.split('/').nth(1)?.trim().parse().ok()
-}
-
 impl BlobFront {
     /// A front for the Azurite at `upstream` (`http://127.0.0.1:PORT`) whose pool accounts are
     /// `pool`; copies stay pending for `copy_reads` status reads.
@@ -132,11 +121,6 @@ impl BlobFront {
         Ok((format!("{}/{name}/", self.server.url()), shared_key))
     }
 
-    /// The key of the ARM account `id`.
-    pub(super) fn key(&self, id: &str) -> Option<String> {
-        lock(&self.state).accounts.get(&id.to_ascii_lowercase()).map(|s| s.key.clone())
-    }
-
     /// The ARM account `id` is deleted: its endpoint stops answering and its containers go.
     pub(super) fn delete(&self, id: &str) {
         let slot = {
@@ -161,11 +145,14 @@ impl BlobFront {
         lock(&self.state).refuse_shared_key = true;
     }
 
-    /// Shared Key requests refused so far, bearer requests served, and the deleted accounts
-    /// whose containers could not be removed.
-    pub(super) fn stats(&self) -> (usize, usize, Vec<String>) {
+    /// What the accounts' endpoints saw.
+    pub(super) fn stats(&self) -> StorageStats {
         let s = lock(&self.state);
-        (s.shared_key_refused, s.bearer_requests, s.cleanup_failures.clone())
+        StorageStats {
+            shared_key_refused: s.shared_key_refused,
+            bearer_requests: s.bearer_requests,
+            cleanup_failures: s.cleanup_failures.clone(),
+        }
     }
 
     /// The Azurite account behind the ARM account `id`: its name and key.
@@ -193,7 +180,7 @@ async fn delete_containers(upstream: &str, slot: &Slot) -> Result<(), String> {
 }
 
 /// Headers not passed on: the hop's own (a response's `Content-Length` is kept: the server
-/// sends it as given, which a `HEAD` needs).
+/// states it for a `HEAD`).
 fn hop_header(name: &str) -> bool {
     matches!(name, "host" | "connection" | "transfer-encoding" | "keep-alive")
 }
@@ -261,29 +248,24 @@ async fn forward(state: Arc<Mutex<FrontState>>, http: reqwest::Client, upstream:
     let mut s = lock(&state);
     if copying && (200..300).contains(&status) && s.copy_reads > 0 {
         // Azurite has finished: the copy is shown pending for the next status reads.
-        let total = resp.headers.iter().find(|(k, _)| k == "x-ms-copy-progress").and_then(|(_, v)| progress_total(v)).unwrap_or(0);
-        let reads_left = s.copy_reads;
-        s.copies.insert(blob_path, Copy { reads_left, total });
+        let rounds = s.copy_reads;
+        s.copies.insert(blob_path, rounds);
         set_header(&mut resp, "x-ms-copy-status", "pending".into());
-        if total > 0 {
-            set_header(&mut resp, "x-ms-copy-progress", format!("0/{total}"));
-        }
     } else if req.method == "HEAD" && (200..300).contains(&status) {
         let rounds = s.copy_reads;
-        let size = resp.headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
-        if let Some(c) = s.copies.get_mut(&blob_path) {
-            if c.total == 0 {
-                c.total = size;
-            }
-            if c.reads_left == 0 {
+        // The blob's size, as the finished copy left it: the total a pending copy reports.
+        let total: u64 = resp.headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+        match s.copies.get_mut(&blob_path) {
+            Some(0) => {
                 s.copies.remove(&blob_path);
-            } else {
-                let done = c.total * u64::from(rounds - c.reads_left + 1) / u64::from(rounds + 1);
-                c.reads_left -= 1;
-                let total = c.total;
+            }
+            Some(left) => {
+                let done = total * u64::from(rounds - *left + 1) / u64::from(rounds + 1);
+                *left -= 1;
                 set_header(&mut resp, "x-ms-copy-status", "pending".into());
                 set_header(&mut resp, "x-ms-copy-progress", format!("{done}/{total}"));
             }
+            None => {}
         }
     }
     resp
@@ -297,12 +279,6 @@ fn set_header(resp: &mut Response, name: &str, value: String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn copy_progress_totals() {
-        assert_eq!(progress_total("512/1048576"), Some(1_048_576));
-        assert_eq!(progress_total("junk"), None);
-    }
 
     #[test]
     fn the_sas_names_the_resource_type_asked_for() {

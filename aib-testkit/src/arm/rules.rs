@@ -62,7 +62,8 @@ fn vcpus(size: &str) -> u64 {
 
 /// The capacity rules for a VM PUT of `size` in `location` (`key`: the VM's id, lowercased).
 fn check_capacity(s: &State, key: &str, location: &str, size: &str) -> Result<(), Response> {
-    if s.capacity.unavailable.contains(&(region(location), size.to_ascii_lowercase())) {
+    let here = region(location);
+    if s.capacity.unavailable.contains(&(here.clone(), size.to_ascii_lowercase())) {
         return Err(error(
             409,
             "SkuNotAvailable",
@@ -72,14 +73,14 @@ fn check_capacity(s: &State, key: &str, location: &str, size: &str) -> Result<()
             ),
         ));
     }
-    if let Some(quota) = s.capacity.cores.get(&region(location)) {
+    if let Some(quota) = s.capacity.cores.get(&here) {
         let used: u64 = s
             .resources
             .iter()
             .filter(|(k, v)| {
                 k.as_str() != key
                     && v["type"].as_str().is_some_and(|t| t.eq_ignore_ascii_case(super::compute::VM))
-                    && v["location"].as_str().is_some_and(|l| region(l) == region(location))
+                    && v["location"].as_str().is_some_and(|l| region(l) == here)
             })
             .map(|(_, v)| vcpus(v["properties"]["hardwareProfile"]["vmSize"].as_str().unwrap_or_default()))
             .sum();
@@ -100,7 +101,7 @@ fn check_capacity(s: &State, key: &str, location: &str, size: &str) -> Result<()
     Ok(())
 }
 
-pub(super) fn region(s: &str) -> String {
+fn region(s: &str) -> String {
     s.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase()
 }
 

@@ -149,9 +149,7 @@ mod azurite {
 
         /// What the accounts' endpoints saw.
         pub fn stats(&self) -> StorageStats {
-            let Some(f) = &self.front else { return StorageStats::default() };
-            let (shared_key_refused, bearer_requests, cleanup_failures) = f.stats();
-            StorageStats { shared_key_refused, bearer_requests, cleanup_failures }
+            self.front.as_ref().map(|f| f.stats()).unwrap_or_default()
         }
 
         /// The Azurite account (name, key) behind the ARM storage account `id`, to look at its
@@ -178,7 +176,7 @@ mod azurite {
         }
 
         fn account_key(&self, id: &str) -> String {
-            self.front.as_ref().and_then(|f| f.key(id)).unwrap_or_else(|| self.key())
+            self.azurite_account(id).map_or_else(|| self.key(), |(_, key)| key)
         }
 
         fn delete_account(&self, id: &str) {
